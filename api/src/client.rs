@@ -1,0 +1,178 @@
+//! A client of the control socket.
+
+use std::path::{Path, PathBuf};
+
+use bytes::{Buf as _, Bytes, BytesMut};
+use futures_util::{Stream, stream};
+use http_body_util::{BodyExt as _, Full};
+use hyper::{Method, Request, Response, StatusCode, body::Incoming};
+use hyper_util::rt::TokioIo;
+use serde::{Serialize, de::DeserializeOwned};
+use tokio::net::UnixStream;
+
+use crate::{ApplyRequest, ApplyResponse, ErrorBody, Flow, FlowQuery, Status, paths};
+
+/// Why a request failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The socket could not be reached.
+    #[error("cannot reach palisaded at {}: {source} (is the service running? `systemctl status palisade`)", socket.display())]
+    Connect {
+        /// The socket path.
+        socket: PathBuf,
+        /// Why connecting failed.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The HTTP exchange failed.
+    #[error("talking to palisaded failed: {0}")]
+    Http(#[from] hyper::Error),
+    /// The daemon refused the request.
+    #[error("palisaded refused the request ({status}): {}", body.error)]
+    Refused {
+        /// HTTP status.
+        status: StatusCode,
+        /// The daemon's explanation.
+        body: ErrorBody,
+    },
+    /// A response body was not what the protocol says.
+    #[error("palisaded sent a response this client does not understand: {0}")]
+    Decode(#[from] serde_json::Error),
+}
+
+/// A client of one daemon's control socket.
+#[derive(Debug, Clone)]
+pub struct Client {
+    socket: PathBuf,
+}
+
+impl Client {
+    /// A client of the socket at `socket`.
+    pub fn new(socket: impl AsRef<Path>) -> Self {
+        Self {
+            socket: socket.as_ref().to_owned(),
+        }
+    }
+
+    /// The daemon's status.
+    ///
+    /// # Errors
+    ///
+    /// See [`ClientError`].
+    pub async fn status(&self) -> Result<Status, ClientError> {
+        let response = self.send(Method::GET, paths::STATUS, None::<&()>).await?;
+        decode(response).await
+    }
+
+    /// Applies policy files (or checks them, on a dry run).
+    ///
+    /// # Errors
+    ///
+    /// [`ClientError::Refused`] with positioned diagnostics when a file is invalid.
+    pub async fn apply(&self, request: &ApplyRequest) -> Result<ApplyResponse, ClientError> {
+        let response = self
+            .send(Method::POST, paths::POLICIES, Some(request))
+            .await?;
+        decode(response).await
+    }
+
+    /// Streams flows: the buffered ones, then (with `follow`) new ones as they come.
+    ///
+    /// # Errors
+    ///
+    /// See [`ClientError`]; errors while streaming come as stream items.
+    pub async fn flows(
+        &self,
+        query: &FlowQuery,
+    ) -> Result<impl Stream<Item = Result<Flow, ClientError>> + use<>, ClientError> {
+        let mut path = format!("{}?follow={}", paths::FLOWS, query.follow);
+        if let Some(last) = query.last {
+            path.push_str(&format!("&last={last}"));
+        }
+        let response = check(self.send(Method::GET, &path, None::<&()>).await?).await?;
+        let state = (response.into_body(), BytesMut::new());
+        Ok(stream::unfold(Some(state), |state| async move {
+            let (mut body, mut buffer) = state?;
+            loop {
+                if let Some(end) = buffer.iter().position(|byte| *byte == b'\n') {
+                    let line = buffer.split_to(end + 1);
+                    let flow = serde_json::from_slice(&line[..end]).map_err(ClientError::from);
+                    return Some((flow, Some((body, buffer))));
+                }
+                match body.frame().await {
+                    Some(Ok(frame)) => {
+                        if let Ok(mut data) = frame.into_data() {
+                            while data.has_remaining() {
+                                let chunk = data.chunk();
+                                buffer.extend_from_slice(chunk);
+                                let n = chunk.len();
+                                data.advance(n);
+                            }
+                        }
+                    }
+                    Some(Err(error)) => return Some((Err(error.into()), None)),
+                    None => return None,
+                }
+            }
+        }))
+    }
+
+    async fn send<T: Serialize>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&T>,
+    ) -> Result<Response<Incoming>, ClientError> {
+        let stream =
+            UnixStream::connect(&self.socket)
+                .await
+                .map_err(|source| ClientError::Connect {
+                    socket: self.socket.clone(),
+                    source,
+                })?;
+        let (mut sender, connection) =
+            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+        tokio::spawn(connection);
+        let body = match body {
+            Some(body) => Bytes::from(serde_json::to_vec(body)?),
+            None => Bytes::new(),
+        };
+        let request = Request::builder()
+            .method(method)
+            .uri(path)
+            .header(hyper::header::HOST, "palisade")
+            .header(hyper::header::CONTENT_TYPE, "application/json")
+            .body(Full::new(body))
+            .map_err(|error| ClientError::Refused {
+                status: StatusCode::BAD_REQUEST,
+                body: ErrorBody {
+                    error: error.to_string(),
+                    diagnostics: Vec::new(),
+                },
+            })?;
+        Ok(sender.send_request(request).await?)
+    }
+}
+
+async fn check(response: Response<Incoming>) -> Result<Response<Incoming>, ClientError> {
+    if response.status().is_success() {
+        return Ok(response);
+    }
+    let status = response.status();
+    let bytes = response.into_body().collect().await?.to_bytes();
+    let body = serde_json::from_slice(&bytes).unwrap_or_else(|_| ErrorBody {
+        error: String::from_utf8_lossy(&bytes).into_owned(),
+        diagnostics: Vec::new(),
+    });
+    Err(ClientError::Refused { status, body })
+}
+
+async fn decode<T: DeserializeOwned>(response: Response<Incoming>) -> Result<T, ClientError> {
+    let bytes = check(response)
+        .await?
+        .into_body()
+        .collect()
+        .await?
+        .to_bytes();
+    Ok(serde_json::from_slice(&bytes)?)
+}

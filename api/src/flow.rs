@@ -1,0 +1,224 @@
+//! The flow record, modelled on Hubble's `flow.Flow` so that its JSON reads
+//! like `hubble observe -o json` (same field names where the meaning is the same).
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+/// One verdict on one packet.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Flow {
+    /// When the packet was judged (RFC 3339, UTC).
+    pub time: String,
+    /// `FORWARDED`, `DROPPED` or `AUDIT`.
+    pub verdict: String,
+    /// Why it was dropped (`POLICY_DENIED`, `POLICY_DENY`); absent when forwarded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drop_reason_desc: Option<String>,
+    /// Addresses.
+    #[serde(rename = "IP")]
+    pub ip: FlowIp,
+    /// Transport header fields, when there is a known one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub l4: Option<Layer4>,
+    /// `INGRESS` or `EGRESS`.
+    pub traffic_direction: String,
+    /// The interface the packet crossed.
+    pub interface: Interface,
+    /// The policy rule that allowed it, if a rule did.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ingress_allowed_by: Vec<FlowPolicy>,
+    /// The policy rule that denied it, if a rule did.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ingress_denied_by: Vec<FlowPolicy>,
+    /// The node that saw it.
+    pub node_name: String,
+    /// Generation of the rule table that decided.
+    pub policy_generation: u32,
+    /// Packet length in bytes.
+    pub packet_length: u32,
+    /// A one-line description.
+    #[serde(rename = "Summary")]
+    pub summary: String,
+}
+
+/// IP addresses of a flow.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FlowIp {
+    /// Source address.
+    pub source: String,
+    /// Destination address.
+    pub destination: String,
+    /// `IPv4` or `IPv6`.
+    #[serde(rename = "ipVersion")]
+    pub ip_version: String,
+}
+
+/// Transport header fields.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Layer4 {
+    /// TCP ports and flags.
+    #[serde(rename = "TCP")]
+    Tcp {
+        /// Source port.
+        source_port: u16,
+        /// Destination port.
+        destination_port: u16,
+        /// Flags that were set.
+        flags: TcpFlags,
+    },
+    /// UDP ports.
+    #[serde(rename = "UDP")]
+    Udp(PortPair),
+    /// SCTP ports.
+    #[serde(rename = "SCTP")]
+    Sctp(PortPair),
+    /// ICMP type and code.
+    #[serde(rename = "ICMPv4")]
+    IcmpV4(Icmp),
+    /// ICMPv6 type and code.
+    #[serde(rename = "ICMPv6")]
+    IcmpV6(Icmp),
+}
+
+/// Source and destination ports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PortPair {
+    /// Source port.
+    pub source_port: u16,
+    /// Destination port.
+    pub destination_port: u16,
+}
+
+/// ICMP type and code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Icmp {
+    /// ICMP type.
+    #[serde(rename = "type")]
+    pub kind: u8,
+    /// ICMP code.
+    pub code: u8,
+}
+
+/// TCP flags, as Hubble names them; only set flags are written.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub struct TcpFlags {
+    /// FIN.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub fin: bool,
+    /// SYN.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub syn: bool,
+    /// RST.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub rst: bool,
+    /// PSH.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub psh: bool,
+    /// ACK.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub ack: bool,
+    /// URG.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub urg: bool,
+}
+
+fn is_false(value: &bool) -> bool {
+    !value
+}
+
+impl TcpFlags {
+    /// Decodes the TCP header's flags byte.
+    pub fn from_byte(byte: u8) -> Self {
+        Self {
+            fin: byte & 0x01 != 0,
+            syn: byte & 0x02 != 0,
+            rst: byte & 0x04 != 0,
+            psh: byte & 0x08 != 0,
+            ack: byte & 0x10 != 0,
+            urg: byte & 0x20 != 0,
+        }
+    }
+}
+
+impl fmt::Display for TcpFlags {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let names = [
+            (self.syn, "SYN"),
+            (self.ack, "ACK"),
+            (self.fin, "FIN"),
+            (self.rst, "RST"),
+            (self.psh, "PSH"),
+            (self.urg, "URG"),
+        ];
+        let set: Vec<&str> = names
+            .iter()
+            .filter(|(on, _)| *on)
+            .map(|(_, n)| *n)
+            .collect();
+        f.write_str(&set.join(", "))
+    }
+}
+
+/// An interface.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Interface {
+    /// Interface index.
+    pub index: u32,
+    /// Interface name, when known.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub name: String,
+}
+
+/// The policy rule that decided a flow.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FlowPolicy {
+    /// The policy's name.
+    pub name: String,
+    /// Field path of the rule inside the policy, such as `spec.ingress[0]`.
+    pub rule: String,
+}
+
+impl Flow {
+    /// The `hubble observe` compact line for this flow.
+    pub fn compact(&self) -> String {
+        let (source, destination) = match &self.l4 {
+            Some(Layer4::Tcp {
+                source_port,
+                destination_port,
+                ..
+            })
+            | Some(
+                Layer4::Udp(PortPair {
+                    source_port,
+                    destination_port,
+                })
+                | Layer4::Sctp(PortPair {
+                    source_port,
+                    destination_port,
+                }),
+            ) => (
+                join_port(&self.ip.source, *source_port),
+                join_port(&self.ip.destination, *destination_port),
+            ),
+            _ => (self.ip.source.clone(), self.ip.destination.clone()),
+        };
+        let mut line = format!(
+            "{} {} -> {} {} {}",
+            self.time, source, destination, self.verdict, self.summary
+        );
+        if let Some(reason) = &self.drop_reason_desc {
+            line.push_str(&format!(" ({reason})"));
+        }
+        line
+    }
+}
+
+fn join_port(address: &str, port: u16) -> String {
+    if address.contains(':') {
+        format!("[{address}]:{port}")
+    } else {
+        format!("{address}:{port}")
+    }
+}

@@ -1,0 +1,128 @@
+//! palisade's control-socket protocol: HTTP/1.1 with JSON bodies over a Unix
+//! socket, under versioned paths. The daemon serves it; `palisadectl` and
+//! tests use [`Client`]. Everything here is what both sides agree on.
+
+mod client;
+mod flow;
+
+pub use client::{Client, ClientError};
+pub use flow::{Flow, FlowIp, FlowPolicy, Icmp, Interface, Layer4, PortPair, TcpFlags};
+pub use palisade_policy::Diagnostic;
+use serde::{Deserialize, Serialize};
+
+/// Where the daemon listens unless told otherwise.
+pub const DEFAULT_SOCKET: &str = "/run/palisade/palisade.sock";
+
+/// Request paths.
+pub mod paths {
+    /// `GET`: [`super::Status`].
+    pub const STATUS: &str = "/v1/status";
+    /// `POST` an [`super::ApplyRequest`]: [`super::ApplyResponse`].
+    pub const POLICIES: &str = "/v1/policies";
+    /// `GET` with a [`super::FlowQuery`]: newline-delimited [`super::Flow`]s.
+    pub const FLOWS: &str = "/v1/flows";
+}
+
+/// What the daemon is doing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Status {
+    /// palisaded's version.
+    pub version: String,
+    /// This node's name.
+    pub node_name: String,
+    /// The enforcing backend, such as `ebpf-xdp`.
+    pub datapath: String,
+    /// Interfaces the datapath is attached to.
+    pub interfaces: Vec<InterfaceStatus>,
+    /// Generation of the rule table in force (increases with each apply).
+    pub generation: u32,
+    /// Names of the policies in force that select this node.
+    pub policies: Vec<String>,
+    /// Number of compiled rules.
+    pub rules: usize,
+    /// Whether ingress is default deny.
+    pub ingress_default_deny: bool,
+    /// Whether would-be drops are forwarded and reported as AUDIT.
+    pub audit_mode: bool,
+    /// Packet counters since the datapath was loaded.
+    pub counters: Counters,
+}
+
+/// One attached interface.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InterfaceStatus {
+    /// Interface name.
+    pub name: String,
+    /// Interface index.
+    pub ifindex: u32,
+    /// XDP attach mode in use: `native` or `generic`.
+    pub xdp_mode: String,
+}
+
+/// Datapath counters, summed over CPUs.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Counters {
+    /// Judged packets forwarded.
+    pub forwarded: u64,
+    /// Packets dropped.
+    pub dropped: u64,
+    /// Would-be drops forwarded in audit mode.
+    pub audited: u64,
+    /// Flow events lost to a full ring buffer.
+    pub events_lost: u64,
+}
+
+/// One policy file as the user gave it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicyFile {
+    /// The name errors use, normally the path given to `palisadectl`.
+    pub name: String,
+    /// The file's text (TOML).
+    pub content: String,
+}
+
+/// Add or replace policies (by `metadata.name`), all or nothing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApplyRequest {
+    /// The files to apply.
+    pub files: Vec<PolicyFile>,
+    /// Validate and compile only; change nothing.
+    #[serde(default)]
+    pub dry_run: bool,
+}
+
+/// What an apply did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApplyResponse {
+    /// Generation now in force (unchanged on a dry run).
+    pub generation: u32,
+    /// Names of the policies the request added or replaced.
+    pub applied: Vec<String>,
+    /// Names of all policies that select this node after the apply.
+    pub policies: Vec<String>,
+    /// Number of compiled rules after the apply.
+    pub rules: usize,
+    /// True when nothing was changed.
+    pub dry_run: bool,
+}
+
+/// Query of the flows endpoint.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FlowQuery {
+    /// Only the last N buffered flows (all buffered flows when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last: Option<usize>,
+    /// Keep the stream open and send new flows as they happen.
+    #[serde(default)]
+    pub follow: bool,
+}
+
+/// The body of every error response.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    /// One line saying what went wrong.
+    pub error: String,
+    /// Positioned problems in the request's files, if that is what went wrong.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub diagnostics: Vec<Diagnostic>,
+}

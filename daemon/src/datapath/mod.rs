@@ -1,0 +1,40 @@
+//! Datapath backends: what installs a compiled rule table into the kernel.
+
+pub mod ebpf;
+
+use palisade_api::{Counters, InterfaceStatus};
+use palisade_policy::CompiledTable;
+
+use crate::config::DatapathConfig;
+
+/// A backend that enforces compiled rule tables.
+pub trait Datapath: Send {
+    /// Short name shown in status, such as `ebpf-xdp`.
+    fn name(&self) -> &'static str;
+
+    /// Makes `table` the one in force, atomically: packets see either the old
+    /// table or the new one, never a mix. On error the old table stays in force.
+    ///
+    /// # Errors
+    ///
+    /// When the kernel refuses an update; nothing changed then.
+    fn install(&mut self, table: &CompiledTable, generation: u32) -> anyhow::Result<()>;
+
+    /// Starts enforcing on the configured interfaces. Called once, after the
+    /// first [`Datapath::install`], so no packet meets an empty table.
+    ///
+    /// # Errors
+    ///
+    /// When an interface is missing or refuses the attachment.
+    fn attach(&mut self, config: &DatapathConfig) -> anyhow::Result<()>;
+
+    /// The interfaces enforced on.
+    fn interfaces(&self) -> Vec<InterfaceStatus>;
+
+    /// Packet counters since load.
+    ///
+    /// # Errors
+    ///
+    /// When the counters cannot be read.
+    fn counters(&self) -> anyhow::Result<Counters>;
+}

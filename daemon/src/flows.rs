@@ -1,0 +1,337 @@
+//! Flows: kernel flow events turned into [`Flow`] records, kept in a bounded
+//! buffer of recent flows and fanned out to `observe --follow` streams.
+
+use std::{
+    collections::{BTreeMap, VecDeque},
+    net::{IpAddr, Ipv6Addr},
+    sync::{Arc, Mutex, MutexGuard},
+    time::{Duration, SystemTime},
+};
+
+use aya::maps::{MapData, RingBuf};
+use palisade_api::{Flow, FlowIp, FlowPolicy, Icmp, Interface, Layer4, PortPair, TcpFlags};
+use palisade_common::{FlowEvent, NO_RULE, direction, drop_reason, protocol, verdict};
+use palisade_policy::compile::{RuleOrigin, Section};
+use tokio::{io::unix::AsyncFd, sync::broadcast};
+use tracing::{error, warn};
+
+/// Rule origins of this many recent generations are kept, so late events of
+/// a replaced table still name their rules.
+const GENERATIONS_KEPT: usize = 8;
+/// Capacity of the channel to followers; a follower this far behind skips ahead.
+const FOLLOW_CHANNEL: usize = 1024;
+
+/// The flow buffer and its subscribers.
+pub struct FlowHub {
+    node_name: String,
+    /// Wall-clock time of monotonic time zero, to date kernel timestamps.
+    boot_time: SystemTime,
+    state: Mutex<HubState>,
+}
+
+struct HubState {
+    recent: VecDeque<Flow>,
+    capacity: usize,
+    followers: broadcast::Sender<Flow>,
+    origins: BTreeMap<u32, Arc<Vec<RuleOrigin>>>,
+}
+
+impl FlowHub {
+    /// A hub keeping the last `capacity` flows.
+    pub fn new(node_name: String, capacity: usize) -> Self {
+        let (followers, _) = broadcast::channel(FOLLOW_CHANNEL);
+        Self {
+            node_name,
+            boot_time: boot_time(),
+            state: Mutex::new(HubState {
+                recent: VecDeque::with_capacity(capacity.min(65_536)),
+                capacity,
+                followers,
+                origins: BTreeMap::new(),
+            }),
+        }
+    }
+
+    fn state(&self) -> MutexGuard<'_, HubState> {
+        // A panic while holding the lock leaves the buffer usable.
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Remembers which rules a generation's rule ids refer to.
+    pub fn set_rule_origins(&self, generation: u32, origins: Vec<RuleOrigin>) {
+        let mut state = self.state();
+        state.origins.insert(generation, Arc::new(origins));
+        while state.origins.len() > GENERATIONS_KEPT {
+            state.origins.pop_first();
+        }
+    }
+
+    /// The last `last` buffered flows (all when `None`) and, when `follow`,
+    /// a receiver of every later flow, with nothing lost or repeated between.
+    pub fn snapshot(
+        &self,
+        last: Option<usize>,
+        follow: bool,
+    ) -> (Vec<Flow>, Option<broadcast::Receiver<Flow>>) {
+        let state = self.state();
+        let skip = last.map_or(0, |last| state.recent.len().saturating_sub(last));
+        let flows = state.recent.iter().skip(skip).cloned().collect();
+        (flows, follow.then(|| state.followers.subscribe()))
+    }
+
+    /// Records one kernel event.
+    pub fn record(&self, event: &FlowEvent) {
+        let origin = {
+            let state = self.state();
+            state
+                .origins
+                .get(&event.generation)
+                .and_then(|origins| origins.get(event.rule_id as usize).cloned())
+        };
+        let flow = self.to_flow(event, origin.as_ref());
+        let mut state = self.state();
+        if state.recent.len() >= state.capacity {
+            state.recent.pop_front();
+        }
+        if state.capacity > 0 {
+            state.recent.push_back(flow.clone());
+        }
+        // No followers is fine.
+        let _ = state.followers.send(flow);
+    }
+
+    fn to_flow(&self, event: &FlowEvent, origin: Option<&RuleOrigin>) -> Flow {
+        let time = self.boot_time + Duration::from_nanos(event.monotonic_ns);
+        let source = address(event.source, event.ip_version);
+        let destination = address(event.destination, event.ip_version);
+        let verdict_name = match event.verdict {
+            verdict::FORWARDED => "FORWARDED",
+            verdict::DROPPED => "DROPPED",
+            verdict::AUDIT => "AUDIT",
+            _ => "VERDICT_UNKNOWN",
+        };
+        let drop_reason_desc = match event.drop_reason {
+            drop_reason::NONE => None,
+            drop_reason::POLICY_DENIED => Some("POLICY_DENIED".to_owned()),
+            drop_reason::POLICY_DENY => Some("POLICY_DENY".to_owned()),
+            other => Some(format!("DROP_REASON_{other}")),
+        };
+        let ports = PortPair {
+            source_port: event.source_port,
+            destination_port: event.destination_port,
+        };
+        let icmp = Icmp {
+            kind: event.icmp_type,
+            code: event.icmp_code,
+        };
+        let (l4, l4_name) = match event.protocol {
+            protocol::TCP => (
+                Some(Layer4::Tcp {
+                    source_port: event.source_port,
+                    destination_port: event.destination_port,
+                    flags: TcpFlags::from_byte(event.tcp_flags),
+                }),
+                format!("TCP Flags: {}", TcpFlags::from_byte(event.tcp_flags)),
+            ),
+            protocol::UDP => (Some(Layer4::Udp(ports)), "UDP".to_owned()),
+            protocol::SCTP => (Some(Layer4::Sctp(ports)), "SCTP".to_owned()),
+            protocol::ICMP => (
+                Some(Layer4::IcmpV4(icmp)),
+                format!("ICMPv4 type {} code {}", icmp.kind, icmp.code),
+            ),
+            protocol::ICMPV6 => (
+                Some(Layer4::IcmpV6(icmp)),
+                format!("ICMPv6 type {} code {}", icmp.kind, icmp.code),
+            ),
+            other => (None, format!("IP protocol {other}")),
+        };
+        let decided_by: Vec<FlowPolicy> = origin
+            .filter(|_| event.rule_id != NO_RULE)
+            .map(|origin| FlowPolicy {
+                name: origin.policy.clone(),
+                rule: origin.path.clone(),
+            })
+            .into_iter()
+            .collect();
+        let denied = origin.is_some_and(|o| o.section == Section::IngressDeny);
+        let (ingress_allowed_by, ingress_denied_by) = if denied {
+            (Vec::new(), decided_by)
+        } else {
+            (decided_by, Vec::new())
+        };
+        Flow {
+            time: humantime::format_rfc3339_micros(time).to_string(),
+            verdict: verdict_name.to_owned(),
+            drop_reason_desc,
+            ip: FlowIp {
+                source,
+                destination,
+                ip_version: format!("IPv{}", event.ip_version),
+            },
+            l4,
+            traffic_direction: if event.direction == direction::EGRESS {
+                "EGRESS".to_owned()
+            } else {
+                "INGRESS".to_owned()
+            },
+            interface: Interface {
+                index: event.ifindex,
+                name: interface_name(event.ifindex),
+            },
+            ingress_allowed_by,
+            ingress_denied_by,
+            node_name: self.node_name.clone(),
+            policy_generation: event.generation,
+            packet_length: event.packet_len,
+            summary: l4_name,
+        }
+    }
+}
+
+/// The name of interface `ifindex` in this namespace, or "" when it is gone.
+fn interface_name(ifindex: u32) -> String {
+    let mut buffer = [0 as libc::c_char; libc::IF_NAMESIZE];
+    // SAFETY: the buffer holds IF_NAMESIZE bytes, as if_indextoname requires.
+    let name = unsafe { libc::if_indextoname(ifindex, buffer.as_mut_ptr()) };
+    if name.is_null() {
+        return String::new();
+    }
+    // SAFETY: on success the buffer holds a NUL-terminated name.
+    unsafe { std::ffi::CStr::from_ptr(buffer.as_ptr()) }
+        .to_string_lossy()
+        .into_owned()
+}
+
+fn address(bytes: [u8; 16], ip_version: u8) -> String {
+    let v6 = Ipv6Addr::from(bytes);
+    match (ip_version, v6.to_ipv4_mapped()) {
+        (4, Some(v4)) => IpAddr::V4(v4).to_string(),
+        _ => IpAddr::V6(v6).to_string(),
+    }
+}
+
+/// Wall-clock time at which CLOCK_MONOTONIC (what `bpf_ktime_get_ns` reads) was zero.
+fn boot_time() -> SystemTime {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes into the timespec we own.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
+    let since_boot = Duration::new(
+        u64::try_from(now.tv_sec).unwrap_or(0),
+        u32::try_from(now.tv_nsec).unwrap_or(0),
+    );
+    SystemTime::now() - since_boot
+}
+
+/// Reads flow events from the kernel's ring buffer until it fails.
+pub async fn read_events(ring: RingBuf<MapData>, hub: Arc<FlowHub>) {
+    // SAFETY: the RingBuf owns its map fd, keeps it open and returns the same
+    // fd for as long as it lives, and the AsyncFd owns the RingBuf.
+    let registered = unsafe { AsyncFd::register(ring) };
+    let mut ring = match registered {
+        Ok(ring) => ring,
+        Err(error) => {
+            error!(%error, "cannot poll the flow-event ring buffer: no flows will be shown");
+            return;
+        }
+    };
+    loop {
+        let mut guard = match ring.readable_mut().await {
+            Ok(guard) => guard,
+            Err(error) => {
+                error!(%error, "polling the flow-event ring buffer failed: no more flows");
+                return;
+            }
+        };
+        let ring = guard.get_inner_mut();
+        while let Some(item) = ring.next() {
+            if item.len() < size_of::<FlowEvent>() {
+                warn!(len = item.len(), "short flow event skipped");
+                continue;
+            }
+            // SAFETY: the kernel wrote a FlowEvent (checked length); the read
+            // is unaligned-safe.
+            let event = unsafe { item.as_ptr().cast::<FlowEvent>().read_unaligned() };
+            hub.record(&event);
+        }
+        guard.clear_ready();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(rule_id: u32, generation: u32) -> FlowEvent {
+        let mut source = [0u8; 16];
+        source[10..].copy_from_slice(&[0xff, 0xff, 192, 0, 2, 7]);
+        FlowEvent {
+            source,
+            destination: source,
+            rule_id,
+            generation,
+            ip_version: 4,
+            protocol: protocol::TCP,
+            verdict: verdict::DROPPED,
+            drop_reason: drop_reason::POLICY_DENY,
+            tcp_flags: 0x02,
+            destination_port: 22,
+            source_port: 40000,
+            ifindex: 3,
+            direction: direction::INGRESS,
+            ..FlowEvent::default()
+        }
+    }
+
+    #[test]
+    fn events_become_hubble_like_flows() {
+        let hub = FlowHub::new("node-a".into(), 2);
+        hub.set_rule_origins(
+            7,
+            vec![RuleOrigin {
+                policy: "lockdown".into(),
+                path: "spec.ingressDeny[0]".into(),
+                section: Section::IngressDeny,
+            }],
+        );
+        hub.record(&event(0, 7));
+        let (flows, _) = hub.snapshot(None, false);
+        let flow = &flows[0];
+        assert_eq!(flow.verdict, "DROPPED");
+        assert_eq!(flow.drop_reason_desc.as_deref(), Some("POLICY_DENY"));
+        assert_eq!(flow.ip.source, "192.0.2.7");
+        assert_eq!(flow.interface.index, 3);
+        assert_eq!(flow.ingress_denied_by[0].name, "lockdown");
+        assert!(
+            flow.compact()
+                .contains("192.0.2.7:40000 -> 192.0.2.7:22 DROPPED TCP Flags: SYN")
+        );
+    }
+
+    #[test]
+    fn buffer_is_bounded_and_last_counts_from_the_end() {
+        let hub = FlowHub::new("n".into(), 2);
+        for port in [1, 2, 3] {
+            let mut e = event(NO_RULE, 1);
+            e.destination_port = port;
+            hub.record(&e);
+        }
+        let ports = |flows: Vec<Flow>| -> Vec<u16> {
+            flows
+                .iter()
+                .map(|f| match f.l4 {
+                    Some(Layer4::Tcp {
+                        destination_port, ..
+                    }) => destination_port,
+                    _ => 0,
+                })
+                .collect()
+        };
+        assert_eq!(ports(hub.snapshot(None, false).0), [2, 3]);
+        assert_eq!(ports(hub.snapshot(Some(1), false).0), [3]);
+    }
+}

@@ -1,0 +1,131 @@
+//! palisaded: loads the eBPF datapath, installs the policies that select this
+//! node, and serves the control socket.
+
+mod config;
+mod control;
+mod datapath;
+mod engine;
+mod flows;
+
+use std::{path::PathBuf, process::ExitCode, sync::Arc};
+
+use anyhow::Context as _;
+use clap::Parser;
+use palisade_policy::NodeContext;
+use tokio::{signal::unix::SignalKind, sync::Mutex};
+use tracing::{error, info};
+use tracing_subscriber::EnvFilter;
+
+use crate::{
+    config::{Config, DEFAULT_CONFIG},
+    control::ControlState,
+    datapath::ebpf::EbpfDatapath,
+    engine::{Engine, read_policy_directory},
+    flows::FlowHub,
+};
+
+/// palisade host firewall daemon.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Args {
+    /// Configuration file; a missing file means the built-in defaults.
+    #[arg(long, default_value = DEFAULT_CONFIG)]
+    config: PathBuf,
+    /// Control socket path (overrides `control.socket`).
+    #[arg(long)]
+    socket: Option<PathBuf>,
+    /// Policy directory (overrides `policy.directory`).
+    #[arg(long)]
+    policy_dir: Option<PathBuf>,
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match run(args).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            error!("{e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    let mut config = Config::load(&args.config)?;
+    if let Some(socket) = args.socket {
+        config.control.socket = socket;
+    }
+    if let Some(directory) = args.policy_dir {
+        config.policy.directory = directory;
+    }
+    let files = read_policy_directory(&config.policy.directory)?;
+    let node_name = config.node.name.clone().unwrap_or_else(host_name);
+    let node = NodeContext {
+        labels: config.node.labels.clone(),
+        audit_mode: config.policy.audit_mode,
+    };
+
+    let (datapath, flow_events) = EbpfDatapath::load()?;
+    let hub = Arc::new(FlowHub::new(node_name.clone(), config.flows.buffer));
+    let mut engine = Engine::new(node, node_name, Box::new(datapath), Arc::clone(&hub));
+    let first = engine.apply(&files, false).with_context(|| {
+        format!(
+            "loading policies from {}",
+            config.policy.directory.display()
+        )
+    })?;
+    info!(
+        policies = ?first.policies,
+        rules = first.rules,
+        directory = %config.policy.directory.display(),
+        "initial policies installed"
+    );
+    engine.attach(&config.datapath)?;
+    tokio::spawn(flows::read_events(flow_events, Arc::clone(&hub)));
+
+    let listener = control::bind(&config.control.socket)?;
+    let state = ControlState {
+        engine: Arc::new(Mutex::new(engine)),
+        hub,
+    };
+    info!(socket = %config.control.socket.display(), "palisaded ready");
+    let served = axum::serve(listener, control::router(state))
+        .with_graceful_shutdown(shutdown_signal())
+        .await;
+    // Best effort: a stale socket is replaced on the next start anyway.
+    let _ = std::fs::remove_file(&config.control.socket);
+    served.context("serving the control socket")?;
+    info!("palisaded stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let terminate = async {
+        match tokio::signal::unix::signal(SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(e) => {
+                error!(%e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    tokio::select! {
+        _ = terminate => info!("SIGTERM: stopping"),
+        _ = tokio::signal::ctrl_c() => info!("SIGINT: stopping"),
+    }
+}
+
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|name| name.trim().to_owned())
+        .unwrap_or_else(|_| "localhost".to_owned())
+}

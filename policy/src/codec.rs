@@ -1,0 +1,243 @@
+//! Reading policies from TOML, with every error placed at its line and column.
+
+use serde::de::DeserializeOwned;
+use toml::{
+    Spanned,
+    de::{DeTable, DeValue},
+};
+
+use crate::{
+    diagnostic::{Diagnostic, Diagnostics},
+    model::Policy,
+    validate::validate,
+};
+
+/// Parses and validates one TOML policy document. `file` names it in errors.
+///
+/// # Errors
+///
+/// Every syntax, schema and validation problem found, each with its position.
+pub fn policy_from_toml(file: &str, text: &str) -> Result<Policy, Diagnostics> {
+    let policy: Policy = from_toml(file, text)?;
+    let problems = validate(&policy);
+    if problems.is_empty() {
+        return Ok(policy);
+    }
+    let document = DeTable::parse(text).ok();
+    Err(Diagnostics(
+        problems
+            .into_iter()
+            .map(|problem| {
+                let offset = document
+                    .as_ref()
+                    .and_then(|document| locate(document, &problem.path));
+                Diagnostic::at(file, text, offset, problem.path, problem.message)
+            })
+            .collect(),
+    ))
+}
+
+/// Deserialises any TOML document, placing a syntax or schema error at its
+/// file, line, column and field path. `file` names the text in errors.
+///
+/// # Errors
+///
+/// The first syntax or schema problem, with its position.
+pub fn from_toml<T: DeserializeOwned>(file: &str, text: &str) -> Result<T, Diagnostics> {
+    let deserializer = toml::Deserializer::parse(text).map_err(|error| {
+        Diagnostics(vec![Diagnostic::at(
+            file,
+            text,
+            error.span().map(|span| span.start),
+            "",
+            error.message().trim_end(),
+        )])
+    })?;
+    serde_path_to_error::deserialize(deserializer).map_err(|error| {
+        let field = error.path().to_string();
+        let inner = error.into_inner();
+        let field = if field == "." { String::new() } else { field };
+        // The path names the exact element; toml's own span is the fallback.
+        let offset = DeTable::parse(text)
+            .ok()
+            .and_then(|document| locate(&document, &field))
+            .or(inner.span().map(|span| span.start));
+        Diagnostics(vec![Diagnostic::at(
+            file,
+            text,
+            offset,
+            field,
+            inner.message().trim_end(),
+        )])
+    })
+}
+
+/// Serialises a policy as TOML.
+///
+/// # Errors
+///
+/// When the policy cannot be represented in TOML (it always can today).
+pub fn policy_to_toml(policy: &Policy) -> Result<String, toml::ser::Error> {
+    toml::to_string_pretty(policy)
+}
+
+/// Byte offset of what `path` (such as `spec.ingress[0].fromCIDR[1]`) names:
+/// the key when it ends in a key, the element when it ends in an index.
+/// `None` when the path is not in the document.
+fn locate(document: &Spanned<DeTable<'_>>, path: &str) -> Option<usize> {
+    let mut offset = document.span().start;
+    let mut table = Some(document.get_ref());
+    let mut array: Option<&[Spanned<DeValue<'_>>]> = None;
+    for segment in path_segments(path) {
+        let value = match segment {
+            Segment::Key(key) => {
+                let (name, value) = table?.iter().find(|(name, _)| name.get_ref() == key)?;
+                offset = name.span().start;
+                value
+            }
+            Segment::Index(index) => {
+                let value = array?.get(index)?;
+                offset = value.span().start;
+                value
+            }
+        };
+        (table, array) = match value.get_ref() {
+            DeValue::Table(inner) => (Some(inner), None),
+            DeValue::Array(items) => (None, Some(&items[..])),
+            _ => (None, None),
+        };
+    }
+    Some(offset)
+}
+
+enum Segment<'a> {
+    Key(&'a str),
+    Index(usize),
+}
+
+fn path_segments(path: &str) -> Vec<Segment<'_>> {
+    let mut segments = Vec::new();
+    for part in path.split('.').filter(|part| !part.is_empty()) {
+        let (key, indices) = part.find('[').map_or((part, ""), |i| part.split_at(i));
+        segments.push(Segment::Key(key));
+        for index in indices.split(['[', ']']).filter(|s| !s.is_empty()) {
+            if let Ok(index) = index.parse() {
+                segments.push(Segment::Index(index));
+            }
+        }
+    }
+    segments
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+apiVersion = "cilium.io/v2"
+kind = "CiliumClusterwideNetworkPolicy"
+
+[metadata]
+name = "ssh"
+
+[spec]
+nodeSelector = {}
+
+[[spec.ingress]]
+fromCIDR = ["192.0.2.0/24"]
+
+[[spec.ingress.toPorts]]
+ports = [{ port = "22", protocol = "TCP" }]
+"#;
+
+    fn error(text: &str) -> Diagnostic {
+        let mut diagnostics = policy_from_toml("p.toml", text).unwrap_err().0;
+        assert_eq!(diagnostics.len(), 1, "{diagnostics:?}");
+        diagnostics.remove(0)
+    }
+
+    #[test]
+    fn parses_a_host_policy() {
+        let policy = policy_from_toml("p.toml", GOOD).unwrap();
+        let rule = policy.spec.unwrap();
+        assert_eq!(rule.ingress[0].from_cidr[0].to_string(), "192.0.2.0/24");
+        assert_eq!(rule.ingress[0].to_ports[0].ports[0].port.0, 22);
+    }
+
+    #[test]
+    fn unknown_field_is_placed() {
+        let text = GOOD.replace("fromCIDR =", "fromCidr =");
+        let d = error(&text);
+        assert_eq!((d.line, d.column), (Some(12), Some(1)), "{d}");
+        assert!(d.message.contains("unknown field `fromCidr`"), "{d}");
+        assert_eq!(d.field, "spec.ingress[0].fromCidr");
+    }
+
+    #[test]
+    fn malformed_cidr_is_placed() {
+        let text = GOOD.replace("192.0.2.0/24", "192.0.2.300/24");
+        let d = error(&text);
+        assert_eq!((d.line, d.column), (Some(12), Some(13)), "{d}");
+        assert_eq!(d.field, "spec.ingress[0].fromCIDR[0]");
+        assert!(d.message.contains("invalid CIDR \"192.0.2.300/24\""), "{d}");
+    }
+
+    #[test]
+    fn named_port_is_refused_with_a_hint() {
+        let text = GOOD.replace("port = \"22\"", "port = \"ssh\"");
+        let d = error(&text);
+        assert_eq!(d.line, Some(15), "{d}");
+        assert!(d.message.contains("write the port number"), "{d}");
+    }
+
+    #[test]
+    fn syntax_error_is_placed() {
+        let d = error("kind = \n");
+        assert_eq!(d.line, Some(1), "{d}");
+        assert!(d.field.is_empty());
+    }
+
+    #[test]
+    fn validation_errors_are_placed_and_all_reported() {
+        let text = GOOD.replace("[[spec.ingress]]", "[[spec.ingressx]]");
+        assert!(policy_from_toml("p.toml", &text).is_err());
+        let text = r#"
+kind = "CiliumClusterwideNetworkPolicy"
+[metadata]
+name = ""
+[spec]
+nodeSelector = {}
+[[spec.ingress.toPorts]]
+ports = [{ port = 80, endPort = 70 }, { port = 70000 }]
+"#;
+        let diagnostics = policy_from_toml("p.toml", text).unwrap_err().0;
+        assert_eq!(
+            diagnostics.len(),
+            1,
+            "range error comes from the parser first"
+        );
+        let text = r#"
+kind = "CiliumClusterwideNetworkPolicy"
+[metadata]
+name = ""
+[spec]
+nodeSelector = {}
+"#;
+        let diagnostics = policy_from_toml("p.toml", text).unwrap_err().0;
+        let rendered: Vec<String> = diagnostics.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            rendered,
+            [
+                "p.toml:4:1: metadata.name: a policy needs a non-empty name",
+                "p.toml:5:2: spec: rule must have at least one of ingress or ingressDeny",
+            ]
+        );
+    }
+
+    #[test]
+    fn round_trips_through_toml() {
+        let policy = policy_from_toml("p.toml", GOOD).unwrap();
+        let text = policy_to_toml(&policy).unwrap();
+        assert_eq!(policy_from_toml("again.toml", &text).unwrap(), policy);
+    }
+}

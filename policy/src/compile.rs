@@ -1,0 +1,375 @@
+//! The compiler: the policies that select this node → a datapath-neutral rule table.
+//!
+//! The table keeps two views of the same rules:
+//! - `entries`: one row per (prefix, protocol, port range, action) exactly as the
+//!   policies say it; the reference evaluator reads this view;
+//! - `prefixes` + `rule_sets`: the view a longest-prefix-match datapath needs.
+//!   Each prefix's rule set already holds the rows of every prefix containing
+//!   it, so one lookup of the most specific prefix finds everything that
+//!   applies. Identical rule sets are stored once.
+
+use std::collections::{BTreeMap, HashMap};
+
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
+use palisade_common::{MAX_ENTRIES_PER_RULE_SET, PortEntry, action, protocol};
+use serde::Serialize;
+
+use crate::model::{IngressRule, Policy};
+
+/// What the compiler needs to know about this node.
+#[derive(Debug, Clone, Default)]
+pub struct NodeContext {
+    /// This node's labels, matched against `nodeSelector`.
+    pub labels: BTreeMap<String, String>,
+    /// Forward would-be drops and report them as AUDIT (`policy-audit-mode`).
+    pub audit_mode: bool,
+}
+
+/// Which list of a rule an entry came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Section {
+    /// `ingress`.
+    Ingress,
+    /// `ingressDeny`.
+    IngressDeny,
+}
+
+/// Where a compiled rule came from, for flows and `explain`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RuleOrigin {
+    /// The policy's `metadata.name`.
+    pub policy: String,
+    /// Field path of the rule, such as `spec.ingressDeny[0]`.
+    pub path: String,
+    /// The list it sits in.
+    pub section: Section,
+}
+
+/// One row of the unflattened view.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct TableEntry {
+    /// Source prefix the row applies to.
+    pub prefix: IpNet,
+    /// Protocol, ports, action and rule id.
+    #[serde(skip)]
+    pub port: PortEntry,
+}
+
+/// A prefix of the flattened view and the rule set its packets use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct PrefixEntry {
+    /// The prefix.
+    pub prefix: IpNet,
+    /// Index into [`DirectionTable::rule_sets`].
+    pub rule_set: u32,
+}
+
+/// Everything a datapath needs for one direction.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct DirectionTable {
+    /// Whether packets no rule allows are dropped.
+    pub default_deny: bool,
+    /// The rows as written in the policies.
+    pub entries: Vec<TableEntry>,
+    /// Flattened view: prefixes, most specific wins.
+    pub prefixes: Vec<PrefixEntry>,
+    /// Flattened view: rule sets, deny rows first, each group by rule id.
+    /// Index 0 is always the empty set.
+    #[serde(skip)]
+    pub rule_sets: Vec<Vec<PortEntry>>,
+}
+
+/// The compiled rules for this node.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct CompiledTable {
+    /// Ingress rules.
+    pub ingress: DirectionTable,
+    /// Rule id → where it came from.
+    pub rules: Vec<RuleOrigin>,
+    /// Whether would-be drops are forwarded as AUDIT.
+    pub audit: bool,
+    /// Names of the policies that select this node.
+    pub policies: Vec<String>,
+}
+
+/// Why a rule set cannot be compiled.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CompileError {
+    /// One prefix collects more rows than a datapath rule set holds.
+    #[error(
+        "{count} port rules apply to source {prefix}, more than the {max} one prefix can hold; merge port ranges or split the traffic by prefix"
+    )]
+    TooManyEntries {
+        /// The prefix.
+        prefix: IpNet,
+        /// How many rows apply to it.
+        count: usize,
+        /// The limit.
+        max: usize,
+    },
+}
+
+/// Compiles the policies that select this node.
+///
+/// # Errors
+///
+/// [`CompileError::TooManyEntries`] when one prefix collects too many rows.
+pub fn compile(policies: &[Policy], node: &NodeContext) -> Result<CompiledTable, CompileError> {
+    let mut table = CompiledTable {
+        audit: node.audit_mode,
+        ..CompiledTable::default()
+    };
+    for policy in policies {
+        let mut selected = false;
+        for (path, rule) in policy.rules() {
+            if !rule.node_selector.matches(&node.labels) {
+                continue;
+            }
+            selected = true;
+            // Cilium: a selecting rule with an ingress or ingressDeny section puts
+            // ingress into default deny (Documentation/security/policy/intro.rst).
+            table.ingress.default_deny |= !rule.ingress.is_empty() || !rule.ingress_deny.is_empty();
+            let sections = [
+                (Section::Ingress, "ingress", &rule.ingress, action::ALLOW),
+                (
+                    Section::IngressDeny,
+                    "ingressDeny",
+                    &rule.ingress_deny,
+                    action::DENY,
+                ),
+            ];
+            for (section, name, rules, verdict) in sections {
+                for (i, ingress_rule) in rules.iter().enumerate() {
+                    let rule_id = u32::try_from(table.rules.len()).unwrap_or(u32::MAX - 1);
+                    table.rules.push(RuleOrigin {
+                        policy: policy.metadata.name.clone(),
+                        path: format!("{path}.{name}[{i}]"),
+                        section,
+                    });
+                    add_rows(&mut table.ingress.entries, ingress_rule, verdict, rule_id);
+                }
+            }
+        }
+        if selected {
+            table.policies.push(policy.metadata.name.clone());
+        }
+    }
+    flatten(&mut table.ingress)?;
+    Ok(table)
+}
+
+fn add_rows(rows: &mut Vec<TableEntry>, rule: &IngressRule, verdict: u8, rule_id: u32) {
+    // No peer selects every peer (Cilium's wildcard L3 rule).
+    let everyone = [IpNet::V4(Ipv4Net::default()), IpNet::V6(Ipv6Net::default())];
+    let prefixes: Vec<IpNet> = if rule.from_cidr.is_empty() {
+        everyone.to_vec()
+    } else {
+        rule.from_cidr.iter().map(|cidr| cidr.0).collect()
+    };
+    // No ports is Cilium's L3-only rule: every protocol, every port.
+    let ports: Vec<(u8, u16, u16)> = if rule.to_ports.is_empty() {
+        vec![(protocol::ALL, 0, u16::MAX)]
+    } else {
+        rule.to_ports
+            .iter()
+            .flat_map(|port_rule| &port_rule.ports)
+            .map(|port| {
+                let (lo, hi) = port.range();
+                (port.protocol.code(), lo, hi)
+            })
+            .collect()
+    };
+    for prefix in prefixes {
+        for &(protocol, port_lo, port_hi) in &ports {
+            rows.push(TableEntry {
+                prefix,
+                port: PortEntry {
+                    port_lo,
+                    port_hi,
+                    rule_id,
+                    protocol,
+                    action: verdict,
+                    pad: [0; 2],
+                },
+            });
+        }
+    }
+}
+
+/// Builds `prefixes` and `rule_sets` from `entries`.
+fn flatten(direction: &mut DirectionTable) -> Result<(), CompileError> {
+    let mut own: BTreeMap<IpNet, Vec<PortEntry>> = BTreeMap::new();
+    for row in &direction.entries {
+        own.entry(row.prefix).or_default().push(row.port);
+    }
+    direction.rule_sets = vec![Vec::new()];
+    let mut set_index: HashMap<Vec<PortEntry>, u32> = HashMap::from([(Vec::new(), 0)]);
+    // Sorted by (address, length): every prefix comes after all prefixes that
+    // contain it, so a stack of open ancestors gives each prefix its parents.
+    let mut ancestors: Vec<(IpNet, Vec<PortEntry>)> = Vec::new();
+    for (prefix, rows) in own {
+        while let Some((top, _)) = ancestors.last() {
+            if top.contains(&prefix) && top.prefix_len() < prefix.prefix_len() {
+                break;
+            }
+            ancestors.pop();
+        }
+        let mut set: Vec<PortEntry> = ancestors
+            .last()
+            .map(|(_, set)| set.clone())
+            .unwrap_or_default();
+        set.extend(rows);
+        let set = canonical(set);
+        if set.len() > MAX_ENTRIES_PER_RULE_SET {
+            return Err(CompileError::TooManyEntries {
+                prefix,
+                count: set.len(),
+                max: MAX_ENTRIES_PER_RULE_SET,
+            });
+        }
+        let next = u32::try_from(direction.rule_sets.len()).unwrap_or(u32::MAX);
+        let index = *set_index.entry(set.clone()).or_insert_with(|| {
+            direction.rule_sets.push(set.clone());
+            next
+        });
+        direction.prefixes.push(PrefixEntry {
+            prefix,
+            rule_set: index,
+        });
+        ancestors.push((prefix, set));
+    }
+    Ok(())
+}
+
+/// Deny rows first, then allow rows, each by rule id; a row that matches
+/// exactly what an earlier row matches is dropped.
+fn canonical(mut set: Vec<PortEntry>) -> Vec<PortEntry> {
+    let deny_first = |entry: &PortEntry| u8::from(entry.action != action::DENY);
+    set.sort_by_key(|entry| {
+        (
+            deny_first(entry),
+            entry.rule_id,
+            entry.protocol,
+            entry.port_lo,
+            entry.port_hi,
+        )
+    });
+    let mut seen = std::collections::HashSet::new();
+    set.retain(|entry| seen.insert((entry.action, entry.protocol, entry.port_lo, entry.port_hi)));
+    set
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec::policy_from_toml;
+
+    pub(crate) fn policy(text: &str) -> Policy {
+        policy_from_toml("test.toml", text).unwrap()
+    }
+
+    const LAYERED: &str = r#"
+kind = "CiliumClusterwideNetworkPolicy"
+metadata = { name = "layered" }
+[spec]
+nodeSelector = {}
+[[spec.ingress]]
+fromCIDR = ["10.0.0.0/8"]
+toPorts = [{ ports = [{ port = 22, protocol = "TCP" }] }]
+[[spec.ingress]]
+fromCIDR = ["10.1.0.0/16"]
+toPorts = [{ ports = [{ port = 80, protocol = "TCP" }] }]
+[[spec.ingressDeny]]
+fromCIDR = ["10.1.2.0/24"]
+"#;
+
+    /// (prefix, [(action, first port, rule id)]) for each flattened prefix.
+    type FlatView = Vec<(String, Vec<(u8, u16, u32)>)>;
+
+    #[test]
+    fn nested_prefixes_inherit_their_ancestors_rows() {
+        let table = compile(&[policy(LAYERED)], &NodeContext::default()).unwrap();
+        assert!(table.ingress.default_deny);
+        let sets: FlatView = table
+            .ingress
+            .prefixes
+            .iter()
+            .map(|p| {
+                let set = &table.ingress.rule_sets[p.rule_set as usize];
+                let rows = set
+                    .iter()
+                    .map(|e| (e.action, e.port_lo, e.rule_id))
+                    .collect();
+                (p.prefix.to_string(), rows)
+            })
+            .collect();
+        assert_eq!(
+            sets,
+            [
+                ("10.0.0.0/8".to_owned(), vec![(action::ALLOW, 22, 0)]),
+                (
+                    "10.1.0.0/16".to_owned(),
+                    vec![(action::ALLOW, 22, 0), (action::ALLOW, 80, 1)]
+                ),
+                (
+                    "10.1.2.0/24".to_owned(),
+                    vec![
+                        (action::DENY, 0, 2),
+                        (action::ALLOW, 22, 0),
+                        (action::ALLOW, 80, 1)
+                    ]
+                ),
+            ]
+        );
+    }
+
+    #[test]
+    fn siblings_do_not_inherit_from_each_other() {
+        let text = LAYERED.replace("10.1.0.0/16", "11.0.0.0/8");
+        let table = compile(&[policy(&text)], &NodeContext::default()).unwrap();
+        let eleven = table
+            .ingress
+            .prefixes
+            .iter()
+            .find(|p| p.prefix.to_string() == "11.0.0.0/8")
+            .unwrap();
+        let rows = &table.ingress.rule_sets[eleven.rule_set as usize];
+        assert_eq!(rows.len(), 1);
+        assert_eq!(rows[0].port_lo, 80);
+    }
+
+    #[test]
+    fn node_selector_limits_what_applies() {
+        let text = LAYERED.replace(
+            "nodeSelector = {}",
+            "nodeSelector = { matchLabels = { role = \"db\" } }",
+        );
+        let table = compile(&[policy(&text)], &NodeContext::default()).unwrap();
+        assert!(!table.ingress.default_deny);
+        assert!(table.ingress.entries.is_empty());
+        assert!(table.policies.is_empty());
+        let node = NodeContext {
+            labels: BTreeMap::from([("role".to_owned(), "db".to_owned())]),
+            ..NodeContext::default()
+        };
+        let table = compile(&[policy(&text)], &node).unwrap();
+        assert_eq!(table.policies, ["layered"]);
+    }
+
+    #[test]
+    fn too_many_rows_for_one_prefix_is_an_error() {
+        let ports: Vec<String> = (1..=40)
+            .map(|p| format!("{{ port = {p}, protocol = \"TCP\" }}"))
+            .collect();
+        let text = format!(
+            "kind = \"CiliumClusterwideNetworkPolicy\"\nmetadata = {{ name = \"many\" }}\n[spec]\nnodeSelector = {{}}\n[[spec.ingress]]\ntoPorts = [{{ ports = [{}] }}]\n",
+            ports.join(", ")
+        );
+        let error = compile(&[policy(&text)], &NodeContext::default()).unwrap_err();
+        assert!(
+            matches!(error, CompileError::TooManyEntries { count: 40, .. }),
+            "{error}"
+        );
+    }
+}

@@ -1,0 +1,184 @@
+//! The reference evaluator: the verdict a compiled table gives one new connection.
+//!
+//! It reads the table's unflattened rows directly (every row whose prefix
+//! contains the source), not the flattened rule sets a datapath uses, so it is
+//! an independent oracle for every datapath.
+//!
+//! Semantics (Cilium, Documentation/security/policy/language.rst "Deny Policies"):
+//! a matching deny row beats any allow row; otherwise a matching allow row lets
+//! the packet through; otherwise the direction's default decides. When several
+//! rows of the deciding kind match, the one with the lowest rule id is reported.
+
+use std::net::IpAddr;
+
+use palisade_common::{NO_RULE, PortEntry, action, drop_reason, protocol, verdict};
+use serde::{Deserialize, Serialize};
+
+use crate::compile::CompiledTable;
+
+/// The first packet of a connection, as the evaluator sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Connection {
+    /// IP protocol number (6 TCP, 17 UDP, 132 SCTP, 1 ICMP, 58 ICMPv6, ...).
+    pub protocol: u8,
+    /// Source address.
+    pub source: IpAddr,
+    /// Destination address.
+    pub destination: IpAddr,
+    /// Destination port (0 for protocols without ports).
+    pub destination_port: u16,
+}
+
+/// What the evaluator decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Verdict {
+    /// One of `palisade_common::verdict`.
+    pub verdict: u8,
+    /// One of `palisade_common::drop_reason`.
+    pub drop_reason: u8,
+    /// The deciding rule, or `NO_RULE`.
+    pub rule_id: u32,
+}
+
+/// Evaluates one new ingress connection against `table`.
+pub fn evaluate_ingress(table: &CompiledTable, connection: &Connection) -> Verdict {
+    let matching = |wanted: u8| {
+        table
+            .ingress
+            .entries
+            .iter()
+            .filter(|row| row.prefix.contains(&connection.source))
+            .map(|row| row.port)
+            .filter(|entry| entry.action == wanted && entry_matches(entry, connection))
+            .map(|entry| entry.rule_id)
+            .min()
+    };
+    let would_drop = |reason, rule_id| Verdict {
+        verdict: if table.audit {
+            verdict::AUDIT
+        } else {
+            verdict::DROPPED
+        },
+        drop_reason: reason,
+        rule_id,
+    };
+    if let Some(rule_id) = matching(action::DENY) {
+        return would_drop(drop_reason::POLICY_DENY, rule_id);
+    }
+    if let Some(rule_id) = matching(action::ALLOW) {
+        return Verdict {
+            verdict: verdict::FORWARDED,
+            drop_reason: drop_reason::NONE,
+            rule_id,
+        };
+    }
+    if table.ingress.default_deny {
+        would_drop(drop_reason::POLICY_DENIED, NO_RULE)
+    } else {
+        Verdict {
+            verdict: verdict::FORWARDED,
+            drop_reason: drop_reason::NONE,
+            rule_id: NO_RULE,
+        }
+    }
+}
+
+fn entry_matches(entry: &PortEntry, connection: &Connection) -> bool {
+    let protocol_matches = match entry.protocol {
+        protocol::ALL => true,
+        protocol::ANY => matches!(
+            connection.protocol,
+            protocol::TCP | protocol::UDP | protocol::SCTP
+        ),
+        code => code == connection.protocol,
+    };
+    protocol_matches && (entry.port_lo..=entry.port_hi).contains(&connection.destination_port)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        codec::policy_from_toml,
+        compile::{NodeContext, compile},
+    };
+
+    const POLICY: &str = r#"
+kind = "CiliumClusterwideNetworkPolicy"
+metadata = { name = "p" }
+[spec]
+nodeSelector = {}
+[[spec.ingress]]
+fromCIDR = ["10.0.0.0/8", "2001:db8::/32"]
+toPorts = [{ ports = [{ port = 22, protocol = "TCP" }, { port = 8000, endPort = 8099 }] }]
+[[spec.ingressDeny]]
+fromCIDR = ["10.66.0.0/16"]
+"#;
+
+    fn table(audit_mode: bool) -> CompiledTable {
+        let policy = policy_from_toml("p.toml", POLICY).unwrap();
+        compile(
+            &[policy],
+            &NodeContext {
+                audit_mode,
+                ..NodeContext::default()
+            },
+        )
+        .unwrap()
+    }
+
+    fn connection(source: &str, proto: u8, port: u16) -> Connection {
+        Connection {
+            protocol: proto,
+            source: source.parse().unwrap(),
+            destination: "10.255.0.1".parse().unwrap(),
+            destination_port: port,
+        }
+    }
+
+    #[test]
+    fn allow_deny_and_default() {
+        let t = table(false);
+        let v = |s, p, port| evaluate_ingress(&t, &connection(s, p, port));
+        assert_eq!(v("10.1.2.3", protocol::TCP, 22).verdict, verdict::FORWARDED);
+        assert_eq!(v("10.1.2.3", protocol::TCP, 22).rule_id, 0);
+        assert_eq!(
+            v("2001:db8::1", protocol::TCP, 22).verdict,
+            verdict::FORWARDED
+        );
+        assert_eq!(v("10.1.2.3", protocol::UDP, 22).verdict, verdict::DROPPED);
+        assert_eq!(
+            v("10.1.2.3", protocol::UDP, 8050).verdict,
+            verdict::FORWARDED
+        );
+        assert_eq!(
+            v("10.1.2.3", protocol::SCTP, 8099).verdict,
+            verdict::FORWARDED
+        );
+        assert_eq!(v("10.1.2.3", protocol::TCP, 8100).verdict, verdict::DROPPED);
+        assert_eq!(
+            v("10.1.2.3", protocol::ICMP, 0).drop_reason,
+            drop_reason::POLICY_DENIED
+        );
+        let denied = v("10.66.1.1", protocol::TCP, 22);
+        assert_eq!(
+            (denied.verdict, denied.drop_reason, denied.rule_id),
+            (verdict::DROPPED, drop_reason::POLICY_DENY, 1)
+        );
+        assert_eq!(
+            v("10.66.1.1", protocol::ICMP, 0).drop_reason,
+            drop_reason::POLICY_DENY
+        );
+        assert_eq!(v("192.0.2.1", protocol::TCP, 22).verdict, verdict::DROPPED);
+    }
+
+    #[test]
+    fn audit_mode_turns_drops_into_audits() {
+        let t = table(true);
+        let v = evaluate_ingress(&t, &connection("192.0.2.1", protocol::TCP, 22));
+        assert_eq!(
+            (v.verdict, v.drop_reason),
+            (verdict::AUDIT, drop_reason::POLICY_DENIED)
+        );
+    }
+}

@@ -1,0 +1,17 @@
+//! palisade's policy language, with no I/O: the CiliumClusterwideNetworkPolicy
+//! model, the TOML codec with positioned errors, validation, the compiler to a
+//! datapath-neutral rule table, and the reference evaluator every datapath is
+//! tested against.
+
+pub mod codec;
+pub mod compile;
+pub mod diagnostic;
+pub mod evaluate;
+pub mod model;
+pub mod validate;
+
+pub use codec::{from_toml, policy_from_toml, policy_to_toml};
+pub use compile::{CompileError, CompiledTable, NodeContext, compile};
+pub use diagnostic::{Diagnostic, Diagnostics};
+pub use evaluate::{Connection, Verdict, evaluate_ingress};
+pub use model::Policy;

@@ -1,0 +1,526 @@
+//! Network-namespace test hosts for palisade's end-to-end tests and demo.
+//!
+//! Everything here creates its own namespaces and veth pairs and removes them
+//! when dropped, also when a test panics: nothing touches the machine's own
+//! interfaces, and traffic only flows between namespaces we made.
+
+use std::{
+    fs::File,
+    io::Read as _,
+    net::{IpAddr, SocketAddr, TcpListener},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, AtomicU32, Ordering},
+    },
+    thread::{self, JoinHandle},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, anyhow, bail};
+use nix::sched::{CloneFlags, setns};
+use socket2::{Domain, Socket, Type};
+
+static NEXT_ID: AtomicU32 = AtomicU32::new(0);
+
+/// A name unique to this process and call, short enough for `ip netns`.
+fn unique(role: &str) -> String {
+    let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
+    format!("pal{}-{id}-{role}", std::process::id())
+}
+
+/// Whether this process may create namespaces and load BPF. Without root it
+/// prints why the test is skipped and returns false, except under `CI=true`,
+/// where a missing capability is a failure.
+pub fn have_root(test: &str) -> bool {
+    if nix::unistd::geteuid().is_root() {
+        return true;
+    }
+    assert!(
+        std::env::var("CI").as_deref() != Ok("true"),
+        "{test} needs root (network namespaces, BPF); CI must run it as root"
+    );
+    eprintln!("SKIPPED {test}: needs root for network namespaces and BPF");
+    false
+}
+
+/// Runs a command to completion, failing with its stderr when it fails.
+pub fn run(command: &mut Command) -> anyhow::Result<String> {
+    let output = command
+        .output()
+        .with_context(|| format!("running {command:?}"))?;
+    if !output.status.success() {
+        bail!(
+            "{command:?} failed ({}): {}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+fn ip(args: &[&str]) -> anyhow::Result<String> {
+    run(Command::new("ip").args(args))
+}
+
+/// A named network namespace (`ip netns add`), deleted on drop.
+#[derive(Debug)]
+pub struct Netns {
+    name: String,
+}
+
+impl Netns {
+    /// Creates a namespace named after `role`, with loopback up.
+    ///
+    /// # Errors
+    ///
+    /// When `ip netns add` fails.
+    pub fn new(role: &str) -> anyhow::Result<Self> {
+        let name = unique(role);
+        ip(&["netns", "add", &name])?;
+        let netns = Self { name };
+        netns.ip(&["link", "set", "lo", "up"])?;
+        Ok(netns)
+    }
+
+    /// The namespace's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Runs `ip -n NAME ARGS...`.
+    ///
+    /// # Errors
+    ///
+    /// When the command fails.
+    pub fn ip(&self, args: &[&str]) -> anyhow::Result<String> {
+        let mut all = vec!["-n", self.name.as_str()];
+        all.extend_from_slice(args);
+        ip(&all)
+    }
+
+    /// A command that runs `program` inside this namespace.
+    pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut command = Command::new("ip");
+        command.args(["netns", "exec", &self.name]).arg(program);
+        command
+    }
+
+    /// Runs `f` on a thread that has entered this namespace.
+    ///
+    /// # Errors
+    ///
+    /// When the namespace cannot be entered.
+    pub fn spawn<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> anyhow::Result<JoinHandle<T>> {
+        let file = File::open(Path::new("/run/netns").join(&self.name))
+            .with_context(|| format!("opening namespace {}", self.name))?;
+        // The thread enters the namespace before running f; only that thread moves.
+        let (entered_tx, entered_rx) = std::sync::mpsc::channel();
+        let handle = thread::spawn(move || {
+            let entered = setns(&file, CloneFlags::CLONE_NEWNET);
+            let ok = entered.is_ok();
+            let _ = entered_tx.send(entered);
+            assert!(ok, "setns failed");
+            f()
+        });
+        entered_rx
+            .recv()
+            .context("namespace thread died")?
+            .with_context(|| format!("entering namespace {}", self.name))?;
+        Ok(handle)
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        if let Err(error) = ip(&["netns", "del", &self.name]) {
+            eprintln!(
+                "warning: could not delete namespace {}: {error:#}",
+                self.name
+            );
+        }
+    }
+}
+
+/// Whether a namespace of this name exists.
+pub fn netns_exists(name: &str) -> bool {
+    Path::new("/run/netns").join(name).exists()
+}
+
+/// Two namespaces joined by a veth pair: a `node` (the firewall's host) and a
+/// `client` with one address inside and one outside the example bastion
+/// network. Both ends are called `eth0`, as in the example config.
+#[derive(Debug)]
+pub struct Topology {
+    /// Where palisaded runs.
+    pub node: Netns,
+    /// Where traffic comes from.
+    pub client: Netns,
+}
+
+impl Topology {
+    /// The node's address.
+    pub const NODE: &'static str = "10.200.0.1";
+    /// A client address inside the example policy's bastion network 10.200.0.8/29.
+    pub const BASTION: &'static str = "10.200.0.10";
+    /// A client address outside the bastion network.
+    pub const OUTSIDER: &'static str = "10.200.0.100";
+
+    /// Creates both namespaces and the veth pair between them.
+    ///
+    /// # Errors
+    ///
+    /// When any `ip` command fails (everything made so far is removed).
+    pub fn new() -> anyhow::Result<Self> {
+        let topology = Self {
+            node: Netns::new("node")?,
+            client: Netns::new("client")?,
+        };
+        // Created inside the node namespace with its peer inside the client's:
+        // the veth never exists in the root namespace.
+        topology.node.ip(&[
+            "link",
+            "add",
+            "eth0",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            topology.client.name(),
+        ])?;
+        topology
+            .node
+            .ip(&["addr", "add", &format!("{}/24", Self::NODE), "dev", "eth0"])?;
+        for address in [Self::BASTION, Self::OUTSIDER] {
+            topology
+                .client
+                .ip(&["addr", "add", &format!("{address}/24"), "dev", "eth0"])?;
+        }
+        topology.node.ip(&["link", "set", "eth0", "up"])?;
+        topology.client.ip(&["link", "set", "eth0", "up"])?;
+        Ok(topology)
+    }
+}
+
+/// A child process killed (SIGTERM, then SIGKILL) and reaped on drop.
+#[derive(Debug)]
+pub struct ChildGuard {
+    child: Child,
+}
+
+impl ChildGuard {
+    /// Takes ownership of `child`.
+    pub fn new(child: Child) -> Self {
+        Self { child }
+    }
+
+    /// The process id.
+    pub fn id(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Whether the process has exited.
+    pub fn has_exited(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(Some(_)))
+    }
+
+    /// Stops the process: SIGTERM, up to 5 s to exit, then SIGKILL.
+    pub fn stop(&mut self) {
+        if self.has_exited() {
+            return;
+        }
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(self.child.id()).unwrap_or(i32::MAX));
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if self.has_exited() {
+                return;
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Whether a process with this pid exists.
+pub fn process_exists(pid: u32) -> bool {
+    Path::new("/proc").join(pid.to_string()).exists()
+}
+
+/// A temporary directory removed on drop.
+#[derive(Debug)]
+pub struct TempDir {
+    path: PathBuf,
+}
+
+impl TempDir {
+    /// Creates a fresh directory under the system temp directory.
+    ///
+    /// # Errors
+    ///
+    /// When the directory cannot be created.
+    pub fn new(role: &str) -> anyhow::Result<Self> {
+        let path = std::env::temp_dir().join(unique(role));
+        std::fs::create_dir_all(&path).with_context(|| format!("creating {}", path.display()))?;
+        Ok(Self { path })
+    }
+
+    /// The directory.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
+}
+
+/// Where cargo put this workspace's binaries (`target/<profile>/`), found from
+/// the running executable (a test in `target/<profile>/deps/`, or xtask).
+///
+/// # Errors
+///
+/// When `name` has not been built.
+pub fn binary(name: &str) -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let mut dir = exe.parent().map(Path::to_path_buf).unwrap_or_default();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    let path = dir.join(name);
+    if !path.exists() {
+        bail!(
+            "{} is not built; run `cargo build --bins` first (`cargo xtask test` does)",
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
+/// A running palisaded inside a namespace, with its own socket, config and
+/// policy directory, stopped on drop.
+#[derive(Debug)]
+pub struct Daemon {
+    process: ChildGuard,
+    socket: PathBuf,
+    log: PathBuf,
+}
+
+impl Daemon {
+    /// Starts palisaded in `netns` with `config` and `policy_dir`, its socket
+    /// and log in `workdir`, and waits until the socket answers.
+    ///
+    /// # Errors
+    ///
+    /// When it does not come up within 20 s (its log is in the error).
+    pub fn start(
+        netns: &Netns,
+        config: &Path,
+        policy_dir: &Path,
+        workdir: &Path,
+    ) -> anyhow::Result<Self> {
+        let socket = workdir.join("palisade.sock");
+        let log = workdir.join("palisaded.log");
+        let log_file = File::create(&log)?;
+        let child = netns
+            .command(binary("palisaded")?)
+            .arg("--config")
+            .arg(config)
+            .arg("--policy-dir")
+            .arg(policy_dir)
+            .arg("--socket")
+            .arg(&socket)
+            .stdin(Stdio::null())
+            .stdout(log_file.try_clone()?)
+            .stderr(log_file)
+            .spawn()
+            .context("starting palisaded")?;
+        let mut daemon = Self {
+            process: ChildGuard::new(child),
+            socket,
+            log,
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if daemon
+                .ctl(&["status"])
+                .map(|o| o.status.success())
+                .unwrap_or(false)
+            {
+                return Ok(daemon);
+            }
+            if daemon.process.has_exited() || Instant::now() > deadline {
+                bail!("palisaded did not come up; its log:\n{}", daemon.log());
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The control socket.
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
+    /// The daemon's pid.
+    pub fn pid(&self) -> u32 {
+        self.process.id()
+    }
+
+    /// What the daemon logged so far.
+    pub fn log(&self) -> String {
+        let mut text = String::new();
+        if let Ok(mut file) = File::open(&self.log) {
+            let _ = file.read_to_string(&mut text);
+        }
+        text
+    }
+
+    /// Runs `palisadectl --socket SOCKET ARGS...` and returns its output.
+    ///
+    /// # Errors
+    ///
+    /// When palisadectl cannot be started.
+    pub fn ctl(&self, args: &[&str]) -> anyhow::Result<std::process::Output> {
+        Command::new(binary("palisadectl")?)
+            .arg("--socket")
+            .arg(&self.socket)
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .context("running palisadectl")
+    }
+
+    /// Stops the daemon (SIGTERM, then SIGKILL).
+    pub fn stop(&mut self) {
+        self.process.stop();
+    }
+}
+
+/// A TCP listener inside a namespace that records who connected, stopped on drop.
+#[derive(Debug)]
+pub struct Listener {
+    peers: Arc<Mutex<Vec<IpAddr>>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Listener {
+    /// Listens on `address` inside `netns`.
+    ///
+    /// # Errors
+    ///
+    /// When the namespace cannot be entered or the address cannot be bound.
+    pub fn start(netns: &Netns, address: SocketAddr) -> anyhow::Result<Self> {
+        let peers = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (bound_tx, bound_rx) = std::sync::mpsc::channel();
+        let thread = {
+            let peers = Arc::clone(&peers);
+            let stop = Arc::clone(&stop);
+            netns.spawn(move || {
+                let listener = match TcpListener::bind(address)
+                    .and_then(|l| l.set_nonblocking(true).map(|()| l))
+                {
+                    Ok(listener) => {
+                        let _ = bound_tx.send(Ok(()));
+                        listener
+                    }
+                    Err(error) => {
+                        let _ = bound_tx.send(Err(error));
+                        return;
+                    }
+                };
+                while !stop.load(Ordering::Relaxed) {
+                    match listener.accept() {
+                        Ok((_, peer)) => {
+                            if let Ok(mut peers) = peers.lock() {
+                                peers.push(peer.ip());
+                            }
+                        }
+                        Err(_) => thread::sleep(Duration::from_millis(10)),
+                    }
+                }
+            })?
+        };
+        bound_rx
+            .recv()
+            .context("listener thread died")?
+            .with_context(|| format!("binding {address}"))?;
+        Ok(Self {
+            peers,
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    /// Addresses that connected so far.
+    pub fn peers(&self) -> Vec<IpAddr> {
+        self.peers.lock().map(|p| p.clone()).unwrap_or_default()
+    }
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// Outcome of a TCP connection attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Connect {
+    /// The handshake completed.
+    Established,
+    /// The peer answered with a reset (nothing listening).
+    Refused,
+    /// No answer within the timeout (dropped).
+    TimedOut,
+}
+
+/// Connects from `source` (an address of `netns`) to `destination`.
+///
+/// # Errors
+///
+/// When the namespace cannot be entered or the socket cannot be set up.
+pub fn tcp_connect(
+    netns: &Netns,
+    source: IpAddr,
+    destination: SocketAddr,
+    timeout: Duration,
+) -> anyhow::Result<Connect> {
+    let attempt = netns.spawn(move || -> anyhow::Result<Connect> {
+        let socket = Socket::new(Domain::for_address(destination), Type::STREAM, None)?;
+        socket.bind(&SocketAddr::new(source, 0).into())?;
+        Ok(match socket.connect_timeout(&destination.into(), timeout) {
+            Ok(()) => Connect::Established,
+            Err(error) if error.kind() == std::io::ErrorKind::ConnectionRefused => Connect::Refused,
+            Err(error)
+                if error.kind() == std::io::ErrorKind::TimedOut
+                    || error.kind() == std::io::ErrorKind::WouldBlock =>
+            {
+                Connect::TimedOut
+            }
+            Err(error) => return Err(error.into()),
+        })
+    })?;
+    attempt
+        .join()
+        .map_err(|_| anyhow!("connect thread panicked"))?
+}

@@ -1,0 +1,74 @@
+//! `cargo xtask setup | demo | test`: the project's tasks.
+
+mod demo;
+mod setup;
+
+use std::{path::PathBuf, process::Command};
+
+use anyhow::{Context as _, bail};
+use clap::{Parser, Subcommand};
+
+/// palisade's development tasks.
+#[derive(Debug, Parser)]
+#[command(about)]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Debug, Subcommand)]
+enum Task {
+    /// Install what the build and the tests need (apt packages, the pinned
+    /// nightly with rust-src, bpf-linker); does nothing when all is there.
+    Setup,
+    /// Run the firewall on its example config in network namespaces it creates,
+    /// send allowed and denied traffic, and show the flows.
+    Demo,
+    /// fmt check, clippy -D warnings, and every test (unit and end to end).
+    Test,
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().task {
+        Task::Setup => setup::run(),
+        Task::Demo => {
+            setup::run()?;
+            cargo(&["build", "--bins"])?;
+            demo::run()
+        }
+        Task::Test => {
+            setup::run()?;
+            test()
+        }
+    }
+}
+
+/// The workspace root.
+fn workspace() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(PathBuf::from)
+        .unwrap_or_default()
+}
+
+/// Runs cargo in the workspace with `args`, failing if it fails.
+fn cargo(args: &[&str]) -> anyhow::Result<()> {
+    eprintln!("+ cargo {}", args.join(" "));
+    let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .args(args)
+        .current_dir(workspace())
+        .status()
+        .with_context(|| format!("running cargo {}", args.join(" ")))?;
+    if !status.success() {
+        bail!("cargo {} failed ({status})", args.join(" "));
+    }
+    Ok(())
+}
+
+fn test() -> anyhow::Result<()> {
+    cargo(&["fmt", "--all", "--check"])?;
+    cargo(&["clippy", "--all-targets", "--", "-D", "warnings"])?;
+    // The end-to-end tests run the built palisaded and palisadectl.
+    cargo(&["build", "--bins"])?;
+    cargo(&["test", "--no-fail-fast"])
+}

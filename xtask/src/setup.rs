@@ -1,0 +1,162 @@
+//! `cargo xtask setup`: installs, idempotently, what building and testing need.
+//!
+//! - Debian packages (iproute2 for namespaces, nftables, bpftool);
+//! - the pinned eBPF nightly with rust-src;
+//! - bpf-linker built against that nightly's own LLVM (plain
+//!   `cargo install bpf-linker` needs a system LLVM 22 these machines lack).
+//!
+//! Each step checks first and does nothing when its part is already there.
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+};
+
+use anyhow::{Context as _, bail};
+
+/// Must match daemon/build.rs.
+const EBPF_TOOLCHAIN: &str = "nightly-2026-08-01";
+const BPF_LINKER_VERSION: &str = "0.13.0";
+/// Where the nightly's libLLVM is linked for bpf-linker's build and run.
+const LLVM_PREFIX: &str = "/opt/rustllvm";
+const APT_PACKAGES: &[&str] = &["iproute2", "nftables", "bpftool"];
+
+/// Runs every step.
+pub fn run() -> anyhow::Result<()> {
+    apt_packages()?;
+    ebpf_toolchain()?;
+    bpf_linker()
+}
+
+fn succeeds(command: &mut Command) -> bool {
+    command
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|status| status.success())
+}
+
+fn check(command: &mut Command) -> anyhow::Result<()> {
+    eprintln!("+ {command:?}");
+    let status = command
+        .status()
+        .with_context(|| format!("running {command:?}"))?;
+    if !status.success() {
+        bail!("{command:?} failed ({status})");
+    }
+    Ok(())
+}
+
+fn apt_packages() -> anyhow::Result<()> {
+    let missing: Vec<&str> = APT_PACKAGES
+        .iter()
+        .copied()
+        .filter(|package| {
+            let output = Command::new("dpkg-query")
+                .args(["-W", "-f=${Status}", package])
+                .output();
+            !output
+                .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
+        })
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    if !nix_is_root() {
+        bail!(
+            "missing packages {}; install them with `sudo apt-get install {}`",
+            missing.join(" "),
+            missing.join(" ")
+        );
+    }
+    check(Command::new("apt-get").args(["update", "-q"]))?;
+    check(
+        Command::new("apt-get")
+            .args(["install", "-y", "-q", "--no-install-recommends"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )
+}
+
+fn nix_is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+fn ebpf_toolchain() -> anyhow::Result<()> {
+    let installed = Command::new("rustup")
+        .args([
+            "component",
+            "list",
+            "--installed",
+            "--toolchain",
+            EBPF_TOOLCHAIN,
+        ])
+        .output()
+        .is_ok_and(|o| {
+            o.status.success() && String::from_utf8_lossy(&o.stdout).contains("rust-src")
+        });
+    if installed {
+        return Ok(());
+    }
+    check(Command::new("rustup").args([
+        "toolchain",
+        "install",
+        EBPF_TOOLCHAIN,
+        "--profile",
+        "minimal",
+        "--component",
+        "rust-src",
+    ]))
+}
+
+/// The nightly's libLLVM, e.g. `.../lib/libLLVM.so.22.1-rust-1.99.0-nightly`.
+fn nightly_libllvm() -> anyhow::Result<PathBuf> {
+    let output = Command::new("rustup")
+        .args(["run", EBPF_TOOLCHAIN, "rustc", "--print", "sysroot"])
+        .output()
+        .context("asking rustup for the nightly's sysroot")?;
+    let sysroot = PathBuf::from(String::from_utf8_lossy(&output.stdout).trim());
+    let lib = sysroot.join("lib");
+    for entry in std::fs::read_dir(&lib).with_context(|| format!("reading {}", lib.display()))? {
+        let path = entry?.path();
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        if name.starts_with("libLLVM.so.") {
+            return Ok(path);
+        }
+    }
+    bail!("no libLLVM.so.* in {}", lib.display())
+}
+
+fn bpf_linker() -> anyhow::Result<()> {
+    let working = succeeds(Command::new("bpf-linker").arg("--version"));
+    if working {
+        return Ok(());
+    }
+    let libllvm = nightly_libllvm()?;
+    let lib_dir = Path::new(LLVM_PREFIX).join("lib");
+    std::fs::create_dir_all(&lib_dir).with_context(|| format!("creating {}", lib_dir.display()))?;
+    let file_name = libllvm.file_name().context("libLLVM has no file name")?;
+    for link in [lib_dir.join("libLLVM.so"), lib_dir.join(file_name)] {
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink(&libllvm, &link)
+            .with_context(|| format!("linking {} to {}", link.display(), libllvm.display()))?;
+    }
+    check(
+        Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+            .args([
+                "install",
+                "bpf-linker",
+                "--version",
+                BPF_LINKER_VERSION,
+                "--locked",
+                "--no-default-features",
+                "--features",
+                "llvm-22",
+            ])
+            .env("LLVM_PREFIX", LLVM_PREFIX),
+    )
+}
