@@ -87,6 +87,17 @@ impl EbpfDatapath {
     }
 }
 
+#[cfg(test)]
+impl EbpfDatapath {
+    /// The loaded XDP program, for `BPF_PROG_TEST_RUN` in tests.
+    pub(super) fn xdp_program(&self) -> &Xdp {
+        self.ebpf
+            .program(XDP_INGRESS_PROGRAM)
+            .and_then(|program| program.try_into().ok())
+            .expect("the XDP program is loaded")
+    }
+}
+
 fn attach_xdp(
     program: &mut Xdp,
     ifindex: u32,

@@ -38,3 +38,6 @@ pub trait Datapath: Send {
     /// When the counters cannot be read.
     fn counters(&self) -> anyhow::Result<Counters>;
 }
+
+#[cfg(test)]
+mod differential_tests;
