@@ -85,10 +85,15 @@ impl Client {
         &self,
         query: &FlowQuery,
     ) -> Result<impl Stream<Item = Result<Flow, ClientError>> + use<>, ClientError> {
-        let mut path = format!("{}?follow={}", paths::FLOWS, query.follow);
-        if let Some(last) = query.last {
-            path.push_str(&format!("&last={last}"));
-        }
+        let query_string =
+            serde_urlencoded::to_string(query).map_err(|error| ClientError::Refused {
+                status: StatusCode::BAD_REQUEST,
+                body: ErrorBody {
+                    error: format!("cannot encode the flow query: {error}"),
+                    diagnostics: Vec::new(),
+                },
+            })?;
+        let path = format!("{}?{query_string}", paths::FLOWS);
         let response = check(self.send(Method::GET, &path, None::<&()>).await?).await?;
         let state = (response.into_body(), BytesMut::new());
         Ok(stream::unfold(Some(state), |state| async move {

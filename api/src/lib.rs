@@ -3,9 +3,11 @@
 //! tests use [`Client`]. Everything here is what both sides agree on.
 
 mod client;
+mod filter;
 mod flow;
 
 pub use client::{Client, ClientError};
+pub use filter::{EventType, FilterError, FlowFilter, FlowQuery, ProtocolFilter};
 pub use flow::{Flow, FlowIp, FlowPolicy, Icmp, Interface, Layer4, PortPair, TcpFlags};
 pub use palisade_policy::Diagnostic;
 use serde::{Deserialize, Serialize};
@@ -19,7 +21,7 @@ pub mod paths {
     pub const STATUS: &str = "/v1/status";
     /// `POST` an [`super::ApplyRequest`]: [`super::ApplyResponse`].
     pub const POLICIES: &str = "/v1/policies";
-    /// `GET` with a [`super::FlowQuery`]: newline-delimited [`super::Flow`]s.
+    /// `GET` with a [`super::FlowQuery`] as query string: newline-delimited [`super::Flow`]s.
     pub const FLOWS: &str = "/v1/flows";
 }
 
@@ -104,17 +106,6 @@ pub struct ApplyResponse {
     pub rules: usize,
     /// True when nothing was changed.
     pub dry_run: bool,
-}
-
-/// Query of the flows endpoint.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct FlowQuery {
-    /// Only the last N buffered flows (all buffered flows when absent).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub last: Option<usize>,
-    /// Keep the stream open and send new flows as they happen.
-    #[serde(default)]
-    pub follow: bool,
 }
 
 /// The body of every error response.

@@ -1,11 +1,14 @@
 //! palisadectl: drives palisaded over its control socket.
 
+mod observe;
+
 use std::{path::PathBuf, process::ExitCode};
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
-use futures_util::StreamExt as _;
-use palisade_api::{ApplyRequest, Client, ClientError, DEFAULT_SOCKET, FlowQuery, PolicyFile};
+use palisade_api::{ApplyRequest, Client, ClientError, DEFAULT_SOCKET, PolicyFile};
+
+use crate::observe::ObserveArgs;
 
 /// Exit status when the daemon refused the request (invalid policy, ...).
 const EXIT_REFUSED: u8 = 3;
@@ -48,50 +51,13 @@ enum Command {
         dry_run: bool,
     },
     /// Show flows (verdicts on packets), like `hubble observe`.
-    Observe {
-        /// Output format: compact lines or one JSON object per line.
-        #[arg(short, long, value_enum, default_value_t = FlowFormat::Compact)]
-        output: FlowFormat,
-        /// Keep printing new flows as they happen.
-        #[arg(short, long)]
-        follow: bool,
-        /// Only the last N buffered flows.
-        #[arg(long)]
-        last: Option<usize>,
-        /// Only flows with this verdict (repeatable).
-        #[arg(long, value_enum)]
-        verdict: Vec<VerdictFilter>,
-    },
+    Observe(Box<ObserveArgs>),
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
 enum StatusFormat {
     Table,
     Json,
-}
-
-#[derive(Debug, Clone, Copy, ValueEnum)]
-enum FlowFormat {
-    Compact,
-    Json,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-#[value(rename_all = "UPPER")]
-enum VerdictFilter {
-    Forwarded,
-    Dropped,
-    Audit,
-}
-
-impl VerdictFilter {
-    fn name(self) -> &'static str {
-        match self {
-            Self::Forwarded => "FORWARDED",
-            Self::Dropped => "DROPPED",
-            Self::Audit => "AUDIT",
-        }
-    }
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -120,12 +86,7 @@ async fn run(client: &Client, command: Command) -> anyhow::Result<()> {
     match command {
         Command::Status { output } => status(client, output).await,
         Command::Apply { files, dry_run } => apply(client, files, dry_run).await,
-        Command::Observe {
-            output,
-            follow,
-            last,
-            verdict,
-        } => observe(client, output, follow, last, verdict).await,
+        Command::Observe(args) => observe::run(client, &args).await,
     }
 }
 
@@ -198,27 +159,6 @@ async fn apply(client: &Client, paths: Vec<PathBuf>, dry_run: bool) -> anyhow::R
             response.generation,
             response.rules
         );
-    }
-    Ok(())
-}
-
-async fn observe(
-    client: &Client,
-    output: FlowFormat,
-    follow: bool,
-    last: Option<usize>,
-    verdicts: Vec<VerdictFilter>,
-) -> anyhow::Result<()> {
-    let mut flows = Box::pin(client.flows(&FlowQuery { last, follow }).await?);
-    while let Some(flow) = flows.next().await {
-        let flow = flow?;
-        if !verdicts.is_empty() && !verdicts.iter().any(|v| v.name() == flow.verdict) {
-            continue;
-        }
-        match output {
-            FlowFormat::Json => println!("{}", serde_json::to_string(&flow)?),
-            FlowFormat::Compact => println!("{}", flow.compact()),
-        }
     }
     Ok(())
 }

@@ -134,7 +134,19 @@ async fn apply(State(state): State<ControlState>, body: Bytes) -> Response {
 }
 
 async fn flows(State(state): State<ControlState>, Query(query): Query<FlowQuery>) -> Response {
-    let (recent, follower) = state.hub.snapshot(query.last, query.follow);
+    let filter = match query.filter() {
+        Ok(filter) => filter,
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                ErrorBody {
+                    error: e.to_string(),
+                    diagnostics: Vec::new(),
+                },
+            );
+        }
+    };
+    let (recent, follower) = state.hub.snapshot(&filter, query.last, query.follow);
     let line = |flow: &palisade_api::Flow| -> Result<Bytes, Infallible> {
         let mut bytes = serde_json::to_vec(flow).unwrap_or_default();
         bytes.push(b'\n');
@@ -144,9 +156,10 @@ async fn flows(State(state): State<ControlState>, Query(query): Query<FlowQuery>
     let body = match follower {
         None => Body::from_stream(recent),
         Some(receiver) => {
-            let live = BroadcastStream::new(receiver).filter_map(move |item| async move {
-                match item {
-                    Ok(flow) => Some(line(&flow)),
+            let live = BroadcastStream::new(receiver).filter_map(move |item| {
+                let shown = match item {
+                    Ok(flow) if filter.matches(&flow) => Some(line(&flow)),
+                    Ok(_) => None,
                     Err(BroadcastStreamRecvError::Lagged(skipped)) => {
                         warn!(
                             skipped,
@@ -154,7 +167,8 @@ async fn flows(State(state): State<ControlState>, Query(query): Query<FlowQuery>
                         );
                         None
                     }
-                }
+                };
+                std::future::ready(shown)
             });
             Body::from_stream(recent.chain(live))
         }

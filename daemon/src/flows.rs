@@ -9,7 +9,9 @@ use std::{
 };
 
 use aya::maps::{MapData, RingBuf};
-use palisade_api::{Flow, FlowIp, FlowPolicy, Icmp, Interface, Layer4, PortPair, TcpFlags};
+use palisade_api::{
+    Flow, FlowFilter, FlowIp, FlowPolicy, Icmp, Interface, Layer4, PortPair, TcpFlags,
+};
 use palisade_common::{FlowEvent, NO_RULE, direction, drop_reason, protocol, verdict};
 use palisade_policy::compile::{RuleOrigin, Section};
 use tokio::{io::unix::AsyncFd, sync::broadcast};
@@ -68,16 +70,25 @@ impl FlowHub {
         }
     }
 
-    /// The last `last` buffered flows (all when `None`) and, when `follow`,
-    /// a receiver of every later flow, with nothing lost or repeated between.
+    /// The last `last` buffered flows that pass `filter` (all when `None`)
+    /// and, when `follow`, a receiver of every later flow, with nothing lost
+    /// or repeated between.
     pub fn snapshot(
         &self,
+        filter: &FlowFilter,
         last: Option<usize>,
         follow: bool,
     ) -> (Vec<Flow>, Option<broadcast::Receiver<Flow>>) {
         let state = self.state();
-        let skip = last.map_or(0, |last| state.recent.len().saturating_sub(last));
-        let flows = state.recent.iter().skip(skip).cloned().collect();
+        let mut flows: Vec<Flow> = state
+            .recent
+            .iter()
+            .rev()
+            .filter(|flow| filter.matches(flow))
+            .take(last.unwrap_or(usize::MAX))
+            .cloned()
+            .collect();
+        flows.reverse();
         (flows, follow.then(|| state.followers.subscribe()))
     }
 
@@ -299,7 +310,7 @@ mod tests {
             }],
         );
         hub.record(&event(0, 7));
-        let (flows, _) = hub.snapshot(None, false);
+        let (flows, _) = hub.snapshot(&FlowFilter::default(), None, false);
         let flow = &flows[0];
         assert_eq!(flow.verdict, "DROPPED");
         assert_eq!(flow.drop_reason_desc.as_deref(), Some("POLICY_DENY"));
@@ -331,7 +342,13 @@ mod tests {
                 })
                 .collect()
         };
-        assert_eq!(ports(hub.snapshot(None, false).0), [2, 3]);
-        assert_eq!(ports(hub.snapshot(Some(1), false).0), [3]);
+        assert_eq!(
+            ports(hub.snapshot(&FlowFilter::default(), None, false).0),
+            [2, 3]
+        );
+        assert_eq!(
+            ports(hub.snapshot(&FlowFilter::default(), Some(1), false).0),
+            [3]
+        );
     }
 }

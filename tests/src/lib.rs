@@ -225,6 +225,11 @@ impl ChildGuard {
         self.child.id()
     }
 
+    /// Takes the child's piped standard output.
+    pub fn take_stdout(&mut self) -> Option<std::process::ChildStdout> {
+        self.child.stdout.take()
+    }
+
     /// Whether the process has exited.
     pub fn has_exited(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(Some(_)))
@@ -523,4 +528,53 @@ pub fn tcp_connect(
     attempt
         .join()
         .map_err(|_| anyhow!("connect thread panicked"))?
+}
+
+/// Sends one UDP datagram from `source` (an address of `netns`) to `destination`.
+///
+/// # Errors
+///
+/// When the namespace cannot be entered or the datagram cannot be sent.
+pub fn send_udp(netns: &Netns, source: IpAddr, destination: SocketAddr) -> anyhow::Result<()> {
+    let sent = netns.spawn(move || -> anyhow::Result<()> {
+        let socket = std::net::UdpSocket::bind(SocketAddr::new(source, 0))?;
+        socket.send_to(b"palisade", destination)?;
+        Ok(())
+    })?;
+    sent.join().map_err(|_| anyhow!("send thread panicked"))?
+}
+
+/// Sends one ICMP echo request from `source` (an IPv4 address of `netns`) to
+/// `destination`, over a raw socket.
+///
+/// # Errors
+///
+/// When the namespace cannot be entered or the packet cannot be sent.
+pub fn send_icmp_echo(
+    netns: &Netns,
+    source: std::net::Ipv4Addr,
+    destination: std::net::Ipv4Addr,
+) -> anyhow::Result<()> {
+    let sent = netns.spawn(move || -> anyhow::Result<()> {
+        let socket = Socket::new(Domain::IPV4, Type::RAW, Some(socket2::Protocol::ICMPV4))?;
+        socket.bind(&SocketAddr::new(IpAddr::V4(source), 0).into())?;
+        let mut echo = [8u8, 0, 0, 0, 0x12, 0x34, 0, 1, b'p', b'a', b'l', b'i'];
+        let checksum = internet_checksum(&echo);
+        echo[2..4].copy_from_slice(&checksum.to_be_bytes());
+        socket.send_to(&echo, &SocketAddr::new(IpAddr::V4(destination), 0).into())?;
+        Ok(())
+    })?;
+    sent.join().map_err(|_| anyhow!("send thread panicked"))?
+}
+
+/// The RFC 1071 checksum of `bytes`.
+fn internet_checksum(bytes: &[u8]) -> u16 {
+    let mut sum: u32 = bytes
+        .chunks(2)
+        .map(|pair| u32::from(u16::from_be_bytes([pair[0], *pair.get(1).unwrap_or(&0)])))
+        .sum();
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !u16::try_from(sum).unwrap_or(u16::MAX)
 }
