@@ -126,7 +126,7 @@ pub enum ConfigError {
         source: std::io::Error,
     },
     /// The file is not a valid configuration.
-    #[error("{0}")]
+    #[error(transparent)]
     Invalid(#[from] Diagnostics),
 }
 

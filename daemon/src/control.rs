@@ -20,6 +20,7 @@ use tracing::warn;
 use crate::{
     engine::{ApplyError, Engine},
     flows::FlowHub,
+    systemd,
 };
 
 /// Largest request body accepted.
@@ -99,11 +100,14 @@ async fn apply(State(state): State<ControlState>, body: Bytes) -> Response {
             );
         }
     };
-    let result = state
-        .engine
-        .lock()
-        .await
-        .apply(&request.files, request.dry_run);
+    let result = {
+        let mut engine = state.engine.lock().await;
+        let result = engine.apply(&request.files, request.dry_run);
+        if result.as_ref().is_ok_and(|response| !response.dry_run) {
+            systemd::status(&engine.summary());
+        }
+        result
+    };
     match result {
         Ok(response) => Json(response).into_response(),
         Err(ApplyError::Invalid(diagnostics)) => error(

@@ -17,10 +17,10 @@ use crate::{config::DatapathConfig, datapath::Datapath, flows::FlowHub};
 #[derive(Debug, thiserror::Error)]
 pub enum ApplyError {
     /// A file is not a valid policy.
-    #[error("{0}")]
+    #[error(transparent)]
     Invalid(#[from] Diagnostics),
     /// The policies are valid but cannot be compiled together.
-    #[error("{0}")]
+    #[error(transparent)]
     Compile(#[from] CompileError),
     /// The datapath refused the new table; the old one is still in force.
     #[error("the datapath refused the new rules (the previous rules are still in force): {0:#}")]
@@ -110,6 +110,27 @@ impl Engine {
         self.table = table;
         self.generation = generation;
         Ok(reply)
+    }
+
+    /// One line for `systemctl status`: generation, policies, rules, interfaces.
+    pub fn summary(&self) -> String {
+        let interfaces: Vec<String> = self
+            .datapath
+            .interfaces()
+            .into_iter()
+            .map(|interface| interface.name)
+            .collect();
+        format!(
+            "policy generation {}: {} policies, {} rules; enforcing on {}",
+            self.generation,
+            self.table.policies.len(),
+            self.table.rules.len(),
+            if interfaces.is_empty() {
+                "no interface".to_owned()
+            } else {
+                interfaces.join(", ")
+            }
+        )
     }
 
     /// What the daemon is doing.

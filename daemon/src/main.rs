@@ -6,8 +6,9 @@ mod control;
 mod datapath;
 mod engine;
 mod flows;
+mod systemd;
 
-use std::{path::PathBuf, process::ExitCode, sync::Arc};
+use std::{io::IsTerminal as _, path::PathBuf, process::ExitCode, sync::Arc};
 
 use anyhow::Context as _;
 use clap::Parser;
@@ -47,6 +48,7 @@ async fn main() -> ExitCode {
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
     match run(args).await {
         Ok(()) => ExitCode::SUCCESS,
@@ -91,14 +93,19 @@ async fn run(args: Args) -> anyhow::Result<()> {
     tokio::spawn(flows::read_events(flow_events, Arc::clone(&hub)));
 
     let listener = control::bind(&config.control.socket)?;
+    let summary = engine.summary();
+    let engine = Arc::new(Mutex::new(engine));
     let state = ControlState {
-        engine: Arc::new(Mutex::new(engine)),
+        engine: Arc::clone(&engine),
         hub,
     };
+    systemd::spawn_watchdog(engine);
     info!(socket = %config.control.socket.display(), "palisaded ready");
+    systemd::ready(&summary);
     let served = axum::serve(listener, control::router(state))
         .with_graceful_shutdown(shutdown_signal())
         .await;
+    systemd::stopping();
     // Best effort: a stale socket is replaced on the next start anyway.
     let _ = std::fs::remove_file(&config.control.socket);
     served.context("serving the control socket")?;

@@ -30,7 +30,7 @@ pub fn policy_from_toml(file: &str, text: &str) -> Result<Policy, Diagnostics> {
             .map(|problem| {
                 let offset = document
                     .as_ref()
-                    .and_then(|document| locate(document, &problem.path));
+                    .and_then(|document| locate(document, &problem.path, Target::Key));
                 Diagnostic::at(file, text, offset, problem.path, problem.message)
             })
             .collect(),
@@ -57,10 +57,16 @@ pub fn from_toml<T: DeserializeOwned>(file: &str, text: &str) -> Result<T, Diagn
         let field = error.path().to_string();
         let inner = error.into_inner();
         let field = if field == "." { String::new() } else { field };
-        // The path names the exact element; toml's own span is the fallback.
+        // The path names the exact place: the key of an unknown field, the
+        // value of a bad one. toml's own span is the fallback.
+        let target = if inner.message().starts_with("unknown field") {
+            Target::Key
+        } else {
+            Target::Value
+        };
         let offset = DeTable::parse(text)
             .ok()
-            .and_then(|document| locate(&document, &field))
+            .and_then(|document| locate(&document, &field, target))
             .or(inner.span().map(|span| span.start));
         Diagnostics(vec![Diagnostic::at(
             file,
@@ -81,10 +87,17 @@ pub fn policy_to_toml(policy: &Policy) -> Result<String, toml::ser::Error> {
     toml::to_string_pretty(policy)
 }
 
+/// Which part of a `key = value` pair a position should point at.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Target {
+    Key,
+    Value,
+}
+
 /// Byte offset of what `path` (such as `spec.ingress[0].fromCIDR[1]`) names:
-/// the key when it ends in a key, the element when it ends in an index.
-/// `None` when the path is not in the document.
-fn locate(document: &Spanned<DeTable<'_>>, path: &str) -> Option<usize> {
+/// for a path ending in a key, that key or its value (`target`); for one
+/// ending in an index, the element. `None` when the path is not in the document.
+fn locate(document: &Spanned<DeTable<'_>>, path: &str, target: Target) -> Option<usize> {
     let mut offset = document.span().start;
     let mut table = Some(document.get_ref());
     let mut array: Option<&[Spanned<DeValue<'_>>]> = None;
@@ -92,7 +105,10 @@ fn locate(document: &Spanned<DeTable<'_>>, path: &str) -> Option<usize> {
         let value = match segment {
             Segment::Key(key) => {
                 let (name, value) = table?.iter().find(|(name, _)| name.get_ref() == key)?;
-                offset = name.span().start;
+                offset = match target {
+                    Target::Key => name.span().start,
+                    Target::Value => value.span().start,
+                };
                 value
             }
             Segment::Index(index) => {
@@ -180,6 +196,20 @@ ports = [{ port = "22", protocol = "TCP" }]
         assert_eq!((d.line, d.column), (Some(12), Some(13)), "{d}");
         assert_eq!(d.field, "spec.ingress[0].fromCIDR[0]");
         assert!(d.message.contains("invalid CIDR \"192.0.2.300/24\""), "{d}");
+    }
+
+    #[test]
+    fn bad_value_is_placed_at_the_value_not_the_key() {
+        let text = GOOD.replace(
+            "kind = \"CiliumClusterwideNetworkPolicy\"",
+            "kind = \"Nope\"",
+        );
+        let d = error(&text);
+        assert_eq!(
+            (d.line, d.column, d.field.as_str()),
+            (Some(3), Some(8), "kind"),
+            "{d}"
+        );
     }
 
     #[test]

@@ -339,6 +339,21 @@ impl Daemon {
         policy_dir: &Path,
         workdir: &Path,
     ) -> anyhow::Result<Self> {
+        Self::start_with_env(netns, config, policy_dir, workdir, &[])
+    }
+
+    /// [`Daemon::start`] with extra environment variables for palisaded.
+    ///
+    /// # Errors
+    ///
+    /// When it does not come up within 20 s (its log is in the error).
+    pub fn start_with_env(
+        netns: &Netns,
+        config: &Path,
+        policy_dir: &Path,
+        workdir: &Path,
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<Self> {
         let socket = workdir.join("palisade.sock");
         let log = workdir.join("palisaded.log");
         let log_file = File::create(&log)?;
@@ -350,6 +365,7 @@ impl Daemon {
             .arg(policy_dir)
             .arg("--socket")
             .arg(&socket)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(log_file.try_clone()?)
             .stderr(log_file)

@@ -1,0 +1,115 @@
+//! End to end: palisaded's sd_notify messages, read from a fake NOTIFY_SOCKET.
+
+use std::{
+    os::unix::net::UnixDatagram,
+    path::Path,
+    time::{Duration, Instant},
+};
+
+use palisade_e2e::{Daemon, TempDir, Topology, have_root};
+
+fn repo() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// Every datagram that arrives within `window`.
+fn collect(socket: &UnixDatagram, window: Duration) -> Vec<String> {
+    let deadline = Instant::now() + window;
+    let mut messages = Vec::new();
+    let mut buffer = [0u8; 4096];
+    while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+        socket
+            .set_read_timeout(Some(left.max(Duration::from_millis(1))))
+            .expect("timeout");
+        match socket.recv(&mut buffer) {
+            Ok(n) => messages.push(String::from_utf8_lossy(&buffer[..n]).into_owned()),
+            Err(_) => break,
+        }
+    }
+    messages
+}
+
+#[test]
+fn ready_status_and_watchdog_reach_the_notify_socket() {
+    if !have_root("ready_status_and_watchdog_reach_the_notify_socket") {
+        return;
+    }
+    let topology = Topology::new().expect("namespaces");
+    let workdir = TempDir::new("notify").expect("workdir");
+    let notify_path = workdir.path().join("notify.sock");
+    let notify = UnixDatagram::bind(&notify_path).expect("fake NOTIFY_SOCKET");
+    let notify_env = notify_path.display().to_string();
+    let daemon = Daemon::start_with_env(
+        &topology.node,
+        &repo().join("etc/palisade.toml"),
+        &repo().join("etc/policies.d"),
+        workdir.path(),
+        &[("NOTIFY_SOCKET", &notify_env), ("WATCHDOG_USEC", "200000")],
+    )
+    .expect("palisaded starts");
+
+    let messages = collect(&notify, Duration::from_millis(700));
+    let ready = messages
+        .iter()
+        .position(|m| m.lines().any(|l| l == "READY=1"))
+        .unwrap_or_else(|| panic!("no READY=1 in {messages:?}\n{}", daemon.log()));
+    assert!(
+        messages[ready]
+            .contains("STATUS=policy generation 1: 1 policies, 1 rules; enforcing on eth0"),
+        "{messages:?}"
+    );
+    // Pings at half of WATCHDOG_USEC (100 ms) after READY.
+    let pings = messages[ready..]
+        .iter()
+        .filter(|m| m.trim() == "WATCHDOG=1")
+        .count();
+    assert!(pings >= 3, "only {pings} WATCHDOG=1 in {messages:?}");
+
+    // An apply updates STATUS=.
+    let extra = workdir.path().join("extra.toml");
+    std::fs::write(
+        &extra,
+        "kind = \"CiliumClusterwideNetworkPolicy\"\nmetadata = { name = \"extra\" }\n[spec]\nnodeSelector = {}\n[[spec.ingress]]\nfromCIDR = [\"192.0.2.0/24\"]\n",
+    )
+    .expect("write");
+    let output = daemon
+        .ctl(&["apply", "-f", &extra.display().to_string()])
+        .expect("apply");
+    assert!(output.status.success(), "{output:?}");
+    let messages = collect(&notify, Duration::from_millis(300));
+    assert!(
+        messages
+            .iter()
+            .any(|m| m.contains("STATUS=policy generation 2: 2 policies, 2 rules")),
+        "{messages:?}"
+    );
+}
+
+#[test]
+fn no_ready_when_the_policies_do_not_load() {
+    if !have_root("no_ready_when_the_policies_do_not_load") {
+        return;
+    }
+    let topology = Topology::new().expect("namespaces");
+    let workdir = TempDir::new("notify").expect("workdir");
+    let policies = workdir.path().join("policies.d");
+    std::fs::create_dir(&policies).expect("dir");
+    std::fs::write(policies.join("bad.toml"), "kind = \"Nope\"\n").expect("write");
+    let notify_path = workdir.path().join("notify.sock");
+    let notify = UnixDatagram::bind(&notify_path).expect("fake NOTIFY_SOCKET");
+    let notify_env = notify_path.display().to_string();
+    let started = Daemon::start_with_env(
+        &topology.node,
+        &repo().join("etc/palisade.toml"),
+        &policies,
+        workdir.path(),
+        &[("NOTIFY_SOCKET", &notify_env)],
+    );
+    let error = started.expect_err("palisaded must refuse to start");
+    assert!(error.to_string().contains("bad.toml:1:8"), "{error:#}");
+    let messages = collect(&notify, Duration::from_millis(200));
+    assert!(
+        !messages.iter().any(|m| m.contains("READY=1")),
+        "{messages:?}"
+    );
+}
