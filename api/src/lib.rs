@@ -61,17 +61,42 @@ pub struct InterfaceStatus {
     pub xdp_mode: String,
 }
 
-/// Datapath counters, summed over CPUs.
+/// Datapath counters, summed over CPUs, since the datapath was loaded.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Counters {
     /// Judged packets forwarded.
-    pub forwarded: u64,
-    /// Packets dropped.
-    pub dropped: u64,
-    /// Would-be drops forwarded in audit mode.
-    pub audited: u64,
+    pub forwarded: PacketCount,
+    /// Dropped because no allow rule matched (`POLICY_DENIED`).
+    pub dropped_policy_denied: PacketCount,
+    /// Dropped by a deny rule (`POLICY_DENY`).
+    pub dropped_policy_deny: PacketCount,
+    /// Forwarded in audit mode that no allow rule matched.
+    pub audited_policy_denied: PacketCount,
+    /// Forwarded in audit mode that a deny rule matched.
+    pub audited_policy_deny: PacketCount,
     /// Flow events lost to a full ring buffer.
     pub events_lost: u64,
+}
+
+impl Counters {
+    /// All drops.
+    pub fn dropped(&self) -> u64 {
+        self.dropped_policy_denied.packets + self.dropped_policy_deny.packets
+    }
+
+    /// All audited packets.
+    pub fn audited(&self) -> u64 {
+        self.audited_policy_denied.packets + self.audited_policy_deny.packets
+    }
+}
+
+/// Packets and their bytes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PacketCount {
+    /// Packets.
+    pub packets: u64,
+    /// Bytes.
+    pub bytes: u64,
 }
 
 /// One policy file as the user gave it.

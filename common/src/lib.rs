@@ -94,22 +94,36 @@ pub mod protocol {
     pub const ALL: u8 = 255;
 }
 
-/// Indices into the per-CPU [`COUNTERS_MAP`].
+/// Indices into the per-CPU [`COUNTERS_MAP`]: one per outcome.
 #[repr(u32)]
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
 pub enum Counter {
-    /// Packets judged by policy and forwarded.
+    /// Judged packets forwarded.
     Forwarded = 0,
-    /// Packets dropped.
-    Dropped = 1,
-    /// Packets forwarded in audit mode that would have been dropped.
-    Audited = 2,
-    /// Flow events lost because the ring buffer was full.
-    EventsLost = 3,
+    /// Dropped: no allow rule in a default-deny direction.
+    DroppedPolicyDenied = 1,
+    /// Dropped: a deny rule matched.
+    DroppedPolicyDeny = 2,
+    /// Would have been dropped (no allow rule); forwarded in audit mode.
+    AuditedPolicyDenied = 3,
+    /// Would have been dropped (deny rule); forwarded in audit mode.
+    AuditedPolicyDeny = 4,
+    /// Flow events lost because the ring buffer was full (`packets` counts them).
+    EventsLost = 5,
 }
 
 /// Number of [`Counter`] slots.
-pub const COUNTER_COUNT: u32 = 4;
+pub const COUNTER_COUNT: u32 = 6;
+
+/// One counter slot: packets and their bytes.
+#[repr(C)]
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+pub struct CounterValue {
+    /// Packets (or, for [`Counter::EventsLost`], events).
+    pub packets: u64,
+    /// Bytes of those packets.
+    pub bytes: u64,
+}
 
 /// Per-slot settings that must switch together with the slot's tables.
 #[repr(C)]
@@ -213,4 +227,5 @@ mod pod {
     unsafe impl aya::Pod for super::PortEntry {}
     unsafe impl aya::Pod for super::RuleSet {}
     unsafe impl aya::Pod for super::FlowEvent {}
+    unsafe impl aya::Pod for super::CounterValue {}
 }

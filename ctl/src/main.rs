@@ -126,7 +126,10 @@ async fn status(client: &Client, output: StatusFormat) -> anyhow::Result<()> {
             let c = &status.counters;
             println!(
                 "Packets:        {} forwarded, {} dropped, {} audited, {} events lost",
-                c.forwarded, c.dropped, c.audited, c.events_lost
+                c.forwarded.packets,
+                c.dropped(),
+                c.audited(),
+                c.events_lost
             );
         }
     }

@@ -29,6 +29,16 @@ pub struct Config {
     pub control: ControlConfig,
     /// The flow buffer.
     pub flows: FlowsConfig,
+    /// The Prometheus listener.
+    pub metrics: MetricsConfig,
+}
+
+/// `[metrics]`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// Address to serve `/metrics` on; no listener when unset.
+    pub listen: Option<std::net::SocketAddr>,
 }
 
 /// `[node]`.
@@ -157,11 +167,12 @@ mod tests {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../etc/palisade.toml");
         let text = std::fs::read_to_string(&path).unwrap();
         // Every key is commented out at its default, so the file means the defaults...
+        let is_key = |key: &str| key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
         let uncommented: String = text
             .lines()
             .map(|line| {
                 line.strip_prefix("# ")
-                    .filter(|l| l.contains(" = "))
+                    .filter(|l| l.split_once(" = ").is_some_and(|(key, _)| is_key(key)))
                     .unwrap_or(line)
             })
             .collect::<Vec<_>>()

@@ -1,6 +1,6 @@
 //! The control socket: HTTP/JSON over a Unix socket (see the `api` crate).
 
-use std::{convert::Infallible, path::Path, sync::Arc};
+use std::{convert::Infallible, path::Path, sync::Arc, time::Instant};
 
 use anyhow::Context as _;
 use axum::{
@@ -20,6 +20,7 @@ use tracing::warn;
 use crate::{
     engine::{ApplyError, Engine},
     flows::FlowHub,
+    metrics::Metrics,
     systemd,
 };
 
@@ -33,6 +34,8 @@ pub struct ControlState {
     pub engine: Arc<Mutex<Engine>>,
     /// The flow buffer.
     pub hub: Arc<FlowHub>,
+    /// Apply counters and durations.
+    pub metrics: Arc<Metrics>,
 }
 
 /// Binds the control socket, replacing a stale one.
@@ -100,6 +103,7 @@ async fn apply(State(state): State<ControlState>, body: Bytes) -> Response {
             );
         }
     };
+    let started = Instant::now();
     let result = {
         let mut engine = state.engine.lock().await;
         let result = engine.apply(&request.files, request.dry_run);
@@ -108,6 +112,13 @@ async fn apply(State(state): State<ControlState>, body: Bytes) -> Response {
         }
         result
     };
+    let outcome = match &result {
+        Ok(response) if response.dry_run => "dry_run",
+        Ok(_) => "applied",
+        Err(ApplyError::Invalid(_) | ApplyError::Compile(_)) => "invalid",
+        Err(ApplyError::Datapath(_)) => "datapath_error",
+    };
+    state.metrics.record_apply(outcome, started.elapsed());
     match result {
         Ok(response) => Json(response).into_response(),
         Err(ApplyError::Invalid(diagnostics)) => error(

@@ -11,7 +11,7 @@ use palisade_policy::{
 };
 use tracing::info;
 
-use crate::{config::DatapathConfig, datapath::Datapath, flows::FlowHub};
+use crate::{config::DatapathConfig, datapath::Datapath, flows::FlowHub, metrics::Snapshot};
 
 /// Why an apply changed nothing.
 #[derive(Debug, thiserror::Error)]
@@ -131,6 +131,21 @@ impl Engine {
                 interfaces.join(", ")
             }
         )
+    }
+
+    /// What the metrics endpoint reports.
+    ///
+    /// # Errors
+    ///
+    /// When the datapath's counters cannot be read.
+    pub fn metrics_snapshot(&self) -> anyhow::Result<Snapshot> {
+        Ok(Snapshot {
+            counters: self.datapath.counters()?,
+            policies: self.table.policies.len(),
+            rules: self.table.rules.len(),
+            generation: self.generation,
+            maps: self.datapath.map_usage(),
+        })
     }
 
     /// What the daemon is doing.

@@ -6,6 +6,7 @@ mod control;
 mod datapath;
 mod engine;
 mod flows;
+mod metrics;
 mod systemd;
 
 use std::{io::IsTerminal as _, path::PathBuf, process::ExitCode, sync::Arc};
@@ -23,6 +24,7 @@ use crate::{
     datapath::ebpf::EbpfDatapath,
     engine::{Engine, read_policy_directory},
     flows::FlowHub,
+    metrics::Metrics,
 };
 
 /// palisade host firewall daemon.
@@ -95,9 +97,14 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let listener = control::bind(&config.control.socket)?;
     let summary = engine.summary();
     let engine = Arc::new(Mutex::new(engine));
+    let metrics = Arc::new(Metrics::new());
+    if let Some(listen) = config.metrics.listen {
+        metrics::serve(listen, Arc::clone(&engine), Arc::clone(&metrics)).await?;
+    }
     let state = ControlState {
         engine: Arc::clone(&engine),
         hub,
+        metrics,
     };
     systemd::spawn_watchdog(engine);
     info!(socket = %config.control.socket.display(), "palisaded ready");

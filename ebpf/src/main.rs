@@ -24,9 +24,9 @@ use network_types::{
     ip::{Ipv4Hdr, Ipv6Hdr},
 };
 use palisade_common::{
-    Address, COUNTER_COUNT, Counter, DEFAULT_PREFIX_CAPACITY, DEFAULT_RULE_SET_CAPACITY,
-    FLOW_RING_BYTES, FlowEvent, MAX_ENTRIES_PER_RULE_SET, NO_RULE, RuleSet, SLOT_COUNT,
-    SlotSettings, action, direction, drop_reason, protocol, verdict,
+    Address, COUNTER_COUNT, Counter, CounterValue, DEFAULT_PREFIX_CAPACITY,
+    DEFAULT_RULE_SET_CAPACITY, FLOW_RING_BYTES, FlowEvent, MAX_ENTRIES_PER_RULE_SET, NO_RULE,
+    RuleSet, SLOT_COUNT, SlotSettings, action, direction, drop_reason, protocol, verdict,
 };
 
 #[map]
@@ -53,7 +53,7 @@ static INGRESS_RULE_SETS_1: Array<RuleSet> = Array::with_max_entries(DEFAULT_RUL
 static FLOW_EVENTS: RingBuf = RingBuf::with_byte_size(FLOW_RING_BYTES, 0);
 
 #[map]
-static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_COUNT, 0);
+static COUNTERS: PerCpuArray<CounterValue> = PerCpuArray::with_max_entries(COUNTER_COUNT, 0);
 
 const IPPROTO_HOPOPTS: u8 = 0;
 const IPPROTO_ROUTING: u8 = 43;
@@ -120,12 +120,15 @@ fn try_ingress(ctx: &XdpContext) -> Result<u32, ()> {
     };
     let settings = SLOT_SETTINGS.get(slot).copied().unwrap_or_default();
     let decision = decide(slot, &settings, &packet);
-    let counter = match decision.verdict {
-        verdict::DROPPED => Counter::Dropped,
-        verdict::AUDIT => Counter::Audited,
+    let deny_rule = decision.drop_reason == drop_reason::POLICY_DENY;
+    let counter = match (decision.verdict, deny_rule) {
+        (verdict::DROPPED, false) => Counter::DroppedPolicyDenied,
+        (verdict::DROPPED, true) => Counter::DroppedPolicyDeny,
+        (verdict::AUDIT, false) => Counter::AuditedPolicyDenied,
+        (verdict::AUDIT, true) => Counter::AuditedPolicyDeny,
         _ => Counter::Forwarded,
     };
-    bump(counter);
+    bump(counter, (ctx.data_end() - ctx.data()) as u64);
     report(ctx, &packet, &decision, settings.generation);
     Ok(if decision.verdict == verdict::DROPPED {
         xdp_action::XDP_DROP
@@ -319,15 +322,18 @@ fn drop_or_audit(settings: &SlotSettings, reason: u8, rule_id: u32) -> Decision 
 }
 
 #[inline(always)]
-fn bump(counter: Counter) {
+fn bump(counter: Counter, bytes: u64) {
     if let Some(value) = COUNTERS.get_ptr_mut(counter as u32) {
-        unsafe { *value += 1 };
+        unsafe {
+            (*value).packets += 1;
+            (*value).bytes += bytes;
+        }
     }
 }
 
 fn report(ctx: &XdpContext, packet: &Packet, decision: &Decision, generation: u32) {
     let Some(mut entry) = FLOW_EVENTS.reserve::<FlowEvent>(0) else {
-        bump(Counter::EventsLost);
+        bump(Counter::EventsLost, 0);
         return;
     };
     entry.write(FlowEvent {

@@ -133,7 +133,7 @@ fn denied_source_is_dropped_allowed_source_reaches_listener() {
     let status = daemon.ctl(&["status", "-o", "json"]).expect("status");
     let status: palisade_api::Status = serde_json::from_slice(&status.stdout).expect("status json");
     assert!(status.ingress_default_deny);
-    assert!(status.counters.dropped >= 1);
+    assert!(status.counters.dropped() >= 1);
     assert_eq!(status.interfaces[0].name, "eth0");
 
     assert_eq!(

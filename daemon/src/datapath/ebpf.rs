@@ -13,16 +13,17 @@ use aya::{
     programs::{Xdp, XdpMode},
 };
 use ipnet::IpNet;
-use palisade_api::{Counters, InterfaceStatus};
+use palisade_api::{Counters, InterfaceStatus, PacketCount};
 use palisade_common::{
-    ACTIVE_SLOT_MAP, Address, COUNTERS_MAP, Counter, FLOW_EVENTS_MAP, INGRESS_PREFIX_MAPS,
-    INGRESS_RULE_SET_MAPS, IPV4_MAPPED_PREFIX_LEN, MAX_ENTRIES_PER_RULE_SET, PortEntry, RuleSet,
-    SLOT_SETTINGS_MAP, SlotSettings, XDP_INGRESS_PROGRAM,
+    ACTIVE_SLOT_MAP, Address, COUNTERS_MAP, Counter, CounterValue, DEFAULT_PREFIX_CAPACITY,
+    DEFAULT_RULE_SET_CAPACITY, FLOW_EVENTS_MAP, INGRESS_PREFIX_MAPS, INGRESS_RULE_SET_MAPS,
+    IPV4_MAPPED_PREFIX_LEN, MAX_ENTRIES_PER_RULE_SET, PortEntry, RuleSet, SLOT_SETTINGS_MAP,
+    SlotSettings, XDP_INGRESS_PROGRAM,
 };
 use palisade_policy::CompiledTable;
 use tracing::{info, warn};
 
-use super::Datapath;
+use super::{Datapath, MapUsage};
 use crate::config::{DatapathConfig, XdpModeConfig};
 
 /// The compiled eBPF object, built by build.rs.
@@ -37,7 +38,11 @@ pub struct EbpfDatapath {
     slot_settings: Array<MapData, SlotSettings>,
     prefixes: [LpmTrie<MapData, Address, u32>; 2],
     rule_sets: [Array<MapData, RuleSet>; 2],
-    counters: PerCpuArray<MapData, u64>,
+    counters: PerCpuArray<MapData, CounterValue>,
+    /// Rule sets written to each slot by the last install there.
+    rule_sets_written: [usize; 2],
+    prefix_capacity: usize,
+    rule_set_capacity: usize,
     /// Keys written to each slot's trie, so the next install can remove them.
     written_keys: [Vec<Key<Address>>; 2],
     active: u32,
@@ -79,6 +84,9 @@ impl EbpfDatapath {
             ],
             counters: PerCpuArray::try_from(take(COUNTERS_MAP)?)?,
             written_keys: [Vec::new(), Vec::new()],
+            rule_sets_written: [0, 0],
+            prefix_capacity: DEFAULT_PREFIX_CAPACITY as usize,
+            rule_set_capacity: DEFAULT_RULE_SET_CAPACITY as usize,
             active: 0,
             interfaces: Vec::new(),
             ebpf,
@@ -188,6 +196,7 @@ impl Datapath for EbpfDatapath {
             keys.push(key);
         }
         self.written_keys[index] = keys;
+        self.rule_sets_written[index] = table.ingress.rule_sets.len();
         let settings = SlotSettings {
             generation,
             ingress_default_deny: u8::from(table.ingress.default_deny),
@@ -237,15 +246,37 @@ impl Datapath for EbpfDatapath {
     }
 
     fn counters(&self) -> anyhow::Result<Counters> {
-        let sum = |counter: Counter| -> anyhow::Result<u64> {
-            Ok(self.counters.get(&(counter as u32), 0)?.iter().sum())
+        let read = |counter: Counter| -> anyhow::Result<PacketCount> {
+            let per_cpu = self.counters.get(&(counter as u32), 0)?;
+            Ok(PacketCount {
+                packets: per_cpu.iter().map(|value| value.packets).sum(),
+                bytes: per_cpu.iter().map(|value| value.bytes).sum(),
+            })
         };
         Ok(Counters {
-            forwarded: sum(Counter::Forwarded)?,
-            dropped: sum(Counter::Dropped)?,
-            audited: sum(Counter::Audited)?,
-            events_lost: sum(Counter::EventsLost)?,
+            forwarded: read(Counter::Forwarded)?,
+            dropped_policy_denied: read(Counter::DroppedPolicyDenied)?,
+            dropped_policy_deny: read(Counter::DroppedPolicyDeny)?,
+            audited_policy_denied: read(Counter::AuditedPolicyDenied)?,
+            audited_policy_deny: read(Counter::AuditedPolicyDeny)?,
+            events_lost: read(Counter::EventsLost)?.packets,
         })
+    }
+
+    fn map_usage(&self) -> Vec<MapUsage> {
+        let active = self.active as usize;
+        vec![
+            MapUsage {
+                map: "ingress_prefixes",
+                entries: self.written_keys[active].len(),
+                capacity: self.prefix_capacity,
+            },
+            MapUsage {
+                map: "ingress_rule_sets",
+                entries: self.rule_sets_written[active],
+                capacity: self.rule_set_capacity,
+            },
+        ]
     }
 }
 

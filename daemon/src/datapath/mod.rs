@@ -7,6 +7,17 @@ use palisade_policy::CompiledTable;
 
 use crate::config::DatapathConfig;
 
+/// How full one datapath table is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MapUsage {
+    /// The table's name, such as `ingress_prefixes`.
+    pub map: &'static str,
+    /// Entries in use by the table in force.
+    pub entries: usize,
+    /// Entries it can hold.
+    pub capacity: usize,
+}
+
 /// A backend that enforces compiled rule tables.
 pub trait Datapath: Send {
     /// Short name shown in status, such as `ebpf-xdp`.
@@ -30,6 +41,9 @@ pub trait Datapath: Send {
 
     /// The interfaces enforced on.
     fn interfaces(&self) -> Vec<InterfaceStatus>;
+
+    /// How full each of the backend's tables is.
+    fn map_usage(&self) -> Vec<MapUsage>;
 
     /// Packet counters since load.
     ///

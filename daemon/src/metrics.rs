@@ -1,0 +1,323 @@
+//! Prometheus metrics on an opt-in HTTP listener (`[metrics] listen`).
+//!
+//! Names follow Prometheus conventions with a `palisade_` prefix; labels come
+//! only from closed sets (reason, direction, outcome, map), never addresses.
+//! Datapath counters are read from the kernel at scrape time.
+
+use std::{
+    net::SocketAddr,
+    sync::{Arc, Mutex as StdMutex},
+    time::Duration,
+};
+
+use anyhow::Context as _;
+use axum::{Router, extract::State, http::header, response::IntoResponse, routing::get};
+use palisade_api::{Counters, PacketCount};
+use prometheus_client::{
+    collector::Collector,
+    encoding::{DescriptorEncoder, EncodeLabelSet, NoLabelSet},
+    metrics::{MetricType, counter::Counter, family::Family, histogram::Histogram},
+    registry::Registry,
+};
+use tokio::sync::Mutex;
+use tracing::{error, info};
+
+use crate::{datapath::MapUsage, engine::Engine};
+
+/// How an apply ended, for `palisade_policy_apply_total{outcome}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct ApplyLabels {
+    outcome: &'static str,
+}
+
+/// What the datapath reported at the last scrape.
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot {
+    /// Packet counters.
+    pub counters: Counters,
+    /// Policies selecting this node.
+    pub policies: usize,
+    /// Compiled rules.
+    pub rules: usize,
+    /// Generation in force.
+    pub generation: u32,
+    /// Table fill levels.
+    pub maps: Vec<MapUsage>,
+}
+
+#[derive(Debug, Default)]
+struct SnapshotCollector {
+    snapshot: StdMutex<Snapshot>,
+}
+
+/// palisade's metrics.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    applies: Family<ApplyLabels, Counter>,
+    apply_seconds: Histogram,
+    datapath: Arc<SnapshotCollector>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// A registry with every metric registered.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("palisade");
+        let applies = Family::<ApplyLabels, Counter>::default();
+        registry.register(
+            "policy_apply",
+            "Policy applies by outcome: applied, dry_run, invalid, datapath_error",
+            applies.clone(),
+        );
+        let apply_seconds = Histogram::new([0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0]);
+        registry.register(
+            "policy_apply_duration_seconds",
+            "Time to parse, compile and install a policy apply",
+            apply_seconds.clone(),
+        );
+        let datapath = Arc::new(SnapshotCollector::default());
+        registry.register_collector(Box::new(Arc::clone(&datapath)));
+        Self {
+            registry,
+            applies,
+            apply_seconds,
+            datapath,
+        }
+    }
+
+    /// Counts one apply and its duration.
+    pub fn record_apply(&self, outcome: &'static str, duration: Duration) {
+        self.applies.get_or_create(&ApplyLabels { outcome }).inc();
+        self.apply_seconds.observe(duration.as_secs_f64());
+    }
+
+    /// The text exposition with `snapshot` as the datapath's state.
+    ///
+    /// # Errors
+    ///
+    /// When encoding fails (it writes to a String, so only on a bug).
+    pub fn render(&self, snapshot: Snapshot) -> Result<String, std::fmt::Error> {
+        *self
+            .datapath
+            .snapshot
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = snapshot;
+        let mut text = String::new();
+        prometheus_client::encoding::prometheus_text::encode(&mut text, &self.registry)?;
+        Ok(text)
+    }
+}
+
+fn counter(
+    encoder: &mut DescriptorEncoder<'_>,
+    name: &str,
+    help: &str,
+    values: &[([(&str, &str); 2], u64)],
+) -> Result<(), std::fmt::Error> {
+    let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+    for (labels, value) in values {
+        family
+            .encode_family(labels)?
+            .encode_counter::<NoLabelSet, _, u64>(value, None)?;
+    }
+    Ok(())
+}
+
+fn gauge(
+    encoder: &mut DescriptorEncoder<'_>,
+    name: &str,
+    help: &str,
+    value: i64,
+) -> Result<(), std::fmt::Error> {
+    encoder
+        .encode_descriptor(name, help, None, MetricType::Gauge)?
+        .encode_gauge(&value)
+}
+
+impl Collector for SnapshotCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let snapshot = self
+            .snapshot
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone();
+        let c = &snapshot.counters;
+        let ingress = ("direction", "INGRESS");
+        let by_reason = |denied: PacketCount, deny: PacketCount, pick: fn(PacketCount) -> u64| {
+            [
+                ([("reason", "POLICY_DENIED"), ingress], pick(denied)),
+                ([("reason", "POLICY_DENY"), ingress], pick(deny)),
+            ]
+        };
+        let packets = |count: PacketCount| count.packets;
+        let bytes = |count: PacketCount| count.bytes;
+        counter(
+            &mut encoder,
+            "drop_packets",
+            "Packets dropped, by drop reason and direction",
+            &by_reason(c.dropped_policy_denied, c.dropped_policy_deny, packets),
+        )?;
+        counter(
+            &mut encoder,
+            "drop_bytes",
+            "Bytes of dropped packets, by drop reason and direction",
+            &by_reason(c.dropped_policy_denied, c.dropped_policy_deny, bytes),
+        )?;
+        counter(
+            &mut encoder,
+            "audit_packets",
+            "Packets forwarded in audit mode that policy would drop, by reason and direction",
+            &by_reason(c.audited_policy_denied, c.audited_policy_deny, packets),
+        )?;
+        counter(
+            &mut encoder,
+            "forward_packets",
+            "Judged packets forwarded, by direction",
+            &[([ingress, ("match", "policy")], c.forwarded.packets)],
+        )?;
+        counter(
+            &mut encoder,
+            "forward_bytes",
+            "Bytes of judged packets forwarded, by direction",
+            &[([ingress, ("match", "policy")], c.forwarded.bytes)],
+        )?;
+        let mut lost = encoder.encode_descriptor(
+            "flow_events_lost",
+            "Flow events the kernel could not deliver (ring buffer full)",
+            None,
+            MetricType::Counter,
+        )?;
+        lost.encode_counter::<NoLabelSet, _, u64>(&c.events_lost, None)?;
+        gauge(
+            &mut encoder,
+            "policies",
+            "Policies in force that select this node",
+            i64::try_from(snapshot.policies).unwrap_or(i64::MAX),
+        )?;
+        gauge(
+            &mut encoder,
+            "policy_rules",
+            "Compiled rules in force",
+            i64::try_from(snapshot.rules).unwrap_or(i64::MAX),
+        )?;
+        gauge(
+            &mut encoder,
+            "policy_generation",
+            "Generation of the rule table in force",
+            i64::from(snapshot.generation),
+        )?;
+        let mut pressure = encoder.encode_descriptor(
+            "bpf_map_pressure_ratio",
+            "Fill level of each datapath table (entries in use / capacity)",
+            None,
+            MetricType::Gauge,
+        )?;
+        for usage in &snapshot.maps {
+            #[expect(
+                clippy::cast_precision_loss,
+                reason = "a ratio needs no integer precision"
+            )]
+            let ratio = usage.entries as f64 / usage.capacity.max(1) as f64;
+            pressure
+                .encode_family(&[("map", usage.map)])?
+                .encode_gauge(&ratio)?;
+        }
+        Ok(())
+    }
+}
+
+#[derive(Clone)]
+struct MetricsState {
+    engine: Arc<Mutex<Engine>>,
+    metrics: Arc<Metrics>,
+}
+
+async fn scrape(State(state): State<MetricsState>) -> impl IntoResponse {
+    let snapshot = state.engine.lock().await.metrics_snapshot();
+    let body = match snapshot {
+        Ok(snapshot) => state.metrics.render(snapshot),
+        Err(e) => {
+            error!("{e:#}");
+            Err(std::fmt::Error)
+        }
+    };
+    match body {
+        Ok(text) => (
+            [(
+                header::CONTENT_TYPE,
+                "text/plain; version=0.0.4; charset=utf-8",
+            )],
+            text,
+        )
+            .into_response(),
+        Err(_) => axum::http::StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+    }
+}
+
+/// Serves `GET /metrics` on `listen` until the process ends.
+///
+/// # Errors
+///
+/// When the address cannot be bound.
+pub async fn serve(
+    listen: SocketAddr,
+    engine: Arc<Mutex<Engine>>,
+    metrics: Arc<Metrics>,
+) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("binding the metrics listener {listen}"))?;
+    info!(%listen, "serving Prometheus metrics on /metrics");
+    let router = Router::new()
+        .route("/metrics", get(scrape))
+        .with_state(MetricsState { engine, metrics });
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, router).await {
+            error!(%e, "the metrics listener failed");
+        }
+    });
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_counters_with_reasons_and_total_suffix() {
+        let metrics = Metrics::new();
+        metrics.record_apply("applied", Duration::from_millis(3));
+        let mut counters = Counters::default();
+        counters.dropped_policy_deny.packets = 7;
+        let text = metrics
+            .render(Snapshot {
+                counters,
+                policies: 2,
+                maps: vec![MapUsage {
+                    map: "ingress_prefixes",
+                    entries: 16,
+                    capacity: 64,
+                }],
+                ..Snapshot::default()
+            })
+            .unwrap();
+        for line in [
+            "palisade_drop_packets_total{reason=\"POLICY_DENY\",direction=\"INGRESS\"} 7",
+            "palisade_policies 2",
+            "palisade_policy_apply_total{outcome=\"applied\"} 1",
+            "palisade_bpf_map_pressure_ratio{map=\"ingress_prefixes\"} 0.25",
+            "# HELP palisade_policy_apply_duration_seconds Time to parse, compile and install a policy apply.",
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "missing {line:?} in\n{text}"
+            );
+        }
+    }
+}
