@@ -9,7 +9,7 @@ use std::{net::IpAddr, str::FromStr, time::SystemTime};
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
-use crate::{Flow, Layer4, PortPair};
+use crate::{Flow, Layer4};
 
 /// The query of the flows endpoint: which flows, how many, and whether to follow.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -237,24 +237,11 @@ fn contains(prefixes: &[IpNet], address: &str) -> bool {
 impl FlowFilter {
     /// Whether `flow` passes every filter.
     pub fn matches(&self, flow: &Flow) -> bool {
-        let ports = match &flow.l4 {
-            Some(Layer4::Tcp {
-                source_port,
-                destination_port,
-                ..
-            }) => Some((*source_port, *destination_port)),
-            Some(
-                Layer4::Udp(PortPair {
-                    source_port,
-                    destination_port,
-                })
-                | Layer4::Sctp(PortPair {
-                    source_port,
-                    destination_port,
-                }),
-            ) => Some((*source_port, *destination_port)),
-            _ => None,
-        };
+        let ports = flow
+            .l4
+            .as_ref()
+            .and_then(Layer4::ports)
+            .map(|p| (p.source_port, p.destination_port));
         let port_matches = |wanted: &[u16], pick: fn((u16, u16)) -> [u16; 2]| {
             wanted.is_empty() || ports.is_some_and(|p| pick(p).iter().any(|p| wanted.contains(p)))
         };

@@ -181,29 +181,21 @@ pub struct FlowPolicy {
 }
 
 impl Flow {
+    /// Source and destination as `address:port` (`[address]:port` for IPv6),
+    /// or bare addresses for protocols without ports.
+    pub fn endpoints(&self) -> (String, String) {
+        match self.l4.as_ref().and_then(Layer4::ports) {
+            Some(ports) => (
+                join_port(&self.ip.source, ports.source_port),
+                join_port(&self.ip.destination, ports.destination_port),
+            ),
+            None => (self.ip.source.clone(), self.ip.destination.clone()),
+        }
+    }
+
     /// The `hubble observe` compact line for this flow.
     pub fn compact(&self) -> String {
-        let (source, destination) = match &self.l4 {
-            Some(Layer4::Tcp {
-                source_port,
-                destination_port,
-                ..
-            })
-            | Some(
-                Layer4::Udp(PortPair {
-                    source_port,
-                    destination_port,
-                })
-                | Layer4::Sctp(PortPair {
-                    source_port,
-                    destination_port,
-                }),
-            ) => (
-                join_port(&self.ip.source, *source_port),
-                join_port(&self.ip.destination, *destination_port),
-            ),
-            _ => (self.ip.source.clone(), self.ip.destination.clone()),
-        };
+        let (source, destination) = self.endpoints();
         let mut line = format!(
             "{} {} -> {} {} {}",
             self.time, source, destination, self.verdict, self.summary
@@ -212,6 +204,24 @@ impl Flow {
             line.push_str(&format!(" ({reason})"));
         }
         line
+    }
+}
+
+impl Layer4 {
+    /// The source and destination ports, for the protocols that have them.
+    pub fn ports(&self) -> Option<PortPair> {
+        match self {
+            Self::Tcp {
+                source_port,
+                destination_port,
+                ..
+            } => Some(PortPair {
+                source_port: *source_port,
+                destination_port: *destination_port,
+            }),
+            Self::Udp(ports) | Self::Sctp(ports) => Some(*ports),
+            Self::IcmpV4(_) | Self::IcmpV6(_) => None,
+        }
     }
 }
 

@@ -4,7 +4,7 @@ use std::time::SystemTime;
 
 use clap::{Args, ValueEnum};
 use futures_util::StreamExt as _;
-use palisade_api::{Client, Flow, FlowQuery, Layer4};
+use palisade_api::{Client, Flow, FlowQuery};
 
 /// Flow selection and output options.
 #[derive(Debug, Args)]
@@ -140,7 +140,7 @@ pub async fn run(client: &Client, args: &ObserveArgs) -> anyhow::Result<()> {
             FlowFormat::Compact => println!("{}", flow.compact()),
             FlowFormat::Dict => print!("{}", dict(&flow)),
             FlowFormat::Table => {
-                let (source, destination) = endpoints(&flow);
+                let (source, destination) = flow.endpoints();
                 println!(
                     "{}",
                     table_row([
@@ -169,29 +169,8 @@ fn table_row<S: AsRef<str>>(cells: [S; 5]) -> String {
     )
 }
 
-fn endpoints(flow: &Flow) -> (String, String) {
-    let ports = match &flow.l4 {
-        Some(Layer4::Tcp {
-            source_port,
-            destination_port,
-            ..
-        }) => Some((*source_port, *destination_port)),
-        Some(Layer4::Udp(pair) | Layer4::Sctp(pair)) => {
-            Some((pair.source_port, pair.destination_port))
-        }
-        _ => None,
-    };
-    match ports {
-        Some((source_port, destination_port)) => (
-            format!("{}:{source_port}", flow.ip.source),
-            format!("{}:{destination_port}", flow.ip.destination),
-        ),
-        None => (flow.ip.source.clone(), flow.ip.destination.clone()),
-    }
-}
-
 fn dict(flow: &Flow) -> String {
-    let (source, destination) = endpoints(flow);
+    let (source, destination) = flow.endpoints();
     let decided_by = flow
         .ingress_allowed_by
         .iter()
