@@ -115,11 +115,17 @@ impl Default for ControlConfig {
 pub struct FlowsConfig {
     /// How many recent flows the daemon keeps for `palisadectl observe`.
     pub buffer: usize,
+    /// Drops and audits written to the log (the journal's audit trail) per
+    /// second at most; the rest are counted and the count is logged. 0: none.
+    pub log_per_second: u32,
 }
 
 impl Default for FlowsConfig {
     fn default() -> Self {
-        Self { buffer: 4096 }
+        Self {
+            buffer: 4096,
+            log_per_second: 10,
+        }
     }
 }
 

@@ -101,7 +101,7 @@ impl Engine {
             .map_err(ApplyError::Datapath)?;
         info!(
             generation,
-            policies = ?table.policies,
+            policy = table.policies.join(","),
             rules = table.rules.len(),
             "policy applied"
         );

@@ -17,6 +17,8 @@ use palisade_policy::compile::{RuleOrigin, Section};
 use tokio::{io::unix::AsyncFd, sync::broadcast};
 use tracing::{error, warn};
 
+use crate::audit_trail::AuditTrail;
+
 /// Rule origins of this many recent generations are kept, so late events of
 /// a replaced table still name their rules.
 const GENERATIONS_KEPT: usize = 8;
@@ -32,6 +34,7 @@ pub struct FlowHub {
 }
 
 struct HubState {
+    trail: AuditTrail,
     recent: VecDeque<Flow>,
     capacity: usize,
     followers: broadcast::Sender<Flow>,
@@ -39,13 +42,15 @@ struct HubState {
 }
 
 impl FlowHub {
-    /// A hub keeping the last `capacity` flows.
-    pub fn new(node_name: String, capacity: usize) -> Self {
+    /// A hub keeping the last `capacity` flows and logging at most
+    /// `log_per_second` drops and audits a second.
+    pub fn new(node_name: String, capacity: usize, log_per_second: u32) -> Self {
         let (followers, _) = broadcast::channel(FOLLOW_CHANNEL);
         Self {
             node_name,
             boot_time: boot_time(),
             state: Mutex::new(HubState {
+                trail: AuditTrail::new(log_per_second),
                 recent: VecDeque::with_capacity(capacity.min(65_536)),
                 capacity,
                 followers,
@@ -103,6 +108,7 @@ impl FlowHub {
         };
         let flow = self.to_flow(event, origin.as_ref());
         let mut state = self.state();
+        state.trail.record(&flow);
         if state.recent.len() >= state.capacity {
             state.recent.pop_front();
         }
@@ -300,7 +306,7 @@ mod tests {
 
     #[test]
     fn events_become_hubble_like_flows() {
-        let hub = FlowHub::new("node-a".into(), 2);
+        let hub = FlowHub::new("node-a".into(), 2, 0);
         hub.set_rule_origins(
             7,
             vec![RuleOrigin {
@@ -325,7 +331,7 @@ mod tests {
 
     #[test]
     fn buffer_is_bounded_and_last_counts_from_the_end() {
-        let hub = FlowHub::new("n".into(), 2);
+        let hub = FlowHub::new("n".into(), 2, 0);
         for port in [1, 2, 3] {
             let mut e = event(NO_RULE, 1);
             e.destination_port = port;

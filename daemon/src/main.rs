@@ -1,22 +1,23 @@
 //! palisaded: loads the eBPF datapath, installs the policies that select this
 //! node, and serves the control socket.
 
+mod audit_trail;
 mod config;
 mod control;
 mod datapath;
 mod engine;
 mod flows;
+mod logging;
 mod metrics;
 mod systemd;
 
-use std::{io::IsTerminal as _, path::PathBuf, process::ExitCode, sync::Arc};
+use std::{path::PathBuf, process::ExitCode, sync::Arc};
 
 use anyhow::Context as _;
 use clap::Parser;
 use palisade_policy::NodeContext;
 use tokio::{signal::unix::SignalKind, sync::Mutex};
 use tracing::{error, info};
-use tracing_subscriber::EnvFilter;
 
 use crate::{
     config::{Config, DEFAULT_CONFIG},
@@ -45,13 +46,7 @@ struct Args {
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = Args::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+    logging::init();
     match run(args).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -77,7 +72,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
     };
 
     let (datapath, flow_events) = EbpfDatapath::load()?;
-    let hub = Arc::new(FlowHub::new(node_name.clone(), config.flows.buffer));
+    let hub = Arc::new(FlowHub::new(
+        node_name.clone(),
+        config.flows.buffer,
+        config.flows.log_per_second,
+    ));
     let mut engine = Engine::new(node, node_name, Box::new(datapath), Arc::clone(&hub));
     let first = engine.apply(&files, false).with_context(|| {
         format!(
@@ -86,7 +85,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         )
     })?;
     info!(
-        policies = ?first.policies,
+        policy = first.policies.join(","),
         rules = first.rules,
         directory = %config.policy.directory.display(),
         "initial policies installed"

@@ -317,6 +317,15 @@ pub fn binary(name: &str) -> anyhow::Result<PathBuf> {
     Ok(path)
 }
 
+/// How to start palisaded beyond the defaults.
+#[derive(Debug, Default)]
+pub struct Launch<'a> {
+    /// Extra environment variables.
+    pub env: &'a [(&'a str, &'a str)],
+    /// A command palisaded is passed to as its last arguments.
+    pub wrapper: &'a [&'a str],
+}
+
 /// A running palisaded inside a namespace, with its own socket, config and
 /// policy directory, stopped on drop.
 #[derive(Debug)]
@@ -339,33 +348,41 @@ impl Daemon {
         policy_dir: &Path,
         workdir: &Path,
     ) -> anyhow::Result<Self> {
-        Self::start_with_env(netns, config, policy_dir, workdir, &[])
+        Self::start_with(netns, config, policy_dir, workdir, &Launch::default())
     }
 
-    /// [`Daemon::start`] with extra environment variables for palisaded.
+    /// [`Daemon::start`] with extra environment variables and a wrapper
+    /// command (run inside the namespace, ending in `exec "$@"` or the like).
     ///
     /// # Errors
     ///
     /// When it does not come up within 20 s (its log is in the error).
-    pub fn start_with_env(
+    pub fn start_with(
         netns: &Netns,
         config: &Path,
         policy_dir: &Path,
         workdir: &Path,
-        env: &[(&str, &str)],
+        launch: &Launch<'_>,
     ) -> anyhow::Result<Self> {
         let socket = workdir.join("palisade.sock");
         let log = workdir.join("palisaded.log");
         let log_file = File::create(&log)?;
-        let child = netns
-            .command(binary("palisaded")?)
+        let mut command = match launch.wrapper.split_first() {
+            Some((program, args)) => {
+                let mut command = netns.command(program);
+                command.args(args).arg(binary("palisaded")?);
+                command
+            }
+            None => netns.command(binary("palisaded")?),
+        };
+        let child = command
             .arg("--config")
             .arg(config)
             .arg("--policy-dir")
             .arg(policy_dir)
             .arg("--socket")
             .arg(&socket)
-            .envs(env.iter().copied())
+            .envs(launch.env.iter().copied())
             .stdin(Stdio::null())
             .stdout(log_file.try_clone()?)
             .stderr(log_file)

@@ -6,7 +6,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use palisade_e2e::{Daemon, TempDir, Topology, have_root};
+use palisade_e2e::{Daemon, Launch, TempDir, Topology, have_root};
 
 fn repo() -> std::path::PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -39,12 +39,15 @@ fn ready_status_and_watchdog_reach_the_notify_socket() {
     let notify_path = workdir.path().join("notify.sock");
     let notify = UnixDatagram::bind(&notify_path).expect("fake NOTIFY_SOCKET");
     let notify_env = notify_path.display().to_string();
-    let daemon = Daemon::start_with_env(
+    let daemon = Daemon::start_with(
         &topology.node,
         &repo().join("etc/palisade.toml"),
         &repo().join("etc/policies.d"),
         workdir.path(),
-        &[("NOTIFY_SOCKET", &notify_env), ("WATCHDOG_USEC", "200000")],
+        &Launch {
+            env: &[("NOTIFY_SOCKET", &notify_env), ("WATCHDOG_USEC", "200000")],
+            ..Launch::default()
+        },
     )
     .expect("palisaded starts");
 
@@ -98,12 +101,15 @@ fn no_ready_when_the_policies_do_not_load() {
     let notify_path = workdir.path().join("notify.sock");
     let notify = UnixDatagram::bind(&notify_path).expect("fake NOTIFY_SOCKET");
     let notify_env = notify_path.display().to_string();
-    let started = Daemon::start_with_env(
+    let started = Daemon::start_with(
         &topology.node,
         &repo().join("etc/palisade.toml"),
         &policies,
         workdir.path(),
-        &[("NOTIFY_SOCKET", &notify_env)],
+        &Launch {
+            env: &[("NOTIFY_SOCKET", &notify_env)],
+            ..Launch::default()
+        },
     );
     let error = started.expect_err("palisaded must refuse to start");
     assert!(error.to_string().contains("bad.toml:1:8"), "{error:#}");
