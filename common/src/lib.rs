@@ -135,8 +135,10 @@ pub struct SlotSettings {
     pub ingress_default_deny: u8,
     /// 1 if would-be drops are forwarded and reported as AUDIT.
     pub audit: u8,
+    /// 1 if forwarded packets produce flow events (drops and audits always do).
+    pub forward_events: u8,
     /// Explicit padding; always zero.
-    pub pad: [u8; 2],
+    pub pad: u8,
 }
 
 /// One rule-set entry: a protocol and port range with the action that applies.

@@ -118,6 +118,8 @@ pub struct FlowsConfig {
     /// Drops and audits written to the log (the journal's audit trail) per
     /// second at most; the rest are counted and the count is logged. 0: none.
     pub log_per_second: u32,
+    /// Whether forwarded packets produce flows; drops and audits always do.
+    pub forward_events: bool,
 }
 
 impl Default for FlowsConfig {
@@ -125,6 +127,7 @@ impl Default for FlowsConfig {
         Self {
             buffer: 4096,
             log_per_second: 10,
+            forward_events: true,
         }
     }
 }

@@ -1,32 +1,23 @@
 //! palisaded: loads the eBPF datapath, installs the policies that select this
 //! node, and serves the control socket.
 
-mod audit_trail;
-mod config;
-mod control;
-mod datapath;
-mod engine;
-mod flows;
-mod logging;
-mod metrics;
-mod systemd;
-
 use std::{path::PathBuf, process::ExitCode, sync::Arc};
 
 use anyhow::Context as _;
 use clap::Parser;
+use palisade_daemon::{
+    config::{Config, DEFAULT_CONFIG},
+    control::{self, ControlState},
+    datapath::ebpf::EbpfDatapath,
+    engine::{Engine, read_policy_directory},
+    flows::{self, FlowHub},
+    logging,
+    metrics::{self, Metrics},
+    systemd,
+};
 use palisade_policy::NodeContext;
 use tokio::{signal::unix::SignalKind, sync::Mutex};
 use tracing::{error, info};
-
-use crate::{
-    config::{Config, DEFAULT_CONFIG},
-    control::ControlState,
-    datapath::ebpf::EbpfDatapath,
-    engine::{Engine, read_policy_directory},
-    flows::FlowHub,
-    metrics::Metrics,
-};
 
 /// palisade host firewall daemon.
 #[derive(Debug, Parser)]
@@ -71,7 +62,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         audit_mode: config.policy.audit_mode,
     };
 
-    let (datapath, flow_events) = EbpfDatapath::load()?;
+    let (datapath, flow_events) = EbpfDatapath::load(config.flows.forward_events)?;
     let hub = Arc::new(FlowHub::new(
         node_name.clone(),
         config.flows.buffer,

@@ -129,7 +129,9 @@ fn try_ingress(ctx: &XdpContext) -> Result<u32, ()> {
         _ => Counter::Forwarded,
     };
     bump(counter, (ctx.data_end() - ctx.data()) as u64);
-    report(ctx, &packet, &decision, settings.generation);
+    if decision.verdict != verdict::FORWARDED || settings.forward_events != 0 {
+        report(ctx, &packet, &decision, settings.generation);
+    }
     Ok(if decision.verdict == verdict::DROPPED {
         xdp_action::XDP_DROP
     } else {

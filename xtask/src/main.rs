@@ -1,4 +1,4 @@
-//! `cargo xtask setup | demo | test`: the project's tasks.
+//! `cargo xtask setup | demo | test | bench`: the project's tasks.
 
 mod demo;
 mod setup;
@@ -26,6 +26,9 @@ enum Task {
     Demo,
     /// fmt check, clippy -D warnings, and every test (unit and end to end).
     Test,
+    /// Benchmarks (as root): the cost of flow events, packets/s with forward
+    /// events on and off; writes target/bench/flow_events.json.
+    Bench,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -39,6 +42,10 @@ fn main() -> anyhow::Result<()> {
         Task::Test => {
             setup::run()?;
             test()
+        }
+        Task::Bench => {
+            setup::run()?;
+            cargo(&["bench", "-p", "palisade-daemon", "--bench", "flow_events"])
         }
     }
 }

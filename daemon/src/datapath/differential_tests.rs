@@ -17,7 +17,7 @@ use palisade_policy::{
     CompiledTable, Connection, NodeContext, compile, evaluate_ingress, policy_from_toml,
 };
 
-use super::{Datapath as _, ebpf::EbpfDatapath};
+use super::{Datapath as _, ebpf::EbpfDatapath, test_packet::frame};
 
 const XDP_DROP: u32 = 1;
 const XDP_PASS: u32 = 2;
@@ -41,67 +41,6 @@ impl Rng {
     fn pick<T: Copy>(&mut self, items: &[T]) -> T {
         items[self.below(items.len())]
     }
-}
-
-/// An Ethernet frame carrying the first packet of `connection`.
-fn frame(connection: &Connection) -> Vec<u8> {
-    let mut l4 = match connection.protocol {
-        protocol::TCP => {
-            let mut tcp = vec![0u8; 20];
-            tcp[0..2].copy_from_slice(&40000u16.to_be_bytes());
-            tcp[2..4].copy_from_slice(&connection.destination_port.to_be_bytes());
-            tcp[12] = 5 << 4;
-            tcp[13] = 0x02; // SYN
-            tcp
-        }
-        protocol::UDP | protocol::SCTP => {
-            let mut header = vec![
-                0u8;
-                if connection.protocol == protocol::UDP {
-                    8
-                } else {
-                    12
-                }
-            ];
-            header[0..2].copy_from_slice(&40000u16.to_be_bytes());
-            header[2..4].copy_from_slice(&connection.destination_port.to_be_bytes());
-            header
-        }
-        protocol::ICMP => vec![8, 0, 0, 0, 0, 0, 0, 0],
-        protocol::ICMPV6 => vec![128, 0, 0, 0, 0, 0, 0, 0],
-        _ => vec![0u8; 8],
-    };
-    l4.extend_from_slice(b"palisade");
-    let mut packet = vec![0u8; 12];
-    match (connection.source, connection.destination) {
-        (IpAddr::V4(source), IpAddr::V4(destination)) => {
-            packet.extend_from_slice(&0x0800u16.to_be_bytes());
-            let mut ip = vec![0u8; 20];
-            ip[0] = 0x45;
-            let total = u16::try_from(20 + l4.len()).unwrap_or(u16::MAX);
-            ip[2..4].copy_from_slice(&total.to_be_bytes());
-            ip[8] = 64;
-            ip[9] = connection.protocol;
-            ip[12..16].copy_from_slice(&source.octets());
-            ip[16..20].copy_from_slice(&destination.octets());
-            packet.extend_from_slice(&ip);
-        }
-        (IpAddr::V6(source), IpAddr::V6(destination)) => {
-            packet.extend_from_slice(&0x86ddu16.to_be_bytes());
-            let mut ip = vec![0u8; 40];
-            ip[0] = 0x60;
-            let payload = u16::try_from(l4.len()).unwrap_or(u16::MAX);
-            ip[4..6].copy_from_slice(&payload.to_be_bytes());
-            ip[6] = connection.protocol;
-            ip[7] = 64;
-            ip[8..24].copy_from_slice(&source.octets());
-            ip[24..40].copy_from_slice(&destination.octets());
-            packet.extend_from_slice(&ip);
-        }
-        _ => unreachable!("source and destination share a family"),
-    }
-    packet.extend_from_slice(&l4);
-    packet
 }
 
 /// Addresses worth testing for a table: each prefix's first, last and a
@@ -166,9 +105,9 @@ fn check_fixture(name: &str, policy_text: &str, audit_mode: bool) {
         ..NodeContext::default()
     };
     let table = compile(&[policy], &node).expect("fixture compiles");
-    let (mut datapath, mut ring) = EbpfDatapath::load().expect("eBPF loads");
+    let (mut datapath, mut ring) = EbpfDatapath::load(true).expect("eBPF loads");
     datapath.install(&table, 7).expect("table installs");
-    let program = datapath.xdp_program();
+    let program = datapath.xdp_program().expect("XDP program");
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ name.len() as u64);
     let sources = interesting_sources(&table, &mut rng);
     let ports = interesting_ports(&table, &mut rng);

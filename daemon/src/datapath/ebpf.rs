@@ -45,17 +45,20 @@ pub struct EbpfDatapath {
     rule_set_capacity: usize,
     /// Keys written to each slot's trie, so the next install can remove them.
     written_keys: [Vec<Key<Address>>; 2],
+    /// Whether forwarded packets produce flow events.
+    forward_events: bool,
     active: u32,
 }
 
 impl EbpfDatapath {
     /// Loads the programs (attached nowhere yet) and hands back the
-    /// flow-event ring buffer for the reader task.
+    /// flow-event ring buffer for the reader task. `forward_events`: whether
+    /// forwarded packets produce flow events (drops and audits always do).
     ///
     /// # Errors
     ///
     /// When loading fails: no BPF permission, or a verifier rejection.
-    pub fn load() -> anyhow::Result<(Self, RingBuf<MapData>)> {
+    pub fn load(forward_events: bool) -> anyhow::Result<(Self, RingBuf<MapData>)> {
         let mut ebpf = EbpfLoader::new()
             .load(PROGRAMS)
             .context("loading the eBPF programs (palisaded needs CAP_BPF and CAP_NET_ADMIN)")?;
@@ -88,6 +91,7 @@ impl EbpfDatapath {
             prefix_capacity: DEFAULT_PREFIX_CAPACITY as usize,
             rule_set_capacity: DEFAULT_RULE_SET_CAPACITY as usize,
             active: 0,
+            forward_events,
             interfaces: Vec::new(),
             ebpf,
         };
@@ -95,14 +99,18 @@ impl EbpfDatapath {
     }
 }
 
-#[cfg(test)]
 impl EbpfDatapath {
-    /// The loaded XDP program, for `BPF_PROG_TEST_RUN` in tests.
-    pub(super) fn xdp_program(&self) -> &Xdp {
-        self.ebpf
+    /// The loaded XDP program, for `BPF_PROG_TEST_RUN` (tests, benchmarks).
+    ///
+    /// # Errors
+    ///
+    /// When the object has no XDP ingress program (a build error).
+    pub fn xdp_program(&self) -> anyhow::Result<&Xdp> {
+        Ok(self
+            .ebpf
             .program(XDP_INGRESS_PROGRAM)
-            .and_then(|program| program.try_into().ok())
-            .expect("the XDP program is loaded")
+            .ok_or_else(|| anyhow!("program {XDP_INGRESS_PROGRAM} missing from the eBPF object"))?
+            .try_into()?)
     }
 }
 
@@ -201,7 +209,8 @@ impl Datapath for EbpfDatapath {
             generation,
             ingress_default_deny: u8::from(table.ingress.default_deny),
             audit: u8::from(table.audit),
-            pad: [0; 2],
+            forward_events: u8::from(self.forward_events),
+            pad: 0,
         };
         self.slot_settings.set(slot, &settings, 0)?;
         // The switch: one 4-byte map update.

@@ -1,6 +1,7 @@
 //! Datapath backends: what installs a compiled rule table into the kernel.
 
 pub mod ebpf;
+pub mod test_packet;
 
 use palisade_api::{Counters, InterfaceStatus};
 use palisade_policy::CompiledTable;

@@ -1,0 +1,13 @@
+//! palisaded's parts: configuration, the datapath backends, the policy
+//! engine, flows, the control socket, metrics and systemd integration. The
+//! `palisaded` binary wires them together; benchmarks drive them directly.
+
+pub mod audit_trail;
+pub mod config;
+pub mod control;
+pub mod datapath;
+pub mod engine;
+pub mod flows;
+pub mod logging;
+pub mod metrics;
+pub mod systemd;
