@@ -611,3 +611,32 @@ fn internet_checksum(bytes: &[u8]) -> u16 {
     }
     !u16::try_from(sum).unwrap_or(u16::MAX)
 }
+
+/// Datagrams received on `socket` until `done` holds for them or `timeout`
+/// passes (empty datagrams, such as a sender's connection probe, included).
+pub fn datagrams_until(
+    socket: &std::os::unix::net::UnixDatagram,
+    timeout: Duration,
+    done: impl Fn(&[Vec<u8>]) -> bool,
+) -> Vec<Vec<u8>> {
+    let deadline = Instant::now() + timeout;
+    let mut received = Vec::new();
+    let mut buffer = vec![0u8; 65536];
+    while !done(&received) {
+        let Some(left) = deadline.checked_duration_since(Instant::now()) else {
+            break;
+        };
+        let _ = socket.set_read_timeout(Some(left.max(Duration::from_millis(1))));
+        if let Ok(n) = socket.recv(&mut buffer) {
+            received.push(buffer[..n].to_vec());
+        }
+    }
+    received
+}
+
+/// A host policy (TOML) named `name` that allows everything from `cidr`.
+pub fn allow_from_policy(name: &str, cidr: &str) -> String {
+    format!(
+        "kind = \"CiliumClusterwideNetworkPolicy\"\nmetadata = {{ name = \"{name}\" }}\n[spec]\nnodeSelector = {{}}\n[[spec.ingress]]\nfromCIDR = [\"{cidr}\"]\n"
+    )
+}

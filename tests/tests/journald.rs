@@ -6,10 +6,10 @@ use std::{
     net::{IpAddr, SocketAddr},
     os::unix::net::UnixDatagram,
     path::Path,
-    time::{Duration, Instant},
+    time::Duration,
 };
 
-use palisade_e2e::{Daemon, Launch, TempDir, Topology, have_root, tcp_connect};
+use palisade_e2e::{Daemon, Launch, TempDir, Topology, datagrams_until, have_root, tcp_connect};
 
 /// Mounts the fake journal over the real path, then runs palisaded.
 const WITH_FAKE_JOURNAL: &str = "mount -t tmpfs tmpfs /run \
@@ -53,18 +53,11 @@ fn parse_entry(mut bytes: &[u8]) -> Entry {
 
 /// Journal entries received until `done` holds or 5 s pass.
 fn entries_until(journal: &UnixDatagram, done: impl Fn(&[Entry]) -> bool) -> Vec<Entry> {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    let mut entries = Vec::new();
-    let mut buffer = vec![0u8; 65536];
-    journal
-        .set_read_timeout(Some(Duration::from_millis(100)))
-        .expect("timeout");
-    while !done(&entries) && Instant::now() < deadline {
-        if let Ok(n) = journal.recv(&mut buffer) {
-            entries.push(parse_entry(&buffer[..n]));
-        }
-    }
-    entries
+    let parse_all = |datagrams: &[Vec<u8>]| -> Vec<Entry> {
+        datagrams.iter().map(|d| parse_entry(d)).collect()
+    };
+    let datagrams = datagrams_until(journal, Duration::from_secs(5), |d| done(&parse_all(d)));
+    parse_all(&datagrams)
 }
 
 /// Whether `entry` has each (field, value prefix).

@@ -8,7 +8,7 @@ use std::{
     time::Duration,
 };
 
-use palisade_e2e::{Daemon, Netns, TempDir, Topology, have_root, tcp_connect};
+use palisade_e2e::{Daemon, Netns, TempDir, Topology, allow_from_policy, have_root, tcp_connect};
 use prometheus_parse::{Scrape, Value};
 
 const LISTEN: &str = "127.0.0.1:9964";
@@ -126,11 +126,7 @@ fn counters_move_with_the_traffic_sent() {
         .expect("apply");
     assert_eq!(output.status.code(), Some(3));
     let good = workdir.path().join("good.toml");
-    std::fs::write(
-        &good,
-        "kind = \"CiliumClusterwideNetworkPolicy\"\nmetadata = { name = \"extra\" }\n[spec]\nnodeSelector = {}\n[[spec.ingress]]\nfromCIDR = [\"192.0.2.0/24\"]\n",
-    )
-    .expect("write");
+    std::fs::write(&good, allow_from_policy("extra", "192.0.2.0/24")).expect("write");
     let output = daemon
         .ctl(&["apply", "-f", &good.display().to_string()])
         .expect("apply");

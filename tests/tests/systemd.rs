@@ -1,32 +1,21 @@
 //! End to end: palisaded's sd_notify messages, read from a fake NOTIFY_SOCKET.
 
-use std::{
-    os::unix::net::UnixDatagram,
-    path::Path,
-    time::{Duration, Instant},
-};
+use std::{os::unix::net::UnixDatagram, path::Path, time::Duration};
 
-use palisade_e2e::{Daemon, Launch, TempDir, Topology, have_root};
+use palisade_e2e::{
+    Daemon, Launch, TempDir, Topology, allow_from_policy, datagrams_until, have_root,
+};
 
 fn repo() -> std::path::PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
-/// Every datagram that arrives within `window`.
+/// Every datagram that arrives within `window`, as text.
 fn collect(socket: &UnixDatagram, window: Duration) -> Vec<String> {
-    let deadline = Instant::now() + window;
-    let mut messages = Vec::new();
-    let mut buffer = [0u8; 4096];
-    while let Some(left) = deadline.checked_duration_since(Instant::now()) {
-        socket
-            .set_read_timeout(Some(left.max(Duration::from_millis(1))))
-            .expect("timeout");
-        match socket.recv(&mut buffer) {
-            Ok(n) => messages.push(String::from_utf8_lossy(&buffer[..n]).into_owned()),
-            Err(_) => break,
-        }
-    }
-    messages
+    datagrams_until(socket, window, |_| false)
+        .iter()
+        .map(|datagram| String::from_utf8_lossy(datagram).into_owned())
+        .collect()
 }
 
 #[test]
@@ -70,11 +59,7 @@ fn ready_status_and_watchdog_reach_the_notify_socket() {
 
     // An apply updates STATUS=.
     let extra = workdir.path().join("extra.toml");
-    std::fs::write(
-        &extra,
-        "kind = \"CiliumClusterwideNetworkPolicy\"\nmetadata = { name = \"extra\" }\n[spec]\nnodeSelector = {}\n[[spec.ingress]]\nfromCIDR = [\"192.0.2.0/24\"]\n",
-    )
-    .expect("write");
+    std::fs::write(&extra, allow_from_policy("extra", "192.0.2.0/24")).expect("write");
     let output = daemon
         .ctl(&["apply", "-f", &extra.display().to_string()])
         .expect("apply");
