@@ -35,6 +35,9 @@ pub enum ClientError {
         /// The daemon's explanation.
         body: ErrorBody,
     },
+    /// The request could not be built (a client-side problem; nothing was sent).
+    #[error("cannot build the request to palisaded: {0}")]
+    Request(String),
     /// A response body was not what the protocol says.
     #[error("palisaded sent a response this client does not understand: {0}")]
     Decode(#[from] serde_json::Error),
@@ -85,14 +88,8 @@ impl Client {
         &self,
         query: &FlowQuery,
     ) -> Result<impl Stream<Item = Result<Flow, ClientError>> + use<>, ClientError> {
-        let query_string =
-            serde_urlencoded::to_string(query).map_err(|error| ClientError::Refused {
-                status: StatusCode::BAD_REQUEST,
-                body: ErrorBody {
-                    error: format!("cannot encode the flow query: {error}"),
-                    diagnostics: Vec::new(),
-                },
-            })?;
+        let query_string = serde_urlencoded::to_string(query)
+            .map_err(|error| ClientError::Request(format!("flow query: {error}")))?;
         let path = format!("{}?{query_string}", paths::FLOWS);
         let response = check(self.send(Method::GET, &path, None::<&()>).await?).await?;
         let state = (response.into_body(), BytesMut::new());
@@ -148,13 +145,7 @@ impl Client {
             .header(hyper::header::HOST, "palisade")
             .header(hyper::header::CONTENT_TYPE, "application/json")
             .body(Full::new(body))
-            .map_err(|error| ClientError::Refused {
-                status: StatusCode::BAD_REQUEST,
-                body: ErrorBody {
-                    error: error.to_string(),
-                    diagnostics: Vec::new(),
-                },
-            })?;
+            .map_err(|error| ClientError::Request(error.to_string()))?;
         Ok(sender.send_request(request).await?)
     }
 }

@@ -77,16 +77,21 @@ fn error(status: StatusCode, body: ErrorBody) -> Response {
     (status, Json(body)).into_response()
 }
 
+/// An error response with a message and no diagnostics.
+fn message(status: StatusCode, text: String) -> Response {
+    error(
+        status,
+        ErrorBody {
+            error: text,
+            diagnostics: Vec::new(),
+        },
+    )
+}
+
 async fn status(State(state): State<ControlState>) -> Response {
     match state.engine.lock().await.status() {
         Ok(status) => Json(status).into_response(),
-        Err(e) => error(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            ErrorBody {
-                error: format!("{e:#}"),
-                diagnostics: Vec::new(),
-            },
-        ),
+        Err(e) => message(StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}")),
     }
 }
 
@@ -94,12 +99,9 @@ async fn apply(State(state): State<ControlState>, body: Bytes) -> Response {
     let request: ApplyRequest = match serde_json::from_slice(&body) {
         Ok(request) => request,
         Err(e) => {
-            return error(
+            return message(
                 StatusCode::BAD_REQUEST,
-                ErrorBody {
-                    error: format!("malformed apply request: {e}"),
-                    diagnostics: Vec::new(),
-                },
+                format!("malformed apply request: {e}"),
             );
         }
     };
@@ -131,20 +133,13 @@ async fn apply(State(state): State<ControlState>, body: Bytes) -> Response {
                 diagnostics: diagnostics.0,
             },
         ),
-        Err(e @ ApplyError::Compile(_)) => error(
+        Err(e @ ApplyError::Compile(_)) => message(
             StatusCode::UNPROCESSABLE_ENTITY,
-            ErrorBody {
-                error: format!("{e}; nothing was changed"),
-                diagnostics: Vec::new(),
-            },
+            format!("{e}; nothing was changed"),
         ),
-        Err(e @ ApplyError::Datapath(_)) => error(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            ErrorBody {
-                error: e.to_string(),
-                diagnostics: Vec::new(),
-            },
-        ),
+        Err(e @ ApplyError::Datapath(_)) => {
+            message(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+        }
     }
 }
 
@@ -152,13 +147,7 @@ async fn flows(State(state): State<ControlState>, Query(query): Query<FlowQuery>
     let filter = match query.filter() {
         Ok(filter) => filter,
         Err(e) => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                ErrorBody {
-                    error: e.to_string(),
-                    diagnostics: Vec::new(),
-                },
-            );
+            return message(StatusCode::BAD_REQUEST, e.to_string());
         }
     };
     let (recent, follower) = state.hub.snapshot(&filter, query.last, query.follow);

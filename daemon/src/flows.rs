@@ -28,13 +28,14 @@ const FOLLOW_CHANNEL: usize = 1024;
 /// The flow buffer and its subscribers.
 pub struct FlowHub {
     node_name: String,
+    /// Its own lock: logging must not hold up readers of the buffer.
+    trail: Mutex<AuditTrail>,
     /// Wall-clock time of monotonic time zero, to date kernel timestamps.
     boot_time: SystemTime,
     state: Mutex<HubState>,
 }
 
 struct HubState {
-    trail: AuditTrail,
     recent: VecDeque<Flow>,
     capacity: usize,
     followers: broadcast::Sender<Flow>,
@@ -48,9 +49,9 @@ impl FlowHub {
         let (followers, _) = broadcast::channel(FOLLOW_CHANNEL);
         Self {
             node_name,
+            trail: Mutex::new(AuditTrail::new(log_per_second)),
             boot_time: boot_time(),
             state: Mutex::new(HubState {
-                trail: AuditTrail::new(log_per_second),
                 recent: VecDeque::with_capacity(capacity.min(65_536)),
                 capacity,
                 followers,
@@ -107,8 +108,11 @@ impl FlowHub {
                 .and_then(|origins| origins.get(event.rule_id as usize).cloned())
         };
         let flow = self.to_flow(event, origin.as_ref());
+        self.trail
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .record(&flow);
         let mut state = self.state();
-        state.trail.record(&flow);
         if state.recent.len() >= state.capacity {
             state.recent.pop_front();
         }
@@ -244,6 +248,15 @@ fn boot_time() -> SystemTime {
     SystemTime::now() - since_boot
 }
 
+/// The flow event in one ring-buffer record, or `None` when it is too short.
+pub fn decode_event(record: &[u8]) -> Option<FlowEvent> {
+    (record.len() >= size_of::<FlowEvent>()).then(|| {
+        // SAFETY: the record holds at least one FlowEvent's bytes (checked),
+        // FlowEvent is plain integers, and the read is unaligned-safe.
+        unsafe { record.as_ptr().cast::<FlowEvent>().read_unaligned() }
+    })
+}
+
 /// Reads flow events from the kernel's ring buffer until it fails.
 pub async fn read_events(ring: RingBuf<MapData>, hub: Arc<FlowHub>) {
     // SAFETY: the RingBuf owns its map fd, keeps it open and returns the same
@@ -266,14 +279,10 @@ pub async fn read_events(ring: RingBuf<MapData>, hub: Arc<FlowHub>) {
         };
         let ring = guard.get_inner_mut();
         while let Some(item) = ring.next() {
-            if item.len() < size_of::<FlowEvent>() {
-                warn!(len = item.len(), "short flow event skipped");
-                continue;
+            match decode_event(&item) {
+                Some(event) => hub.record(&event),
+                None => warn!(len = item.len(), "short flow event skipped"),
             }
-            // SAFETY: the kernel wrote a FlowEvent (checked length); the read
-            // is unaligned-safe.
-            let event = unsafe { item.as_ptr().cast::<FlowEvent>().read_unaligned() };
-            hub.record(&event);
         }
         guard.clear_ready();
     }

@@ -128,9 +128,10 @@ fn try_ingress(ctx: &XdpContext) -> Result<u32, ()> {
         (verdict::AUDIT, true) => Counter::AuditedPolicyDeny,
         _ => Counter::Forwarded,
     };
-    bump(counter, (ctx.data_end() - ctx.data()) as u64);
+    let packet_len = (ctx.data_end() - ctx.data()) as u32;
+    bump(counter, u64::from(packet_len));
     if decision.verdict != verdict::FORWARDED || settings.forward_events != 0 {
-        report(ctx, &packet, &decision, settings.generation);
+        report(ctx, &packet, &decision, settings.generation, packet_len);
     }
     Ok(if decision.verdict == verdict::DROPPED {
         xdp_action::XDP_DROP
@@ -333,7 +334,13 @@ fn bump(counter: Counter, bytes: u64) {
     }
 }
 
-fn report(ctx: &XdpContext, packet: &Packet, decision: &Decision, generation: u32) {
+fn report(
+    ctx: &XdpContext,
+    packet: &Packet,
+    decision: &Decision,
+    generation: u32,
+    packet_len: u32,
+) {
     let Some(mut entry) = FLOW_EVENTS.reserve::<FlowEvent>(0) else {
         bump(Counter::EventsLost, 0);
         return;
@@ -345,7 +352,7 @@ fn report(ctx: &XdpContext, packet: &Packet, decision: &Decision, generation: u3
         rule_id: decision.rule_id,
         generation,
         ifindex: unsafe { (*ctx.ctx).ingress_ifindex },
-        packet_len: (ctx.data_end() - ctx.data()) as u32,
+        packet_len,
         source_port: packet.source_port,
         destination_port: packet.destination_port,
         ip_version: packet.ip_version,

@@ -13,11 +13,13 @@ use aya::{
     maps::{MapData, RingBuf},
 };
 use palisade_common::{FlowEvent, protocol, verdict};
+use palisade_e2e::have_root;
 use palisade_policy::{
     CompiledTable, Connection, NodeContext, compile, evaluate_ingress, policy_from_toml,
 };
 
 use super::{Datapath as _, ebpf::EbpfDatapath, test_packet::frame};
+use crate::flows::decode_event;
 
 const XDP_DROP: u32 = 1;
 const XDP_PASS: u32 = 2;
@@ -90,9 +92,7 @@ fn interesting_ports(table: &CompiledTable, rng: &mut Rng) -> Vec<u16> {
 fn drain(ring: &mut RingBuf<MapData>) -> Vec<FlowEvent> {
     let mut events = Vec::new();
     while let Some(item) = ring.next() {
-        assert!(item.len() >= size_of::<FlowEvent>());
-        // SAFETY: the program writes whole FlowEvents (length checked).
-        events.push(unsafe { item.as_ptr().cast::<FlowEvent>().read_unaligned() });
+        events.push(decode_event(&item).expect("a whole flow event"));
     }
     events
 }
@@ -178,10 +178,6 @@ fn check_fixture(name: &str, policy_text: &str, audit_mode: bool) {
         outcomes >= 2,
         "{name}: only one verdict was ever produced: {seen:?}"
     );
-}
-
-fn have_root(test: &str) -> bool {
-    palisade_e2e::have_root(test)
 }
 
 #[test]

@@ -41,8 +41,6 @@ pub struct EbpfDatapath {
     counters: PerCpuArray<MapData, CounterValue>,
     /// Rule sets written to each slot by the last install there.
     rule_sets_written: [usize; 2],
-    prefix_capacity: usize,
-    rule_set_capacity: usize,
     /// Keys written to each slot's trie, so the next install can remove them.
     written_keys: [Vec<Key<Address>>; 2],
     /// Whether forwarded packets produce flow events.
@@ -88,8 +86,6 @@ impl EbpfDatapath {
             counters: PerCpuArray::try_from(take(COUNTERS_MAP)?)?,
             written_keys: [Vec::new(), Vec::new()],
             rule_sets_written: [0, 0],
-            prefix_capacity: DEFAULT_PREFIX_CAPACITY as usize,
-            rule_set_capacity: DEFAULT_RULE_SET_CAPACITY as usize,
             active: 0,
             forward_events,
             interfaces: Vec::new(),
@@ -278,12 +274,12 @@ impl Datapath for EbpfDatapath {
             MapUsage {
                 map: "ingress_prefixes",
                 entries: self.written_keys[active].len(),
-                capacity: self.prefix_capacity,
+                capacity: DEFAULT_PREFIX_CAPACITY as usize,
             },
             MapUsage {
                 map: "ingress_rule_sets",
                 entries: self.rule_sets_written[active],
-                capacity: self.rule_set_capacity,
+                capacity: DEFAULT_RULE_SET_CAPACITY as usize,
             },
         ]
     }
