@@ -262,10 +262,7 @@ impl FlowFilter {
                 EventType::Trace => flow.verdict != "DROPPED",
             })
             && any_or_empty(&self.policies, |name| {
-                flow.ingress_allowed_by
-                    .iter()
-                    .chain(&flow.ingress_denied_by)
-                    .any(|policy| policy.name == *name)
+                flow.decided_by().any(|policy| policy.name == *name)
             })
             && self
                 .since
@@ -317,6 +314,8 @@ mod tests {
                 rule: "spec.ingress[0]".into(),
             }],
             ingress_denied_by: Vec::new(),
+            egress_allowed_by: Vec::new(),
+            egress_denied_by: Vec::new(),
             node_name: "n".into(),
             policy_generation: 1,
             packet_length: 60,

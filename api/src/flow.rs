@@ -31,6 +31,12 @@ pub struct Flow {
     /// The policy rule that denied it, if a rule did.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ingress_denied_by: Vec<FlowPolicy>,
+    /// The egress policy rule that allowed it, if a rule did.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub egress_allowed_by: Vec<FlowPolicy>,
+    /// The egress policy rule that denied it, if a rule did.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub egress_denied_by: Vec<FlowPolicy>,
     /// The node that saw it.
     pub node_name: String,
     /// Generation of the rule table that decided.
@@ -181,6 +187,15 @@ pub struct FlowPolicy {
 }
 
 impl Flow {
+    /// Every rule named as deciding this flow, either direction.
+    pub fn decided_by(&self) -> impl Iterator<Item = &FlowPolicy> {
+        self.ingress_allowed_by
+            .iter()
+            .chain(&self.ingress_denied_by)
+            .chain(&self.egress_allowed_by)
+            .chain(&self.egress_denied_by)
+    }
+
     /// Source and destination as `address:port` (`[address]:port` for IPv6),
     /// or bare addresses for protocols without ports.
     pub fn endpoints(&self) -> (String, String) {

@@ -64,24 +64,72 @@ pub struct InterfaceStatus {
 /// Datapath counters, summed over CPUs, since the datapath was loaded.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Counters {
-    /// Judged packets forwarded.
+    /// Traffic to this node.
+    pub ingress: DirectionCounters,
+    /// Traffic from this node.
+    pub egress: DirectionCounters,
+}
+
+impl Counters {
+    /// All drops, both directions.
+    pub fn dropped(&self) -> u64 {
+        self.ingress.dropped() + self.egress.dropped()
+    }
+
+    /// All audited packets, both directions.
+    pub fn audited(&self) -> u64 {
+        self.ingress.audited() + self.egress.audited()
+    }
+
+    /// New connections forwarded, both directions.
+    pub fn forwarded(&self) -> u64 {
+        self.ingress.forwarded.packets + self.egress.forwarded.packets
+    }
+
+    /// Flow events lost to a full ring buffer, both directions.
+    pub fn events_lost(&self) -> u64 {
+        self.ingress.events_lost + self.egress.events_lost
+    }
+}
+
+/// Counters of one direction.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DirectionCounters {
+    /// New connections forwarded (by a rule, the default or the failsafe list).
     pub forwarded: PacketCount,
+    /// Packets of tracked connections and related ICMP errors.
+    pub established: PacketCount,
     /// Dropped because no allow rule matched (`POLICY_DENIED`).
     pub dropped_policy_denied: PacketCount,
     /// Dropped by a deny rule (`POLICY_DENY`).
     pub dropped_policy_deny: PacketCount,
+    /// Dropped by the XDP prefilter (`PREFILTER`).
+    pub dropped_prefilter: PacketCount,
+    /// Dropped as malformed (`INVALID_PACKET`).
+    pub dropped_invalid: PacketCount,
+    /// Later fragments dropped without their first (`FRAG_NOT_FOUND`).
+    pub dropped_fragment: PacketCount,
     /// Forwarded in audit mode that no allow rule matched.
     pub audited_policy_denied: PacketCount,
     /// Forwarded in audit mode that a deny rule matched.
     pub audited_policy_deny: PacketCount,
+    /// New connections the conntrack table refused (dropped or forwarded
+    /// untracked, as `datapath.ct_full` says).
+    pub ct_insert_failed: PacketCount,
     /// Flow events lost to a full ring buffer.
     pub events_lost: u64,
+    /// Flow events held back by the per-CPU rate limit.
+    pub events_suppressed: u64,
 }
 
-impl Counters {
+impl DirectionCounters {
     /// All drops.
     pub fn dropped(&self) -> u64 {
-        self.dropped_policy_denied.packets + self.dropped_policy_deny.packets
+        self.dropped_policy_denied.packets
+            + self.dropped_policy_deny.packets
+            + self.dropped_prefilter.packets
+            + self.dropped_invalid.packets
+            + self.dropped_fragment.packets
     }
 
     /// All audited packets.

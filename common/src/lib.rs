@@ -5,39 +5,93 @@
 //! userspace must agree on the byte layout.
 #![no_std]
 
-/// Name of the XDP ingress program inside the eBPF object.
-pub const XDP_INGRESS_PROGRAM: &str = "palisade_xdp_ingress";
+/// Name of the XDP prefilter program (stateless source-prefix drops on ingress).
+pub const XDP_PREFILTER_PROGRAM: &str = "palisade_xdp_prefilter";
+/// Name of the TC ingress program (stateful host firewall, traffic to this node).
+pub const TC_INGRESS_PROGRAM: &str = "palisade_tc_ingress";
+/// Name of the TC egress program (stateful host firewall, traffic from this node).
+pub const TC_EGRESS_PROGRAM: &str = "palisade_tc_egress";
 /// Name of the map that holds the index (0 or 1) of the live table slot.
 pub const ACTIVE_SLOT_MAP: &str = "ACTIVE_SLOT";
 /// Name of the map that holds one [`SlotSettings`] per table slot.
 pub const SLOT_SETTINGS_MAP: &str = "SLOT_SETTINGS";
-/// Names of the per-slot LPM tries from source prefix to rule-set index.
-pub const INGRESS_PREFIX_MAPS: [&str; 2] = ["INGRESS_PREFIXES_0", "INGRESS_PREFIXES_1"];
+/// Names of the per-slot hash maps from [`PrefixKey`] to rule-set index.
+pub const PREFIX_MAPS: [&str; 2] = ["PREFIXES_0", "PREFIXES_1"];
 /// Names of the per-slot arrays of [`RuleSet`]s.
-pub const INGRESS_RULE_SET_MAPS: [&str; 2] = ["INGRESS_RULE_SETS_0", "INGRESS_RULE_SETS_1"];
+pub const RULE_SET_MAPS: [&str; 2] = ["RULE_SETS_0", "RULE_SETS_1"];
+/// Names of the per-slot, per-CPU arrays of per-rule [`CounterValue`]s.
+pub const RULE_COUNTER_MAPS: [&str; 2] = ["RULE_COUNTERS_0", "RULE_COUNTERS_1"];
+/// Name of the hash map of always-allowed [`FailsafeKey`]s.
+pub const FAILSAFE_MAP: &str = "FAILSAFE";
+/// Name of the LRU conntrack table for TCP.
+pub const CT_TCP_MAP: &str = "CT_TCP";
+/// Name of the LRU conntrack table for every other protocol.
+pub const CT_ANY_MAP: &str = "CT_ANY";
+/// Name of the LRU table carrying a first fragment's ports to later fragments.
+pub const FRAGMENTS_MAP: &str = "FRAGMENTS";
 /// Name of the ring buffer carrying [`FlowEvent`]s to userspace.
 pub const FLOW_EVENTS_MAP: &str = "FLOW_EVENTS";
-/// Name of the per-CPU array of [`Counter`] values.
+/// Name of the per-CPU array of [`Counter`] values (per direction).
 pub const COUNTERS_MAP: &str = "COUNTERS";
+/// Name of the per-CPU [`EventBudget`] used to rate-limit and sample events.
+pub const EVENT_BUDGET_MAP: &str = "EVENT_BUDGET";
+/// Name of the array of address masks by prefix length (`[u32; 4]` each).
+pub const PREFIX_MASKS_MAP: &str = "PREFIX_MASKS";
+/// Maps that outlive palisaded (pinned by name): the connection state.
+pub const PINNED_MAPS: [&str; 3] = [CT_TCP_MAP, CT_ANY_MAP, FRAGMENTS_MAP];
 
 /// Number of table slots: one live, one being written.
 pub const SLOT_COUNT: u32 = 2;
 /// Most port entries one rule set can hold (the eBPF side scans them in order).
 pub const MAX_ENTRIES_PER_RULE_SET: usize = 32;
-/// Default capacity of each prefix trie.
+/// Default capacity of each prefix map (Cilium's `bpf-policy-map-max` is 16384
+/// per endpoint; one host table here holds every direction's prefixes).
 pub const DEFAULT_PREFIX_CAPACITY: u32 = 65_536;
 /// Default capacity of each rule-set array.
-pub const DEFAULT_RULE_SET_CAPACITY: u32 = 1_024;
+pub const DEFAULT_RULE_SET_CAPACITY: u32 = 4_096;
+/// Default capacity of the per-rule counters (the most rules a table can hold).
+pub const DEFAULT_RULE_CAPACITY: u32 = 16_384;
+/// Default TCP conntrack capacity (Cilium's `bpf-ct-global-tcp-max`).
+pub const DEFAULT_CT_TCP_CAPACITY: u32 = 524_288;
+/// Default non-TCP conntrack capacity (Cilium's `bpf-ct-global-any-max`).
+pub const DEFAULT_CT_ANY_CAPACITY: u32 = 262_144;
+/// Capacity of the fragment table (datagrams being reassembled at once).
+pub const FRAGMENT_CAPACITY: u32 = 8_192;
+/// Capacity of the failsafe map.
+pub const FAILSAFE_CAPACITY: u32 = 256;
 /// Default size of the flow-event ring buffer in bytes.
 pub const FLOW_RING_BYTES: u32 = 256 * 1024;
 /// Rule id carried by a verdict no rule decided (default deny, default allow).
 pub const NO_RULE: u32 = u32::MAX;
+/// Rule id carried by a verdict the failsafe list decided.
+pub const FAILSAFE_RULE: u32 = u32::MAX - 1;
 
 /// Address bytes as stored in maps and events: IPv6, with IPv4 written as an
-/// IPv4-mapped IPv6 address (`::ffff:a.b.c.d`) so one trie serves both families.
+/// IPv4-mapped IPv6 address (`::ffff:a.b.c.d`).
 pub type Address = [u8; 16];
 /// Prefix length offset of IPv4-mapped addresses inside an [`Address`].
 pub const IPV4_MAPPED_PREFIX_LEN: u32 = 96;
+
+/// Which table a [`PrefixKey`] belongs to; the first two equal the
+/// [`direction`] codes.
+pub mod table {
+    /// Ingress policy, keyed by the packet's source.
+    pub const INGRESS: u8 = 1;
+    /// Egress policy, keyed by the packet's destination.
+    pub const EGRESS: u8 = 2;
+    /// XDP prefilter, keyed by the packet's source.
+    pub const PREFILTER: u8 = 3;
+    /// Number of tables.
+    pub const COUNT: usize = 3;
+}
+
+/// Address families as stored in a [`PrefixKey`].
+pub mod family {
+    /// IPv4: the address sits in the first 4 bytes.
+    pub const IPV4: u8 = 4;
+    /// IPv6.
+    pub const IPV6: u8 = 6;
+}
 
 /// Verdict codes, numbered as Hubble's `flow.Verdict` so flows read the same.
 pub mod verdict {
@@ -55,8 +109,17 @@ pub mod drop_reason {
     pub const NONE: u8 = 0;
     /// No allow rule matched in a default-deny direction (Cilium `POLICY_DENIED`).
     pub const POLICY_DENIED: u8 = 133;
+    /// Headers too short or inconsistent to judge (Cilium `INVALID_PACKET_DROPPED`).
+    pub const INVALID_PACKET: u8 = 134;
+    /// The conntrack table refused a new entry (Cilium `CT_MAP_INSERTION_FAILED`).
+    pub const CT_MAP_INSERTION_FAILED: u8 = 155;
+    /// A later fragment whose first fragment was never seen (Cilium `FRAG_NOT_FOUND`).
+    pub const FRAG_NOT_FOUND: u8 = 175;
     /// An explicit deny rule matched (Cilium `POLICY_DENY`).
     pub const POLICY_DENY: u8 = 181;
+    /// Dropped by the XDP prefilter (palisade's own code; Cilium's prefilter
+    /// drops are not reported as flows).
+    pub const PREFILTER: u8 = 230;
 }
 
 /// Rule-set entry actions.
@@ -94,11 +157,12 @@ pub mod protocol {
     pub const ALL: u8 = 255;
 }
 
-/// Indices into the per-CPU [`COUNTERS_MAP`]: one per outcome.
+/// Indices into the per-CPU [`COUNTERS_MAP`]: one per outcome and direction,
+/// at `(direction - 1) * COUNTER_COUNT + counter`.
 #[repr(u32)]
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
 pub enum Counter {
-    /// Judged packets forwarded.
+    /// New connections forwarded by a rule, the default or the failsafe list.
     Forwarded = 0,
     /// Dropped: no allow rule in a default-deny direction.
     DroppedPolicyDenied = 1,
@@ -110,10 +174,25 @@ pub enum Counter {
     AuditedPolicyDeny = 4,
     /// Flow events lost because the ring buffer was full (`packets` counts them).
     EventsLost = 5,
+    /// Packets of tracked connections (either way) and related ICMP errors.
+    Established = 6,
+    /// Dropped by the XDP prefilter.
+    DroppedPrefilter = 7,
+    /// Dropped: malformed headers.
+    DroppedInvalid = 8,
+    /// Dropped: later fragment with no first fragment seen.
+    DroppedFragment = 9,
+    /// Dropped (or, with `ct_full = "forward"`, forwarded untracked): the
+    /// conntrack table refused an entry.
+    CtInsertFailed = 10,
+    /// Flow events not sent because of the per-CPU rate limit.
+    EventsSuppressed = 11,
 }
 
-/// Number of [`Counter`] slots.
-pub const COUNTER_COUNT: u32 = 6;
+/// Number of [`Counter`] slots per direction.
+pub const COUNTER_COUNT: u32 = 12;
+/// Number of directions counted (ingress, egress).
+pub const COUNTED_DIRECTIONS: u32 = 2;
 
 /// One counter slot: packets and their bytes.
 #[repr(C)]
@@ -125,20 +204,225 @@ pub struct CounterValue {
     pub bytes: u64,
 }
 
+/// Most distinct prefix lengths one table and family can use (IPv6: 0-128).
+pub const MAX_PREFIX_LENGTHS: usize = 129;
+/// Room for lengths in a [`PrefixLengths`]: 255, so that any `u8` index is in
+/// bounds and the verifier needs no range proof for it.
+pub const PREFIX_LENGTH_SLOTS: usize = 255;
+
+/// The distinct prefix lengths of one table and family, longest first: the
+/// programs probe one hash lookup per length, so the cost of a lookup depends
+/// on how many lengths a table uses, never on how many prefixes it holds.
+#[repr(C)]
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub struct PrefixLengths {
+    /// Number of valid lengths.
+    pub count: u8,
+    /// Lengths, longest first; only the first `count` are valid.
+    pub lengths: [u8; PREFIX_LENGTH_SLOTS],
+}
+
+impl Default for PrefixLengths {
+    fn default() -> Self {
+        Self {
+            count: 0,
+            lengths: [0; PREFIX_LENGTH_SLOTS],
+        }
+    }
+}
+
+/// The mask keeping the first `length` bits of an address written as four
+/// big-endian words (an IPv4 address sits in the first word).
+#[must_use]
+pub const fn prefix_mask(length: u32) -> [u32; 4] {
+    let mut mask = [0u32; 4];
+    let mut word = 0;
+    while word < 4 {
+        let start = word as u32 * 32;
+        mask[word] = if length >= start + 32 {
+            u32::MAX
+        } else if length <= start {
+            0
+        } else {
+            u32::MAX << (32 - (length - start))
+        };
+        word += 1;
+    }
+    mask
+}
+
+/// Index of a table and family in [`SlotSettings::lengths`].
+#[must_use]
+pub const fn lengths_index(table: u8, family: u8) -> usize {
+    (table as usize - 1) * 2 + if family == family::IPV4 { 0 } else { 1 }
+}
+
+/// Conntrack timeouts in seconds (defaults as Cilium's `ct-timeout-*`).
+#[repr(C)]
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub struct CtTimeouts {
+    /// A TCP connection that has not seen a reply yet (Cilium `tcp-syn`: 60).
+    pub tcp_opening: u32,
+    /// An established TCP connection (Cilium `regular-tcp`: 21600).
+    pub tcp_established: u32,
+    /// A TCP connection after FIN in both directions or RST (Cilium `tcp-fin`: 10).
+    pub tcp_closing: u32,
+    /// Any other protocol (Cilium `regular-any`: 60).
+    pub other: u32,
+}
+
+impl Default for CtTimeouts {
+    fn default() -> Self {
+        Self {
+            tcp_opening: 60,
+            tcp_established: 21_600,
+            tcp_closing: 10,
+            other: 60,
+        }
+    }
+}
+
 /// Per-slot settings that must switch together with the slot's tables.
 #[repr(C)]
 #[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
 pub struct SlotSettings {
     /// Policy generation this slot holds (reported in flow events).
     pub generation: u32,
+    /// 1 if forwarded new connections produce flow events at all; then one in
+    /// `forward_sample_rate` does (drops and audits always may).
+    pub forward_sample_rate: u32,
+    /// Flow events per second each CPU may send; 0: no limit.
+    pub events_per_second: u32,
+    /// Conntrack timeouts.
+    pub ct_timeouts: CtTimeouts,
     /// 1 if ingress is default deny (some policy selects this node for ingress).
     pub ingress_default_deny: u8,
+    /// 1 if egress is default deny.
+    pub egress_default_deny: u8,
     /// 1 if would-be drops are forwarded and reported as AUDIT.
     pub audit: u8,
-    /// 1 if forwarded packets produce flow events (drops and audits always do).
-    pub forward_events: u8,
+    /// 1 if a packet whose conntrack entry cannot be created is dropped;
+    /// 0 if it is forwarded untracked. Counted either way.
+    pub ct_full_drop: u8,
+    /// Prefix lengths per table and family, see [`lengths_index`].
+    pub lengths: [PrefixLengths; table::COUNT * 2],
+}
+
+/// Key of the prefix maps: one table, one family, one masked prefix.
+#[repr(C)]
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub struct PrefixKey {
+    /// One of the [`table`] codes.
+    pub table: u8,
+    /// One of the [`family`] codes.
+    pub family: u8,
+    /// Prefix length within the family (0-32 or 0-128).
+    pub prefix_len: u8,
     /// Explicit padding; always zero.
     pub pad: u8,
+    /// The prefix's address with host bits cleared (IPv4 in the first 4 bytes).
+    pub address: Address,
+}
+
+/// A connection as conntrack keys it: the 5-tuple in the direction of the
+/// packet that opened it. ICMP echo uses the identifier as the source port of
+/// a request and the destination port of a reply, so a reply's reversed tuple
+/// is its request's.
+#[repr(C)]
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub struct CtKey {
+    /// Source address ([`Address`] encoding).
+    pub source: Address,
+    /// Destination address.
+    pub destination: Address,
+    /// Source port (ICMP echo: identifier of a request).
+    pub source_port: u16,
+    /// Destination port (ICMP echo: identifier of a reply).
+    pub destination_port: u16,
+    /// IP protocol number.
+    pub protocol: u8,
+    /// Explicit padding; always zero.
+    pub pad: [u8; 3],
+}
+
+/// Conntrack flags.
+pub mod ct_flag {
+    /// A packet went the reply way.
+    pub const SEEN_REPLY: u8 = 0x01;
+    /// The opener sent FIN.
+    pub const FIN_ORIGINAL: u8 = 0x02;
+    /// The other side sent FIN.
+    pub const FIN_REPLY: u8 = 0x04;
+    /// Either side sent RST.
+    pub const RST: u8 = 0x08;
+}
+
+/// One tracked connection.
+#[repr(C)]
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+pub struct CtEntry {
+    /// `bpf_ktime_get_ns()` after which the entry is dead.
+    pub expires_ns: u64,
+    /// Rule that let the connection open ([`NO_RULE`], [`FAILSAFE_RULE`]).
+    pub rule_id: u32,
+    /// [`ct_flag`] bits.
+    pub flags: u8,
+    /// [`direction`] of the packet that opened the connection.
+    pub direction: u8,
+    /// Explicit padding; always zero.
+    pub pad: [u8; 2],
+}
+
+/// A datagram being fragmented: the fields that identify its fragments.
+#[repr(C)]
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FragmentKey {
+    /// Source address.
+    pub source: Address,
+    /// Destination address.
+    pub destination: Address,
+    /// IPv4 identification or IPv6 fragment identification.
+    pub id: u32,
+    /// IP protocol number of the datagram.
+    pub protocol: u8,
+    /// Explicit padding; always zero.
+    pub pad: [u8; 3],
+}
+
+/// The ports a first fragment carried, for the datagram's later fragments
+/// (as Cilium's `ipv4_frag_datagrams` map).
+#[repr(C)]
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+pub struct FragmentPorts {
+    /// L4 source port.
+    pub source_port: u16,
+    /// L4 destination port.
+    pub destination_port: u16,
+}
+
+/// An always-allowed (failsafe) service: new connections in `direction` to
+/// `port` over `protocol` pass whatever the policy says.
+#[repr(C)]
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FailsafeKey {
+    /// One of the [`direction`] codes.
+    pub direction: u8,
+    /// IP protocol number (TCP, UDP or SCTP).
+    pub protocol: u8,
+    /// Destination port.
+    pub port: u16,
+}
+
+/// Per-CPU state of the flow-event rate limit and the forward sampler.
+#[repr(C)]
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+pub struct EventBudget {
+    /// Start of the current one-second window.
+    pub window_start_ns: u64,
+    /// Events sent in the window.
+    pub sent: u32,
+    /// Forwarded new connections seen (for 1-in-N sampling).
+    pub forwards: u32,
 }
 
 /// One rule-set entry: a protocol and port range with the action that applies.
@@ -193,7 +477,7 @@ pub struct FlowEvent {
     pub rule_id: u32,
     /// Policy generation the verdict came from.
     pub generation: u32,
-    /// Interface index the packet arrived on.
+    /// Interface index the packet arrived on or left by.
     pub ifindex: u32,
     /// Length of the packet in bytes.
     pub packet_len: u32,
@@ -221,6 +505,17 @@ pub struct FlowEvent {
     pub pad: [u8; 4],
 }
 
+// The layouts have no implicit padding: each size is the sum of its fields.
+const _: () = {
+    assert!(core::mem::size_of::<SlotSettings>() == 12 + 16 + 4 + 256 * 6);
+    assert!(core::mem::size_of::<PrefixKey>() == 20);
+    assert!(core::mem::size_of::<CtKey>() == 40);
+    assert!(core::mem::size_of::<CtEntry>() == 16);
+    assert!(core::mem::size_of::<FragmentKey>() == 40);
+    assert!(core::mem::size_of::<FlowEvent>() == 72);
+    assert!(core::mem::size_of::<RuleSet>() == 4 + 12 * MAX_ENTRIES_PER_RULE_SET);
+};
+
 #[cfg(feature = "user")]
 mod pod {
     // SAFETY: all of these are #[repr(C)], contain only integers, and have no
@@ -230,4 +525,10 @@ mod pod {
     unsafe impl aya::Pod for super::RuleSet {}
     unsafe impl aya::Pod for super::FlowEvent {}
     unsafe impl aya::Pod for super::CounterValue {}
+    unsafe impl aya::Pod for super::PrefixKey {}
+    unsafe impl aya::Pod for super::CtKey {}
+    unsafe impl aya::Pod for super::CtEntry {}
+    unsafe impl aya::Pod for super::FragmentKey {}
+    unsafe impl aya::Pod for super::FragmentPorts {}
+    unsafe impl aya::Pod for super::FailsafeKey {}
 }

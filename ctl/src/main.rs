@@ -125,11 +125,16 @@ async fn status(client: &Client, output: StatusFormat) -> anyhow::Result<()> {
             );
             let c = &status.counters;
             println!(
-                "Packets:        {} forwarded, {} dropped, {} audited, {} events lost",
-                c.forwarded.packets,
+                "Connections:    {} forwarded, {} dropped, {} audited; {} packets of tracked connections",
+                c.forwarded(),
                 c.dropped(),
                 c.audited(),
-                c.events_lost
+                c.ingress.established.packets + c.egress.established.packets
+            );
+            println!(
+                "Flow events:    {} lost, {} rate-limited",
+                c.events_lost(),
+                c.ingress.events_suppressed + c.egress.events_suppressed
             );
         }
     }

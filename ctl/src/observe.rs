@@ -172,9 +172,7 @@ fn table_row<S: AsRef<str>>(cells: [S; 5]) -> String {
 fn dict(flow: &Flow) -> String {
     let (source, destination) = flow.endpoints();
     let decided_by = flow
-        .ingress_allowed_by
-        .iter()
-        .chain(&flow.ingress_denied_by)
+        .decided_by()
         .map(|p| format!("{} {}", p.name, p.rule))
         .collect::<Vec<_>>()
         .join(", ");

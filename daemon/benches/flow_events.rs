@@ -1,7 +1,10 @@
-//! The cost of flow events: forwarded packets per second through the XDP
-//! program with forward events on and off, timed by the kernel
-//! (`BPF_PROG_TEST_RUN` with `repeat`), while a consumer thread drains the
-//! ring buffer as the daemon's reader would. Run with `cargo xtask bench`.
+//! The cost of flow events: denied connection attempts per second through the
+//! TC ingress program with every drop reported, and with the per-CPU event
+//! rate limit holding reports back, timed by the kernel (`BPF_PROG_TEST_RUN`
+//! with `repeat`), while a consumer thread drains the ring buffer as the
+//! daemon's reader would. Run with `cargo xtask bench`.
+//!
+//! A denied packet opens no conntrack entry, so every run is judged anew.
 //!
 //! Writes `target/bench/flow_events.json`.
 
@@ -19,8 +22,11 @@ use std::{
 use anyhow::{Context as _, bail};
 use aya::{TestRun as _, TestRunOptions};
 use palisade_common::protocol;
-use palisade_daemon::datapath::{Datapath as _, ebpf::EbpfDatapath, test_packet::frame};
-use palisade_policy::{Connection, NodeContext, compile, policy_from_toml};
+use palisade_daemon::{
+    config::Config,
+    datapath::{Datapath as _, ebpf::EbpfDatapath, pinning, test_packet::frame},
+};
+use palisade_policy::{Connection, Direction, NodeContext, compile, policy_from_toml};
 
 /// Runs per measurement; the kernel reports the mean time of one run.
 const REPEAT: u32 = 1_000_000;
@@ -43,17 +49,36 @@ struct Measurement {
     events_lost: u64,
 }
 
-fn measure(forward_events: bool) -> anyhow::Result<Measurement> {
+/// `TC_ACT_SHOT`.
+const TC_DROP: u32 = 2;
+
+fn measure(events_per_second: u32) -> anyhow::Result<Measurement> {
     let policy = policy_from_toml("allow-web", ALLOW_WEB)?;
     let table = compile(&[policy], &NodeContext::default())?;
-    let (mut datapath, mut ring) = EbpfDatapath::load(forward_events)?;
-    datapath.install(&table, 1)?;
-    let packet = frame(&Connection {
-        protocol: protocol::TCP,
-        source: IpAddr::V4(Ipv4Addr::new(10, 1, 2, 3)),
-        destination: IpAddr::V4(Ipv4Addr::new(10, 255, 0, 1)),
-        destination_port: 80,
-    });
+    let mut config = Config::default();
+    config.datapath.pin_path = format!("/sys/fs/bpf/palisade-bench-{}", std::process::id()).into();
+    config.flows.events_per_second = events_per_second;
+    let result = measure_with(&config, &table);
+    pinning::cleanup(&config.datapath.pin_path)?;
+    result
+}
+
+fn measure_with(
+    config: &Config,
+    table: &palisade_policy::CompiledTable,
+) -> anyhow::Result<Measurement> {
+    let (mut datapath, mut ring) = EbpfDatapath::load(config)?;
+    datapath.install(table, 1)?;
+    // Outside 10.0.0.0/8: denied by default.
+    let packet = frame(
+        &Connection {
+            protocol: protocol::TCP,
+            source: IpAddr::V4(Ipv4Addr::new(192, 0, 2, 3)),
+            destination: IpAddr::V4(Ipv4Addr::new(10, 255, 0, 1)),
+            destination_port: 80,
+        },
+        40000,
+    );
     // Drain the ring on the other core, as palisaded's reader task does.
     let stop = Arc::new(AtomicBool::new(false));
     let delivered = Arc::new(AtomicU64::new(0));
@@ -72,7 +97,7 @@ fn measure(forward_events: bool) -> anyhow::Result<Measurement> {
             }
         })
     };
-    let program = datapath.xdp_program()?;
+    let program = datapath.tc_program(Direction::Ingress)?;
     let mut samples = Vec::with_capacity(ROUNDS);
     for _ in 0..ROUNDS {
         let result = program.test_run(TestRunOptions {
@@ -80,9 +105,9 @@ fn measure(forward_events: bool) -> anyhow::Result<Measurement> {
             repeat: REPEAT,
             ..TestRunOptions::default()
         })?;
-        if result.return_value != 2 {
+        if result.return_value != TC_DROP {
             bail!(
-                "the benchmark packet was not passed (XDP action {})",
+                "the benchmark packet was not dropped (TC action {})",
                 result.return_value
             );
         }
@@ -102,7 +127,7 @@ fn measure(forward_events: bool) -> anyhow::Result<Measurement> {
     Ok(Measurement {
         ns_per_packet: samples[ROUNDS / 2],
         events_delivered: delivered.load(Ordering::Relaxed),
-        events_lost: counters.events_lost,
+        events_lost: counters.events_lost(),
     })
 }
 
@@ -118,17 +143,17 @@ fn main() -> anyhow::Result<()> {
     if !is_root() {
         bail!("the flow-event benchmark loads BPF programs: run it as root");
     }
-    let on = measure(true).context("measuring with forward events on")?;
-    let off = measure(false).context("measuring with forward events off")?;
+    let on = measure(0).context("measuring with every drop reported")?;
+    let off = measure(1).context("measuring with the event rate limit")?;
     let pps = |m: &Measurement| 1e9 / m.ns_per_packet;
     println!(
-        "flow events: forwarded TCP SYN through the XDP program, BPF_PROG_TEST_RUN x{REPEAT}, median of {ROUNDS}"
+        "flow events: denied TCP SYN through the TC ingress program, BPF_PROG_TEST_RUN x{REPEAT}, median of {ROUNDS}"
     );
     println!(
         "{:<16} {:>12} {:>14} {:>16} {:>12}",
-        "forward events", "ns/packet", "packets/s", "events delivered", "events lost"
+        "drop events", "ns/packet", "packets/s", "events delivered", "events lost"
     );
-    for (name, m) in [("on", &on), ("off", &off)] {
+    for (name, m) in [("all", &on), ("rate-limited", &off)] {
         println!(
             "{name:<16} {:>12.1} {:>14.0} {:>16} {:>12}",
             m.ns_per_packet,
@@ -138,19 +163,19 @@ fn main() -> anyhow::Result<()> {
         );
     }
     println!(
-        "event cost: {:.1} ns per forwarded packet",
+        "event cost: {:.1} ns per reported packet",
         on.ns_per_packet - off.ns_per_packet
     );
     let json = serde_json::json!({
         "repeat": REPEAT,
         "rounds": ROUNDS,
-        "forward_events_on": {
+        "events_on": {
             "ns_per_packet": on.ns_per_packet,
             "packets_per_second": pps(&on),
             "events_delivered": on.events_delivered,
             "events_lost": on.events_lost,
         },
-        "forward_events_off": {
+        "events_rate_limited": {
             "ns_per_packet": off.ns_per_packet,
             "packets_per_second": pps(&off),
             "events_delivered": off.events_delivered,

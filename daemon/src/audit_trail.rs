@@ -104,6 +104,8 @@ mod tests {
             },
             ingress_allowed_by: Vec::new(),
             ingress_denied_by: Vec::new(),
+            egress_allowed_by: Vec::new(),
+            egress_denied_by: Vec::new(),
             node_name: String::new(),
             policy_generation: 1,
             packet_length: 0,

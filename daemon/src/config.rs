@@ -31,6 +31,8 @@ pub struct Config {
     pub flows: FlowsConfig,
     /// The Prometheus listener.
     pub metrics: MetricsConfig,
+    /// Services that stay reachable whatever the policies say.
+    pub failsafe: FailsafeConfig,
 }
 
 /// `[metrics]`.
@@ -52,13 +54,187 @@ pub struct NodeConfig {
 }
 
 /// `[datapath]`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DatapathConfig {
     /// Interfaces to enforce on. Empty: enforce nowhere (and say so in the log).
     pub interfaces: Vec<String>,
     /// How to attach XDP.
     pub xdp_mode: XdpModeConfig,
+    /// bpffs directory for the programs' links and the connection state, so
+    /// enforcement survives a restart or crash of palisaded.
+    pub pin_path: PathBuf,
+    /// Source prefixes the XDP prefilter drops on every interface, also in
+    /// audit mode (failsafe services excepted).
+    pub prefilter: Vec<ipnet::IpNet>,
+    /// Most prefixes all tables of one policy generation may hold.
+    pub policy_map_max: u32,
+    /// Most TCP connections tracked at once (least recently used go first).
+    pub ct_tcp_max: u32,
+    /// Most non-TCP flows tracked at once.
+    pub ct_any_max: u32,
+    /// What a new connection gets when conntrack refuses its entry.
+    pub ct_full: CtFullAction,
+    /// Conntrack timeouts.
+    pub ct_timeouts: CtTimeoutsConfig,
+}
+
+impl Default for DatapathConfig {
+    fn default() -> Self {
+        Self {
+            interfaces: Vec::new(),
+            xdp_mode: XdpModeConfig::default(),
+            pin_path: PathBuf::from("/sys/fs/bpf/palisade"),
+            prefilter: Vec::new(),
+            policy_map_max: palisade_common::DEFAULT_PREFIX_CAPACITY,
+            ct_tcp_max: palisade_common::DEFAULT_CT_TCP_CAPACITY,
+            ct_any_max: palisade_common::DEFAULT_CT_ANY_CAPACITY,
+            ct_full: CtFullAction::default(),
+            ct_timeouts: CtTimeoutsConfig::default(),
+        }
+    }
+}
+
+/// `datapath.ct_full`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CtFullAction {
+    /// Drop the packet (reason `CT_MAP_INSERTION_FAILED`): fail closed.
+    #[default]
+    Drop,
+    /// Forward it untracked (its replies are judged as new connections).
+    Forward,
+}
+
+/// `[datapath.ct_timeouts]`, in seconds (defaults as Cilium's).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CtTimeoutsConfig {
+    /// TCP connection before its first reply.
+    pub tcp_opening: u32,
+    /// Established TCP connection, idle.
+    pub tcp_established: u32,
+    /// TCP connection after FIN both ways or RST.
+    pub tcp_closing: u32,
+    /// Any other protocol, idle.
+    pub other: u32,
+}
+
+impl Default for CtTimeoutsConfig {
+    fn default() -> Self {
+        let defaults = palisade_common::CtTimeouts::default();
+        Self {
+            tcp_opening: defaults.tcp_opening,
+            tcp_established: defaults.tcp_established,
+            tcp_closing: defaults.tcp_closing,
+            other: defaults.other,
+        }
+    }
+}
+
+impl From<CtTimeoutsConfig> for palisade_common::CtTimeouts {
+    fn from(config: CtTimeoutsConfig) -> Self {
+        Self {
+            tcp_opening: config.tcp_opening,
+            tcp_established: config.tcp_established,
+            tcp_closing: config.tcp_closing,
+            other: config.other,
+        }
+    }
+}
+
+/// `[failsafe]`: services new connections may always reach, whatever the
+/// policies say (Calico's failsafe ports). An empty list turns it off.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FailsafeConfig {
+    /// Ports on this node reachable from anywhere: SSH, and DHCP replies.
+    pub inbound: Vec<Service>,
+    /// Ports this node may always reach: DNS, and DHCP requests.
+    pub outbound: Vec<Service>,
+}
+
+impl Default for FailsafeConfig {
+    fn default() -> Self {
+        let service = |protocol, port| Service { protocol, port };
+        Self {
+            inbound: vec![
+                service(ServiceProtocol::Tcp, 22),
+                service(ServiceProtocol::Udp, 68),
+            ],
+            outbound: vec![
+                service(ServiceProtocol::Udp, 53),
+                service(ServiceProtocol::Tcp, 53),
+                service(ServiceProtocol::Udp, 67),
+            ],
+        }
+    }
+}
+
+/// A protocol and port, written `"tcp:22"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Service {
+    /// The protocol.
+    pub protocol: ServiceProtocol,
+    /// The destination port.
+    pub port: u16,
+}
+
+/// Protocols a [`Service`] can name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ServiceProtocol {
+    /// TCP.
+    Tcp,
+    /// UDP.
+    Udp,
+    /// SCTP.
+    Sctp,
+}
+
+impl ServiceProtocol {
+    /// The IP protocol number.
+    pub fn code(self) -> u8 {
+        match self {
+            Self::Tcp => palisade_common::protocol::TCP,
+            Self::Udp => palisade_common::protocol::UDP,
+            Self::Sctp => palisade_common::protocol::SCTP,
+        }
+    }
+}
+
+impl std::fmt::Display for Service {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let protocol = match self.protocol {
+            ServiceProtocol::Tcp => "tcp",
+            ServiceProtocol::Udp => "udp",
+            ServiceProtocol::Sctp => "sctp",
+        };
+        write!(f, "{protocol}:{}", self.port)
+    }
+}
+
+impl std::str::FromStr for Service {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        let hint = || format!("invalid service {text:?}: write PROTOCOL:PORT such as \"tcp:22\"");
+        let (protocol, port) = text.split_once(':').ok_or_else(hint)?;
+        let protocol = match protocol.to_ascii_lowercase().as_str() {
+            "tcp" => ServiceProtocol::Tcp,
+            "udp" => ServiceProtocol::Udp,
+            "sctp" => ServiceProtocol::Sctp,
+            _ => return Err(hint()),
+        };
+        let port = port.parse().map_err(|_| hint())?;
+        Ok(Self { protocol, port })
+    }
+}
+
+impl<'de> Deserialize<'de> for Service {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
 }
 
 /// `datapath.xdp_mode`.
@@ -118,8 +294,12 @@ pub struct FlowsConfig {
     /// Drops and audits written to the log (the journal's audit trail) per
     /// second at most; the rest are counted and the count is logged. 0: none.
     pub log_per_second: u32,
-    /// Whether forwarded packets produce flows; drops and audits always do.
-    pub forward_events: bool,
+    /// One in this many forwarded new connections produces a flow; 0: none.
+    /// Drops and audits are not sampled.
+    pub forward_sample_rate: u32,
+    /// Flow events each CPU may send per second; the rest are counted.
+    /// 0: no limit.
+    pub events_per_second: u32,
 }
 
 impl Default for FlowsConfig {
@@ -127,7 +307,8 @@ impl Default for FlowsConfig {
         Self {
             buffer: 4096,
             log_per_second: 10,
-            forward_events: true,
+            forward_sample_rate: 1,
+            events_per_second: 10_000,
         }
     }
 }
@@ -194,6 +375,7 @@ mod tests {
         // name, whose default (the host name) is only known at run time.
         let mut expected = Config::default();
         expected.datapath.interfaces = vec!["eth0".to_owned()];
+        assert_eq!(parsed.failsafe, FailsafeConfig::default());
         expected.node.name = Some("node-1".to_owned());
         assert_eq!(spelled_out, expected);
     }
@@ -210,7 +392,24 @@ mod tests {
             from_toml::<Config>("c.toml", "[datapath]\ninterface = [\"eth0\"]\n").unwrap_err();
         assert_eq!(
             error.to_string(),
-            "c.toml:2:1: datapath.interface: unknown field `interface`, expected `interfaces` or `xdp_mode`"
+            "c.toml:2:1: datapath.interface: unknown field `interface`, expected one of `interfaces`, `xdp_mode`, `pin_path`, `prefilter`, `policy_map_max`, `ct_tcp_max`, `ct_any_max`, `ct_full`, `ct_timeouts`"
         );
+    }
+
+    #[test]
+    fn bad_failsafe_service_is_placed() {
+        let error = from_toml::<Config>("c.toml", "[failsafe]\ninbound = [\"tcp:22\", \"ssh\"]\n")
+            .unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "c.toml:2:22: failsafe.inbound[1]: invalid service \"ssh\": write PROTOCOL:PORT such as \"tcp:22\""
+        );
+        let config: Config = from_toml(
+            "c.toml",
+            "[failsafe]\ninbound = []\noutbound = [\"UDP:53\"]\n",
+        )
+        .unwrap();
+        assert!(config.failsafe.inbound.is_empty());
+        assert_eq!(config.failsafe.outbound[0].to_string(), "udp:53");
     }
 }

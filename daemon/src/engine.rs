@@ -11,7 +11,12 @@ use palisade_policy::{
 };
 use tracing::info;
 
-use crate::{config::DatapathConfig, datapath::Datapath, flows::FlowHub, metrics::Snapshot};
+use crate::{
+    config::DatapathConfig,
+    datapath::Datapath,
+    flows::FlowHub,
+    metrics::{RuleHits, Snapshot},
+};
 
 /// Why an apply changed nothing.
 #[derive(Debug, thiserror::Error)]
@@ -139,7 +144,19 @@ impl Engine {
     ///
     /// When the datapath's counters cannot be read.
     pub fn metrics_snapshot(&self) -> anyhow::Result<Snapshot> {
+        let rule_hits = self
+            .datapath
+            .rule_counters()?
+            .into_iter()
+            .zip(&self.table.rules)
+            .map(|(count, origin)| RuleHits {
+                policy: origin.policy.clone(),
+                rule: origin.path.clone(),
+                count,
+            })
+            .collect();
         Ok(Snapshot {
+            rule_hits,
             counters: self.datapath.counters()?,
             policies: self.table.policies.len(),
             rules: self.table.rules.len(),

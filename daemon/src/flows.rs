@@ -12,8 +12,10 @@ use aya::maps::{MapData, RingBuf};
 use palisade_api::{
     Flow, FlowFilter, FlowIp, FlowPolicy, Icmp, Interface, Layer4, PortPair, TcpFlags,
 };
-use palisade_common::{FlowEvent, NO_RULE, direction, drop_reason, protocol, verdict};
-use palisade_policy::compile::{RuleOrigin, Section};
+use palisade_common::{
+    FAILSAFE_RULE, FlowEvent, NO_RULE, direction, drop_reason, protocol, verdict,
+};
+use palisade_policy::compile::RuleOrigin;
 use tokio::{io::unix::AsyncFd, sync::broadcast};
 use tracing::{error, warn};
 
@@ -137,6 +139,10 @@ impl FlowHub {
             drop_reason::NONE => None,
             drop_reason::POLICY_DENIED => Some("POLICY_DENIED".to_owned()),
             drop_reason::POLICY_DENY => Some("POLICY_DENY".to_owned()),
+            drop_reason::PREFILTER => Some("PREFILTER".to_owned()),
+            drop_reason::INVALID_PACKET => Some("INVALID_PACKET_DROPPED".to_owned()),
+            drop_reason::FRAG_NOT_FOUND => Some("FRAG_NOT_FOUND".to_owned()),
+            drop_reason::CT_MAP_INSERTION_FAILED => Some("CT_MAP_INSERTION_FAILED".to_owned()),
             other => Some(format!("DROP_REASON_{other}")),
         };
         let ports = PortPair {
@@ -168,19 +174,38 @@ impl FlowHub {
             ),
             other => (None, format!("IP protocol {other}")),
         };
-        let decided_by: Vec<FlowPolicy> = origin
-            .filter(|_| event.rule_id != NO_RULE)
-            .map(|origin| FlowPolicy {
-                name: origin.policy.clone(),
-                rule: origin.path.clone(),
-            })
-            .into_iter()
-            .collect();
-        let denied = origin.is_some_and(|o| o.section == Section::IngressDeny);
-        let (ingress_allowed_by, ingress_denied_by) = if denied {
+        let egress = event.direction == direction::EGRESS;
+        let decided_by: Vec<FlowPolicy> = if event.rule_id == FAILSAFE_RULE {
+            vec![FlowPolicy {
+                name: "failsafe".to_owned(),
+                rule: if egress {
+                    "failsafe.outbound"
+                } else {
+                    "failsafe.inbound"
+                }
+                .to_owned(),
+            }]
+        } else {
+            origin
+                .filter(|_| event.rule_id != NO_RULE)
+                .map(|origin| FlowPolicy {
+                    name: origin.policy.clone(),
+                    rule: origin.path.clone(),
+                })
+                .into_iter()
+                .collect()
+        };
+        let denied = origin.is_some_and(|o| o.section.is_deny()) && event.rule_id != FAILSAFE_RULE;
+        let (allowed_by, denied_by) = if denied {
             (Vec::new(), decided_by)
         } else {
             (decided_by, Vec::new())
+        };
+        let (ingress_allowed_by, ingress_denied_by, egress_allowed_by, egress_denied_by) = if egress
+        {
+            (Vec::new(), Vec::new(), allowed_by, denied_by)
+        } else {
+            (allowed_by, denied_by, Vec::new(), Vec::new())
         };
         Flow {
             time: humantime::format_rfc3339_micros(time).to_string(),
@@ -203,6 +228,8 @@ impl FlowHub {
             },
             ingress_allowed_by,
             ingress_denied_by,
+            egress_allowed_by,
+            egress_denied_by,
             node_name: self.node_name.clone(),
             policy_generation: event.generation,
             packet_length: event.packet_len,
@@ -321,7 +348,7 @@ mod tests {
             vec![RuleOrigin {
                 policy: "lockdown".into(),
                 path: "spec.ingressDeny[0]".into(),
-                section: Section::IngressDeny,
+                section: palisade_policy::compile::Section::IngressDeny,
             }],
         );
         hub.record(&event(0, 7));

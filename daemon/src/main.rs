@@ -8,7 +8,7 @@ use clap::Parser;
 use palisade_daemon::{
     config::{Config, DEFAULT_CONFIG},
     control::{self, ControlState},
-    datapath::ebpf::EbpfDatapath,
+    datapath::{ebpf::EbpfDatapath, pinning},
     engine::{Engine, read_policy_directory},
     flows::{self, FlowHub},
     logging,
@@ -32,6 +32,10 @@ struct Args {
     /// Policy directory (overrides `policy.directory`).
     #[arg(long)]
     policy_dir: Option<PathBuf>,
+    /// Detach every program and remove the pinned state under
+    /// `datapath.pin_path`, then exit. Enforcement stops.
+    #[arg(long)]
+    cleanup: bool,
 }
 
 #[tokio::main]
@@ -55,6 +59,15 @@ async fn run(args: Args) -> anyhow::Result<()> {
     if let Some(directory) = args.policy_dir {
         config.policy.directory = directory;
     }
+    if args.cleanup {
+        let pin_path = &config.datapath.pin_path;
+        if pinning::cleanup(pin_path)? {
+            info!(path = %pin_path.display(), "removed palisade's programs and state: nothing is enforced");
+        } else {
+            info!(path = %pin_path.display(), "nothing pinned: nothing to clean up");
+        }
+        return Ok(());
+    }
     let files = read_policy_directory(&config.policy.directory)?;
     let node_name = config.node.name.clone().unwrap_or_else(host_name);
     let node = NodeContext {
@@ -62,7 +75,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         audit_mode: config.policy.audit_mode,
     };
 
-    let (datapath, flow_events) = EbpfDatapath::load(config.flows.forward_events)?;
+    let (datapath, flow_events) = EbpfDatapath::load(&config)?;
     let hub = Arc::new(FlowHub::new(
         node_name.clone(),
         config.flows.buffer,

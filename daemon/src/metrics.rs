@@ -43,6 +43,19 @@ pub struct Snapshot {
     pub generation: u32,
     /// Table fill levels.
     pub maps: Vec<MapUsage>,
+    /// New connections each rule of the table in force decided.
+    pub rule_hits: Vec<RuleHits>,
+}
+
+/// What one compiled rule has decided since it was installed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RuleHits {
+    /// The policy's name.
+    pub policy: String,
+    /// The rule's field path, such as `spec.ingress[0]`.
+    pub rule: String,
+    /// Packets and bytes of the new connections it decided.
+    pub count: PacketCount,
 }
 
 #[derive(Debug, Default)]
@@ -147,13 +160,52 @@ impl Collector for SnapshotCollector {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .clone();
-        let c = &snapshot.counters;
-        let ingress = ("direction", "INGRESS");
-        let by_reason = |denied: PacketCount, deny: PacketCount, pick: fn(PacketCount) -> u64| {
-            [
-                ([("reason", "POLICY_DENIED"), ingress], pick(denied)),
-                ([("reason", "POLICY_DENY"), ingress], pick(deny)),
-            ]
+        let directions = [
+            ("INGRESS", &snapshot.counters.ingress),
+            ("EGRESS", &snapshot.counters.egress),
+        ];
+        let by_reason = |pick: fn(PacketCount) -> u64| {
+            let mut rows = Vec::new();
+            for (direction, c) in directions {
+                for (reason, count) in [
+                    ("POLICY_DENIED", c.dropped_policy_denied),
+                    ("POLICY_DENY", c.dropped_policy_deny),
+                    ("PREFILTER", c.dropped_prefilter),
+                    ("INVALID_PACKET", c.dropped_invalid),
+                    ("FRAG_NOT_FOUND", c.dropped_fragment),
+                ] {
+                    rows.push(([("reason", reason), ("direction", direction)], pick(count)));
+                }
+            }
+            rows
+        };
+        let audits = |pick: fn(PacketCount) -> u64| {
+            let mut rows = Vec::new();
+            for (direction, c) in directions {
+                rows.push((
+                    [("reason", "POLICY_DENIED"), ("direction", direction)],
+                    pick(c.audited_policy_denied),
+                ));
+                rows.push((
+                    [("reason", "POLICY_DENY"), ("direction", direction)],
+                    pick(c.audited_policy_deny),
+                ));
+            }
+            rows
+        };
+        let forwards = |pick: fn(PacketCount) -> u64| {
+            let mut rows = Vec::new();
+            for (direction, c) in directions {
+                rows.push((
+                    [("direction", direction), ("match", "policy")],
+                    pick(c.forwarded),
+                ));
+                rows.push((
+                    [("direction", direction), ("match", "established")],
+                    pick(c.established),
+                ));
+            }
+            rows
         };
         let packets = |count: PacketCount| count.packets;
         let bytes = |count: PacketCount| count.bytes;
@@ -161,39 +213,77 @@ impl Collector for SnapshotCollector {
             &mut encoder,
             "drop_packets",
             "Packets dropped, by drop reason and direction",
-            &by_reason(c.dropped_policy_denied, c.dropped_policy_deny, packets),
+            &by_reason(packets),
         )?;
         counter(
             &mut encoder,
             "drop_bytes",
             "Bytes of dropped packets, by drop reason and direction",
-            &by_reason(c.dropped_policy_denied, c.dropped_policy_deny, bytes),
+            &by_reason(bytes),
         )?;
         counter(
             &mut encoder,
             "audit_packets",
             "Packets forwarded in audit mode that policy would drop, by reason and direction",
-            &by_reason(c.audited_policy_denied, c.audited_policy_deny, packets),
+            &audits(packets),
         )?;
         counter(
             &mut encoder,
             "forward_packets",
-            "Judged packets forwarded, by direction",
-            &[([ingress, ("match", "policy")], c.forwarded.packets)],
+            "Packets forwarded: new connections judged by policy, and packets of tracked connections",
+            &forwards(packets),
         )?;
         counter(
             &mut encoder,
             "forward_bytes",
-            "Bytes of judged packets forwarded, by direction",
-            &[([ingress, ("match", "policy")], c.forwarded.bytes)],
+            "Bytes forwarded: new connections judged by policy, and packets of tracked connections",
+            &forwards(bytes),
         )?;
+        let ct_failed: Vec<_> = directions
+            .iter()
+            .map(|(direction, c)| {
+                (
+                    [("direction", *direction), ("table", "conntrack")],
+                    c.ct_insert_failed.packets,
+                )
+            })
+            .collect();
+        counter(
+            &mut encoder,
+            "map_insert_failures",
+            "New connections a full conntrack table refused",
+            &ct_failed,
+        )?;
+        let suppressed: u64 = directions.iter().map(|(_, c)| c.events_suppressed).sum();
+        let mut held = encoder.encode_descriptor(
+            "flow_events_suppressed",
+            "Flow events held back by the per-CPU rate limit (flows.events_per_second)",
+            None,
+            MetricType::Counter,
+        )?;
+        held.encode_counter::<NoLabelSet, _, u64>(&suppressed, None)?;
+        let mut rule_packets = encoder.encode_descriptor(
+            "rule_packets",
+            "New connections each rule in force decided, since it was installed",
+            None,
+            MetricType::Counter,
+        )?;
+        for hits in &snapshot.rule_hits {
+            rule_packets
+                .encode_family(&[
+                    ("policy", hits.policy.as_str()),
+                    ("rule", hits.rule.as_str()),
+                ])?
+                .encode_counter::<NoLabelSet, _, u64>(&hits.count.packets, None)?;
+        }
+        let events_lost = snapshot.counters.events_lost();
         let mut lost = encoder.encode_descriptor(
             "flow_events_lost",
             "Flow events the kernel could not deliver (ring buffer full)",
             None,
             MetricType::Counter,
         )?;
-        lost.encode_counter::<NoLabelSet, _, u64>(&c.events_lost, None)?;
+        lost.encode_counter::<NoLabelSet, _, u64>(&events_lost, None)?;
         gauge(
             &mut encoder,
             "policies",
@@ -294,7 +384,7 @@ mod tests {
         let metrics = Metrics::new();
         metrics.record_apply("applied", Duration::from_millis(3));
         let mut counters = Counters::default();
-        counters.dropped_policy_deny.packets = 7;
+        counters.ingress.dropped_policy_deny.packets = 7;
         let text = metrics
             .render(Snapshot {
                 counters,

@@ -1,32 +1,44 @@
-//! palisade's kernel programs: the XDP ingress host firewall.
+//! palisade's kernel programs: a stateful host firewall on TC ingress and
+//! egress, and a stateless XDP prefilter in front of it.
 //!
-//! Per packet: parse Ethernet / IPv4 or IPv6 / L4, look the source address up
-//! in the live slot's prefix trie, scan that prefix's rule set (deny entries
-//! first, so the first match decides), and fall back to the slot's default.
-//! Only connection-initiating packets are judged (TCP SYN without ACK, any
-//! other protocol's packets); see DESIGN.md "Policy semantics".
+//! TC, per packet: parse Ethernet / IPv4 or IPv6 / L4; pass what keeps the
+//! host working (non-IP such as ARP, IPv6 neighbour discovery); give a later
+//! fragment the ports of its first; look the connection up in conntrack
+//! (packets of tracked connections, replies and related ICMP errors pass);
+//! judge a new connection: the failsafe list, then the live slot's prefix
+//! table for the peer address (one hash probe per prefix length in use), that
+//! prefix's rule set (deny entries first, first match decides), then the
+//! direction's default; track what was let through.
+//!
+//! XDP: drop packets from the prefilter's source prefixes before the stack
+//! sees them.
 #![no_std]
 #![no_main]
 #![allow(
     missing_docs,
-    reason = "aya's #[xdp] macro generates an undocumented wrapper function"
+    reason = "aya's #[xdp] and #[classifier] macros generate undocumented wrappers"
 )]
 
 use aya_ebpf::{
-    bindings::xdp_action,
-    helpers::bpf_ktime_get_ns,
-    macros::{map, xdp},
-    maps::{Array, LpmTrie, PerCpuArray, RingBuf, lpm_trie::Key},
-    programs::XdpContext,
-};
-use network_types::{
-    eth::{EthHdr, EtherType},
-    ip::{Ipv4Hdr, Ipv6Hdr},
+    EbpfContext as _,
+    bindings::{__sk_buff, TC_ACT_SHOT, TC_ACT_UNSPEC, xdp_action},
+    cty::c_void,
+    helpers::{
+        bpf_ktime_get_coarse_ns, bpf_ktime_get_ns, bpf_loop, bpf_xdp_get_buff_len,
+        bpf_xdp_load_bytes,
+    },
+    macros::{classifier, map, xdp},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
+    programs::{TcContext, XdpContext},
 };
 use palisade_common::{
-    Address, COUNTER_COUNT, Counter, CounterValue, DEFAULT_PREFIX_CAPACITY,
-    DEFAULT_RULE_SET_CAPACITY, FLOW_RING_BYTES, FlowEvent, MAX_ENTRIES_PER_RULE_SET, NO_RULE,
-    RuleSet, SLOT_COUNT, SlotSettings, action, direction, drop_reason, protocol, verdict,
+    Address, COUNTED_DIRECTIONS, COUNTER_COUNT, Counter, CounterValue, CtEntry, CtKey,
+    DEFAULT_CT_ANY_CAPACITY, DEFAULT_CT_TCP_CAPACITY, DEFAULT_PREFIX_CAPACITY,
+    DEFAULT_RULE_CAPACITY, DEFAULT_RULE_SET_CAPACITY, EventBudget, FAILSAFE_CAPACITY,
+    FAILSAFE_RULE, FLOW_RING_BYTES, FRAGMENT_CAPACITY, FailsafeKey, FlowEvent, FragmentKey,
+    FragmentPorts, MAX_ENTRIES_PER_RULE_SET, MAX_PREFIX_LENGTHS, NO_RULE, PrefixKey, RuleSet,
+    SLOT_COUNT, SlotSettings, action, ct_flag, direction, drop_reason, family, lengths_index,
+    protocol, table, verdict,
 };
 
 #[map]
@@ -36,25 +48,56 @@ static ACTIVE_SLOT: Array<u32> = Array::with_max_entries(1, 0);
 static SLOT_SETTINGS: Array<SlotSettings> = Array::with_max_entries(SLOT_COUNT, 0);
 
 #[map]
-static INGRESS_PREFIXES_0: LpmTrie<Address, u32> =
-    LpmTrie::with_max_entries(DEFAULT_PREFIX_CAPACITY, 0);
+static PREFIXES_0: HashMap<PrefixKey, u32> = HashMap::with_max_entries(DEFAULT_PREFIX_CAPACITY, 0);
 
 #[map]
-static INGRESS_PREFIXES_1: LpmTrie<Address, u32> =
-    LpmTrie::with_max_entries(DEFAULT_PREFIX_CAPACITY, 0);
+static PREFIXES_1: HashMap<PrefixKey, u32> = HashMap::with_max_entries(DEFAULT_PREFIX_CAPACITY, 0);
 
 #[map]
-static INGRESS_RULE_SETS_0: Array<RuleSet> = Array::with_max_entries(DEFAULT_RULE_SET_CAPACITY, 0);
+static RULE_SETS_0: Array<RuleSet> = Array::with_max_entries(DEFAULT_RULE_SET_CAPACITY, 0);
 
 #[map]
-static INGRESS_RULE_SETS_1: Array<RuleSet> = Array::with_max_entries(DEFAULT_RULE_SET_CAPACITY, 0);
+static RULE_SETS_1: Array<RuleSet> = Array::with_max_entries(DEFAULT_RULE_SET_CAPACITY, 0);
+
+#[map]
+static RULE_COUNTERS_0: PerCpuArray<CounterValue> =
+    PerCpuArray::with_max_entries(DEFAULT_RULE_CAPACITY, 0);
+
+#[map]
+static RULE_COUNTERS_1: PerCpuArray<CounterValue> =
+    PerCpuArray::with_max_entries(DEFAULT_RULE_CAPACITY, 0);
+
+#[map]
+static FAILSAFE: HashMap<FailsafeKey, u8> = HashMap::with_max_entries(FAILSAFE_CAPACITY, 0);
+
+#[map]
+static CT_TCP: LruHashMap<CtKey, CtEntry> = LruHashMap::pinned(DEFAULT_CT_TCP_CAPACITY, 0);
+
+#[map]
+static CT_ANY: LruHashMap<CtKey, CtEntry> = LruHashMap::pinned(DEFAULT_CT_ANY_CAPACITY, 0);
+
+#[map]
+static FRAGMENTS: LruHashMap<FragmentKey, FragmentPorts> = LruHashMap::pinned(FRAGMENT_CAPACITY, 0);
 
 #[map]
 static FLOW_EVENTS: RingBuf = RingBuf::with_byte_size(FLOW_RING_BYTES, 0);
 
 #[map]
-static COUNTERS: PerCpuArray<CounterValue> = PerCpuArray::with_max_entries(COUNTER_COUNT, 0);
+static COUNTERS: PerCpuArray<CounterValue> =
+    PerCpuArray::with_max_entries(COUNTER_COUNT * COUNTED_DIRECTIONS, 0);
 
+#[map]
+static EVENT_BUDGET: PerCpuArray<EventBudget> = PerCpuArray::with_max_entries(1, 0);
+
+/// Address masks by prefix length (userspace fills it at load): entry `n`
+/// keeps the first `n` bits of four big-endian words.
+#[map]
+static PREFIX_MASKS: Array<[u32; 4]> = Array::with_max_entries(MAX_PREFIX_LENGTHS as u32, 0);
+
+const ETH_HLEN: usize = 14;
+const ETH_P_IPV4: u16 = 0x0800;
+const ETH_P_IPV6: u16 = 0x86dd;
+const IPV6_HLEN: usize = 40;
 const IPPROTO_HOPOPTS: u8 = 0;
 const IPPROTO_ROUTING: u8 = 43;
 const IPPROTO_FRAGMENT_V6: u8 = 44;
@@ -62,185 +105,386 @@ const IPPROTO_DSTOPTS: u8 = 60;
 /// Extension headers walked before giving up (the packet is then judged by
 /// the last next-header value, as an unknown protocol).
 const MAX_IPV6_EXTENSION_HEADERS: usize = 4;
-const TCP_FLAG_SYN: u8 = 0x02;
-const TCP_FLAG_ACK: u8 = 0x10;
+const TCP_FLAG_FIN: u8 = 0x01;
+const TCP_FLAG_RST: u8 = 0x04;
+const ICMP_ECHO_REPLY: u8 = 0;
+const ICMP_DEST_UNREACHABLE: u8 = 3;
+const ICMP_ECHO_REQUEST: u8 = 8;
+const ICMP_TIME_EXCEEDED: u8 = 11;
+const ICMP_PARAMETER_PROBLEM: u8 = 12;
+const ICMPV6_ECHO_REQUEST: u8 = 128;
+const ICMPV6_ECHO_REPLY: u8 = 129;
+const NS_PER_SECOND: u64 = 1_000_000_000;
+
+/// A packet the programs can read: XDP reads the frame directly, TC through
+/// `bpf_skb_load_bytes` (headers of an skb need not be linear).
+trait Frame {
+    fn read<T: Copy>(&self, offset: usize) -> Result<T, ()>;
+    fn length(&self) -> u32;
+    fn ifindex(&self) -> u32;
+}
+
+impl Frame for XdpContext {
+    /// Through `bpf_xdp_load_bytes`: direct packet pointers cannot be handed
+    /// to the parser, a separate BPF function.
+    #[inline(always)]
+    fn read<T: Copy>(&self, offset: usize) -> Result<T, ()> {
+        let mut value = core::mem::MaybeUninit::<T>::uninit();
+        // SAFETY: the helper writes exactly size_of::<T>() bytes or fails.
+        let rc = unsafe {
+            bpf_xdp_load_bytes(
+                self.ctx,
+                offset as u32,
+                value.as_mut_ptr().cast(),
+                core::mem::size_of::<T>() as u32,
+            )
+        };
+        if rc != 0 {
+            return Err(());
+        }
+        // SAFETY: the helper succeeded, so every byte was written.
+        Ok(unsafe { value.assume_init() })
+    }
+
+    #[inline(always)]
+    fn length(&self) -> u32 {
+        // SAFETY: the context points at the kernel's xdp_md for this program.
+        unsafe { bpf_xdp_get_buff_len(self.ctx) as u32 }
+    }
+
+    #[inline(always)]
+    fn ifindex(&self) -> u32 {
+        // SAFETY: the context points at the kernel's xdp_md for this program.
+        unsafe { (*self.ctx).ingress_ifindex }
+    }
+}
+
+impl Frame for TcContext {
+    #[inline(always)]
+    fn read<T: Copy>(&self, offset: usize) -> Result<T, ()> {
+        self.load::<T>(offset).map_err(|_| ())
+    }
+
+    #[inline(always)]
+    fn length(&self) -> u32 {
+        self.len()
+    }
+
+    #[inline(always)]
+    fn ifindex(&self) -> u32 {
+        // SAFETY: the context points at the kernel's __sk_buff for this program.
+        unsafe { (*(self.as_ptr() as *const __sk_buff)).ifindex }
+    }
+}
+
+/// Where a packet sits in a fragmented datagram.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Fragment {
+    /// Not fragmented.
+    Whole,
+    /// The first fragment: it carries the L4 header.
+    First(u32),
+    /// A later fragment: no L4 header.
+    Later(u32),
+}
 
 /// What the parser learned about one packet.
 struct Packet {
     source: Address,
     destination: Address,
-    ip_version: u8,
+    family: u8,
     protocol: u8,
     source_port: u16,
     destination_port: u16,
     tcp_flags: u8,
     icmp_type: u8,
     icmp_code: u8,
-    /// Neither a connection-initiating packet nor one policy judges.
+    icmp_id: u16,
+    fragment: Fragment,
+    l4_offset: usize,
+    /// Passes without policy (ICMPv6 that keeps IPv6 working).
     bypass: bool,
 }
 
-/// The decision for one packet.
+impl Packet {
+    /// What a rule's port range is matched against: the destination port, or
+    /// the type for ICMP and ICMPv6.
+    #[inline(always)]
+    fn policy_port(&self) -> u16 {
+        if self.protocol == protocol::ICMP || self.protocol == protocol::ICMPV6 {
+            u16::from(self.icmp_type)
+        } else {
+            self.destination_port
+        }
+    }
+}
+
+/// The decision for one new connection.
 struct Decision {
     verdict: u8,
     drop_reason: u8,
     rule_id: u32,
 }
 
-/// XDP entry point: the ingress host firewall.
+/// How conntrack classified a packet.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Tracked {
+    /// No live entry: a new connection, to be judged.
+    New,
+    /// Part of (or an ICMP error about) a tracked connection.
+    Known,
+}
+
+/// XDP entry point: the prefilter.
 #[xdp]
-pub fn palisade_xdp_ingress(ctx: XdpContext) -> u32 {
-    match try_ingress(&ctx) {
-        Ok(action) => action,
-        // Malformed (truncated) headers: let the stack reject them as it would.
-        Err(()) => xdp_action::XDP_PASS,
+pub fn palisade_xdp_prefilter(ctx: XdpContext) -> u32 {
+    // Malformed packets go on to TC, which drops and reports them.
+    prefilter(&ctx).unwrap_or(xdp_action::XDP_PASS)
+}
+
+/// TC entry point on ingress: traffic to this node.
+#[classifier]
+pub fn palisade_tc_ingress(ctx: TcContext) -> i32 {
+    firewall(&ctx, direction::INGRESS)
+}
+
+/// TC entry point on egress: traffic from this node.
+#[classifier]
+pub fn palisade_tc_egress(ctx: TcContext) -> i32 {
+    firewall(&ctx, direction::EGRESS)
+}
+
+#[inline(always)]
+fn active_slot() -> u32 {
+    match ACTIVE_SLOT.get(0) {
+        Some(slot) if *slot < SLOT_COUNT => *slot,
+        _ => 0,
+    }
+}
+
+fn prefilter(ctx: &XdpContext) -> Result<u32, ()> {
+    let mut packet = empty_packet();
+    if parse(ctx, &mut packet) != Parsed::Ip {
+        return Ok(xdp_action::XDP_PASS);
+    }
+    let slot = active_slot();
+    let Some(settings) = SLOT_SETTINGS.get(slot) else {
+        return Ok(xdp_action::XDP_PASS);
+    };
+    let Some(rule_id) = lookup(
+        slot,
+        settings,
+        table::PREFILTER,
+        packet.family,
+        &packet.source,
+    ) else {
+        return Ok(xdp_action::XDP_PASS);
+    };
+    if is_failsafe(direction::INGRESS, &packet) {
+        return Ok(xdp_action::XDP_PASS);
+    }
+    let decision = Decision {
+        verdict: verdict::DROPPED,
+        drop_reason: drop_reason::PREFILTER,
+        rule_id,
+    };
+    finish(ctx, direction::INGRESS, &packet, &decision, settings);
+    Ok(xdp_action::XDP_DROP)
+}
+
+fn firewall(ctx: &TcContext, way: u8) -> i32 {
+    let slot = active_slot();
+    let Some(settings) = SLOT_SETTINGS.get(slot) else {
+        return TC_ACT_UNSPEC;
+    };
+    let mut packet = empty_packet();
+    match parse(ctx, &mut packet) {
+        Parsed::Ip => {}
+        // Not IP (ARP, LLDP, ...): not ours to judge.
+        Parsed::NotIp => return TC_ACT_UNSPEC,
+        Parsed::Malformed => {
+            let decision = drop_or_audit(settings, drop_reason::INVALID_PACKET, NO_RULE);
+            return tc_action(finish(ctx, way, &packet, &decision, settings));
+        }
+    }
+    if packet.bypass {
+        return TC_ACT_UNSPEC;
+    }
+    if !follow_fragment(&mut packet) {
+        let decision = drop_or_audit(settings, drop_reason::FRAG_NOT_FOUND, NO_RULE);
+        return tc_action(finish(ctx, way, &packet, &decision, settings));
+    }
+    if track(ctx, &packet, settings) == Tracked::Known {
+        bump(way, Counter::Established, ctx.length());
+        return TC_ACT_UNSPEC;
+    }
+    let mut decision = if is_failsafe(way, &packet) {
+        Decision {
+            verdict: verdict::FORWARDED,
+            drop_reason: drop_reason::NONE,
+            rule_id: FAILSAFE_RULE,
+        }
+    } else {
+        decide(slot, settings, way, &packet)
+    };
+    if decision.verdict != verdict::DROPPED && !open_connection(&packet, way, &decision, settings) {
+        bump(way, Counter::CtInsertFailed, ctx.length());
+        if settings.ct_full_drop != 0 {
+            decision = drop_or_audit(settings, drop_reason::CT_MAP_INSERTION_FAILED, NO_RULE);
+        }
+    }
+    count_rule(slot, decision.rule_id, ctx.length());
+    tc_action(finish(ctx, way, &packet, &decision, settings))
+}
+
+#[inline(always)]
+fn tc_action(dropped: bool) -> i32 {
+    if dropped {
+        TC_ACT_SHOT as i32
+    } else {
+        TC_ACT_UNSPEC
     }
 }
 
 #[inline(always)]
-fn header<T>(ctx: &XdpContext, offset: usize) -> Result<*const T, ()> {
-    let start = ctx.data();
-    let end = ctx.data_end();
-    if start + offset + core::mem::size_of::<T>() > end {
-        return Err(());
-    }
-    Ok((start + offset) as *const T)
-}
-
-fn try_ingress(ctx: &XdpContext) -> Result<u32, ()> {
-    let Some(packet) = parse(ctx)? else {
-        return Ok(xdp_action::XDP_PASS);
-    };
-    if packet.bypass {
-        return Ok(xdp_action::XDP_PASS);
-    }
-    let slot = match ACTIVE_SLOT.get(0) {
-        Some(slot) if *slot < SLOT_COUNT => *slot,
-        _ => 0,
-    };
-    let settings = SLOT_SETTINGS.get(slot).copied().unwrap_or_default();
-    let decision = decide(slot, &settings, &packet);
-    let deny_rule = decision.drop_reason == drop_reason::POLICY_DENY;
-    let counter = match (decision.verdict, deny_rule) {
-        (verdict::DROPPED, false) => Counter::DroppedPolicyDenied,
-        (verdict::DROPPED, true) => Counter::DroppedPolicyDeny,
-        (verdict::AUDIT, false) => Counter::AuditedPolicyDenied,
-        (verdict::AUDIT, true) => Counter::AuditedPolicyDeny,
-        _ => Counter::Forwarded,
-    };
-    let packet_len = (ctx.data_end() - ctx.data()) as u32;
-    bump(counter, u64::from(packet_len));
-    if decision.verdict != verdict::FORWARDED || settings.forward_events != 0 {
-        report(ctx, &packet, &decision, settings.generation, packet_len);
-    }
-    Ok(if decision.verdict == verdict::DROPPED {
-        xdp_action::XDP_DROP
-    } else {
-        xdp_action::XDP_PASS
-    })
-}
-
-/// Parses the packet; `None` for traffic that is not IP (ARP and the like pass).
-fn parse(ctx: &XdpContext) -> Result<Option<Packet>, ()> {
-    let eth: *const EthHdr = header(ctx, 0)?;
-    let ether_type = unsafe { (*eth).ether_type };
-    let mut packet = Packet {
+fn empty_packet() -> Packet {
+    Packet {
         source: [0; 16],
         destination: [0; 16],
-        ip_version: 0,
+        family: 0,
         protocol: 0,
         source_port: 0,
         destination_port: 0,
         tcp_flags: 0,
         icmp_type: 0,
         icmp_code: 0,
+        icmp_id: 0,
+        fragment: Fragment::Whole,
+        l4_offset: 0,
         bypass: false,
-    };
-    let l4_offset;
-    if ether_type == EtherType::Ipv4 as u16 {
-        let ip: *const Ipv4Hdr = header(ctx, EthHdr::LEN)?;
-        let ip = unsafe { &*ip };
-        packet.ip_version = 4;
-        packet.protocol = ip.proto;
-        packet.source = mapped_v4(ip.src_addr);
-        packet.destination = mapped_v4(ip.dst_addr);
-        // Later fragments carry no L4 header; the first fragment was judged and
-        // without it the datagram cannot be reassembled.
-        let fragment_offset = u16::from_be_bytes(ip.frags) & 0x1fff;
-        if fragment_offset != 0 {
-            packet.bypass = true;
-            return Ok(Some(packet));
+    }
+}
+
+/// What [`parse`] found.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Parsed {
+    /// An IP packet, now in the `Packet`.
+    Ip,
+    /// Not IP (ARP, LLDP, ...).
+    NotIp,
+    /// IP headers too short or inconsistent to judge.
+    Malformed,
+}
+
+/// Parses the frame into `packet`.
+#[inline(never)]
+fn parse<F: Frame>(frame: &F, packet: &mut Packet) -> Parsed {
+    match parse_headers(frame, packet) {
+        Ok(true) => Parsed::Ip,
+        Ok(false) => Parsed::NotIp,
+        Err(()) => Parsed::Malformed,
+    }
+}
+
+#[inline(always)]
+fn parse_headers<F: Frame>(frame: &F, packet: &mut Packet) -> Result<bool, ()> {
+    let ether_type = u16::from_be(frame.read::<u16>(12)?);
+    if ether_type == ETH_P_IPV4 {
+        let header: [u8; 20] = frame.read(ETH_HLEN)?;
+        let header_len = usize::from(header[0] & 0x0f) * 4;
+        if header[0] >> 4 != 4 || header_len < 20 {
+            return Err(());
         }
-        l4_offset = EthHdr::LEN + usize::from(ip.ihl());
-    } else if ether_type == EtherType::Ipv6 as u16 {
-        let ip: *const Ipv6Hdr = header(ctx, EthHdr::LEN)?;
-        let ip = unsafe { &*ip };
-        packet.ip_version = 6;
-        packet.source = ip.src_addr;
-        packet.destination = ip.dst_addr;
-        let mut next = ip.next_hdr;
-        let mut offset = EthHdr::LEN + Ipv6Hdr::LEN;
+        packet.family = family::IPV4;
+        packet.protocol = header[9];
+        packet.source = mapped_v4([header[12], header[13], header[14], header[15]]);
+        packet.destination = mapped_v4([header[16], header[17], header[18], header[19]]);
+        let id = u32::from(u16::from_be_bytes([header[4], header[5]]));
+        let fragment = u16::from_be_bytes([header[6], header[7]]);
+        packet.fragment = if fragment & 0x1fff != 0 {
+            Fragment::Later(id)
+        } else if fragment & 0x2000 != 0 {
+            Fragment::First(id)
+        } else {
+            Fragment::Whole
+        };
+        packet.l4_offset = ETH_HLEN + header_len;
+    } else if ether_type == ETH_P_IPV6 {
+        let header: [u8; 8] = frame.read(ETH_HLEN)?;
+        if header[0] >> 4 != 6 {
+            return Err(());
+        }
+        packet.family = family::IPV6;
+        packet.source = frame.read(ETH_HLEN + 8)?;
+        packet.destination = frame.read(ETH_HLEN + 24)?;
+        let mut next = header[6];
+        let mut offset = ETH_HLEN + IPV6_HLEN;
         // Walk the extension headers to the transport header.
         for _ in 0..MAX_IPV6_EXTENSION_HEADERS {
             match next {
                 IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS => {
-                    let ext: *const [u8; 2] = header(ctx, offset)?;
-                    let ext = unsafe { *ext };
-                    next = ext[0];
-                    offset += (usize::from(ext[1]) + 1) * 8;
+                    let extension: [u8; 2] = frame.read(offset)?;
+                    next = extension[0];
+                    offset += (usize::from(extension[1]) + 1) * 8;
                 }
                 IPPROTO_FRAGMENT_V6 => {
-                    let fragment: *const [u8; 4] = header(ctx, offset)?;
-                    let fragment = unsafe { *fragment };
-                    // As for IPv4: only the first fragment carries the ports.
-                    if u16::from_be_bytes([fragment[2], fragment[3]]) & 0xfff8 != 0 {
-                        packet.protocol = IPPROTO_FRAGMENT_V6;
-                        packet.bypass = true;
-                        return Ok(Some(packet));
-                    }
+                    let fragment: [u8; 8] = frame.read(offset)?;
                     next = fragment[0];
+                    let id =
+                        u32::from_be_bytes([fragment[4], fragment[5], fragment[6], fragment[7]]);
+                    let offset_and_more = u16::from_be_bytes([fragment[2], fragment[3]]);
+                    packet.fragment = if offset_and_more & 0xfff8 != 0 {
+                        Fragment::Later(id)
+                    } else if offset_and_more & 1 != 0 {
+                        Fragment::First(id)
+                    } else {
+                        Fragment::Whole
+                    };
                     offset += 8;
                 }
                 _ => break,
             }
         }
         packet.protocol = next;
-        l4_offset = offset;
+        packet.l4_offset = offset;
     } else {
-        return Ok(None);
+        return Ok(false);
     }
+    if let Fragment::Later(_) = packet.fragment {
+        // No L4 header: the ports come from the first fragment.
+        return Ok(true);
+    }
+    let l4 = packet.l4_offset;
     match packet.protocol {
-        protocol::TCP | protocol::UDP | protocol::SCTP => {
-            let ports: *const [u8; 4] = header(ctx, l4_offset)?;
-            let ports = unsafe { *ports };
+        protocol::TCP => {
+            let header: [u8; 14] = frame.read(l4)?;
+            packet.source_port = u16::from_be_bytes([header[0], header[1]]);
+            packet.destination_port = u16::from_be_bytes([header[2], header[3]]);
+            packet.tcp_flags = header[13];
+        }
+        protocol::UDP | protocol::SCTP => {
+            let ports: [u8; 4] = frame.read(l4)?;
             packet.source_port = u16::from_be_bytes([ports[0], ports[1]]);
             packet.destination_port = u16::from_be_bytes([ports[2], ports[3]]);
-            if packet.protocol == protocol::TCP {
-                let flags: *const u8 = header(ctx, l4_offset + 13)?;
-                packet.tcp_flags = unsafe { *flags };
-                // Only a SYN without ACK opens a connection; the rest belongs
-                // to one that was judged when it opened.
-                packet.bypass = packet.tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK) != TCP_FLAG_SYN;
-            }
         }
         protocol::ICMP | protocol::ICMPV6 => {
-            let icmp: *const [u8; 2] = header(ctx, l4_offset)?;
-            let icmp = unsafe { *icmp };
-            packet.icmp_type = icmp[0];
-            packet.icmp_code = icmp[1];
+            let header: [u8; 6] = frame.read(l4)?;
+            packet.icmp_type = header[0];
+            packet.icmp_code = header[1];
+            packet.icmp_id = u16::from_be_bytes([header[4], header[5]]);
             packet.bypass =
                 packet.protocol == protocol::ICMPV6 && icmpv6_bypasses_policy(packet.icmp_type);
         }
         _ => {}
     }
-    Ok(Some(packet))
+    Ok(true)
 }
 
 /// ICMPv6 types that keep IPv6 working and pass without policy, as in
 /// Cilium's host firewall (bpf/lib/icmp6.h, after RFC 4890): errors (1-4),
 /// MLD (130-132, 143), neighbour discovery (133-137), inverse ND (141-142),
 /// certification path (148-149) and multicast router discovery (151-153).
-/// Echo request and reply (128/129) go to policy.
+/// Echo request and reply (128/129) go to conntrack and policy.
 #[inline(always)]
 fn icmpv6_bypasses_policy(icmp_type: u8) -> bool {
     matches!(icmp_type, 1..=4 | 130..=137 | 141..=143 | 148..=149 | 151..=153)
@@ -253,20 +497,367 @@ fn mapped_v4(octets: [u8; 4]) -> Address {
     ]
 }
 
-fn decide(slot: u32, settings: &SlotSettings, packet: &Packet) -> Decision {
-    let key = Key::new(128, packet.source);
-    let set_index = if slot == 0 {
-        INGRESS_PREFIXES_0.get(&key)
-    } else {
-        INGRESS_PREFIXES_1.get(&key)
+/// Records a first fragment's ports, or gives a later fragment the ports of
+/// its first. False for a later fragment whose first was never seen.
+#[inline(never)]
+fn follow_fragment(packet: &mut Packet) -> bool {
+    let id = match packet.fragment {
+        Fragment::Whole => return true,
+        Fragment::First(id) | Fragment::Later(id) => id,
     };
-    let rule_set = match set_index {
-        Some(index) if slot == 0 => INGRESS_RULE_SETS_0.get(*index),
-        Some(index) => INGRESS_RULE_SETS_1.get(*index),
+    let key = FragmentKey {
+        source: packet.source,
+        destination: packet.destination,
+        id,
+        protocol: packet.protocol,
+        pad: [0; 3],
+    };
+    if let Fragment::First(_) = packet.fragment {
+        let ports = FragmentPorts {
+            source_port: packet.source_port,
+            destination_port: packet.destination_port,
+        };
+        // A full table evicts the oldest datagram; its later fragments drop.
+        let _ = FRAGMENTS.insert(&key, &ports, 0);
+        return true;
+    }
+    // SAFETY: the value is read at once; a concurrent update at worst gives
+    // another fragment's ports of the same datagram, which are equal.
+    match unsafe { FRAGMENTS.get(&key) } {
+        Some(ports) => {
+            packet.source_port = ports.source_port;
+            packet.destination_port = ports.destination_port;
+            true
+        }
+        None => false,
+    }
+}
+
+/// The conntrack key of a packet in its own direction.
+#[inline(always)]
+fn ct_key(packet: &Packet) -> CtKey {
+    let (source_port, destination_port) = match (packet.protocol, packet.icmp_type) {
+        (protocol::ICMP, ICMP_ECHO_REQUEST) | (protocol::ICMPV6, ICMPV6_ECHO_REQUEST) => {
+            (packet.icmp_id, 0)
+        }
+        (protocol::ICMP, ICMP_ECHO_REPLY) | (protocol::ICMPV6, ICMPV6_ECHO_REPLY) => {
+            (0, packet.icmp_id)
+        }
+        _ => (packet.source_port, packet.destination_port),
+    };
+    CtKey {
+        source: packet.source,
+        destination: packet.destination,
+        source_port,
+        destination_port,
+        protocol: packet.protocol,
+        pad: [0; 3],
+    }
+}
+
+#[inline(always)]
+fn reversed(key: &CtKey) -> CtKey {
+    CtKey {
+        source: key.destination,
+        destination: key.source,
+        source_port: key.destination_port,
+        destination_port: key.source_port,
+        protocol: key.protocol,
+        pad: [0; 3],
+    }
+}
+
+#[inline(always)]
+fn ct_table(protocol_number: u8) -> &'static LruHashMap<CtKey, CtEntry> {
+    if protocol_number == protocol::TCP {
+        &CT_TCP
+    } else {
+        &CT_ANY
+    }
+}
+
+/// Looks the packet up in conntrack, refreshing the entry it belongs to.
+#[inline(never)]
+fn track<F: Frame>(frame: &F, packet: &Packet, settings: &SlotSettings) -> Tracked {
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
+    let key = ct_key(packet);
+    let map = ct_table(packet.protocol);
+    if let Some(entry) = map.get_ptr_mut(&key) {
+        if refresh(entry, packet, true, now, settings) {
+            return Tracked::Known;
+        }
+    }
+    if let Some(entry) = map.get_ptr_mut(&reversed(&key)) {
+        if refresh(entry, packet, false, now, settings) {
+            return Tracked::Known;
+        }
+    }
+    if packet.protocol == protocol::ICMP
+        && matches!(
+            packet.icmp_type,
+            ICMP_DEST_UNREACHABLE | ICMP_TIME_EXCEEDED | ICMP_PARAMETER_PROBLEM
+        )
+        && related_error(frame, packet, now)
+    {
+        return Tracked::Known;
+    }
+    Tracked::New
+}
+
+/// Updates a live entry for one more packet; false if the entry had expired.
+#[inline(always)]
+fn refresh(
+    entry: *mut CtEntry,
+    packet: &Packet,
+    original: bool,
+    now: u64,
+    settings: &SlotSettings,
+) -> bool {
+    // SAFETY: the pointer came from a successful map lookup; concurrent
+    // updates from other CPUs can only race on these plain fields.
+    let entry = unsafe { &mut *entry };
+    if entry.expires_ns < now {
+        return false;
+    }
+    let mut flags = entry.flags;
+    if !original {
+        flags |= ct_flag::SEEN_REPLY;
+    }
+    let timeouts = &settings.ct_timeouts;
+    let lifetime = if packet.protocol == protocol::TCP {
+        if packet.tcp_flags & TCP_FLAG_RST != 0 {
+            flags |= ct_flag::RST;
+        }
+        if packet.tcp_flags & TCP_FLAG_FIN != 0 {
+            flags |= if original {
+                ct_flag::FIN_ORIGINAL
+            } else {
+                ct_flag::FIN_REPLY
+            };
+        }
+        let both_fins = ct_flag::FIN_ORIGINAL | ct_flag::FIN_REPLY;
+        if flags & ct_flag::RST != 0 || flags & both_fins == both_fins {
+            timeouts.tcp_closing
+        } else if flags & ct_flag::SEEN_REPLY != 0 {
+            timeouts.tcp_established
+        } else {
+            timeouts.tcp_opening
+        }
+    } else {
+        timeouts.other
+    };
+    let expires = now + u64::from(lifetime) * NS_PER_SECOND;
+    // Write only when something changes (saves a cache-line bounce per packet).
+    if flags != entry.flags
+        || expires > entry.expires_ns + NS_PER_SECOND
+        || expires < entry.expires_ns
+    {
+        entry.flags = flags;
+        entry.expires_ns = expires;
+    }
+    true
+}
+
+/// An ICMPv4 error about a tracked connection: the quoted header is the
+/// connection's packet going the other way.
+#[inline(never)]
+fn related_error<F: Frame>(frame: &F, packet: &Packet, now: u64) -> bool {
+    let quoted = packet.l4_offset + 8;
+    let Ok(header) = frame.read::<[u8; 20]>(quoted) else {
+        return false;
+    };
+    let header_len = usize::from(header[0] & 0x0f) * 4;
+    if header[0] >> 4 != 4 || header_len < 20 {
+        return false;
+    }
+    let Ok(ports) = frame.read::<[u8; 4]>(quoted + header_len) else {
+        return false;
+    };
+    let key = CtKey {
+        source: mapped_v4([header[12], header[13], header[14], header[15]]),
+        destination: mapped_v4([header[16], header[17], header[18], header[19]]),
+        source_port: u16::from_be_bytes([ports[0], ports[1]]),
+        destination_port: u16::from_be_bytes([ports[2], ports[3]]),
+        protocol: header[9],
+        pad: [0; 3],
+    };
+    let map = ct_table(key.protocol);
+    let live = |entry: Option<*mut CtEntry>| {
+        // SAFETY: read-only look at an entry returned by a lookup.
+        entry.is_some_and(|entry| unsafe { (*entry).expires_ns } >= now)
+    };
+    live(map.get_ptr_mut(&key)) || live(map.get_ptr_mut(&reversed(&key)))
+}
+
+/// Tracks a connection that was just let through; false if the table refused.
+#[inline(never)]
+fn open_connection(packet: &Packet, way: u8, decision: &Decision, settings: &SlotSettings) -> bool {
+    // A later fragment or a reset opens nothing.
+    if matches!(packet.fragment, Fragment::Later(_))
+        || (packet.protocol == protocol::TCP && packet.tcp_flags & TCP_FLAG_RST != 0)
+    {
+        return true;
+    }
+    let lifetime = if packet.protocol == protocol::TCP {
+        settings.ct_timeouts.tcp_opening
+    } else {
+        settings.ct_timeouts.other
+    };
+    let entry = CtEntry {
+        expires_ns: unsafe { bpf_ktime_get_coarse_ns() } + u64::from(lifetime) * NS_PER_SECOND,
+        rule_id: decision.rule_id,
+        flags: 0,
+        direction: way,
+        pad: [0; 2],
+    };
+    ct_table(packet.protocol)
+        .insert(&ct_key(packet), &entry, 0)
+        .is_ok()
+}
+
+#[inline(always)]
+fn is_failsafe(way: u8, packet: &Packet) -> bool {
+    let key = FailsafeKey {
+        direction: way,
+        protocol: packet.protocol,
+        port: packet.destination_port,
+    };
+    // SAFETY: only presence is read.
+    unsafe { FAILSAFE.get(&key) }.is_some()
+}
+
+/// The state of one longest-prefix lookup, shared with [`probe_length`].
+#[repr(C)]
+struct Probe {
+    key: PrefixKey,
+    words: [u32; 4],
+    slot: u32,
+    lengths_index: u32,
+    /// The value found (rule-set index or rule id).
+    value: u32,
+    /// 1 once a prefix matched.
+    hit: u32,
+}
+
+/// The longest prefix of `table_code` containing `address`: one hash probe
+/// per prefix length in use, longest first. The probes run under `bpf_loop`,
+/// so the verifier checks one probe, not one per possible length.
+#[inline(always)]
+fn lookup(
+    slot: u32,
+    settings: &SlotSettings,
+    table_code: u8,
+    address_family: u8,
+    address: &Address,
+) -> Option<u32> {
+    let lengths_index = lengths_index(table_code, address_family);
+    let count = settings.lengths.get(lengths_index)?.count;
+    if count == 0 {
+        return None;
+    }
+    let mut probe = Probe {
+        key: PrefixKey {
+            table: table_code,
+            family: address_family,
+            prefix_len: 0,
+            pad: 0,
+            address: [0; 16],
+        },
+        words: address_words(address_family, address),
+        slot,
+        lengths_index: lengths_index as u32,
+        value: 0,
+        hit: 0,
+    };
+    // SAFETY: the callback only touches the Probe it is handed.
+    unsafe {
+        bpf_loop(
+            u32::from(count),
+            probe_length as *mut c_void,
+            (&raw mut probe).cast(),
+            0,
+        );
+    }
+    (probe.hit != 0).then_some(probe.value)
+}
+
+/// One probe of [`lookup`]: the `index`-th longest length. Returns 1 to stop.
+#[inline(never)]
+extern "C" fn probe_length(index: u32, context: *mut c_void) -> i64 {
+    // SAFETY: bpf_loop hands back the Probe that lookup passed in.
+    let probe = unsafe { &mut *context.cast::<Probe>() };
+    let Some(settings) = SLOT_SETTINGS.get(probe.slot) else {
+        return 1;
+    };
+    let Some(lengths) = settings.lengths.get(probe.lengths_index as usize) else {
+        return 1;
+    };
+    // A u8 index needs no range proof: the array has 255 slots (and the
+    // loop runs `count` <= 129 times).
+    let Some(&length) = lengths.lengths.get(usize::from(index as u8)) else {
+        return 1;
+    };
+    let Some(mask) = PREFIX_MASKS.get(u32::from(length)) else {
+        return 1;
+    };
+    probe.key.prefix_len = length;
+    for w in 0..4 {
+        probe.key.address[w * 4..w * 4 + 4]
+            .copy_from_slice(&(probe.words[w] & mask[w]).to_be_bytes());
+    }
+    // SAFETY: the value is copied out at once.
+    let found = unsafe {
+        if probe.slot == 0 {
+            PREFIXES_0.get(&probe.key)
+        } else {
+            PREFIXES_1.get(&probe.key)
+        }
+    };
+    match found {
+        Some(value) => {
+            probe.value = *value;
+            probe.hit = 1;
+            1
+        }
+        None => 0,
+    }
+}
+
+/// The address as four big-endian words, IPv4 in the first.
+#[inline(always)]
+fn address_words(address_family: u8, address: &Address) -> [u32; 4] {
+    let word =
+        |i: usize| u32::from_be_bytes([address[i], address[i + 1], address[i + 2], address[i + 3]]);
+    if address_family == family::IPV4 {
+        [word(12), 0, 0, 0]
+    } else {
+        [word(0), word(4), word(8), word(12)]
+    }
+}
+
+#[inline(never)]
+fn decide(slot: u32, settings: &SlotSettings, way: u8, packet: &Packet) -> Decision {
+    let (table_code, peer, default_deny) = if way == direction::INGRESS {
+        (
+            table::INGRESS,
+            &packet.source,
+            settings.ingress_default_deny,
+        )
+    } else {
+        (
+            table::EGRESS,
+            &packet.destination,
+            settings.egress_default_deny,
+        )
+    };
+    let rule_set = match lookup(slot, settings, table_code, packet.family, peer) {
+        Some(index) if slot == 0 => RULE_SETS_0.get(index),
+        Some(index) => RULE_SETS_1.get(index),
         None => None,
     };
     if let Some(rule_set) = rule_set {
         let len = rule_set.len as usize;
+        let port = packet.policy_port();
         for i in 0..MAX_ENTRIES_PER_RULE_SET {
             if i >= len {
                 break;
@@ -275,7 +866,6 @@ fn decide(slot: u32, settings: &SlotSettings, packet: &Packet) -> Decision {
             if !protocol_matches(entry.protocol, packet.protocol) {
                 continue;
             }
-            let port = packet.destination_port;
             if port < entry.port_lo || port > entry.port_hi {
                 continue;
             }
@@ -290,7 +880,7 @@ fn decide(slot: u32, settings: &SlotSettings, packet: &Packet) -> Decision {
             };
         }
     }
-    if settings.ingress_default_deny != 0 {
+    if default_deny != 0 {
         drop_or_audit(settings, drop_reason::POLICY_DENIED, NO_RULE)
     } else {
         Decision {
@@ -324,47 +914,132 @@ fn drop_or_audit(settings: &SlotSettings, reason: u8, rule_id: u32) -> Decision 
     }
 }
 
+/// Counts the verdict, reports it, and says whether to drop.
+#[inline(never)]
+fn finish<F: Frame>(
+    frame: &F,
+    way: u8,
+    packet: &Packet,
+    decision: &Decision,
+    settings: &SlotSettings,
+) -> bool {
+    let audit = decision.verdict == verdict::AUDIT;
+    let counter = match decision.drop_reason {
+        drop_reason::NONE => Counter::Forwarded,
+        drop_reason::POLICY_DENY if audit => Counter::AuditedPolicyDeny,
+        drop_reason::POLICY_DENY => Counter::DroppedPolicyDeny,
+        drop_reason::POLICY_DENIED if audit => Counter::AuditedPolicyDenied,
+        drop_reason::POLICY_DENIED => Counter::DroppedPolicyDenied,
+        drop_reason::PREFILTER => Counter::DroppedPrefilter,
+        drop_reason::FRAG_NOT_FOUND => Counter::DroppedFragment,
+        // Counted as CtInsertFailed where it happened.
+        drop_reason::CT_MAP_INSERTION_FAILED => Counter::Forwarded,
+        _ => Counter::DroppedInvalid,
+    };
+    let length = frame.length();
+    if decision.drop_reason != drop_reason::CT_MAP_INSERTION_FAILED {
+        bump(way, counter, length);
+    }
+    let forward = decision.verdict == verdict::FORWARDED;
+    if may_report(way, settings, forward) {
+        report(frame, way, packet, decision, settings.generation);
+    }
+    decision.verdict == verdict::DROPPED
+}
+
 #[inline(always)]
-fn bump(counter: Counter, bytes: u64) {
-    if let Some(value) = COUNTERS.get_ptr_mut(counter as u32) {
+fn bump(way: u8, counter: Counter, bytes: u32) {
+    let index = u32::from(way.saturating_sub(1)) * COUNTER_COUNT + counter as u32;
+    if let Some(value) = COUNTERS.get_ptr_mut(index) {
+        // SAFETY: per-CPU slot, no other writer.
         unsafe {
             (*value).packets += 1;
-            (*value).bytes += bytes;
+            (*value).bytes += u64::from(bytes);
         }
     }
 }
 
-fn report(
-    ctx: &XdpContext,
-    packet: &Packet,
-    decision: &Decision,
-    generation: u32,
-    packet_len: u32,
-) {
+#[inline(always)]
+fn count_rule(slot: u32, rule_id: u32, bytes: u32) {
+    let value = if slot == 0 {
+        RULE_COUNTERS_0.get_ptr_mut(rule_id)
+    } else {
+        RULE_COUNTERS_1.get_ptr_mut(rule_id)
+    };
+    if let Some(value) = value {
+        // SAFETY: per-CPU slot, no other writer.
+        unsafe {
+            (*value).packets += 1;
+            (*value).bytes += u64::from(bytes);
+        }
+    }
+}
+
+/// Samples forwards (one in `forward_sample_rate`) and applies the per-CPU
+/// events-per-second limit; suppressed events are counted.
+#[inline(always)]
+fn may_report(way: u8, settings: &SlotSettings, forward: bool) -> bool {
+    let Some(budget) = EVENT_BUDGET.get_ptr_mut(0) else {
+        return false;
+    };
+    // SAFETY: per-CPU slot, no other writer.
+    let budget = unsafe { &mut *budget };
+    if forward {
+        let rate = settings.forward_sample_rate;
+        if rate == 0 {
+            return false;
+        }
+        budget.forwards = budget.forwards.wrapping_add(1);
+        if budget.forwards % rate != 0 {
+            return false;
+        }
+    }
+    let limit = settings.events_per_second;
+    if limit != 0 {
+        let now = unsafe { bpf_ktime_get_coarse_ns() };
+        if now.wrapping_sub(budget.window_start_ns) >= NS_PER_SECOND {
+            budget.window_start_ns = now;
+            budget.sent = 0;
+        }
+        if budget.sent >= limit {
+            bump(way, Counter::EventsSuppressed, 0);
+            return false;
+        }
+        budget.sent += 1;
+    }
+    true
+}
+
+#[inline(never)]
+fn report<F: Frame>(frame: &F, way: u8, packet: &Packet, decision: &Decision, generation: u32) {
     let Some(mut entry) = FLOW_EVENTS.reserve::<FlowEvent>(0) else {
-        bump(Counter::EventsLost, 0);
+        bump(way, Counter::EventsLost, 0);
         return;
     };
-    entry.write(FlowEvent {
-        monotonic_ns: unsafe { bpf_ktime_get_ns() },
-        source: packet.source,
-        destination: packet.destination,
-        rule_id: decision.rule_id,
-        generation,
-        ifindex: unsafe { (*ctx.ctx).ingress_ifindex },
-        packet_len,
-        source_port: packet.source_port,
-        destination_port: packet.destination_port,
-        ip_version: packet.ip_version,
-        protocol: packet.protocol,
-        verdict: decision.verdict,
-        drop_reason: decision.drop_reason,
-        direction: direction::INGRESS,
-        tcp_flags: packet.tcp_flags,
-        icmp_type: packet.icmp_type,
-        icmp_code: packet.icmp_code,
-        pad: [0; 4],
-    });
+    // Written field by field into the ring, not built on the small BPF stack.
+    let event = entry.as_mut_ptr();
+    // SAFETY: the reservation holds one FlowEvent; every field is written
+    // before it is submitted.
+    unsafe {
+        (*event).monotonic_ns = bpf_ktime_get_ns();
+        (*event).source = packet.source;
+        (*event).destination = packet.destination;
+        (*event).rule_id = decision.rule_id;
+        (*event).generation = generation;
+        (*event).ifindex = frame.ifindex();
+        (*event).packet_len = frame.length();
+        (*event).source_port = packet.source_port;
+        (*event).destination_port = packet.destination_port;
+        (*event).ip_version = packet.family;
+        (*event).protocol = packet.protocol;
+        (*event).verdict = decision.verdict;
+        (*event).drop_reason = decision.drop_reason;
+        (*event).direction = way;
+        (*event).tcp_flags = packet.tcp_flags;
+        (*event).icmp_type = packet.icmp_type;
+        (*event).icmp_code = packet.icmp_code;
+        (*event).pad = [0; 4];
+    }
     entry.submit(0);
 }
 

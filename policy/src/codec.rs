@@ -259,7 +259,7 @@ nodeSelector = {}
             rendered,
             [
                 "p.toml:4:1: metadata.name: a policy needs a non-empty name",
-                "p.toml:5:2: spec: rule must have at least one of ingress or ingressDeny",
+                "p.toml:5:2: spec: rule must have at least one of ingress, ingressDeny, egress or egressDeny",
             ]
         );
     }

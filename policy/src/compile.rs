@@ -12,9 +12,9 @@ use std::collections::{BTreeMap, HashMap};
 
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use palisade_common::{MAX_ENTRIES_PER_RULE_SET, PortEntry, action, protocol};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
-use crate::model::{IngressRule, Policy};
+use crate::model::{EgressRule, IcmpRule, IngressRule, Policy, PortRule};
 
 /// What the compiler needs to know about this node.
 #[derive(Debug, Clone, Default)]
@@ -33,6 +33,42 @@ pub enum Section {
     Ingress,
     /// `ingressDeny`.
     IngressDeny,
+    /// `egress`.
+    Egress,
+    /// `egressDeny`.
+    EgressDeny,
+}
+
+impl Section {
+    /// The field name, as in the policy.
+    pub fn field(self) -> &'static str {
+        match self {
+            Self::Ingress => "ingress",
+            Self::IngressDeny => "ingressDeny",
+            Self::Egress => "egress",
+            Self::EgressDeny => "egressDeny",
+        }
+    }
+
+    /// Whether the section denies.
+    pub fn is_deny(self) -> bool {
+        matches!(self, Self::IngressDeny | Self::EgressDeny)
+    }
+
+    /// Whether the section is about traffic to this node.
+    pub fn is_ingress(self) -> bool {
+        matches!(self, Self::Ingress | Self::IngressDeny)
+    }
+}
+
+/// Traffic direction of a table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Direction {
+    /// Towards this node; the peer is the source.
+    Ingress,
+    /// From this node; the peer is the destination.
+    Egress,
 }
 
 /// Where a compiled rule came from, for flows and `explain`.
@@ -49,9 +85,9 @@ pub struct RuleOrigin {
 /// One row of the unflattened view.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct TableEntry {
-    /// Source prefix the row applies to.
+    /// Peer prefix the row applies to.
     pub prefix: IpNet,
-    /// Protocol, ports, action and rule id.
+    /// Protocol, ports (ICMP: the type), action and rule id.
     #[serde(skip)]
     pub port: PortEntry,
 }
@@ -63,6 +99,15 @@ pub struct PrefixEntry {
     pub prefix: IpNet,
     /// Index into [`DirectionTable::rule_sets`].
     pub rule_set: u32,
+}
+
+/// A source prefix the XDP prefilter drops, and the deny rule it came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct PrefilterEntry {
+    /// The source prefix.
+    pub prefix: IpNet,
+    /// The `ingressDeny` rule.
+    pub rule_id: u32,
 }
 
 /// Everything a datapath needs for one direction.
@@ -83,8 +128,14 @@ pub struct DirectionTable {
 /// The compiled rules for this node.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct CompiledTable {
-    /// Ingress rules.
+    /// Ingress rules (peer = source).
     pub ingress: DirectionTable,
+    /// Egress rules (peer = destination).
+    pub egress: DirectionTable,
+    /// Stateless source-prefix drops: the prefixes of `ingressDeny` rules
+    /// that name peers (`fromCIDR`, never the whole address space) and no
+    /// ports. Empty in audit mode.
+    pub prefilter: Vec<PrefilterEntry>,
     /// Rule id → where it came from.
     pub rules: Vec<RuleOrigin>,
     /// Whether would-be drops are forwarded as AUDIT.
@@ -93,12 +144,22 @@ pub struct CompiledTable {
     pub policies: Vec<String>,
 }
 
+impl CompiledTable {
+    /// The table for one direction.
+    pub fn direction(&self, direction: Direction) -> &DirectionTable {
+        match direction {
+            Direction::Ingress => &self.ingress,
+            Direction::Egress => &self.egress,
+        }
+    }
+}
+
 /// Why a rule set cannot be compiled.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CompileError {
     /// One prefix collects more rows than a datapath rule set holds.
     #[error(
-        "{count} port rules apply to source {prefix}, more than the {max} one prefix can hold; merge port ranges or split the traffic by prefix"
+        "{count} port rules apply to peer {prefix}, more than the {max} one prefix can hold; merge port ranges or split the traffic by prefix"
     )]
     TooManyEntries {
         /// The prefix.
@@ -108,13 +169,51 @@ pub enum CompileError {
         /// The limit.
         max: usize,
     },
+    /// An ICMP type name the rule's family does not have.
+    #[error("{path}: ICMP type {name:?} does not exist for family {family}")]
+    IcmpTypeName {
+        /// Field path of the rule.
+        path: String,
+        /// The name.
+        name: String,
+        /// `IPv4` or `IPv6`.
+        family: String,
+    },
+}
+
+/// The parts of an ingress or egress rule the compiler reads.
+struct PeerRule<'a> {
+    peers: Vec<IpNet>,
+    to_ports: &'a [PortRule],
+    icmps: &'a [IcmpRule],
+}
+
+impl<'a> From<&'a IngressRule> for PeerRule<'a> {
+    fn from(rule: &'a IngressRule) -> Self {
+        Self {
+            peers: rule.from_cidr.iter().map(|cidr| cidr.0).collect(),
+            to_ports: &rule.to_ports,
+            icmps: &rule.icmps,
+        }
+    }
+}
+
+impl<'a> From<&'a EgressRule> for PeerRule<'a> {
+    fn from(rule: &'a EgressRule) -> Self {
+        Self {
+            peers: rule.to_cidr.iter().map(|cidr| cidr.0).collect(),
+            to_ports: &rule.to_ports,
+            icmps: &rule.icmps,
+        }
+    }
 }
 
 /// Compiles the policies that select this node.
 ///
 /// # Errors
 ///
-/// [`CompileError::TooManyEntries`] when one prefix collects too many rows.
+/// [`CompileError::TooManyEntries`] when one prefix collects too many rows;
+/// [`CompileError::IcmpTypeName`] for an ICMP name of the wrong family.
 pub fn compile(policies: &[Policy], node: &NodeContext) -> Result<CompiledTable, CompileError> {
     let mut table = CompiledTable {
         audit: node.audit_mode,
@@ -128,26 +227,61 @@ pub fn compile(policies: &[Policy], node: &NodeContext) -> Result<CompiledTable,
             }
             selected = true;
             // Cilium: a selecting rule with an ingress or ingressDeny section puts
-            // ingress into default deny (Documentation/security/policy/intro.rst).
+            // ingress into default deny, and likewise for egress
+            // (Documentation/security/policy/intro.rst).
             table.ingress.default_deny |= !rule.ingress.is_empty() || !rule.ingress_deny.is_empty();
-            let sections = [
-                (Section::Ingress, "ingress", &rule.ingress, action::ALLOW),
+            table.egress.default_deny |= !rule.egress.is_empty() || !rule.egress_deny.is_empty();
+            let sections: [(Section, Vec<PeerRule<'_>>); 4] = [
+                (
+                    Section::Ingress,
+                    rule.ingress.iter().map(PeerRule::from).collect(),
+                ),
                 (
                     Section::IngressDeny,
-                    "ingressDeny",
-                    &rule.ingress_deny,
-                    action::DENY,
+                    rule.ingress_deny.iter().map(PeerRule::from).collect(),
+                ),
+                (
+                    Section::Egress,
+                    rule.egress.iter().map(PeerRule::from).collect(),
+                ),
+                (
+                    Section::EgressDeny,
+                    rule.egress_deny.iter().map(PeerRule::from).collect(),
                 ),
             ];
-            for (section, name, rules, verdict) in sections {
-                for (i, ingress_rule) in rules.iter().enumerate() {
-                    let rule_id = u32::try_from(table.rules.len()).unwrap_or(u32::MAX - 1);
+            for (section, rules) in sections {
+                for (i, peer_rule) in rules.iter().enumerate() {
+                    let rule_id = u32::try_from(table.rules.len()).unwrap_or(u32::MAX - 2);
+                    let rule_path = format!("{path}.{}[{i}]", section.field());
+                    let verdict = if section.is_deny() {
+                        action::DENY
+                    } else {
+                        action::ALLOW
+                    };
+                    let rows = if section.is_ingress() {
+                        &mut table.ingress.entries
+                    } else {
+                        &mut table.egress.entries
+                    };
+                    add_rows(rows, peer_rule, verdict, rule_id, &rule_path)?;
+                    if section == Section::IngressDeny
+                        && !node.audit_mode
+                        && peer_rule.to_ports.is_empty()
+                        && peer_rule.icmps.is_empty()
+                    {
+                        table.prefilter.extend(
+                            peer_rule
+                                .peers
+                                .iter()
+                                .filter(|prefix| prefix.prefix_len() > 0)
+                                .map(|&prefix| PrefilterEntry { prefix, rule_id }),
+                        );
+                    }
                     table.rules.push(RuleOrigin {
                         policy: policy.metadata.name.clone(),
-                        path: format!("{path}.{name}[{i}]"),
+                        path: rule_path,
                         section,
                     });
-                    add_rows(&mut table.ingress.entries, ingress_rule, verdict, rule_id);
                 }
             }
         }
@@ -156,30 +290,49 @@ pub fn compile(policies: &[Policy], node: &NodeContext) -> Result<CompiledTable,
         }
     }
     flatten(&mut table.ingress)?;
+    flatten(&mut table.egress)?;
     Ok(table)
 }
 
-fn add_rows(rows: &mut Vec<TableEntry>, rule: &IngressRule, verdict: u8, rule_id: u32) {
+fn add_rows(
+    rows: &mut Vec<TableEntry>,
+    rule: &PeerRule<'_>,
+    verdict: u8,
+    rule_id: u32,
+    path: &str,
+) -> Result<(), CompileError> {
     // No peer selects every peer (Cilium's wildcard L3 rule).
-    let everyone = [IpNet::V4(Ipv4Net::default()), IpNet::V6(Ipv6Net::default())];
-    let prefixes: Vec<IpNet> = if rule.from_cidr.is_empty() {
-        everyone.to_vec()
+    let prefixes: Vec<IpNet> = if rule.peers.is_empty() {
+        vec![IpNet::V4(Ipv4Net::default()), IpNet::V6(Ipv6Net::default())]
     } else {
-        rule.from_cidr.iter().map(|cidr| cidr.0).collect()
+        rule.peers.clone()
     };
-    // No ports is Cilium's L3-only rule: every protocol, every port.
-    let ports: Vec<(u8, u16, u16)> = if rule.to_ports.is_empty() {
-        vec![(protocol::ALL, 0, u16::MAX)]
-    } else {
-        rule.to_ports
-            .iter()
-            .flat_map(|port_rule| &port_rule.ports)
-            .map(|port| {
-                let (lo, hi) = port.range();
-                (port.protocol.code(), lo, hi)
-            })
-            .collect()
-    };
+    let mut ports: Vec<(u8, u16, u16)> = rule
+        .to_ports
+        .iter()
+        .flat_map(|port_rule| &port_rule.ports)
+        .map(|port| {
+            let (lo, hi) = port.range();
+            (port.protocol.code(), lo, hi)
+        })
+        .collect();
+    // An ICMP type is matched as a one-port range of the ICMP protocol.
+    for field in rule.icmps.iter().flat_map(|icmp| &icmp.fields) {
+        let code =
+            field
+                .icmp_type
+                .code(field.family)
+                .ok_or_else(|| CompileError::IcmpTypeName {
+                    path: path.to_owned(),
+                    name: field.icmp_type.to_string(),
+                    family: format!("{:?}", field.family),
+                })?;
+        ports.push((field.protocol(), u16::from(code), u16::from(code)));
+    }
+    // Neither ports nor ICMP types is Cilium's L3-only rule: every protocol.
+    if rule.to_ports.is_empty() && rule.icmps.is_empty() {
+        ports.push((protocol::ALL, 0, u16::MAX));
+    }
     for prefix in prefixes {
         for &(protocol, port_lo, port_hi) in &ports {
             rows.push(TableEntry {
@@ -195,6 +348,7 @@ fn add_rows(rows: &mut Vec<TableEntry>, rule: &IngressRule, verdict: u8, rule_id
             });
         }
     }
+    Ok(())
 }
 
 /// Builds `prefixes` and `rule_sets` from `entries`.

@@ -14,7 +14,7 @@ use std::net::IpAddr;
 use palisade_common::{NO_RULE, PortEntry, action, drop_reason, protocol, verdict};
 use serde::{Deserialize, Serialize};
 
-use crate::compile::CompiledTable;
+use crate::compile::{CompiledTable, Direction};
 
 /// The first packet of a connection, as the evaluator sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -25,7 +25,8 @@ pub struct Connection {
     pub source: IpAddr,
     /// Destination address.
     pub destination: IpAddr,
-    /// Destination port (0 for protocols without ports).
+    /// Destination port; for ICMP and ICMPv6 the type (0 for protocols
+    /// without ports).
     pub destination_port: u16,
 }
 
@@ -40,14 +41,34 @@ pub struct Verdict {
     pub rule_id: u32,
 }
 
-/// Evaluates one new ingress connection against `table`.
-pub fn evaluate_ingress(table: &CompiledTable, connection: &Connection) -> Verdict {
-    let matching = |wanted: u8| {
-        table
-            .ingress
-            .entries
+/// Evaluates one new connection in `direction` against `table`. The peer is
+/// the source on ingress and the destination on egress. On ingress the
+/// prefilter comes first: the longest matching prefilter prefix drops (the
+/// lowest rule id among equal prefixes is reported).
+pub fn evaluate(table: &CompiledTable, direction: Direction, connection: &Connection) -> Verdict {
+    let peer = match direction {
+        Direction::Ingress => connection.source,
+        Direction::Egress => connection.destination,
+    };
+    if direction == Direction::Ingress {
+        let prefiltered = table
+            .prefilter
             .iter()
-            .filter(|row| row.prefix.contains(&connection.source))
+            .filter(|entry| entry.prefix.contains(&peer))
+            .max_by_key(|entry| (entry.prefix.prefix_len(), std::cmp::Reverse(entry.rule_id)));
+        if let Some(entry) = prefiltered {
+            return Verdict {
+                verdict: verdict::DROPPED,
+                drop_reason: drop_reason::PREFILTER,
+                rule_id: entry.rule_id,
+            };
+        }
+    }
+    let rows = table.direction(direction);
+    let matching = |wanted: u8| {
+        rows.entries
+            .iter()
+            .filter(|row| row.prefix.contains(&peer))
             .map(|row| row.port)
             .filter(|entry| entry.action == wanted && entry_matches(entry, connection))
             .map(|entry| entry.rule_id)
@@ -72,7 +93,7 @@ pub fn evaluate_ingress(table: &CompiledTable, connection: &Connection) -> Verdi
             rule_id,
         };
     }
-    if table.ingress.default_deny {
+    if rows.default_deny {
         would_drop(drop_reason::POLICY_DENIED, NO_RULE)
     } else {
         Verdict {
@@ -139,7 +160,7 @@ fromCIDR = ["10.66.0.0/16"]
     #[test]
     fn allow_deny_and_default() {
         let t = table(false);
-        let v = |s, p, port| evaluate_ingress(&t, &connection(s, p, port));
+        let v = |s, p, port| evaluate(&t, Direction::Ingress, &connection(s, p, port));
         assert_eq!(v("10.1.2.3", protocol::TCP, 22).verdict, verdict::FORWARDED);
         assert_eq!(v("10.1.2.3", protocol::TCP, 22).rule_id, 0);
         assert_eq!(
@@ -160,14 +181,15 @@ fromCIDR = ["10.66.0.0/16"]
             v("10.1.2.3", protocol::ICMP, 0).drop_reason,
             drop_reason::POLICY_DENIED
         );
+        // An L3-only deny with named peers goes to the prefilter.
         let denied = v("10.66.1.1", protocol::TCP, 22);
         assert_eq!(
             (denied.verdict, denied.drop_reason, denied.rule_id),
-            (verdict::DROPPED, drop_reason::POLICY_DENY, 1)
+            (verdict::DROPPED, drop_reason::PREFILTER, 1)
         );
         assert_eq!(
             v("10.66.1.1", protocol::ICMP, 0).drop_reason,
-            drop_reason::POLICY_DENY
+            drop_reason::PREFILTER
         );
         assert_eq!(v("192.0.2.1", protocol::TCP, 22).verdict, verdict::DROPPED);
     }
@@ -175,10 +197,72 @@ fromCIDR = ["10.66.0.0/16"]
     #[test]
     fn audit_mode_turns_drops_into_audits() {
         let t = table(true);
-        let v = evaluate_ingress(&t, &connection("192.0.2.1", protocol::TCP, 22));
+        let v = evaluate(
+            &t,
+            Direction::Ingress,
+            &connection("192.0.2.1", protocol::TCP, 22),
+        );
         assert_eq!(
             (v.verdict, v.drop_reason),
             (verdict::AUDIT, drop_reason::POLICY_DENIED)
         );
+        // No prefilter in audit mode: the deny rule audits instead.
+        let v = evaluate(
+            &t,
+            Direction::Ingress,
+            &connection("10.66.1.1", protocol::TCP, 22),
+        );
+        assert_eq!(
+            (v.verdict, v.drop_reason, v.rule_id),
+            (verdict::AUDIT, drop_reason::POLICY_DENY, 1)
+        );
+    }
+
+    const EGRESS_AND_ICMP: &str = r#"
+kind = "CiliumClusterwideNetworkPolicy"
+metadata = { name = "e" }
+[spec]
+nodeSelector = {}
+[[spec.ingress]]
+icmps = [{ fields = [{ type = "EchoRequest" }, { family = "IPv6", type = 128 }] }]
+[[spec.egress]]
+toCIDR = ["192.0.2.0/24"]
+toPorts = [{ ports = [{ port = 53, protocol = "UDP" }] }]
+[[spec.egressDeny]]
+toCIDR = ["192.0.2.66"]
+"#;
+
+    #[test]
+    fn egress_uses_the_destination_and_icmp_matches_types() {
+        let policy = policy_from_toml("e.toml", EGRESS_AND_ICMP).unwrap();
+        let t = compile(&[policy], &NodeContext::default()).unwrap();
+        assert!(t.egress.default_deny && t.ingress.default_deny);
+        let out = |destination: &str, proto, port| {
+            let c = Connection {
+                protocol: proto,
+                source: "10.0.0.1".parse().unwrap(),
+                destination: destination.parse().unwrap(),
+                destination_port: port,
+            };
+            let v = evaluate(&t, Direction::Egress, &c);
+            (v.verdict, v.rule_id)
+        };
+        assert_eq!(out("192.0.2.1", protocol::UDP, 53), (verdict::FORWARDED, 1));
+        assert_eq!(out("192.0.2.1", protocol::TCP, 53).0, verdict::DROPPED);
+        assert_eq!(out("192.0.2.66", protocol::UDP, 53), (verdict::DROPPED, 2));
+        assert_eq!(out("198.51.100.1", protocol::UDP, 53).0, verdict::DROPPED);
+        // egressDeny never feeds the (ingress) prefilter.
+        assert!(t.prefilter.is_empty());
+        let ping = |source: &str, proto, icmp_type| {
+            let c = connection(source, proto, icmp_type);
+            evaluate(&t, Direction::Ingress, &c).verdict
+        };
+        assert_eq!(ping("198.51.100.1", protocol::ICMP, 8), verdict::FORWARDED);
+        assert_eq!(ping("198.51.100.1", protocol::ICMP, 13), verdict::DROPPED);
+        assert_eq!(
+            ping("2001:db8::1", protocol::ICMPV6, 128),
+            verdict::FORWARDED
+        );
+        assert_eq!(ping("198.51.100.1", protocol::TCP, 8), verdict::DROPPED);
     }
 }

@@ -11,7 +11,7 @@ pub mod model;
 pub mod validate;
 
 pub use codec::{from_toml, policy_from_toml, policy_to_toml};
-pub use compile::{CompileError, CompiledTable, NodeContext, compile};
+pub use compile::{CompileError, CompiledTable, Direction, NodeContext, compile};
 pub use diagnostic::{Diagnostic, Diagnostics};
-pub use evaluate::{Connection, Verdict, evaluate_ingress};
+pub use evaluate::{Connection, Verdict, evaluate};
 pub use model::Policy;

@@ -5,6 +5,8 @@ use crate::model::Policy;
 
 /// Most ports one `toPorts` entry may list (Cilium: "too many ports, the max is 40").
 pub const MAX_PORTS_PER_RULE: usize = 40;
+/// Most types one `icmps` entry may list (Cilium: `ICMPRule` max 40 fields).
+pub const MAX_ICMP_FIELDS: usize = 40;
 
 /// A validation problem at a field path.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -33,29 +35,115 @@ pub fn validate(policy: &Policy) -> Vec<Problem> {
     }
     for (path, rule) in policy.rules() {
         // Rule 1: at least one rule section (rule_validation.go, Rule.Sanitize).
-        if rule.ingress.is_empty() && rule.ingress_deny.is_empty() {
+        if rule.ingress.is_empty()
+            && rule.ingress_deny.is_empty()
+            && rule.egress.is_empty()
+            && rule.egress_deny.is_empty()
+        {
             problem(
                 path.clone(),
-                "rule must have at least one of ingress or ingressDeny".into(),
+                "rule must have at least one of ingress, ingressDeny, egress or egressDeny".into(),
             );
         }
-        let sections = [
-            ("ingress", &rule.ingress),
-            ("ingressDeny", &rule.ingress_deny),
+        let ingress = rule.ingress.iter().map(|r| (&r.to_ports, &r.icmps));
+        let ingress_deny = rule.ingress_deny.iter().map(|r| (&r.to_ports, &r.icmps));
+        let egress = rule.egress.iter().map(|r| (&r.to_ports, &r.icmps));
+        let egress_deny = rule.egress_deny.iter().map(|r| (&r.to_ports, &r.icmps));
+        let sections: [(&str, Vec<_>); 4] = [
+            ("ingress", ingress.collect()),
+            ("ingressDeny", ingress_deny.collect()),
+            ("egress", egress.collect()),
+            ("egressDeny", egress_deny.collect()),
         ];
-        for (section, ingress_rules) in sections {
-            for (i, ingress_rule) in ingress_rules.iter().enumerate() {
-                for (j, port_rule) in ingress_rule.to_ports.iter().enumerate() {
+        for (section, peer_rules) in sections {
+            for (i, (to_ports, icmps)) in peer_rules.into_iter().enumerate() {
+                let at = format!("{path}.{section}[{i}]");
+                for (j, port_rule) in to_ports.iter().enumerate() {
                     // Rule 9: at most 40 ports per toPorts entry.
                     if port_rule.ports.len() > MAX_PORTS_PER_RULE {
                         problem(
-                            format!("{path}.{section}[{i}].toPorts[{j}].ports"),
+                            format!("{at}.toPorts[{j}].ports"),
                             format!("too many ports, the max is {MAX_PORTS_PER_RULE}"),
                         );
+                    }
+                }
+                // Rule 23: icmps and toPorts are exclusive (ICMPRule.verify).
+                if !icmps.is_empty() && !to_ports.is_empty() {
+                    problem(
+                        format!("{at}.icmps"),
+                        "the ICMPs block may only be present without ToPorts; write a separate rule for the ports".into(),
+                    );
+                }
+                for (j, icmp) in icmps.iter().enumerate() {
+                    // Rule 24: at most 40 fields per ICMP rule; names per family.
+                    if icmp.fields.len() > MAX_ICMP_FIELDS {
+                        problem(
+                            format!("{at}.icmps[{j}].fields"),
+                            format!("too many types, the max is {MAX_ICMP_FIELDS}"),
+                        );
+                    }
+                    for (k, field) in icmp.fields.iter().enumerate() {
+                        if field.icmp_type.code(field.family).is_none() {
+                            problem(
+                                format!("{at}.icmps[{j}].fields[{k}].type"),
+                                format!(
+                                    "ICMP type {} does not exist for family {:?}; set `family` or use the number",
+                                    field.icmp_type, field.family
+                                ),
+                            );
+                        }
                     }
                 }
             }
         }
     }
     problems
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::codec::policy_from_toml;
+
+    fn problems(body: &str) -> Vec<String> {
+        let text = format!(
+            "kind = \"CiliumClusterwideNetworkPolicy\"\nmetadata = {{ name = \"v\" }}\n[spec]\nnodeSelector = {{}}\n{body}"
+        );
+        match policy_from_toml("v.toml", &text) {
+            Ok(_) => Vec::new(),
+            Err(diagnostics) => diagnostics.0.iter().map(ToString::to_string).collect(),
+        }
+    }
+
+    #[test]
+    fn icmps_beside_ports_is_refused() {
+        let found = problems(
+            "[[spec.egress]]\ntoPorts = [{ ports = [{ port = 53 }] }]\nicmps = [{ fields = [{ type = 8 }] }]\n",
+        );
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(
+            found[0].contains(
+                "spec.egress[0].icmps: the ICMPs block may only be present without ToPorts"
+            ),
+            "{found:?}"
+        );
+    }
+
+    #[test]
+    fn icmp_names_belong_to_a_family() {
+        assert!(problems("[[spec.ingress]]\nicmps = [{ fields = [{ family = \"IPv6\", type = \"PacketTooBig\" }] }]\n").is_empty());
+        let found =
+            problems("[[spec.ingress]]\nicmps = [{ fields = [{ type = \"PacketTooBig\" }] }]\n");
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(found[0].contains("spec.ingress[0].icmps[0].fields[0].type: ICMP type PacketTooBig does not exist for family IPv4"), "{found:?}");
+        let found = problems("[[spec.ingress]]\nicmps = [{ fields = [{ type = \"Ping\" }] }]\n");
+        assert!(
+            found[0].contains("unknown ICMP type name \"Ping\""),
+            "{found:?}"
+        );
+    }
+
+    #[test]
+    fn an_egress_only_rule_is_a_rule() {
+        assert!(problems("[[spec.egress]]\ntoCIDR = [\"192.0.2.0/24\"]\n").is_empty());
+    }
 }

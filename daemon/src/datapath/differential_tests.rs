@@ -1,10 +1,11 @@
 //! The eBPF datapath against the reference evaluator, packet by packet.
 //!
-//! Each policy fixture is compiled and installed into a loaded (unattached)
-//! XDP program; thousands of generated IPv4 and IPv6 packets are run through
-//! it with `BPF_PROG_TEST_RUN`, and the verdict, drop reason and rule id it
-//! reports in its flow event must equal what `palisade_policy::evaluate_ingress`
-//! says for the same connection.
+//! Each policy fixture is compiled and installed into loaded (unattached)
+//! programs; thousands of generated IPv4 and IPv6 connections are run through
+//! the XDP prefilter and the TC ingress program, and others through the TC
+//! egress program, with `BPF_PROG_TEST_RUN`. The action, and the verdict,
+//! drop reason and rule id each program reports in its flow event, must equal
+//! what `palisade_policy::evaluate` says for the same connection.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
@@ -12,18 +13,52 @@ use aya::{
     TestRun as _, TestRunOptions,
     maps::{MapData, RingBuf},
 };
-use palisade_common::{FlowEvent, protocol, verdict};
+use palisade_common::{FlowEvent, drop_reason, protocol, verdict};
 use palisade_e2e::have_root;
 use palisade_policy::{
-    CompiledTable, Connection, NodeContext, compile, evaluate_ingress, policy_from_toml,
+    CompiledTable, Connection, Direction, NodeContext, compile, evaluate, policy_from_toml,
 };
 
 use super::{Datapath as _, ebpf::EbpfDatapath, test_packet::frame};
-use crate::flows::decode_event;
+use crate::{config::Config, flows::decode_event};
 
 const XDP_DROP: u32 = 1;
 const XDP_PASS: u32 = 2;
+/// `TC_ACT_UNSPEC` (-1): pass on to the next program or the stack.
+pub(crate) const TC_PASS: u32 = u32::MAX;
+/// `TC_ACT_SHOT`.
+pub(crate) const TC_DROP: u32 = 2;
 const PACKETS_PER_FIXTURE: usize = 4000;
+
+/// A bpffs directory of one test's own, removed when dropped.
+pub(crate) struct TestPins(pub(crate) std::path::PathBuf);
+
+impl TestPins {
+    pub(crate) fn new(name: &str) -> Self {
+        let path = std::path::PathBuf::from(format!(
+            "/sys/fs/bpf/palisade-test-{}-{name}",
+            std::process::id()
+        ));
+        Self(path)
+    }
+}
+
+impl Drop for TestPins {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A config for loading the programs in a test: its own pin directory, no
+/// failsafe services, every event delivered.
+pub(crate) fn test_config(pins: &TestPins) -> Config {
+    let mut config = Config::default();
+    config.datapath.pin_path.clone_from(&pins.0);
+    config.failsafe.inbound.clear();
+    config.failsafe.outbound.clear();
+    config.flows.events_per_second = 0;
+    config
+}
 
 /// A small deterministic generator (xorshift64*), so failures reproduce.
 struct Rng(u64);
@@ -47,10 +82,17 @@ impl Rng {
 
 /// Addresses worth testing for a table: each prefix's first, last and a
 /// middle address, the addresses just outside it, and random ones.
-fn interesting_sources(table: &CompiledTable, rng: &mut Rng) -> Vec<IpAddr> {
+fn interesting_peers(table: &CompiledTable, rng: &mut Rng) -> Vec<IpAddr> {
     let mut sources = Vec::new();
-    for row in &table.ingress.entries {
-        let (network, broadcast) = (row.prefix.network(), row.prefix.broadcast());
+    let prefixes = table
+        .ingress
+        .entries
+        .iter()
+        .chain(&table.egress.entries)
+        .map(|row| row.prefix)
+        .chain(table.prefilter.iter().map(|entry| entry.prefix));
+    for prefix in prefixes {
+        let (network, broadcast) = (prefix.network(), prefix.broadcast());
         sources.extend([network, broadcast]);
         match (network, broadcast) {
             (IpAddr::V4(lo), IpAddr::V4(hi)) => {
@@ -81,12 +123,31 @@ fn interesting_sources(table: &CompiledTable, rng: &mut Rng) -> Vec<IpAddr> {
 
 fn interesting_ports(table: &CompiledTable, rng: &mut Rng) -> Vec<u16> {
     let mut ports = vec![0, 1, 65535];
-    for row in &table.ingress.entries {
+    for row in table.ingress.entries.iter().chain(&table.egress.entries) {
         let (lo, hi) = (row.port.port_lo, row.port.port_hi);
         ports.extend([lo, hi, lo.saturating_sub(1), hi.saturating_add(1)]);
     }
     ports.extend((0..16).map(|_| u16::try_from(rng.next() >> 48).unwrap_or(0)));
     ports
+}
+
+/// What conntrack keys a connection's first packet by, as the programs do:
+/// ports for TCP, UDP and SCTP, the identifier for ICMP echo, nothing else
+/// for the rest.
+fn ct_key(connection: &Connection, source_port: u16) -> (IpAddr, IpAddr, u8, u16, u16) {
+    let ports = match (connection.protocol, connection.destination_port) {
+        (protocol::TCP | protocol::UDP | protocol::SCTP, port) => (source_port, port),
+        (protocol::ICMP, 8) | (protocol::ICMPV6, 128) => (source_port, 0),
+        (protocol::ICMP, 0) | (protocol::ICMPV6, 129) => (0, source_port),
+        _ => (0, 0),
+    };
+    (
+        connection.source,
+        connection.destination,
+        connection.protocol,
+        ports.0,
+        ports.1,
+    )
 }
 
 fn drain(ring: &mut RingBuf<MapData>) -> Vec<FlowEvent> {
@@ -97,7 +158,12 @@ fn drain(ring: &mut RingBuf<MapData>) -> Vec<FlowEvent> {
     events
 }
 
-/// Installs `policy_text` and checks `PACKETS_PER_FIXTURE` packets.
+/// ICMP types a generated ICMP or ICMPv6 packet may have (none of the
+/// ICMPv6 types that bypass policy).
+const ICMP_TYPES: [u16; 5] = [0, 3, 8, 11, 13];
+const ICMPV6_TYPES: [u16; 4] = [128, 129, 139, 200];
+
+/// Installs `policy_text` and checks `PACKETS_PER_FIXTURE` packets each way.
 fn check_fixture(name: &str, policy_text: &str, audit_mode: bool) {
     let policy = policy_from_toml(name, policy_text).expect("fixture parses");
     let node = NodeContext {
@@ -105,53 +171,115 @@ fn check_fixture(name: &str, policy_text: &str, audit_mode: bool) {
         ..NodeContext::default()
     };
     let table = compile(&[policy], &node).expect("fixture compiles");
-    let (mut datapath, mut ring) = EbpfDatapath::load(true).expect("eBPF loads");
-    datapath.install(&table, 7).expect("table installs");
-    let program = datapath.xdp_program().expect("XDP program");
-    let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ name.len() as u64);
-    let sources = interesting_sources(&table, &mut rng);
-    let ports = interesting_ports(&table, &mut rng);
+    for direction in [Direction::Ingress, Direction::Egress] {
+        check_direction(name, &table, direction);
+    }
+}
+
+fn check_direction(name: &str, table: &CompiledTable, direction: Direction) {
+    let pins = TestPins::new(&format!("{name}-{direction:?}"));
+    let (mut datapath, mut ring) = EbpfDatapath::load(&test_config(&pins)).expect("eBPF loads");
+    datapath.install(table, 7).expect("table installs");
+    let tc = datapath.tc_program(direction).expect("TC program");
+    let xdp = datapath.xdp_program().expect("XDP program");
+    // TC never sees what the prefilter dropped; it judges with the rows alone.
+    let mut rows_only = table.clone();
+    rows_only.prefilter.clear();
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ name.len() as u64 ^ direction as u64);
+    let peers = interesting_peers(table, &mut rng);
+    let ports = interesting_ports(table, &mut rng);
     let protocols = [
         protocol::TCP,
         protocol::UDP,
         protocol::SCTP,
         protocol::ICMP,
-        47, // GRE: no ports
+        47, // GRE: a protocol without ports, judged by L3 rules only
     ];
+    let local_v4 = IpAddr::V4(Ipv4Addr::new(10, 255, 0, 1));
+    let local_v6 = IpAddr::V6(Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 1));
     let mut seen = [0usize; 5];
+    // Conntrack keys of the connections let through so far: a packet of one
+    // of them is known and passes unjudged (without a flow event).
+    let mut opened = std::collections::HashSet::new();
     for i in 0..PACKETS_PER_FIXTURE {
-        let source = rng.pick(&sources);
+        let peer = rng.pick(&peers);
         let mut proto = rng.pick(&protocols);
-        let destination = match source {
-            IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::new(10, 255, 0, 1)),
-            IpAddr::V6(_) => {
-                if proto == protocol::ICMP {
-                    proto = protocol::ICMPV6;
-                }
-                IpAddr::V6(Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 1))
-            }
+        let local = if peer.is_ipv4() { local_v4 } else { local_v6 };
+        if peer.is_ipv6() && proto == protocol::ICMP {
+            proto = protocol::ICMPV6;
+        }
+        let (source, destination) = match direction {
+            Direction::Ingress => (peer, local),
+            Direction::Egress => (local, peer),
         };
-        let has_ports = matches!(proto, protocol::TCP | protocol::UDP | protocol::SCTP);
+        let destination_port = match proto {
+            protocol::TCP | protocol::UDP | protocol::SCTP => rng.pick(&ports),
+            protocol::ICMP => rng.pick(&ICMP_TYPES),
+            protocol::ICMPV6 => rng.pick(&ICMPV6_TYPES),
+            _ => 0,
+        };
         let connection = Connection {
             protocol: proto,
             source,
             destination,
-            destination_port: if has_ports { rng.pick(&ports) } else { 0 },
+            destination_port,
         };
-        let expected = evaluate_ingress(&table, &connection);
-        let data = frame(&connection);
-        let result = program
-            .test_run(TestRunOptions {
+        // A source port (or echo id) of its own: every packet with ports
+        // opens a new connection.
+        let source_port = 1024 + u16::try_from(i).unwrap_or(0);
+        let data = frame(&connection, source_port);
+        let key = ct_key(&connection, source_port);
+        let run = |program: &dyn Fn(TestRunOptions<'_>) -> u32| {
+            program(TestRunOptions {
                 data_in: Some(&data),
                 ..TestRunOptions::default()
             })
-            .expect("BPF_PROG_TEST_RUN");
+        };
+        if direction == Direction::Ingress {
+            let expected = evaluate(table, direction, &connection);
+            let action = run(&|options| xdp.test_run(options).expect("XDP test run").return_value);
+            let events = drain(&mut ring);
+            let context =
+                format!("{name} XDP packet {i}: {connection:?}, evaluator says {expected:?}");
+            if expected.drop_reason == drop_reason::PREFILTER {
+                assert_eq!(action, XDP_DROP, "{context}");
+                assert_eq!(
+                    events.len(),
+                    1,
+                    "{context}: one flow event per prefilter drop"
+                );
+                assert_eq!(
+                    (events[0].verdict, events[0].drop_reason, events[0].rule_id),
+                    (expected.verdict, expected.drop_reason, expected.rule_id),
+                    "{context}: the kernel reported {:?}",
+                    events[0]
+                );
+                seen[0] += 1;
+            } else {
+                assert_eq!((action, events.len()), (XDP_PASS, 0), "{context}");
+            }
+        }
+        let expected = evaluate(&rows_only, direction, &connection);
+        let action = run(&|options| tc.test_run(options).expect("TC test run").return_value);
         let events = drain(&mut ring);
-        let context = format!("{name} packet {i}: {connection:?}, evaluator says {expected:?}");
+        let context = format!(
+            "{name} TC {direction:?} packet {i}: {connection:?}, evaluator says {expected:?}"
+        );
+        if opened.contains(&key) {
+            assert_eq!(
+                (action, events.len()),
+                (TC_PASS, 0),
+                "{context}: a tracked connection"
+            );
+            continue;
+        }
+        if expected.verdict != verdict::DROPPED {
+            opened.insert(key);
+        }
         assert_eq!(
             events.len(),
             1,
-            "{context}: one flow event per judged packet"
+            "{context}: one flow event per new connection"
         );
         let event = events[0];
         assert_eq!(
@@ -164,19 +292,21 @@ fn check_fixture(name: &str, policy_text: &str, audit_mode: bool) {
             (expected.verdict, expected.drop_reason, expected.rule_id, 7),
             "{context}: the kernel reported {event:?}"
         );
-        let action = if expected.verdict == verdict::DROPPED {
-            XDP_DROP
+        let wanted = if expected.verdict == verdict::DROPPED {
+            TC_DROP
         } else {
-            XDP_PASS
+            TC_PASS
         };
-        assert_eq!(result.return_value, action, "{context}");
+        assert_eq!(action, wanted, "{context}");
         seen[usize::from(expected.verdict).min(4)] += 1;
     }
-    // The generator must exercise more than one outcome, or the test proves little.
+    // The generator must exercise more than one outcome where the direction
+    // has rules, or the test proves little.
     let outcomes = seen.iter().filter(|count| **count > 0).count();
+    let has_rules = !table.direction(direction).entries.is_empty();
     assert!(
-        outcomes >= 2,
-        "{name}: only one verdict was ever produced: {seen:?}"
+        outcomes >= 2 || !has_rules,
+        "{name} {direction:?}: only one verdict was ever produced: {seen:?}"
     );
 }
 
@@ -210,6 +340,16 @@ toPorts = [{ ports = [{ port = 8050, endPort = 8059, protocol = "TCP" }] }]
 [[spec.ingressDeny]]
 fromCIDR = ["192.0.2.128/25"]
 toPorts = [{ ports = [{ port = 0, protocol = "UDP" }] }]
+[[spec.egress]]
+toCIDR = ["10.0.0.0/8", "2001:db8::/32"]
+toPorts = [{ ports = [{ port = 443, protocol = "TCP" }, { port = 53, protocol = "UDP" }] }]
+[[spec.egress]]
+toCIDR = ["192.0.2.0/24"]
+[[spec.egress]]
+icmps = [{ fields = [{ type = 8 }, { family = "IPv6", type = "EchoRequest" }] }]
+[[spec.egressDeny]]
+toCIDR = ["10.1.2.0/24", "2001:db8:1:2::/64"]
+toPorts = [{ ports = [{ port = 443 }] }]
 "#;
 
 #[test]
@@ -252,12 +392,41 @@ toPorts = [{ ports = [{ port = 443 }] }]
 }
 
 #[test]
+fn icmp_type_rules_match_the_evaluator() {
+    if !have_root("icmp_type_rules_match_the_evaluator") {
+        return;
+    }
+    let text = r#"
+kind = "CiliumClusterwideNetworkPolicy"
+metadata = { name = "icmp" }
+[spec]
+nodeSelector = {}
+[[spec.ingress]]
+fromCIDR = ["10.0.0.0/8"]
+icmps = [{ fields = [{ type = "EchoRequest" }, { type = 13 }] }]
+[[spec.ingress]]
+fromCIDR = ["2001:db8::/32"]
+icmps = [{ fields = [{ family = "IPv6", type = 128 }] }]
+[[spec.ingress]]
+toPorts = [{ ports = [{ port = 22, protocol = "TCP" }] }]
+[[spec.ingressDeny]]
+fromCIDR = ["10.9.0.0/16"]
+icmps = [{ fields = [{ type = 8 }] }]
+[[spec.egress]]
+toCIDR = ["10.0.0.0/8", "2001:db8::/32"]
+[[spec.egressDeny]]
+icmps = [{ fields = [{ type = "Timestamp" }] }]
+"#;
+    check_fixture("icmp", text, false);
+}
+
+#[test]
 fn ipv6_default_route_does_not_apply_to_ipv4() {
     if !have_root("ipv6_default_route_does_not_apply_to_ipv4") {
         return;
     }
-    // IPv4 lives inside ::/0 in the kernel's trie (as ::ffff:a.b.c.d); an
-    // IPv4 packet must still find no rule here but the /24.
+    // IPv4 travels as ::ffff:a.b.c.d inside the programs; an IPv4 packet
+    // must still find no rule here but the /24.
     let text = r#"
 kind = "CiliumClusterwideNetworkPolicy"
 metadata = { name = "v6-only" }

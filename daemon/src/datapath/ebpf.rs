@@ -1,154 +1,283 @@
-//! The eBPF backend: the XDP ingress program and its maps.
+//! The eBPF backend: TC ingress and egress programs with conntrack, the XDP
+//! prefilter, and their maps.
 //!
 //! Tables are double-buffered. Each install writes the slot packets are not
 //! using, then switches `ACTIVE_SLOT` with one map update, so a packet is
-//! judged by exactly one complete table.
+//! judged by exactly one complete table. Before a slot is rewritten, an RCU
+//! grace period (`membarrier(MEMBARRIER_CMD_GLOBAL)`) makes sure no program
+//! run that saw it as live is still reading it.
 
-use std::ffi::CString;
+use std::{collections::BTreeMap, ffi::CString, path::PathBuf};
 
 use anyhow::{Context as _, anyhow};
 use aya::{
-    Ebpf, EbpfLoader,
-    maps::{Array, LpmTrie, MapData, PerCpuArray, RingBuf, lpm_trie::Key},
-    programs::{Xdp, XdpMode},
+    Ebpf, EbpfError, EbpfLoader,
+    maps::{Array, HashMap, MapData, MapError, PerCpuArray, PerCpuValues, RingBuf},
+    programs::{SchedClassifier, TcAttachType, Xdp},
+    util::nr_cpus,
 };
 use ipnet::IpNet;
-use palisade_api::{Counters, InterfaceStatus, PacketCount};
+use palisade_api::{Counters, DirectionCounters, InterfaceStatus, PacketCount};
 use palisade_common::{
-    ACTIVE_SLOT_MAP, Address, COUNTERS_MAP, Counter, CounterValue, DEFAULT_PREFIX_CAPACITY,
-    DEFAULT_RULE_SET_CAPACITY, FLOW_EVENTS_MAP, INGRESS_PREFIX_MAPS, INGRESS_RULE_SET_MAPS,
-    IPV4_MAPPED_PREFIX_LEN, MAX_ENTRIES_PER_RULE_SET, PortEntry, RuleSet, SLOT_SETTINGS_MAP,
-    SlotSettings, XDP_INGRESS_PROGRAM,
+    ACTIVE_SLOT_MAP, COUNTER_COUNT, COUNTERS_MAP, CT_ANY_MAP, CT_TCP_MAP, Counter, CounterValue,
+    CtTimeouts, DEFAULT_RULE_CAPACITY, DEFAULT_RULE_SET_CAPACITY, FAILSAFE_MAP, FLOW_EVENTS_MAP,
+    FailsafeKey, MAX_ENTRIES_PER_RULE_SET, NO_RULE, PREFIX_MAPS, PREFIX_MASKS_MAP, PortEntry,
+    PrefixKey, PrefixLengths, RULE_COUNTER_MAPS, RULE_SET_MAPS, RuleSet, SLOT_SETTINGS_MAP,
+    SlotSettings, TC_EGRESS_PROGRAM, TC_INGRESS_PROGRAM, XDP_PREFILTER_PROGRAM, direction, family,
+    lengths_index, prefix_mask, table,
 };
 use palisade_policy::CompiledTable;
 use tracing::{info, warn};
 
-use super::{Datapath, MapUsage};
-use crate::config::{DatapathConfig, XdpModeConfig};
+use super::{
+    Datapath, MapUsage,
+    pinning::{self, LinkPins},
+};
+use crate::config::{Config, CtFullAction, DatapathConfig};
 
 /// The compiled eBPF object, built by build.rs.
 static PROGRAMS: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/palisade"));
 
 /// The loaded programs and the maps userspace writes.
 pub struct EbpfDatapath {
-    /// Owns the programs and their XDP links; dropping it detaches them.
+    /// Owns the programs (their links are pinned, so dropping this leaves
+    /// enforcement in place).
     ebpf: Ebpf,
+    pin_path: PathBuf,
     interfaces: Vec<InterfaceStatus>,
     active_slot: Array<MapData, u32>,
     slot_settings: Array<MapData, SlotSettings>,
-    prefixes: [LpmTrie<MapData, Address, u32>; 2],
+    prefixes: [HashMap<MapData, PrefixKey, u32>; 2],
     rule_sets: [Array<MapData, RuleSet>; 2],
+    rule_counters: [PerCpuArray<MapData, CounterValue>; 2],
     counters: PerCpuArray<MapData, CounterValue>,
-    /// Rule sets written to each slot by the last install there.
+    /// Keys written to each slot's prefix map, so the next install there can
+    /// remove the ones it no longer has.
+    written_keys: [Vec<PrefixKey>; 2],
+    /// Rule sets and rules written to each slot by the last install there.
     rule_sets_written: [usize; 2],
-    /// Keys written to each slot's trie, so the next install can remove them.
-    written_keys: [Vec<Key<Address>>; 2],
-    /// Whether forwarded packets produce flow events.
-    forward_events: bool,
+    rules_written: [usize; 2],
+    /// What every slot carries besides the policy.
+    template: SlotSettings,
+    /// Prefixes the config's prefilter list adds to every table.
+    config_prefilter: Vec<IpNet>,
+    policy_map_max: u32,
     active: u32,
+    /// Whether `active` has ever been switched (then the idle slot may still
+    /// be read by programs that started before the switch).
+    switched: bool,
+}
+
+/// A prefix map or conntrack capacity that the kernel needs at least 1 of.
+fn capacity(name: &str, value: u32) -> anyhow::Result<u32> {
+    if value == 0 {
+        return Err(anyhow!("datapath.{name} must be at least 1"));
+    }
+    Ok(value)
 }
 
 impl EbpfDatapath {
-    /// Loads the programs (attached nowhere yet) and hands back the
-    /// flow-event ring buffer for the reader task. `forward_events`: whether
-    /// forwarded packets produce flow events (drops and audits always do).
+    /// Loads the programs (attached nowhere yet), reusing the connection
+    /// state pinned under `datapath.pin_path` by an earlier run, and hands
+    /// back the flow-event ring buffer for the reader task.
     ///
     /// # Errors
     ///
-    /// When loading fails: no BPF permission, or a verifier rejection.
-    pub fn load(forward_events: bool) -> anyhow::Result<(Self, RingBuf<MapData>)> {
-        let mut ebpf = EbpfLoader::new()
-            .load(PROGRAMS)
-            .context("loading the eBPF programs (palisaded needs CAP_BPF and CAP_NET_ADMIN)")?;
-        let program: &mut Xdp = ebpf
-            .program_mut(XDP_INGRESS_PROGRAM)
-            .ok_or_else(|| anyhow!("program {XDP_INGRESS_PROGRAM} missing from the eBPF object"))?
-            .try_into()?;
-        program
+    /// When loading fails: no BPF permission, no bpffs, a verifier rejection,
+    /// or pinned state of another size than configured.
+    pub fn load(config: &Config) -> anyhow::Result<(Self, RingBuf<MapData>)> {
+        let datapath = &config.datapath;
+        pinning::prepare(&datapath.pin_path)?;
+        let policy_map_max = capacity("policy_map_max", datapath.policy_map_max)?;
+        let mut loader = EbpfLoader::new();
+        loader
+            .default_map_pin_directory(&datapath.pin_path)
+            .map_max_entries(PREFIX_MAPS[0], policy_map_max)
+            .map_max_entries(PREFIX_MAPS[1], policy_map_max)
+            .map_max_entries(CT_TCP_MAP, capacity("ct_tcp_max", datapath.ct_tcp_max)?)
+            .map_max_entries(CT_ANY_MAP, capacity("ct_any_max", datapath.ct_any_max)?);
+        let mut ebpf = loader.load(PROGRAMS).map_err(|error| match error {
+            EbpfError::MapError(MapError::IncompatiblePinnedMap { name, property, expected, actual }) => anyhow!(
+                "the connection table {name} pinned under {} has {property} {actual}, the config asks for {expected}; \
+                 `palisaded --cleanup` removes it (tracked connections are then judged anew), or set the old size back",
+                datapath.pin_path.display()
+            ),
+            error => anyhow::Error::new(error)
+                .context("loading the eBPF programs (palisaded needs CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON)"),
+        })?;
+        program_mut::<Xdp>(&mut ebpf, XDP_PREFILTER_PROGRAM)?
             .load()
-            .context("the kernel refused the XDP program")?;
+            .context("the kernel refused the XDP prefilter")?;
+        for name in [TC_INGRESS_PROGRAM, TC_EGRESS_PROGRAM] {
+            program_mut::<SchedClassifier>(&mut ebpf, name)?
+                .load()
+                .with_context(|| format!("the kernel refused {name}"))?;
+        }
         let mut take = |name: &str| {
             ebpf.take_map(name)
                 .ok_or_else(|| anyhow!("map {name} missing from the eBPF object"))
         };
         let flow_events = RingBuf::try_from(take(FLOW_EVENTS_MAP)?)?;
+        let mut masks: Array<MapData, [u32; 4]> = Array::try_from(take(PREFIX_MASKS_MAP)?)?;
+        for length in 0..=128u32 {
+            masks.set(length, &prefix_mask(length), 0)?;
+        }
+        let mut failsafe: HashMap<MapData, FailsafeKey, u8> =
+            HashMap::try_from(take(FAILSAFE_MAP)?)?;
+        let services = [
+            (direction::INGRESS, &config.failsafe.inbound),
+            (direction::EGRESS, &config.failsafe.outbound),
+        ];
+        for (way, list) in services {
+            for service in list {
+                let key = FailsafeKey {
+                    direction: way,
+                    protocol: service.protocol.code(),
+                    port: service.port,
+                };
+                failsafe
+                    .insert(&key, &1, 0)
+                    .with_context(|| format!("writing failsafe service {service}"))?;
+            }
+        }
+        let template = SlotSettings {
+            forward_sample_rate: config.flows.forward_sample_rate,
+            events_per_second: config.flows.events_per_second,
+            ct_timeouts: CtTimeouts::from(datapath.ct_timeouts),
+            ct_full_drop: u8::from(datapath.ct_full == CtFullAction::Drop),
+            ..SlotSettings::default()
+        };
         let datapath = Self {
             active_slot: Array::try_from(take(ACTIVE_SLOT_MAP)?)?,
             slot_settings: Array::try_from(take(SLOT_SETTINGS_MAP)?)?,
             prefixes: [
-                LpmTrie::try_from(take(INGRESS_PREFIX_MAPS[0])?)?,
-                LpmTrie::try_from(take(INGRESS_PREFIX_MAPS[1])?)?,
+                HashMap::try_from(take(PREFIX_MAPS[0])?)?,
+                HashMap::try_from(take(PREFIX_MAPS[1])?)?,
             ],
             rule_sets: [
-                Array::try_from(take(INGRESS_RULE_SET_MAPS[0])?)?,
-                Array::try_from(take(INGRESS_RULE_SET_MAPS[1])?)?,
+                Array::try_from(take(RULE_SET_MAPS[0])?)?,
+                Array::try_from(take(RULE_SET_MAPS[1])?)?,
+            ],
+            rule_counters: [
+                PerCpuArray::try_from(take(RULE_COUNTER_MAPS[0])?)?,
+                PerCpuArray::try_from(take(RULE_COUNTER_MAPS[1])?)?,
             ],
             counters: PerCpuArray::try_from(take(COUNTERS_MAP)?)?,
             written_keys: [Vec::new(), Vec::new()],
             rule_sets_written: [0, 0],
+            rules_written: [0, 0],
+            template,
+            config_prefilter: datapath.prefilter.clone(),
+            policy_map_max,
             active: 0,
-            forward_events,
+            switched: false,
+            pin_path: datapath.pin_path.clone(),
             interfaces: Vec::new(),
             ebpf,
         };
         Ok((datapath, flow_events))
     }
-}
 
-impl EbpfDatapath {
-    /// The loaded XDP program, for `BPF_PROG_TEST_RUN` (tests, benchmarks).
+    /// The XDP prefilter, for `BPF_PROG_TEST_RUN` (tests, benchmarks).
     ///
     /// # Errors
     ///
-    /// When the object has no XDP ingress program (a build error).
+    /// When the object lacks the program (a build error).
     pub fn xdp_program(&self) -> anyhow::Result<&Xdp> {
-        Ok(self
-            .ebpf
-            .program(XDP_INGRESS_PROGRAM)
-            .ok_or_else(|| anyhow!("program {XDP_INGRESS_PROGRAM} missing from the eBPF object"))?
-            .try_into()?)
+        program(&self.ebpf, XDP_PREFILTER_PROGRAM)
+    }
+
+    /// The TC program of one direction, for `BPF_PROG_TEST_RUN`.
+    ///
+    /// # Errors
+    ///
+    /// When the object lacks the program (a build error).
+    pub fn tc_program(&self, way: palisade_policy::Direction) -> anyhow::Result<&SchedClassifier> {
+        program(
+            &self.ebpf,
+            match way {
+                palisade_policy::Direction::Ingress => TC_INGRESS_PROGRAM,
+                palisade_policy::Direction::Egress => TC_EGRESS_PROGRAM,
+            },
+        )
+    }
+
+    /// Packets and bytes judged by each rule of the table in force, by rule id.
+    ///
+    /// # Errors
+    ///
+    /// When the counters cannot be read.
+    pub fn rule_counters(&self) -> anyhow::Result<Vec<PacketCount>> {
+        let slot = self.active as usize;
+        (0..self.rules_written[slot])
+            .map(|rule| {
+                let per_cpu = self.rule_counters[slot].get(&u32::try_from(rule)?, 0)?;
+                Ok(sum(&per_cpu))
+            })
+            .collect()
     }
 }
 
-fn attach_xdp(
-    program: &mut Xdp,
-    ifindex: u32,
-    mode: XdpModeConfig,
-) -> anyhow::Result<&'static str> {
-    match mode {
-        XdpModeConfig::Native => {
-            program.attach(ifindex, XdpMode::Driver)?;
-            Ok("native")
+fn program<'a, T>(ebpf: &'a Ebpf, name: &str) -> anyhow::Result<&'a T>
+where
+    &'a T: TryFrom<&'a aya::programs::Program, Error = aya::programs::ProgramError>,
+{
+    Ok(ebpf
+        .program(name)
+        .ok_or_else(|| anyhow!("program {name} missing from the eBPF object"))?
+        .try_into()?)
+}
+
+fn program_mut<'a, T>(ebpf: &'a mut Ebpf, name: &str) -> anyhow::Result<&'a mut T>
+where
+    &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
+{
+    Ok(ebpf
+        .program_mut(name)
+        .ok_or_else(|| anyhow!("program {name} missing from the eBPF object"))?
+        .try_into()?)
+}
+
+fn sum(per_cpu: &PerCpuValues<CounterValue>) -> PacketCount {
+    PacketCount {
+        packets: per_cpu.iter().map(|value| value.packets).sum(),
+        bytes: per_cpu.iter().map(|value| value.bytes).sum(),
+    }
+}
+
+/// Waits for an RCU grace period: every BPF program run that started before
+/// this call has finished (`membarrier(MEMBARRIER_CMD_GLOBAL)` is
+/// `synchronize_rcu()`, and TC and XDP programs run inside RCU read sections).
+fn wait_for_readers() -> anyhow::Result<()> {
+    const MEMBARRIER_CMD_GLOBAL: libc::c_long = 1;
+    // SAFETY: membarrier takes no pointers.
+    let rc = unsafe { libc::syscall(libc::SYS_membarrier, MEMBARRIER_CMD_GLOBAL, 0, 0) };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error()).context(
+            "membarrier(MEMBARRIER_CMD_GLOBAL) failed; cannot retire the old table safely",
+        );
+    }
+    Ok(())
+}
+
+/// The prefix map key of `prefix` in table `table_code`.
+fn prefix_key(table_code: u8, prefix: &IpNet) -> PrefixKey {
+    let mut key = PrefixKey {
+        table: table_code,
+        prefix_len: prefix.prefix_len(),
+        ..PrefixKey::default()
+    };
+    match prefix.trunc() {
+        IpNet::V4(net) => {
+            key.family = family::IPV4;
+            key.address[..4].copy_from_slice(&net.network().octets());
         }
-        XdpModeConfig::Generic => {
-            program.attach(ifindex, XdpMode::Skb)?;
-            Ok("generic")
+        IpNet::V6(net) => {
+            key.family = family::IPV6;
+            key.address = net.network().octets();
         }
-        XdpModeConfig::Auto => match program.attach(ifindex, XdpMode::Driver) {
-            Ok(_) => Ok("native"),
-            Err(error) => {
-                info!(ifindex, %error, "native XDP unavailable, using generic mode");
-                program.attach(ifindex, XdpMode::Skb)?;
-                Ok("generic")
-            }
-        },
     }
-}
-
-/// The trie key of a prefix: IPv4 as IPv4-mapped IPv6.
-fn prefix_key(prefix: &IpNet) -> Key<Address> {
-    match prefix {
-        IpNet::V4(net) => Key::new(
-            IPV4_MAPPED_PREFIX_LEN + u32::from(net.prefix_len()),
-            net.network().to_ipv6_mapped().octets(),
-        ),
-        IpNet::V6(net) => Key::new(u32::from(net.prefix_len()), net.network().octets()),
-    }
-}
-
-/// The key covering every IPv4 address (`::ffff:0:0/96`).
-fn all_ipv4_key() -> Key<Address> {
-    prefix_key(&IpNet::V4(ipnet::Ipv4Net::default()))
+    key
 }
 
 fn rule_set(entries: &[PortEntry]) -> anyhow::Result<RuleSet> {
@@ -164,64 +293,171 @@ fn rule_set(entries: &[PortEntry]) -> anyhow::Result<RuleSet> {
     Ok(set)
 }
 
+impl EbpfDatapath {
+    /// Every key the table needs, with its value (rule-set index, or the rule
+    /// id for the prefilter), in a deterministic order.
+    fn keys(&self, table: &CompiledTable) -> BTreeMap<PrefixKeyOrder, u32> {
+        let mut keys = BTreeMap::new();
+        for (code, direction) in [
+            (table::INGRESS, &table.ingress),
+            (table::EGRESS, &table.egress),
+        ] {
+            for entry in &direction.prefixes {
+                keys.insert(
+                    PrefixKeyOrder(prefix_key(code, &entry.prefix)),
+                    entry.rule_set,
+                );
+            }
+        }
+        let prefilter = table
+            .prefilter
+            .iter()
+            .map(|entry| (entry.prefix, entry.rule_id))
+            .chain(
+                self.config_prefilter
+                    .iter()
+                    .map(|prefix| (*prefix, NO_RULE)),
+            );
+        for (prefix, rule_id) in prefilter {
+            // The lowest rule id wins a shared prefix (config entries last).
+            keys.entry(PrefixKeyOrder(prefix_key(table::PREFILTER, &prefix)))
+                .and_modify(|existing: &mut u32| *existing = (*existing).min(rule_id))
+                .or_insert(rule_id);
+        }
+        keys
+    }
+}
+
+/// A [`PrefixKey`] ordered by its bytes, for deterministic map writes.
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct PrefixKeyOrder(PrefixKey);
+
+impl PrefixKeyOrder {
+    fn tuple(&self) -> (u8, u8, u8, [u8; 16]) {
+        (
+            self.0.table,
+            self.0.family,
+            self.0.prefix_len,
+            self.0.address,
+        )
+    }
+}
+
+impl PartialOrd for PrefixKeyOrder {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for PrefixKeyOrder {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.tuple().cmp(&other.tuple())
+    }
+}
+
+/// The distinct prefix lengths per table and family, longest first.
+fn prefix_lengths<'a>(
+    keys: impl Iterator<Item = &'a PrefixKey>,
+) -> [PrefixLengths; table::COUNT * 2] {
+    let mut seen = [[false; 129]; table::COUNT * 2];
+    for key in keys {
+        seen[lengths_index(key.table, key.family)][usize::from(key.prefix_len)] = true;
+    }
+    let mut lists = [PrefixLengths::default(); table::COUNT * 2];
+    for (list, seen) in lists.iter_mut().zip(seen) {
+        for length in (0..=128u8).rev() {
+            if seen[usize::from(length)] {
+                list.lengths[usize::from(list.count)] = length;
+                list.count += 1;
+            }
+        }
+    }
+    lists
+}
+
 impl Datapath for EbpfDatapath {
     fn name(&self) -> &'static str {
-        "ebpf-xdp"
+        "ebpf"
     }
 
     fn install(&mut self, table: &CompiledTable, generation: u32) -> anyhow::Result<()> {
         let slot = 1 - self.active;
         let index = slot as usize;
-        for key in self.written_keys[index].drain(..) {
-            self.prefixes[index].remove(&key)?;
+        let keys = self.keys(table);
+        if keys.len() > self.policy_map_max as usize {
+            return Err(anyhow!(
+                "the policies need {} prefix entries, more than datapath.policy_map_max = {}; raise it or merge prefixes",
+                keys.len(),
+                self.policy_map_max
+            ));
         }
-        for (i, entries) in table.ingress.rule_sets.iter().enumerate() {
-            self.rule_sets[index]
-                .set(u32::try_from(i)?, &rule_set(entries)?, 0)
-                .context("writing a rule set (raise the rule-set capacity)")?;
+        let rule_set_count = table.ingress.rule_sets.len() + table.egress.rule_sets.len();
+        if rule_set_count > DEFAULT_RULE_SET_CAPACITY as usize {
+            return Err(anyhow!(
+                "the policies need {rule_set_count} distinct rule sets, more than the {DEFAULT_RULE_SET_CAPACITY} the datapath holds"
+            ));
         }
-        let mut keys = Vec::with_capacity(table.ingress.prefixes.len() + 1);
-        // IPv6 prefixes that contain the IPv4-mapped range (::/0 and the like)
-        // must not apply to IPv4 packets: an IPv4 root with no rules stops the
-        // lookup there. A real IPv4 /0, written after it, replaces it.
-        let all_ipv4 = all_ipv4_key();
-        if table.ingress.prefixes.iter().any(|p| {
-            matches!(p.prefix, IpNet::V6(net) if net.prefix_len() <= 96
-                && net.contains(&std::net::Ipv4Addr::UNSPECIFIED.to_ipv6_mapped()))
-        }) {
-            self.prefixes[index].insert(&all_ipv4, &0, 0)?;
-            keys.push(all_ipv4);
+        if self.switched {
+            wait_for_readers()?;
         }
-        for entry in &table.ingress.prefixes {
-            let key = prefix_key(&entry.prefix);
+        for key in &self.written_keys[index] {
+            if !keys.contains_key(&PrefixKeyOrder(*key)) {
+                self.prefixes[index].remove(key)?;
+            }
+        }
+        // Egress rule sets follow the ingress ones in the same array.
+        let egress_offset = u32::try_from(table.ingress.rule_sets.len())?;
+        let sets = table
+            .ingress
+            .rule_sets
+            .iter()
+            .chain(&table.egress.rule_sets);
+        for (i, entries) in sets.enumerate() {
+            self.rule_sets[index].set(u32::try_from(i)?, &rule_set(entries)?, 0)?;
+        }
+        for (key, value) in &keys {
+            let value = if key.0.table == table::EGRESS {
+                value + egress_offset
+            } else {
+                *value
+            };
             self.prefixes[index]
-                .insert(&key, &entry.rule_set, 0)
-                .with_context(|| format!("writing prefix {}", entry.prefix))?;
-            keys.push(key);
+                .insert(&key.0, &value, 0)
+                .context("writing a prefix (raise datapath.policy_map_max)")?;
         }
-        self.written_keys[index] = keys;
-        self.rule_sets_written[index] = table.ingress.rule_sets.len();
+        let cpus = usize::try_from(nr_cpus().map_err(|(_, e)| e)?.get())?;
+        let rules = table.rules.len().min(DEFAULT_RULE_CAPACITY as usize);
+        for rule in 0..rules.max(self.rules_written[index]) {
+            let zero = PerCpuValues::try_from(vec![CounterValue::default(); cpus])?;
+            self.rule_counters[index].set(u32::try_from(rule)?, zero, 0)?;
+        }
+        self.written_keys[index] = keys.keys().map(|key| key.0).collect();
+        self.rule_sets_written[index] = rule_set_count;
+        self.rules_written[index] = rules;
         let settings = SlotSettings {
             generation,
             ingress_default_deny: u8::from(table.ingress.default_deny),
+            egress_default_deny: u8::from(table.egress.default_deny),
             audit: u8::from(table.audit),
-            forward_events: u8::from(self.forward_events),
-            pad: 0,
+            lengths: prefix_lengths(self.written_keys[index].iter()),
+            ..self.template
         };
         self.slot_settings.set(slot, &settings, 0)?;
         // The switch: one 4-byte map update.
         self.active_slot.set(0, &slot, 0)?;
         self.active = slot;
+        self.switched = true;
         Ok(())
     }
 
     fn attach(&mut self, config: &DatapathConfig) -> anyhow::Result<()> {
-        let program: &mut Xdp = self
-            .ebpf
-            .program_mut(XDP_INGRESS_PROGRAM)
-            .ok_or_else(|| anyhow!("program {XDP_INGRESS_PROGRAM} missing from the eBPF object"))?
-            .try_into()?;
+        let pins = LinkPins::new(&self.pin_path);
         for name in &config.interfaces {
+            if name == "lo" {
+                return Err(anyhow!(
+                    "`datapath.interfaces` lists lo: loopback is always allowed and never enforced on; remove it"
+                ));
+            }
             let c_name = CString::new(name.as_str())
                 .with_context(|| format!("interface name {name:?} contains a NUL byte"))?;
             // SAFETY: c_name is a valid NUL-terminated string.
@@ -231,15 +467,31 @@ impl Datapath for EbpfDatapath {
                     "interface {name:?} does not exist; fix `datapath.interfaces` in the config"
                 ));
             }
-            let mode = attach_xdp(program, ifindex, config.xdp_mode)
+            // TC first: it enforces everything; XDP only drops earlier.
+            let mut adopted = 0;
+            for (program, attach_type) in [
+                (TC_INGRESS_PROGRAM, TcAttachType::Ingress),
+                (TC_EGRESS_PROGRAM, TcAttachType::Egress),
+            ] {
+                let program = program_mut::<SchedClassifier>(&mut self.ebpf, program)?;
+                adopted += usize::from(
+                    pins.attach_tc(program, name, ifindex, attach_type)
+                        .with_context(|| format!("attaching TC to {name}"))?,
+                );
+            }
+            let xdp = program_mut::<Xdp>(&mut self.ebpf, XDP_PREFILTER_PROGRAM)?;
+            let (mode, xdp_adopted) = pins
+                .attach_xdp(xdp, name, ifindex, config.xdp_mode)
                 .with_context(|| format!("attaching XDP to {name}"))?;
-            info!(interface = %name, ifindex, mode, "XDP attached");
+            adopted += usize::from(xdp_adopted);
+            info!(interface = %name, ifindex, xdp_mode = mode, adopted_links = adopted, "enforcing");
             self.interfaces.push(InterfaceStatus {
                 name: name.clone(),
                 ifindex,
                 xdp_mode: mode.to_owned(),
             });
         }
+        pins.remove_others(&config.interfaces)?;
         if self.interfaces.is_empty() {
             warn!("no interfaces configured in `datapath.interfaces`: nothing is enforced");
         }
@@ -251,33 +503,46 @@ impl Datapath for EbpfDatapath {
     }
 
     fn counters(&self) -> anyhow::Result<Counters> {
-        let read = |counter: Counter| -> anyhow::Result<PacketCount> {
-            let per_cpu = self.counters.get(&(counter as u32), 0)?;
-            Ok(PacketCount {
-                packets: per_cpu.iter().map(|value| value.packets).sum(),
-                bytes: per_cpu.iter().map(|value| value.bytes).sum(),
+        let read = |way: u8| -> anyhow::Result<DirectionCounters> {
+            let base = u32::from(way - 1) * COUNTER_COUNT;
+            let get = |counter: Counter| -> anyhow::Result<PacketCount> {
+                Ok(sum(&self.counters.get(&(base + counter as u32), 0)?))
+            };
+            Ok(DirectionCounters {
+                forwarded: get(Counter::Forwarded)?,
+                established: get(Counter::Established)?,
+                dropped_policy_denied: get(Counter::DroppedPolicyDenied)?,
+                dropped_policy_deny: get(Counter::DroppedPolicyDeny)?,
+                dropped_prefilter: get(Counter::DroppedPrefilter)?,
+                dropped_invalid: get(Counter::DroppedInvalid)?,
+                dropped_fragment: get(Counter::DroppedFragment)?,
+                audited_policy_denied: get(Counter::AuditedPolicyDenied)?,
+                audited_policy_deny: get(Counter::AuditedPolicyDeny)?,
+                ct_insert_failed: get(Counter::CtInsertFailed)?,
+                events_lost: get(Counter::EventsLost)?.packets,
+                events_suppressed: get(Counter::EventsSuppressed)?.packets,
             })
         };
         Ok(Counters {
-            forwarded: read(Counter::Forwarded)?,
-            dropped_policy_denied: read(Counter::DroppedPolicyDenied)?,
-            dropped_policy_deny: read(Counter::DroppedPolicyDeny)?,
-            audited_policy_denied: read(Counter::AuditedPolicyDenied)?,
-            audited_policy_deny: read(Counter::AuditedPolicyDeny)?,
-            events_lost: read(Counter::EventsLost)?.packets,
+            ingress: read(direction::INGRESS)?,
+            egress: read(direction::EGRESS)?,
         })
+    }
+
+    fn rule_counters(&self) -> anyhow::Result<Vec<PacketCount>> {
+        Self::rule_counters(self)
     }
 
     fn map_usage(&self) -> Vec<MapUsage> {
         let active = self.active as usize;
         vec![
             MapUsage {
-                map: "ingress_prefixes",
+                map: "prefixes",
                 entries: self.written_keys[active].len(),
-                capacity: DEFAULT_PREFIX_CAPACITY as usize,
+                capacity: self.policy_map_max as usize,
             },
             MapUsage {
-                map: "ingress_rule_sets",
+                map: "rule_sets",
                 entries: self.rule_sets_written[active],
                 capacity: DEFAULT_RULE_SET_CAPACITY as usize,
             },
@@ -290,12 +555,32 @@ mod tests {
     use super::*;
 
     #[test]
-    fn ipv4_keys_are_mapped() {
-        let key = prefix_key(&"10.1.0.0/16".parse().unwrap());
-        assert_eq!(key.prefix_len(), 112);
-        assert_eq!(key.data()[10..14], [0xff, 0xff, 10, 1]);
-        assert_eq!(all_ipv4_key().prefix_len(), 96);
-        let key = prefix_key(&"2001:db8::/32".parse().unwrap());
-        assert_eq!((key.prefix_len(), key.data()[0]), (32, 0x20));
+    fn keys_are_per_family_and_masked() {
+        let key = prefix_key(table::INGRESS, &"10.1.0.0/16".parse().unwrap());
+        assert_eq!((key.family, key.prefix_len), (family::IPV4, 16));
+        assert_eq!(key.address[..4], [10, 1, 0, 0]);
+        assert!(key.address[4..].iter().all(|b| *b == 0));
+        let key = prefix_key(table::EGRESS, &"2001:db8::/32".parse().unwrap());
+        assert_eq!(
+            (key.table, key.family, key.prefix_len, key.address[0]),
+            (table::EGRESS, family::IPV6, 32, 0x20)
+        );
+    }
+
+    #[test]
+    fn lengths_are_listed_longest_first_per_table_and_family() {
+        let keys = [
+            prefix_key(table::INGRESS, &"10.0.0.0/8".parse().unwrap()),
+            prefix_key(table::INGRESS, &"10.1.2.3/32".parse().unwrap()),
+            prefix_key(table::INGRESS, &"10.1.0.0/16".parse().unwrap()),
+            prefix_key(table::INGRESS, &"10.2.0.0/16".parse().unwrap()),
+            prefix_key(table::INGRESS, &"::/0".parse().unwrap()),
+        ];
+        let lists = prefix_lengths(keys.iter());
+        let v4 = lists[lengths_index(table::INGRESS, family::IPV4)];
+        assert_eq!(v4.lengths[..usize::from(v4.count)], [32, 16, 8]);
+        let v6 = lists[lengths_index(table::INGRESS, family::IPV6)];
+        assert_eq!(v6.lengths[..usize::from(v6.count)], [0]);
+        assert_eq!(lists[lengths_index(table::EGRESS, family::IPV4)].count, 0);
     }
 }

@@ -1,9 +1,10 @@
 //! Datapath backends: what installs a compiled rule table into the kernel.
 
 pub mod ebpf;
+pub mod pinning;
 pub mod test_packet;
 
-use palisade_api::{Counters, InterfaceStatus};
+use palisade_api::{Counters, InterfaceStatus, PacketCount};
 use palisade_policy::CompiledTable;
 
 use crate::config::DatapathConfig;
@@ -21,7 +22,7 @@ pub struct MapUsage {
 
 /// A backend that enforces compiled rule tables.
 pub trait Datapath: Send {
-    /// Short name shown in status, such as `ebpf-xdp`.
+    /// Short name shown in status, such as `ebpf`.
     fn name(&self) -> &'static str;
 
     /// Makes `table` the one in force, atomically: packets see either the old
@@ -52,6 +53,14 @@ pub trait Datapath: Send {
     ///
     /// When the counters cannot be read.
     fn counters(&self) -> anyhow::Result<Counters>;
+
+    /// Packets and bytes of the new connections each rule of the table in
+    /// force decided, indexed by rule id.
+    ///
+    /// # Errors
+    ///
+    /// When the counters cannot be read.
+    fn rule_counters(&self) -> anyhow::Result<Vec<PacketCount>>;
 }
 
 #[cfg(test)]

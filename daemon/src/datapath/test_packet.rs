@@ -6,15 +6,29 @@ use std::net::IpAddr;
 use palisade_common::protocol;
 use palisade_policy::Connection;
 
-/// An Ethernet frame carrying the first packet of `connection`.
-pub fn frame(connection: &Connection) -> Vec<u8> {
+/// TCP SYN, the flags of a connection's first packet.
+pub const TCP_SYN: u8 = 0x02;
+/// TCP SYN+ACK, the flags of the reply to a SYN.
+pub const TCP_SYN_ACK: u8 = 0x12;
+
+/// An Ethernet frame carrying the first packet of `connection` from
+/// `source_port` (for ICMP: the echo identifier; the type is
+/// `connection.destination_port`).
+pub fn frame(connection: &Connection, source_port: u16) -> Vec<u8> {
+    frame_with_flags(connection, source_port, TCP_SYN)
+}
+
+/// As [`frame`], with the given TCP flags.
+pub fn frame_with_flags(connection: &Connection, source_port: u16, tcp_flags: u8) -> Vec<u8> {
+    let icmp_type = u8::try_from(connection.destination_port).unwrap_or(u8::MAX);
+    let [id_hi, id_lo] = source_port.to_be_bytes();
     let mut l4 = match connection.protocol {
         protocol::TCP => {
             let mut tcp = vec![0u8; 20];
-            tcp[0..2].copy_from_slice(&40000u16.to_be_bytes());
+            tcp[0..2].copy_from_slice(&source_port.to_be_bytes());
             tcp[2..4].copy_from_slice(&connection.destination_port.to_be_bytes());
             tcp[12] = 5 << 4;
-            tcp[13] = 0x02; // SYN
+            tcp[13] = tcp_flags;
             tcp
         }
         protocol::UDP | protocol::SCTP => {
@@ -26,12 +40,11 @@ pub fn frame(connection: &Connection) -> Vec<u8> {
                     12
                 }
             ];
-            header[0..2].copy_from_slice(&40000u16.to_be_bytes());
+            header[0..2].copy_from_slice(&source_port.to_be_bytes());
             header[2..4].copy_from_slice(&connection.destination_port.to_be_bytes());
             header
         }
-        protocol::ICMP => vec![8, 0, 0, 0, 0, 0, 0, 0],
-        protocol::ICMPV6 => vec![128, 0, 0, 0, 0, 0, 0, 0],
+        protocol::ICMP | protocol::ICMPV6 => vec![icmp_type, 0, 0, 0, id_hi, id_lo, 0, 1],
         _ => vec![0u8; 8],
     };
     l4.extend_from_slice(b"palisade");
