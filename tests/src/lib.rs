@@ -12,7 +12,7 @@ use std::{
     process::{Child, Command, Stdio},
     sync::{
         Arc, Mutex,
-        atomic::{AtomicBool, AtomicU32, Ordering},
+        atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering},
     },
     thread::{self, JoinHandle},
     time::{Duration, Instant},
@@ -235,6 +235,12 @@ impl ChildGuard {
         matches!(self.child.try_wait(), Ok(Some(_)))
     }
 
+    /// Kills the process with SIGKILL and reaps it.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     /// Stops the process: SIGTERM, up to 5 s to exit, then SIGKILL.
     pub fn stop(&mut self) {
         if self.has_exited() {
@@ -324,20 +330,70 @@ pub struct Launch<'a> {
     pub env: &'a [(&'a str, &'a str)],
     /// A command palisaded is passed to as its last arguments.
     pub wrapper: &'a [&'a str],
+    /// Keep the config's failsafe services. Off by default, so that tests
+    /// can deny SSH; the failsafe tests turn it on.
+    pub failsafe: bool,
 }
 
-/// A running palisaded inside a namespace, with its own socket, config and
-/// policy directory, stopped on drop.
+/// Pin directories handed out in this process, for unique names.
+static PIN_DIRS: AtomicUsize = AtomicUsize::new(0);
+
+/// Writes `config` with this daemon's own bpffs pin directory (and without
+/// failsafe services unless `failsafe`) to `workdir/palisade.toml`.
+fn derived_config(
+    config: &Path,
+    workdir: &Path,
+    failsafe: bool,
+) -> anyhow::Result<(PathBuf, PathBuf)> {
+    let text =
+        std::fs::read_to_string(config).with_context(|| format!("reading {}", config.display()))?;
+    let mut table: toml::Table = toml::from_str(&text)?;
+    let pin_path = PathBuf::from(format!(
+        "/sys/fs/bpf/palisade-e2e-{}-{}",
+        std::process::id(),
+        PIN_DIRS.fetch_add(1, Ordering::Relaxed)
+    ));
+    let section = |table: &mut toml::Table, name: &str| -> anyhow::Result<toml::Table> {
+        match table.remove(name) {
+            Some(toml::Value::Table(section)) => Ok(section),
+            None => Ok(toml::Table::new()),
+            Some(_) => bail!("[{name}] is not a table in {}", config.display()),
+        }
+    };
+    let mut datapath = section(&mut table, "datapath")?;
+    datapath.insert(
+        "pin_path".into(),
+        toml::Value::String(pin_path.display().to_string()),
+    );
+    table.insert("datapath".into(), toml::Value::Table(datapath));
+    if !failsafe {
+        let mut lists = section(&mut table, "failsafe")?;
+        lists.insert("inbound".into(), toml::Value::Array(Vec::new()));
+        lists.insert("outbound".into(), toml::Value::Array(Vec::new()));
+        table.insert("failsafe".into(), toml::Value::Table(lists));
+    }
+    let derived = workdir.join("palisade.toml");
+    std::fs::write(&derived, toml::to_string(&table)?)?;
+    Ok((derived, pin_path))
+}
+
+/// A running palisaded inside a namespace, with its own socket, config,
+/// policy directory and bpffs pin directory; stopped, and its pinned
+/// programs and state removed, on drop.
 #[derive(Debug)]
 pub struct Daemon {
     process: ChildGuard,
+    command: Vec<std::ffi::OsString>,
+    netns: String,
+    env: Vec<(String, String)>,
     socket: PathBuf,
     log: PathBuf,
+    pin_path: PathBuf,
 }
 
 impl Daemon {
-    /// Starts palisaded in `netns` with `config` and `policy_dir`, its socket
-    /// and log in `workdir`, and waits until the socket answers.
+    /// Starts palisaded in `netns` with (a copy of) `config` and `policy_dir`,
+    /// its socket and log in `workdir`, and waits until the socket answers.
     ///
     /// # Errors
     ///
@@ -366,47 +422,72 @@ impl Daemon {
     ) -> anyhow::Result<Self> {
         let socket = workdir.join("palisade.sock");
         let log = workdir.join("palisaded.log");
-        let log_file = File::create(&log)?;
-        let mut command = match launch.wrapper.split_first() {
-            Some((program, args)) => {
-                let mut command = netns.command(program);
-                command.args(args).arg(binary("palisaded")?);
-                command
-            }
-            None => netns.command(binary("palisaded")?),
-        };
-        let child = command
-            .arg("--config")
-            .arg(config)
-            .arg("--policy-dir")
-            .arg(policy_dir)
-            .arg("--socket")
-            .arg(&socket)
-            .envs(launch.env.iter().copied())
-            .stdin(Stdio::null())
-            .stdout(log_file.try_clone()?)
-            .stderr(log_file)
-            .spawn()
-            .context("starting palisaded")?;
+        let (config, pin_path) = derived_config(config, workdir, launch.failsafe)?;
+        let mut command: Vec<std::ffi::OsString> = launch.wrapper.iter().map(Into::into).collect();
+        command.push(binary("palisaded")?.into());
+        command.extend(
+            [
+                "--config".into(),
+                config.into_os_string(),
+                "--policy-dir".into(),
+                policy_dir.as_os_str().to_owned(),
+                "--socket".into(),
+                socket.as_os_str().to_owned(),
+            ]
+            .into_iter(),
+        );
+        let env: Vec<(String, String)> = launch
+            .env
+            .iter()
+            .map(|(key, value)| ((*key).to_owned(), (*value).to_owned()))
+            .collect();
+        let process = spawn_daemon(netns.name(), &command, &env, &log)?;
         let mut daemon = Self {
-            process: ChildGuard::new(child),
+            process,
+            command,
+            netns: netns.name().to_owned(),
+            env,
             socket,
             log,
+            pin_path,
         };
+        daemon.wait_until_up()?;
+        Ok(daemon)
+    }
+
+    fn wait_until_up(&mut self) -> anyhow::Result<()> {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            if daemon
+            if self
                 .ctl(&["status"])
                 .map(|o| o.status.success())
                 .unwrap_or(false)
             {
-                return Ok(daemon);
+                return Ok(());
             }
-            if daemon.process.has_exited() || Instant::now() > deadline {
-                bail!("palisaded did not come up; its log:\n{}", daemon.log());
+            if self.process.has_exited() || Instant::now() > deadline {
+                bail!("palisaded did not come up; its log:\n{}", self.log());
             }
             thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// Kills the daemon with SIGKILL (no cleanup of any kind runs), then
+    /// starts it again with the same arguments and waits until it answers.
+    ///
+    /// # Errors
+    ///
+    /// When the new process does not come up.
+    pub fn kill_and_restart(&mut self) -> anyhow::Result<()> {
+        self.process.kill();
+        let _ = std::fs::remove_file(&self.socket);
+        self.process = spawn_daemon(&self.netns, &self.command, &self.env, &self.log)?;
+        self.wait_until_up()
+    }
+
+    /// The bpffs directory this daemon pins its programs and state under.
+    pub fn pin_path(&self) -> &Path {
+        &self.pin_path
     }
 
     /// The control socket.
@@ -443,10 +524,45 @@ impl Daemon {
             .context("running palisadectl")
     }
 
-    /// Stops the daemon (SIGTERM, then SIGKILL).
+    /// Stops the daemon (SIGTERM, then SIGKILL). Its pinned programs stay.
     pub fn stop(&mut self) {
         self.process.stop();
     }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.process.stop();
+        // Detaches the programs and drops the connection state.
+        let _ = std::fs::remove_dir_all(&self.pin_path);
+    }
+}
+
+/// Starts `command` (program and arguments) inside `netns`, logging to `log`.
+/// Only the network namespace is entered (not `ip netns exec`, which also
+/// remounts /sys): the daemon sees the host's bpffs at /sys/fs/bpf, as under
+/// systemd, so what it pins outlives it.
+fn spawn_daemon(
+    netns: &str,
+    command: &[std::ffi::OsString],
+    env: &[(String, String)],
+    log: &Path,
+) -> anyhow::Result<ChildGuard> {
+    let log_file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)?;
+    let child = Command::new("nsenter")
+        .arg(format!("--net=/run/netns/{netns}"))
+        .arg("--")
+        .args(command)
+        .envs(env.iter().map(|(key, value)| (key, value)))
+        .stdin(Stdio::null())
+        .stdout(log_file.try_clone()?)
+        .stderr(log_file)
+        .spawn()
+        .context("starting palisaded")?;
+    Ok(ChildGuard::new(child))
 }
 
 /// A TCP listener inside a namespace that records who connected, stopped on drop.

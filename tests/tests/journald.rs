@@ -97,6 +97,7 @@ fn journal_entries_carry_palisade_fields() {
                 WITH_FAKE_JOURNAL,
                 "sh",
             ],
+            ..Launch::default()
         },
     )
     .expect("palisaded starts");

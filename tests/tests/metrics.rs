@@ -82,7 +82,11 @@ fn counters_move_with_the_traffic_sent() {
     .expect("palisaded starts");
 
     let denied = [("reason", "POLICY_DENIED"), ("direction", "INGRESS")];
-    let ingress = [("direction", "INGRESS")];
+    let ingress = [("direction", "INGRESS"), ("match", "policy")];
+    let ssh_rule = [
+        ("policy", "host-ssh-from-bastion"),
+        ("rule", "spec.ingress[0]"),
+    ];
     let before = scrape(&topology.node);
     assert_eq!(value(&before, "palisade_policies", &[]), 1.0);
     assert_eq!(value(&before, "palisade_policy_generation", &[]), 1.0);
@@ -98,12 +102,28 @@ fn counters_move_with_the_traffic_sent() {
     }
     tcp_connect(&topology.client, bastion, ssh, quick).expect("connect");
 
-    let after = scrape(&topology.node);
+    // Nothing listens on port 22: the node answers the bastion's SYN with a
+    // RST, which leaves by conntrack (a reply), a moment after the connect.
+    let established = [("direction", "EGRESS"), ("match", "established")];
+    let deadline = std::time::Instant::now() + Duration::from_secs(3);
+    let after = loop {
+        let after = scrape(&topology.node);
+        if value(&after, "palisade_forward_packets_total", &established) > 0.0
+            || std::time::Instant::now() > deadline
+        {
+            break after;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
     let delta = |metric: &str, labels: &[(&str, &str)]| {
         value(&after, metric, labels) - value(&before, metric, labels)
     };
     assert_eq!(delta("palisade_drop_packets_total", &denied), 3.0);
     assert_eq!(delta("palisade_forward_packets_total", &ingress), 1.0);
+    // The rule that let the bastion in counted its connection; the node's
+    // answer went by conntrack.
+    assert_eq!(delta("palisade_rule_packets_total", &ssh_rule), 1.0);
+    assert!(delta("palisade_forward_packets_total", &established) >= 1.0);
     // Three SYNs of at least Ethernet + IPv4 + TCP headers.
     assert!(delta("palisade_drop_bytes_total", &denied) >= 3.0 * 54.0);
     assert_eq!(
@@ -114,7 +134,7 @@ fn counters_move_with_the_traffic_sent() {
     let pressure = value(
         &after,
         "palisade_bpf_map_pressure_ratio",
-        &[("map", "ingress_prefixes")],
+        &[("map", "prefixes")],
     );
     assert!(pressure > 0.0 && pressure < 0.01, "{pressure}");
 

@@ -3,9 +3,10 @@
 //! Layout under the configured `datapath.pin_path`:
 //! - `CT_TCP`, `CT_ANY`, `FRAGMENTS`: the connection state, pinned by aya
 //!   (the maps are declared pinned) and reused by the next start;
-//! - `links/IFACE.tc-ingress`, `links/IFACE.tc-egress`,
-//!   `links/IFACE.xdp-native` or `links/IFACE.xdp-generic`: one bpf_link per
-//!   attachment. A pinned link stays attached when the process exits (even by
+//! - `links/tc-ingress:IFACE`, `links/tc-egress:IFACE`,
+//!   `links/xdp-native:IFACE` or `links/xdp-generic:IFACE`: one bpf_link per
+//!   attachment (bpffs refuses `.` in names, so a `.` of the interface name is
+//!   written `:`, which interface names cannot contain). A pinned link stays attached when the process exits (even by
 //!   kill -9); the next start swaps its own program into the same link with
 //!   one `bpf_link_update`, so no packet meets an unprotected interface.
 
@@ -105,7 +106,8 @@ impl LinkPins {
     }
 
     fn path(&self, interface: &str, kind: &str) -> PathBuf {
-        self.dir.join(format!("{interface}.{kind}"))
+        self.dir
+            .join(format!("{kind}:{}", interface.replace('.', ":")))
     }
 
     /// Puts `program` on `interface`'s TC hook: into the pinned link when
@@ -229,6 +231,10 @@ impl LinkPins {
 }
 
 fn open_pinned(path: &Path) -> anyhow::Result<Option<FdLink>> {
+    // BPF_OBJ_GET reports a missing pin as EPERM on some kernels: look first.
+    if !path.exists() {
+        return Ok(None);
+    }
     match PinnedLink::from_pin(path) {
         Ok(link) => Ok(Some(FdLink::from(link))),
         Err(LinkError::SyscallError(error)) if error.io_error.kind() == io::ErrorKind::NotFound => {
