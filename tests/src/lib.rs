@@ -6,7 +6,7 @@
 
 use std::{
     fs::File,
-    io::Read as _,
+    io::{Read as _, Write as _},
     net::{IpAddr, SocketAddr, TcpListener},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
@@ -685,12 +685,273 @@ pub fn tcp_connect(
 ///
 /// When the namespace cannot be entered or the datagram cannot be sent.
 pub fn send_udp(netns: &Netns, source: IpAddr, destination: SocketAddr) -> anyhow::Result<()> {
+    send_udp_sized(netns, source, destination, 8)
+}
+
+/// Sends one UDP datagram of `length` bytes from `source` (an address of
+/// `netns`, any port) to `destination`; past the MTU the kernel fragments it.
+///
+/// # Errors
+///
+/// When the namespace cannot be entered or the datagram cannot be sent.
+pub fn send_udp_sized(
+    netns: &Netns,
+    source: IpAddr,
+    destination: SocketAddr,
+    length: usize,
+) -> anyhow::Result<()> {
     let sent = netns.spawn(move || -> anyhow::Result<()> {
         let socket = std::net::UdpSocket::bind(SocketAddr::new(source, 0))?;
-        socket.send_to(b"palisade", destination)?;
+        socket.send_to(&vec![b'p'; length], destination)?;
         Ok(())
     })?;
     sent.join().map_err(|_| anyhow!("send thread panicked"))?
+}
+
+/// A UDP socket inside a namespace that records the source and length of
+/// every datagram it receives; stopped on drop.
+#[derive(Debug)]
+pub struct UdpSink {
+    received: Arc<Mutex<Vec<(IpAddr, usize)>>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl UdpSink {
+    /// Binds `address` inside `netns`.
+    ///
+    /// # Errors
+    ///
+    /// When the namespace cannot be entered or the address cannot be bound.
+    pub fn start(netns: &Netns, address: SocketAddr) -> anyhow::Result<Self> {
+        let received = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (bound_tx, bound_rx) = std::sync::mpsc::channel();
+        let thread = {
+            let received = Arc::clone(&received);
+            let stop = Arc::clone(&stop);
+            netns.spawn(move || {
+                let socket = match std::net::UdpSocket::bind(address) {
+                    Ok(socket) => {
+                        let _ = bound_tx.send(Ok(()));
+                        socket
+                    }
+                    Err(error) => {
+                        let _ = bound_tx.send(Err(error));
+                        return;
+                    }
+                };
+                let _ = socket.set_read_timeout(Some(Duration::from_millis(20)));
+                let mut buffer = vec![0u8; 65536];
+                while !stop.load(Ordering::Relaxed) {
+                    if let Ok((n, peer)) = socket.recv_from(&mut buffer)
+                        && let Ok(mut received) = received.lock()
+                    {
+                        received.push((peer.ip(), n));
+                    }
+                }
+            })?
+        };
+        bound_rx
+            .recv()
+            .context("UDP thread died")?
+            .with_context(|| format!("binding {address}"))?;
+        Ok(Self {
+            received,
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    /// Source and length of each datagram received so far.
+    pub fn received(&self) -> Vec<(IpAddr, usize)> {
+        self.received.lock().map(|r| r.clone()).unwrap_or_default()
+    }
+
+    /// Waits up to `timeout` until `count` datagrams have arrived, and
+    /// returns what arrived.
+    pub fn wait_for(&self, count: usize, timeout: Duration) -> Vec<(IpAddr, usize)> {
+        let deadline = Instant::now() + timeout;
+        while self.received().len() < count && Instant::now() < deadline {
+            thread::sleep(Duration::from_millis(10));
+        }
+        self.received()
+    }
+}
+
+impl Drop for UdpSink {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// A TCP server inside a namespace that echoes what each connection sends;
+/// stopped on drop.
+#[derive(Debug)]
+pub struct EchoServer {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl EchoServer {
+    /// Listens on `address` inside `netns`.
+    ///
+    /// # Errors
+    ///
+    /// When the namespace cannot be entered or the address cannot be bound.
+    pub fn start(netns: &Netns, address: SocketAddr) -> anyhow::Result<Self> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (bound_tx, bound_rx) = std::sync::mpsc::channel();
+        let thread = {
+            let stop = Arc::clone(&stop);
+            netns.spawn(move || {
+                let listener = match TcpListener::bind(address)
+                    .and_then(|l| l.set_nonblocking(true).map(|()| l))
+                {
+                    Ok(listener) => {
+                        let _ = bound_tx.send(Ok(()));
+                        listener
+                    }
+                    Err(error) => {
+                        let _ = bound_tx.send(Err(error));
+                        return;
+                    }
+                };
+                while !stop.load(Ordering::Relaxed) {
+                    match listener.accept() {
+                        Ok((mut stream, _)) => {
+                            let _ = stream.set_nonblocking(false);
+                            // Threads made here stay in this namespace.
+                            thread::spawn(move || {
+                                let mut buffer = [0u8; 4096];
+                                while let Ok(n) = stream.read(&mut buffer) {
+                                    if n == 0 || stream.write_all(&buffer[..n]).is_err() {
+                                        break;
+                                    }
+                                }
+                            });
+                        }
+                        Err(_) => thread::sleep(Duration::from_millis(10)),
+                    }
+                }
+            })?
+        };
+        bound_rx
+            .recv()
+            .context("echo thread died")?
+            .with_context(|| format!("binding {address}"))?;
+        Ok(Self {
+            stop,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for EchoServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// Opens a TCP connection from `source` (an address of `netns`) to
+/// `destination`; the stream can then be used from any thread.
+///
+/// # Errors
+///
+/// When the connection cannot be made within `timeout`.
+pub fn tcp_stream(
+    netns: &Netns,
+    source: IpAddr,
+    destination: SocketAddr,
+    timeout: Duration,
+) -> anyhow::Result<std::net::TcpStream> {
+    let attempt = netns.spawn(move || -> anyhow::Result<std::net::TcpStream> {
+        let socket = Socket::new(Domain::for_address(destination), Type::STREAM, None)?;
+        socket.bind(&SocketAddr::new(source, 0).into())?;
+        socket.connect_timeout(&destination.into(), timeout)?;
+        let stream: std::net::TcpStream = socket.into();
+        stream.set_read_timeout(Some(timeout))?;
+        Ok(stream)
+    })?;
+    attempt
+        .join()
+        .map_err(|_| anyhow!("connect thread panicked"))?
+}
+
+/// Sends `message` on `stream` and reads the echo back; false when no echo
+/// comes within the stream's read timeout.
+pub fn echoes(stream: &mut std::net::TcpStream, message: &[u8]) -> bool {
+    if stream.write_all(message).is_err() {
+        return false;
+    }
+    let mut echo = vec![0u8; message.len()];
+    stream.read_exact(&mut echo).is_ok() && echo == message
+}
+
+/// Sends an ICMP message of `icmp_type` (echo request 8 or timestamp request
+/// 13) from `source` to `destination` and says whether the matching reply
+/// (0 or 14) came back within `timeout`.
+///
+/// # Errors
+///
+/// When the namespace cannot be entered or the packet cannot be sent.
+pub fn icmp_answered(
+    netns: &Netns,
+    source: std::net::Ipv4Addr,
+    destination: std::net::Ipv4Addr,
+    icmp_type: u8,
+    timeout: Duration,
+) -> anyhow::Result<bool> {
+    let reply_type = match icmp_type {
+        8 => 0,
+        13 => 14,
+        other => bail!("no reply is defined for ICMP type {other}"),
+    };
+    let exchange = netns.spawn(move || -> anyhow::Result<bool> {
+        let socket = Socket::new(Domain::IPV4, Type::RAW, Some(socket2::Protocol::ICMPV4))?;
+        socket.bind(&SocketAddr::new(IpAddr::V4(source), 0).into())?;
+        let mut message = vec![icmp_type, 0, 0, 0, 0x51, 0x7e, 0, 1];
+        if icmp_type == 13 {
+            message.extend_from_slice(&[0u8; 12]);
+        } else {
+            message.extend_from_slice(b"palisade");
+        }
+        let checksum = internet_checksum(&message);
+        message[2..4].copy_from_slice(&checksum.to_be_bytes());
+        socket.send_to(
+            &message,
+            &SocketAddr::new(IpAddr::V4(destination), 0).into(),
+        )?;
+        let std_socket: std::net::UdpSocket = socket.into();
+        let deadline = Instant::now() + timeout;
+        let mut buffer = [0u8; 2048];
+        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+            std_socket.set_read_timeout(Some(left.max(Duration::from_millis(1))))?;
+            let Ok(n) = std_socket.recv(&mut buffer) else {
+                break;
+            };
+            // Raw sockets receive the IPv4 header too.
+            let header = usize::from(buffer[0] & 0x0f) * 4;
+            let from = std::net::Ipv4Addr::new(buffer[12], buffer[13], buffer[14], buffer[15]);
+            if n > header + 6
+                && from == destination
+                && buffer[header] == reply_type
+                && buffer[header + 4..header + 6] == [0x51, 0x7e]
+            {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    })?;
+    exchange
+        .join()
+        .map_err(|_| anyhow!("ICMP thread panicked"))?
 }
 
 /// Sends one ICMP echo request from `source` (an IPv4 address of `netns`) to

@@ -85,6 +85,35 @@ fn root_namespace_has_xdp() -> bool {
     links.contains("prog/xdp")
 }
 
+/// palisade's TC programs attached (TCX) to any interface of the root
+/// namespace, which this test process runs in.
+fn root_namespace_palisade_tc_programs() -> Vec<String> {
+    use aya::programs::{SchedClassifier, TcAttachType};
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/sys/class/net").expect("/sys/class/net") {
+        let name = entry
+            .expect("entry")
+            .file_name()
+            .to_string_lossy()
+            .into_owned();
+        let Ok(c_name) = std::ffi::CString::new(name.clone()) else {
+            continue;
+        };
+        for attach_type in [TcAttachType::Ingress, TcAttachType::Egress] {
+            if let Ok((_, programs)) = SchedClassifier::query_tcx(c_name.as_c_str(), attach_type) {
+                found.extend(
+                    programs
+                        .iter()
+                        .filter_map(|p| p.name_as_str().map(str::to_owned))
+                        .filter(|p| p.starts_with("palisade"))
+                        .map(|p| format!("{name}: {p}")),
+                );
+            }
+        }
+    }
+    found
+}
+
 #[test]
 fn denied_source_is_dropped_allowed_source_reaches_listener() {
     if !have_root("denied_source_is_dropped_allowed_source_reaches_listener") {
@@ -140,6 +169,11 @@ fn denied_source_is_dropped_allowed_source_reaches_listener() {
         root_namespace_has_xdp(),
         xdp_in_root_before,
         "nothing may attach to the root namespace"
+    );
+    assert_eq!(
+        root_namespace_palisade_tc_programs(),
+        Vec::<String>::new(),
+        "no palisade TC program may attach in the root namespace"
     );
 }
 
