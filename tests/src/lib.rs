@@ -425,17 +425,14 @@ impl Daemon {
         let (config, pin_path) = derived_config(config, workdir, launch.failsafe)?;
         let mut command: Vec<std::ffi::OsString> = launch.wrapper.iter().map(Into::into).collect();
         command.push(binary("palisaded")?.into());
-        command.extend(
-            [
-                "--config".into(),
-                config.into_os_string(),
-                "--policy-dir".into(),
-                policy_dir.as_os_str().to_owned(),
-                "--socket".into(),
-                socket.as_os_str().to_owned(),
-            ]
-            .into_iter(),
-        );
+        command.extend([
+            "--config".into(),
+            config.into_os_string(),
+            "--policy-dir".into(),
+            policy_dir.as_os_str().to_owned(),
+            "--socket".into(),
+            socket.as_os_str().to_owned(),
+        ]);
         let env: Vec<(String, String)> = launch
             .env
             .iter()

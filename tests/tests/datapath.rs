@@ -22,10 +22,6 @@ use palisade_e2e::{
 
 const QUICK: Duration = Duration::from_millis(500);
 
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
 fn ip(address: &str) -> IpAddr {
     address.parse().expect("test address")
 }

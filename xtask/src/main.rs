@@ -26,9 +26,24 @@ enum Task {
     Demo,
     /// fmt check, clippy -D warnings, and every test (unit and end to end).
     Test,
-    /// Benchmarks (as root): the cost of flow events, packets/s with forward
-    /// events on and off; writes target/bench/flow_events.json.
-    Bench,
+    /// Benchmarks (as root), all of them or one: `datapath` (ns/packet by
+    /// table size against an empty program, and veth drop rates of XDP, TC
+    /// and nftables; target/bench/datapath.json) and `flow-events` (the cost
+    /// of a flow event; target/bench/flow_events.json).
+    Bench {
+        /// Which benchmark; all when left out.
+        #[arg(value_enum)]
+        which: Option<Benchmark>,
+    },
+}
+
+/// The benchmarks `cargo xtask bench` runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Benchmark {
+    /// The datapath: per-packet cost and drop rates.
+    Datapath,
+    /// The cost of flow events.
+    FlowEvents,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -43,9 +58,15 @@ fn main() -> anyhow::Result<()> {
             setup::run()?;
             test()
         }
-        Task::Bench => {
+        Task::Bench { which } => {
             setup::run()?;
-            cargo(&["bench", "-p", "palisade-daemon", "--bench", "flow_events"])
+            if which.is_none_or(|w| w == Benchmark::Datapath) {
+                cargo(&["bench", "-p", "palisade-daemon", "--bench", "datapath"])?;
+            }
+            if which.is_none_or(|w| w == Benchmark::FlowEvents) {
+                cargo(&["bench", "-p", "palisade-daemon", "--bench", "flow_events"])?;
+            }
+            Ok(())
         }
     }
 }

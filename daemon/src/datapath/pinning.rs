@@ -71,7 +71,12 @@ fn is_bpffs(path: &Path) -> anyhow::Result<bool> {
         }
         return Err(error).with_context(|| format!("statfs {}", path.display()));
     }
-    Ok(i64::from(stat.f_type) == BPF_FS_MAGIC)
+    #[allow(
+        clippy::useless_conversion,
+        reason = "f_type is i64 on x86_64 but narrower on other architectures"
+    )]
+    let f_type = i64::from(stat.f_type);
+    Ok(f_type == BPF_FS_MAGIC)
 }
 
 fn mount_bpffs(target: &Path) -> anyhow::Result<()> {
