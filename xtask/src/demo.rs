@@ -62,7 +62,9 @@ pub fn run() -> anyhow::Result<()> {
     checkpoint()?;
 
     step(&format!(
-        "starting palisaded in the node namespace with {} and {}",
+        "starting palisaded in the node namespace with {} and {} \
+         (with [failsafe] emptied: the shipped config keeps SSH open to everyone, \
+         so that a wrong policy cannot lock you out)",
         config.display(),
         policies.display()
     ));
