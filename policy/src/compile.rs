@@ -14,7 +14,8 @@ use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use palisade_common::{MAX_ENTRIES_PER_RULE_SET, PortEntry, action, protocol};
 use serde::{Deserialize, Serialize};
 
-use crate::model::{EgressRule, IcmpRule, IngressRule, Policy, PortRule};
+pub use crate::model::Section;
+use crate::model::{PeerRule, Policy};
 
 /// What the compiler needs to know about this node.
 #[derive(Debug, Clone, Default)]
@@ -23,42 +24,6 @@ pub struct NodeContext {
     pub labels: BTreeMap<String, String>,
     /// Forward would-be drops and report them as AUDIT (`policy-audit-mode`).
     pub audit_mode: bool,
-}
-
-/// Which list of a rule an entry came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub enum Section {
-    /// `ingress`.
-    Ingress,
-    /// `ingressDeny`.
-    IngressDeny,
-    /// `egress`.
-    Egress,
-    /// `egressDeny`.
-    EgressDeny,
-}
-
-impl Section {
-    /// The field name, as in the policy.
-    pub fn field(self) -> &'static str {
-        match self {
-            Self::Ingress => "ingress",
-            Self::IngressDeny => "ingressDeny",
-            Self::Egress => "egress",
-            Self::EgressDeny => "egressDeny",
-        }
-    }
-
-    /// Whether the section denies.
-    pub fn is_deny(self) -> bool {
-        matches!(self, Self::IngressDeny | Self::EgressDeny)
-    }
-
-    /// Whether the section is about traffic to this node.
-    pub fn is_ingress(self) -> bool {
-        matches!(self, Self::Ingress | Self::IngressDeny)
-    }
 }
 
 /// Traffic direction of a table.
@@ -181,33 +146,6 @@ pub enum CompileError {
     },
 }
 
-/// The parts of an ingress or egress rule the compiler reads.
-struct PeerRule<'a> {
-    peers: Vec<IpNet>,
-    to_ports: &'a [PortRule],
-    icmps: &'a [IcmpRule],
-}
-
-impl<'a> From<&'a IngressRule> for PeerRule<'a> {
-    fn from(rule: &'a IngressRule) -> Self {
-        Self {
-            peers: rule.from_cidr.iter().map(|cidr| cidr.0).collect(),
-            to_ports: &rule.to_ports,
-            icmps: &rule.icmps,
-        }
-    }
-}
-
-impl<'a> From<&'a EgressRule> for PeerRule<'a> {
-    fn from(rule: &'a EgressRule) -> Self {
-        Self {
-            peers: rule.to_cidr.iter().map(|cidr| cidr.0).collect(),
-            to_ports: &rule.to_ports,
-            icmps: &rule.icmps,
-        }
-    }
-}
-
 /// Compiles the policies that select this node.
 ///
 /// # Errors
@@ -231,25 +169,7 @@ pub fn compile(policies: &[Policy], node: &NodeContext) -> Result<CompiledTable,
             // (Documentation/security/policy/intro.rst).
             table.ingress.default_deny |= !rule.ingress.is_empty() || !rule.ingress_deny.is_empty();
             table.egress.default_deny |= !rule.egress.is_empty() || !rule.egress_deny.is_empty();
-            let sections: [(Section, Vec<PeerRule<'_>>); 4] = [
-                (
-                    Section::Ingress,
-                    rule.ingress.iter().map(PeerRule::from).collect(),
-                ),
-                (
-                    Section::IngressDeny,
-                    rule.ingress_deny.iter().map(PeerRule::from).collect(),
-                ),
-                (
-                    Section::Egress,
-                    rule.egress.iter().map(PeerRule::from).collect(),
-                ),
-                (
-                    Section::EgressDeny,
-                    rule.egress_deny.iter().map(PeerRule::from).collect(),
-                ),
-            ];
-            for (section, rules) in sections {
+            for (section, rules) in rule.sections() {
                 for (i, peer_rule) in rules.iter().enumerate() {
                     let rule_id = u32::try_from(table.rules.len()).unwrap_or(u32::MAX - 2);
                     let rule_path = format!("{path}.{}[{i}]", section.field());
@@ -273,8 +193,11 @@ pub fn compile(policies: &[Policy], node: &NodeContext) -> Result<CompiledTable,
                             peer_rule
                                 .peers
                                 .iter()
-                                .filter(|prefix| prefix.prefix_len() > 0)
-                                .map(|&prefix| PrefilterEntry { prefix, rule_id }),
+                                .filter(|cidr| cidr.0.prefix_len() > 0)
+                                .map(|cidr| PrefilterEntry {
+                                    prefix: cidr.0,
+                                    rule_id,
+                                }),
                         );
                     }
                     table.rules.push(RuleOrigin {
@@ -305,7 +228,7 @@ fn add_rows(
     let prefixes: Vec<IpNet> = if rule.peers.is_empty() {
         vec![IpNet::V4(Ipv4Net::default()), IpNet::V6(Ipv6Net::default())]
     } else {
-        rule.peers.clone()
+        rule.peers.iter().map(|cidr| cidr.0).collect()
     };
     let mut ports: Vec<(u8, u16, u16)> = rule
         .to_ports

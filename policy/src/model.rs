@@ -150,6 +150,98 @@ pub struct EgressRule {
     pub icmps: Vec<IcmpRule>,
 }
 
+/// One of a rule's four lists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Section {
+    /// `ingress`.
+    Ingress,
+    /// `ingressDeny`.
+    IngressDeny,
+    /// `egress`.
+    Egress,
+    /// `egressDeny`.
+    EgressDeny,
+}
+
+impl Section {
+    /// The field name, as in the policy.
+    pub fn field(self) -> &'static str {
+        match self {
+            Self::Ingress => "ingress",
+            Self::IngressDeny => "ingressDeny",
+            Self::Egress => "egress",
+            Self::EgressDeny => "egressDeny",
+        }
+    }
+
+    /// Whether the section denies.
+    pub fn is_deny(self) -> bool {
+        matches!(self, Self::IngressDeny | Self::EgressDeny)
+    }
+
+    /// Whether the section is about traffic to this node.
+    pub fn is_ingress(self) -> bool {
+        matches!(self, Self::Ingress | Self::IngressDeny)
+    }
+}
+
+/// An `ingress` or `egress` entry seen without its direction: the peers
+/// (`fromCIDR` or `toCIDR`), ports and ICMP types.
+#[derive(Debug, Clone, Copy)]
+pub struct PeerRule<'a> {
+    /// The peer prefixes; none means every peer.
+    pub peers: &'a [Cidr],
+    /// The ports.
+    pub to_ports: &'a [PortRule],
+    /// The ICMP types.
+    pub icmps: &'a [IcmpRule],
+}
+
+impl<'a> From<&'a IngressRule> for PeerRule<'a> {
+    fn from(rule: &'a IngressRule) -> Self {
+        Self {
+            peers: &rule.from_cidr,
+            to_ports: &rule.to_ports,
+            icmps: &rule.icmps,
+        }
+    }
+}
+
+impl<'a> From<&'a EgressRule> for PeerRule<'a> {
+    fn from(rule: &'a EgressRule) -> Self {
+        Self {
+            peers: &rule.to_cidr,
+            to_ports: &rule.to_ports,
+            icmps: &rule.icmps,
+        }
+    }
+}
+
+impl Rule {
+    /// The rule's four lists with their entries, in document order.
+    pub fn sections(&self) -> [(Section, Vec<PeerRule<'_>>); 4] {
+        [
+            (
+                Section::Ingress,
+                self.ingress.iter().map(PeerRule::from).collect(),
+            ),
+            (
+                Section::IngressDeny,
+                self.ingress_deny.iter().map(PeerRule::from).collect(),
+            ),
+            (
+                Section::Egress,
+                self.egress.iter().map(PeerRule::from).collect(),
+            ),
+            (
+                Section::EgressDeny,
+                self.egress_deny.iter().map(PeerRule::from).collect(),
+            ),
+        ]
+    }
+}
+
 /// One `icmps` entry: the ICMP types it matches.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -34,29 +34,18 @@ pub fn validate(policy: &Policy) -> Vec<Problem> {
         );
     }
     for (path, rule) in policy.rules() {
+        let sections = rule.sections();
         // Rule 1: at least one rule section (rule_validation.go, Rule.Sanitize).
-        if rule.ingress.is_empty()
-            && rule.ingress_deny.is_empty()
-            && rule.egress.is_empty()
-            && rule.egress_deny.is_empty()
-        {
+        if sections.iter().all(|(_, entries)| entries.is_empty()) {
             problem(
                 path.clone(),
                 "rule must have at least one of ingress, ingressDeny, egress or egressDeny".into(),
             );
         }
-        let ingress = rule.ingress.iter().map(|r| (&r.to_ports, &r.icmps));
-        let ingress_deny = rule.ingress_deny.iter().map(|r| (&r.to_ports, &r.icmps));
-        let egress = rule.egress.iter().map(|r| (&r.to_ports, &r.icmps));
-        let egress_deny = rule.egress_deny.iter().map(|r| (&r.to_ports, &r.icmps));
-        let sections: [(&str, Vec<_>); 4] = [
-            ("ingress", ingress.collect()),
-            ("ingressDeny", ingress_deny.collect()),
-            ("egress", egress.collect()),
-            ("egressDeny", egress_deny.collect()),
-        ];
         for (section, peer_rules) in sections {
-            for (i, (to_ports, icmps)) in peer_rules.into_iter().enumerate() {
+            for (i, peer_rule) in peer_rules.iter().enumerate() {
+                let (to_ports, icmps) = (peer_rule.to_ports, peer_rule.icmps);
+                let section = section.field();
                 let at = format!("{path}.{section}[{i}]");
                 for (j, port_rule) in to_ports.iter().enumerate() {
                     // Rule 9: at most 40 ports per toPorts entry.
