@@ -308,9 +308,10 @@ pub struct SlotSettings {
     pub lengths: [PrefixLengths; table::COUNT * 2],
 }
 
-/// Key of the prefix maps: one table, one family, one masked prefix.
+/// Key of the prefix maps: one table, one family, one masked prefix. Ordered
+/// field by field, so userspace writes a table in a deterministic order.
 #[repr(C)]
-#[derive(Copy, Clone, Debug, Default, PartialEq, Eq, Hash)]
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct PrefixKey {
     /// One of the [`table`] codes.
     pub table: u8,

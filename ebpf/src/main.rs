@@ -925,19 +925,19 @@ fn finish<F: Frame>(
 ) -> bool {
     let audit = decision.verdict == verdict::AUDIT;
     let counter = match decision.drop_reason {
-        drop_reason::NONE => Counter::Forwarded,
-        drop_reason::POLICY_DENY if audit => Counter::AuditedPolicyDeny,
-        drop_reason::POLICY_DENY => Counter::DroppedPolicyDeny,
-        drop_reason::POLICY_DENIED if audit => Counter::AuditedPolicyDenied,
-        drop_reason::POLICY_DENIED => Counter::DroppedPolicyDenied,
-        drop_reason::PREFILTER => Counter::DroppedPrefilter,
-        drop_reason::FRAG_NOT_FOUND => Counter::DroppedFragment,
+        drop_reason::NONE => Some(Counter::Forwarded),
+        drop_reason::POLICY_DENY if audit => Some(Counter::AuditedPolicyDeny),
+        drop_reason::POLICY_DENY => Some(Counter::DroppedPolicyDeny),
+        drop_reason::POLICY_DENIED if audit => Some(Counter::AuditedPolicyDenied),
+        drop_reason::POLICY_DENIED => Some(Counter::DroppedPolicyDenied),
+        drop_reason::PREFILTER => Some(Counter::DroppedPrefilter),
+        drop_reason::FRAG_NOT_FOUND => Some(Counter::DroppedFragment),
         // Counted as CtInsertFailed where it happened.
-        drop_reason::CT_MAP_INSERTION_FAILED => Counter::Forwarded,
-        _ => Counter::DroppedInvalid,
+        drop_reason::CT_MAP_INSERTION_FAILED => None,
+        _ => Some(Counter::DroppedInvalid),
     };
     let length = frame.length();
-    if decision.drop_reason != drop_reason::CT_MAP_INSERTION_FAILED {
+    if let Some(counter) = counter {
         bump(way, counter, length);
     }
     let forward = decision.verdict == verdict::FORWARDED;

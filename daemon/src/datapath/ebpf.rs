@@ -201,21 +201,6 @@ impl EbpfDatapath {
             },
         )
     }
-
-    /// Packets and bytes judged by each rule of the table in force, by rule id.
-    ///
-    /// # Errors
-    ///
-    /// When the counters cannot be read.
-    pub fn rule_counters(&self) -> anyhow::Result<Vec<PacketCount>> {
-        let slot = self.active as usize;
-        (0..self.rules_written[slot])
-            .map(|rule| {
-                let per_cpu = self.rule_counters[slot].get(&u32::try_from(rule)?, 0)?;
-                Ok(sum(&per_cpu))
-            })
-            .collect()
-    }
 }
 
 fn program<'a, T>(ebpf: &'a Ebpf, name: &str) -> anyhow::Result<&'a T>
@@ -294,19 +279,18 @@ fn rule_set(entries: &[PortEntry]) -> anyhow::Result<RuleSet> {
 }
 
 impl EbpfDatapath {
-    /// Every key the table needs, with its value (rule-set index, or the rule
-    /// id for the prefilter), in a deterministic order.
-    fn keys(&self, table: &CompiledTable) -> BTreeMap<PrefixKeyOrder, u32> {
+    /// Every key the table needs with its map value: the rule-set index
+    /// (egress rule sets follow the ingress ones in the same array), or the
+    /// rule id for the prefilter.
+    fn keys(&self, table: &CompiledTable) -> anyhow::Result<BTreeMap<PrefixKey, u32>> {
         let mut keys = BTreeMap::new();
-        for (code, direction) in [
-            (table::INGRESS, &table.ingress),
-            (table::EGRESS, &table.egress),
+        let egress_offset = u32::try_from(table.ingress.rule_sets.len())?;
+        for (code, direction, offset) in [
+            (table::INGRESS, &table.ingress, 0),
+            (table::EGRESS, &table.egress, egress_offset),
         ] {
             for entry in &direction.prefixes {
-                keys.insert(
-                    PrefixKeyOrder(prefix_key(code, &entry.prefix)),
-                    entry.rule_set,
-                );
+                keys.insert(prefix_key(code, &entry.prefix), entry.rule_set + offset);
             }
         }
         let prefilter = table
@@ -320,38 +304,11 @@ impl EbpfDatapath {
             );
         for (prefix, rule_id) in prefilter {
             // The lowest rule id wins a shared prefix (config entries last).
-            keys.entry(PrefixKeyOrder(prefix_key(table::PREFILTER, &prefix)))
+            keys.entry(prefix_key(table::PREFILTER, &prefix))
                 .and_modify(|existing: &mut u32| *existing = (*existing).min(rule_id))
                 .or_insert(rule_id);
         }
-        keys
-    }
-}
-
-/// A [`PrefixKey`] ordered by its bytes, for deterministic map writes.
-#[derive(Clone, Copy, PartialEq, Eq)]
-struct PrefixKeyOrder(PrefixKey);
-
-impl PrefixKeyOrder {
-    fn tuple(&self) -> (u8, u8, u8, [u8; 16]) {
-        (
-            self.0.table,
-            self.0.family,
-            self.0.prefix_len,
-            self.0.address,
-        )
-    }
-}
-
-impl PartialOrd for PrefixKeyOrder {
-    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(other))
-    }
-}
-
-impl Ord for PrefixKeyOrder {
-    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        self.tuple().cmp(&other.tuple())
+        Ok(keys)
     }
 }
 
@@ -383,7 +340,7 @@ impl Datapath for EbpfDatapath {
     fn install(&mut self, table: &CompiledTable, generation: u32) -> anyhow::Result<()> {
         let slot = 1 - self.active;
         let index = slot as usize;
-        let keys = self.keys(table);
+        let keys = self.keys(table)?;
         if keys.len() > self.policy_map_max as usize {
             return Err(anyhow!(
                 "the policies need {} prefix entries, more than datapath.policy_map_max = {}; raise it or merge prefixes",
@@ -401,12 +358,11 @@ impl Datapath for EbpfDatapath {
             wait_for_readers()?;
         }
         for key in &self.written_keys[index] {
-            if !keys.contains_key(&PrefixKeyOrder(*key)) {
+            if !keys.contains_key(key) {
                 self.prefixes[index].remove(key)?;
             }
         }
         // Egress rule sets follow the ingress ones in the same array.
-        let egress_offset = u32::try_from(table.ingress.rule_sets.len())?;
         let sets = table
             .ingress
             .rule_sets
@@ -416,13 +372,8 @@ impl Datapath for EbpfDatapath {
             self.rule_sets[index].set(u32::try_from(i)?, &rule_set(entries)?, 0)?;
         }
         for (key, value) in &keys {
-            let value = if key.0.table == table::EGRESS {
-                value + egress_offset
-            } else {
-                *value
-            };
             self.prefixes[index]
-                .insert(&key.0, &value, 0)
+                .insert(key, value, 0)
                 .context("writing a prefix (raise datapath.policy_map_max)")?;
         }
         let cpus = usize::try_from(nr_cpus().map_err(|(_, e)| e)?.get())?;
@@ -431,7 +382,7 @@ impl Datapath for EbpfDatapath {
             let zero = PerCpuValues::try_from(vec![CounterValue::default(); cpus])?;
             self.rule_counters[index].set(u32::try_from(rule)?, zero, 0)?;
         }
-        self.written_keys[index] = keys.keys().map(|key| key.0).collect();
+        self.written_keys[index] = keys.into_keys().collect();
         self.rule_sets_written[index] = rule_set_count;
         self.rules_written[index] = rules;
         let settings = SlotSettings {
@@ -530,7 +481,13 @@ impl Datapath for EbpfDatapath {
     }
 
     fn rule_counters(&self) -> anyhow::Result<Vec<PacketCount>> {
-        Self::rule_counters(self)
+        let slot = self.active as usize;
+        (0..self.rules_written[slot])
+            .map(|rule| {
+                let per_cpu = self.rule_counters[slot].get(&u32::try_from(rule)?, 0)?;
+                Ok(sum(&per_cpu))
+            })
+            .collect()
     }
 
     fn map_usage(&self) -> Vec<MapUsage> {
