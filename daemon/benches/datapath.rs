@@ -15,10 +15,11 @@
 use std::{
     fmt::Write as _,
     net::{IpAddr, Ipv4Addr},
-    path::PathBuf,
     process::{Command, Stdio},
     time::{Duration, Instant},
 };
+
+mod support;
 
 use anyhow::{Context as _, bail};
 use aya::{TestRun as _, TestRunOptions};
@@ -27,7 +28,7 @@ use palisade_daemon::{
     config::Config,
     datapath::{Datapath as _, ebpf::EbpfDatapath, pinning, test_packet::frame},
 };
-use palisade_e2e::Netns;
+use palisade_e2e::{Netns, Topology};
 use palisade_policy::{Connection, Direction, NodeContext, compile, policy_from_toml};
 
 /// Runs per measurement; the kernel reports the mean time of one run.
@@ -130,20 +131,6 @@ mod raw_bpf {
     }
 }
 
-/// A config for an in-process datapath with its own pin directory.
-fn bench_config(name: &str) -> Config {
-    let mut config = Config::default();
-    config.datapath.pin_path =
-        format!("/sys/fs/bpf/palisade-bench-{}-{name}", std::process::id()).into();
-    config.datapath.policy_map_max = 262_144;
-    config.failsafe.inbound.clear();
-    config.failsafe.outbound.clear();
-    // Drops are reported once a second: this measures the datapath, not the
-    // event ring (see the flow_events benchmark for that).
-    config.flows.events_per_second = 1;
-    config
-}
-
 /// A policy allowing TCP 443 from `count` generated prefixes, and denying
 /// TCP 22 from the first of them (a /32).
 fn policy_text(count: usize) -> (String, Ipv4Addr) {
@@ -178,11 +165,6 @@ toPorts = [{{ ports = [{{ port = 22, protocol = "TCP" }}] }}]
     (text, first)
 }
 
-fn median(mut samples: Vec<f64>) -> f64 {
-    samples.sort_by(f64::total_cmp);
-    samples[samples.len() / 2]
-}
-
 fn packet(source: Ipv4Addr, port: u16) -> Vec<u8> {
     frame(
         &Connection {
@@ -215,7 +197,7 @@ fn prog_test_run() -> anyhow::Result<Vec<TestRunRow>> {
             raw_bpf::test_run(&empty, &miss, REPEAT, None, 0)?.1,
         ));
     }
-    let empty_ns = median(samples);
+    let empty_ns = support::median(samples);
     rows.push(TestRunRow {
         program: "empty",
         rules: 0,
@@ -225,7 +207,7 @@ fn prog_test_run() -> anyhow::Result<Vec<TestRunRow>> {
         established_ns: empty_ns,
     });
     for count in RULE_COUNTS {
-        let config = bench_config(&format!("rules-{count}"));
+        let config = support::bench_config(&format!("rules-{count}"));
         let result = measure_table(&config, count);
         pinning::cleanup(&config.datapath.pin_path)?;
         rows.push(result?);
@@ -262,7 +244,7 @@ fn measure_table(config: &Config, count: usize) -> anyhow::Result<TestRunRow> {
             )]
             samples.push(result.duration.as_nanos() as f64);
         }
-        Ok(median(samples))
+        Ok(support::median(samples))
     };
     let miss_ns = time(&packet(Ipv4Addr::new(192, 0, 2, 1), 443), TC_DROP)?;
     // An allowed packet: the first run opens the connection, the rest are
@@ -284,9 +266,10 @@ fn measure_table(config: &Config, count: usize) -> anyhow::Result<TestRunRow> {
     })
 }
 
-/// The generator's and the sink's addresses.
-const GENERATOR: Ipv4Addr = Ipv4Addr::new(10, 210, 0, 1);
-const SINK: Ipv4Addr = Ipv4Addr::new(10, 210, 0, 2);
+/// The generator's and the sink's addresses: the e2e topology's bastion
+/// (client namespace) and node.
+const GENERATOR: Ipv4Addr = Ipv4Addr::new(10, 200, 0, 10);
+const SINK: Ipv4Addr = Ipv4Addr::new(10, 200, 0, 1);
 
 fn mac(netns: &Netns, interface: &str) -> anyhow::Result<[u8; 6]> {
     let json = netns.ip(&["-j", "link", "show", interface])?;
@@ -362,37 +345,21 @@ toPorts = [{ ports = [{ port = 22, protocol = "TCP" }] }]
 const NFT_DROP: &str = "table inet palisade_bench {
   chain prerouting {
     type filter hook prerouting priority raw; policy accept;
-    ip saddr 10.210.0.1 counter drop
+    ip saddr 10.200.0.10 counter drop
   }
 }
 ";
 
 fn veth_drop(method: Method) -> anyhow::Result<f64> {
-    let generator = Netns::new("bench-gen")?;
-    let sink = Netns::new("bench-sink")?;
-    generator.ip(&[
-        "link",
-        "add",
-        "eth0",
-        "type",
-        "veth",
-        "peer",
-        "name",
-        "eth0",
-        "netns",
-        sink.name(),
-    ])?;
-    for (netns, address) in [(&generator, GENERATOR), (&sink, SINK)] {
-        netns.ip(&["addr", "add", &format!("{address}/24"), "dev", "eth0"])?;
-        netns.ip(&["link", "set", "eth0", "up"])?;
-    }
-    let data = udp_frame(mac(&generator, "eth0")?, mac(&sink, "eth0")?);
-    let mut config = bench_config(&format!("veth-{}", method.name()));
+    let topology = Topology::new()?;
+    let (generator, sink) = (&topology.client, &topology.node);
+    let data = udp_frame(mac(generator, "eth0")?, mac(sink, "eth0")?);
+    let mut config = support::bench_config(&format!("veth-{}", method.name()));
     config.datapath.interfaces = vec!["eth0".to_owned()];
     config.datapath.xdp_mode = palisade_daemon::config::XdpModeConfig::Native;
     let policies = match method {
         Method::Xdp => {
-            config.datapath.prefilter = vec!["10.210.0.1/32".parse()?];
+            config.datapath.prefilter = vec![ipnet::IpNet::from(IpAddr::V4(GENERATOR))];
             Vec::new()
         }
         Method::Tc => vec![policy_from_toml("ssh-only.toml", DENY_ALL_BUT_SSH)?],
@@ -430,7 +397,7 @@ fn veth_drop(method: Method) -> anyhow::Result<f64> {
         Ok(match method {
             Method::Xdp => datapath.counters()?.ingress.dropped_prefilter.packets,
             Method::Tc => datapath.counters()?.ingress.dropped_policy_denied.packets,
-            Method::Nftables => nft_counter(&sink)?,
+            Method::Nftables => nft_counter(sink)?,
         })
     };
     let before = dropped(&datapath)?;
@@ -454,8 +421,7 @@ fn veth_drop(method: Method) -> anyhow::Result<f64> {
     std::thread::sleep(Duration::from_millis(200));
     let after = dropped(&datapath)?;
     drop(datapath);
-    drop(sink);
-    drop(generator);
+    drop(topology);
     pinning::cleanup(&pin_path)?;
     #[expect(clippy::cast_precision_loss, reason = "packet counts fit an f64")]
     let pps = (after - before) as f64 / elapsed.as_secs_f64();
@@ -486,18 +452,8 @@ fn nft_counter(sink: &Netns) -> anyhow::Result<u64> {
     bail!("no counter in the nftables bench table")
 }
 
-fn output_path() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"))
-        .join("bench/datapath.json")
-}
-
 fn main() -> anyhow::Result<()> {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        bail!("the datapath benchmark loads BPF programs and makes namespaces: run it as root");
-    }
+    support::require_root("datapath")?;
     if Command::new("nft").arg("--version").output().is_err() {
         bail!("nft is missing: `cargo xtask setup` installs nftables");
     }
@@ -555,11 +511,5 @@ fn main() -> anyhow::Result<()> {
             "pps": pps,
         })).collect::<Vec<_>>(),
     });
-    let path = output_path();
-    if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent)?;
-    }
-    std::fs::write(&path, serde_json::to_string_pretty(&json)?)?;
-    println!("wrote {}", path.display());
-    Ok(())
+    support::write_result("datapath.json", &json)
 }

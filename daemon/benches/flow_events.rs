@@ -10,7 +10,6 @@
 
 use std::{
     net::{IpAddr, Ipv4Addr},
-    path::PathBuf,
     sync::{
         Arc,
         atomic::{AtomicBool, AtomicU64, Ordering},
@@ -18,6 +17,8 @@ use std::{
     thread,
     time::Duration,
 };
+
+mod support;
 
 use anyhow::{Context as _, bail};
 use aya::{TestRun as _, TestRunOptions};
@@ -55,8 +56,7 @@ const TC_DROP: u32 = 2;
 fn measure(events_per_second: u32) -> anyhow::Result<Measurement> {
     let policy = policy_from_toml("allow-web", ALLOW_WEB)?;
     let table = compile(&[policy], &NodeContext::default())?;
-    let mut config = Config::default();
-    config.datapath.pin_path = format!("/sys/fs/bpf/palisade-bench-{}", std::process::id()).into();
+    let mut config = support::bench_config(&format!("events-{events_per_second}"));
     config.flows.events_per_second = events_per_second;
     let result = measure_with(&config, &table);
     pinning::cleanup(&config.datapath.pin_path)?;
@@ -122,27 +122,17 @@ fn measure_with(
     consumer
         .join()
         .map_err(|_| anyhow::anyhow!("consumer thread panicked"))?;
-    samples.sort_by(f64::total_cmp);
     let counters = datapath.counters()?;
     Ok(Measurement {
-        ns_per_packet: samples[ROUNDS / 2],
+        ns_per_packet: support::median(samples),
         events_delivered: delivered.load(Ordering::Relaxed),
         events_lost: counters.events_lost(),
     })
 }
 
-fn output_path() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"))
-        .join("bench/flow_events.json")
-}
-
 fn main() -> anyhow::Result<()> {
     // `cargo bench` passes `--bench`; nothing here takes arguments.
-    if !is_root() {
-        bail!("the flow-event benchmark loads BPF programs: run it as root");
-    }
+    support::require_root("flow-event")?;
     let on = measure(0).context("measuring with every drop reported")?;
     let off = measure(1).context("measuring with the event rate limit")?;
     let pps = |m: &Measurement| 1e9 / m.ns_per_packet;
@@ -182,16 +172,5 @@ fn main() -> anyhow::Result<()> {
             "events_lost": off.events_lost,
         },
     });
-    let path = output_path();
-    if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent)?;
-    }
-    std::fs::write(&path, serde_json::to_string_pretty(&json)?)?;
-    println!("wrote {}", path.display());
-    Ok(())
-}
-
-fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
+    support::write_result("flow_events.json", &json)
 }

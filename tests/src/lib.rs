@@ -521,6 +521,60 @@ impl Daemon {
             .context("running palisadectl")
     }
 
+    /// Flows from `palisadectl observe -o json FILTERS...`.
+    ///
+    /// # Errors
+    ///
+    /// When palisadectl fails (its stderr is in the error) or prints
+    /// something other than one JSON flow per line.
+    pub fn flows(&self, filters: &[&str]) -> anyhow::Result<Vec<palisade_api::Flow>> {
+        let mut args = vec!["observe", "-o", "json"];
+        args.extend_from_slice(filters);
+        let output = self.ctl(&args)?;
+        if !output.status.success() {
+            bail!(
+                "observe {filters:?} failed: {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .map(|line| serde_json::from_str(line).context("one JSON flow per line"))
+            .collect()
+    }
+
+    /// The flows once `wanted` holds for them, or after 5 s whatever they are.
+    ///
+    /// # Errors
+    ///
+    /// As [`Daemon::flows`].
+    pub fn flows_until(
+        &self,
+        wanted: impl Fn(&[palisade_api::Flow]) -> bool,
+    ) -> anyhow::Result<Vec<palisade_api::Flow>> {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let flows = self.flows(&[])?;
+            if wanted(&flows) || Instant::now() > deadline {
+                return Ok(flows);
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// `palisadectl status -o json`.
+    ///
+    /// # Errors
+    ///
+    /// When palisadectl fails or prints no status.
+    pub fn status(&self) -> anyhow::Result<palisade_api::Status> {
+        let output = self.ctl(&["status", "-o", "json"])?;
+        if !output.status.success() {
+            bail!("status failed: {}", String::from_utf8_lossy(&output.stderr));
+        }
+        serde_json::from_slice(&output.stdout).context("status JSON")
+    }
+
     /// Stops the daemon (SIGTERM, then SIGKILL). Its pinned programs stay.
     pub fn stop(&mut self) {
         self.process.stop();
@@ -562,12 +616,77 @@ fn spawn_daemon(
     Ok(ChildGuard::new(child))
 }
 
+/// A thread inside a namespace that binds a socket, then serves it one step
+/// at a time until dropped.
+#[derive(Debug)]
+struct Background {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Background {
+    /// Runs `bind` on a new thread inside `netns`, then `step` with what it
+    /// bound until the returned value is dropped. Returns once `bind` has
+    /// succeeded; its error (with `address`) otherwise.
+    fn start<S: 'static>(
+        netns: &Netns,
+        address: SocketAddr,
+        bind: impl FnOnce() -> std::io::Result<S> + Send + 'static,
+        mut step: impl FnMut(&S) + Send + 'static,
+    ) -> anyhow::Result<Self> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (bound_tx, bound_rx) = std::sync::mpsc::channel();
+        let thread = {
+            let stop = Arc::clone(&stop);
+            netns.spawn(move || {
+                let bound = match bind() {
+                    Ok(bound) => {
+                        let _ = bound_tx.send(Ok(()));
+                        bound
+                    }
+                    Err(error) => {
+                        let _ = bound_tx.send(Err(error));
+                        return;
+                    }
+                };
+                while !stop.load(Ordering::Relaxed) {
+                    step(&bound);
+                }
+            })?
+        };
+        bound_rx
+            .recv()
+            .context("server thread died")?
+            .with_context(|| format!("binding {address}"))?;
+        Ok(Self {
+            stop,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// A non-blocking TCP listener on `address` (bound in the calling thread's
+/// namespace).
+fn nonblocking_listener(address: SocketAddr) -> std::io::Result<TcpListener> {
+    let listener = TcpListener::bind(address)?;
+    listener.set_nonblocking(true)?;
+    Ok(listener)
+}
+
 /// A TCP listener inside a namespace that records who connected, stopped on drop.
 #[derive(Debug)]
 pub struct Listener {
     peers: Arc<Mutex<Vec<IpAddr>>>,
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
+    _server: Background,
 }
 
 impl Listener {
@@ -578,59 +697,29 @@ impl Listener {
     /// When the namespace cannot be entered or the address cannot be bound.
     pub fn start(netns: &Netns, address: SocketAddr) -> anyhow::Result<Self> {
         let peers = Arc::new(Mutex::new(Vec::new()));
-        let stop = Arc::new(AtomicBool::new(false));
-        let (bound_tx, bound_rx) = std::sync::mpsc::channel();
-        let thread = {
-            let peers = Arc::clone(&peers);
-            let stop = Arc::clone(&stop);
-            netns.spawn(move || {
-                let listener = match TcpListener::bind(address)
-                    .and_then(|l| l.set_nonblocking(true).map(|()| l))
-                {
-                    Ok(listener) => {
-                        let _ = bound_tx.send(Ok(()));
-                        listener
-                    }
-                    Err(error) => {
-                        let _ = bound_tx.send(Err(error));
-                        return;
-                    }
-                };
-                while !stop.load(Ordering::Relaxed) {
-                    match listener.accept() {
-                        Ok((_, peer)) => {
-                            if let Ok(mut peers) = peers.lock() {
-                                peers.push(peer.ip());
-                            }
-                        }
-                        Err(_) => thread::sleep(Duration::from_millis(10)),
+        let recorded = Arc::clone(&peers);
+        let server = Background::start(
+            netns,
+            address,
+            move || nonblocking_listener(address),
+            move |listener: &TcpListener| match listener.accept() {
+                Ok((_, peer)) => {
+                    if let Ok(mut peers) = recorded.lock() {
+                        peers.push(peer.ip());
                     }
                 }
-            })?
-        };
-        bound_rx
-            .recv()
-            .context("listener thread died")?
-            .with_context(|| format!("binding {address}"))?;
+                Err(_) => thread::sleep(Duration::from_millis(10)),
+            },
+        )?;
         Ok(Self {
             peers,
-            stop,
-            thread: Some(thread),
+            _server: server,
         })
     }
 
     /// Addresses that connected so far.
     pub fn peers(&self) -> Vec<IpAddr> {
         self.peers.lock().map(|p| p.clone()).unwrap_or_default()
-    }
-}
-
-impl Drop for Listener {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
     }
 }
 
@@ -710,8 +799,7 @@ pub fn send_udp_sized(
 #[derive(Debug)]
 pub struct UdpSink {
     received: Arc<Mutex<Vec<(IpAddr, usize)>>>,
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
+    _server: Background,
 }
 
 impl UdpSink {
@@ -722,41 +810,27 @@ impl UdpSink {
     /// When the namespace cannot be entered or the address cannot be bound.
     pub fn start(netns: &Netns, address: SocketAddr) -> anyhow::Result<Self> {
         let received = Arc::new(Mutex::new(Vec::new()));
-        let stop = Arc::new(AtomicBool::new(false));
-        let (bound_tx, bound_rx) = std::sync::mpsc::channel();
-        let thread = {
-            let received = Arc::clone(&received);
-            let stop = Arc::clone(&stop);
-            netns.spawn(move || {
-                let socket = match std::net::UdpSocket::bind(address) {
-                    Ok(socket) => {
-                        let _ = bound_tx.send(Ok(()));
-                        socket
-                    }
-                    Err(error) => {
-                        let _ = bound_tx.send(Err(error));
-                        return;
-                    }
-                };
-                let _ = socket.set_read_timeout(Some(Duration::from_millis(20)));
-                let mut buffer = vec![0u8; 65536];
-                while !stop.load(Ordering::Relaxed) {
-                    if let Ok((n, peer)) = socket.recv_from(&mut buffer)
-                        && let Ok(mut received) = received.lock()
-                    {
-                        received.push((peer.ip(), n));
-                    }
+        let recorded = Arc::clone(&received);
+        let mut buffer = vec![0u8; 65536];
+        let server = Background::start(
+            netns,
+            address,
+            move || {
+                let socket = std::net::UdpSocket::bind(address)?;
+                socket.set_read_timeout(Some(Duration::from_millis(20)))?;
+                Ok(socket)
+            },
+            move |socket: &std::net::UdpSocket| {
+                if let Ok((n, peer)) = socket.recv_from(&mut buffer)
+                    && let Ok(mut received) = recorded.lock()
+                {
+                    received.push((peer.ip(), n));
                 }
-            })?
-        };
-        bound_rx
-            .recv()
-            .context("UDP thread died")?
-            .with_context(|| format!("binding {address}"))?;
+            },
+        )?;
         Ok(Self {
             received,
-            stop,
-            thread: Some(thread),
+            _server: server,
         })
     }
 
@@ -776,21 +850,11 @@ impl UdpSink {
     }
 }
 
-impl Drop for UdpSink {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-    }
-}
-
 /// A TCP server inside a namespace that echoes what each connection sends;
 /// stopped on drop.
 #[derive(Debug)]
 pub struct EchoServer {
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
+    _server: Background,
 }
 
 impl EchoServer {
@@ -800,59 +864,27 @@ impl EchoServer {
     ///
     /// When the namespace cannot be entered or the address cannot be bound.
     pub fn start(netns: &Netns, address: SocketAddr) -> anyhow::Result<Self> {
-        let stop = Arc::new(AtomicBool::new(false));
-        let (bound_tx, bound_rx) = std::sync::mpsc::channel();
-        let thread = {
-            let stop = Arc::clone(&stop);
-            netns.spawn(move || {
-                let listener = match TcpListener::bind(address)
-                    .and_then(|l| l.set_nonblocking(true).map(|()| l))
-                {
-                    Ok(listener) => {
-                        let _ = bound_tx.send(Ok(()));
-                        listener
-                    }
-                    Err(error) => {
-                        let _ = bound_tx.send(Err(error));
-                        return;
-                    }
-                };
-                while !stop.load(Ordering::Relaxed) {
-                    match listener.accept() {
-                        Ok((mut stream, _)) => {
-                            let _ = stream.set_nonblocking(false);
-                            // Threads made here stay in this namespace.
-                            thread::spawn(move || {
-                                let mut buffer = [0u8; 4096];
-                                while let Ok(n) = stream.read(&mut buffer) {
-                                    if n == 0 || stream.write_all(&buffer[..n]).is_err() {
-                                        break;
-                                    }
-                                }
-                            });
+        let server = Background::start(
+            netns,
+            address,
+            move || nonblocking_listener(address),
+            |listener: &TcpListener| match listener.accept() {
+                Ok((mut stream, _)) => {
+                    let _ = stream.set_nonblocking(false);
+                    // Threads made here stay in this namespace.
+                    thread::spawn(move || {
+                        let mut buffer = [0u8; 4096];
+                        while let Ok(n) = stream.read(&mut buffer) {
+                            if n == 0 || stream.write_all(&buffer[..n]).is_err() {
+                                break;
+                            }
                         }
-                        Err(_) => thread::sleep(Duration::from_millis(10)),
-                    }
+                    });
                 }
-            })?
-        };
-        bound_rx
-            .recv()
-            .context("echo thread died")?
-            .with_context(|| format!("binding {address}"))?;
-        Ok(Self {
-            stop,
-            thread: Some(thread),
-        })
-    }
-}
-
-impl Drop for EchoServer {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
+                Err(_) => thread::sleep(Duration::from_millis(10)),
+            },
+        )?;
+        Ok(Self { _server: server })
     }
 }
 

@@ -51,39 +51,20 @@ fn start(topology: &Topology, workdir: &TempDir, config: &Path, policies: &Path)
     Daemon::start(&topology.node, config, policies, workdir.path()).expect("palisaded starts")
 }
 
-fn flows(daemon: &Daemon) -> Vec<Flow> {
-    let output = daemon
-        .ctl(&["observe", "-o", "json"])
-        .expect("palisadectl runs");
-    assert!(output.status.success(), "observe failed: {output:?}");
-    String::from_utf8_lossy(&output.stdout)
-        .lines()
-        .map(|line| serde_json::from_str(line).expect("one flow per line"))
-        .collect()
-}
-
-/// Waits up to 5 s for a flow that `wanted` accepts.
+/// The first flow `wanted` accepts, waiting up to 5 s for it.
 fn wait_for_flow(daemon: &Daemon, wanted: impl Fn(&Flow) -> bool) -> Flow {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        if let Some(flow) = flows(daemon).into_iter().find(&wanted) {
-            return flow;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no such flow in {:#?}",
-            flows(daemon)
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let flows = daemon
+        .flows_until(|flows| flows.iter().any(&wanted))
+        .expect("observe");
+    flows
+        .iter()
+        .find(|flow| wanted(flow))
+        .cloned()
+        .unwrap_or_else(|| panic!("no such flow in {flows:#?}"))
 }
 
 fn status(daemon: &Daemon) -> Status {
-    let output = daemon
-        .ctl(&["status", "-o", "json"])
-        .expect("palisadectl runs");
-    assert!(output.status.success(), "status failed: {output:?}");
-    serde_json::from_slice(&output.stdout).expect("status JSON")
+    daemon.status().expect("status")
 }
 
 const INTERFACES: &str = "[datapath]\ninterfaces = [\"eth0\"]\n";

@@ -4,7 +4,7 @@
 use std::{
     net::{IpAddr, SocketAddr},
     path::{Path, PathBuf},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use palisade_api::Flow;
@@ -42,27 +42,6 @@ fn start_example(topology: &Topology, workdir: &TempDir) -> Daemon {
 
 fn connect(topology: &Topology, source: &str) -> Connect {
     tcp_connect(&topology.client, ip(source), ssh(), CONNECT_TIMEOUT).expect("connect attempt")
-}
-
-/// Flows from `palisadectl observe -o json`, waiting until `wanted` holds.
-fn observe_until(daemon: &Daemon, wanted: impl Fn(&[Flow]) -> bool) -> Vec<Flow> {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let output = daemon
-            .ctl(&["observe", "-o", "json"])
-            .expect("palisadectl runs");
-        assert!(output.status.success(), "observe failed: {output:?}");
-        let flows: Vec<Flow> = String::from_utf8_lossy(&output.stdout)
-            .lines()
-            .map(|line| {
-                serde_json::from_str(line).expect("observe -o json prints one flow per line")
-            })
-            .collect();
-        if wanted(&flows) || Instant::now() > deadline {
-            return flows;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 fn is_ssh_from(flow: &Flow, source: &str, verdict: &str) -> bool {
@@ -129,14 +108,16 @@ fn denied_source_is_dropped_allowed_source_reaches_listener() {
     assert_eq!(connect(&topology, Topology::OUTSIDER), Connect::TimedOut);
     assert_eq!(listener.peers(), [ip(Topology::BASTION)]);
 
-    let flows = observe_until(&daemon, |flows| {
-        flows
-            .iter()
-            .any(|f| is_ssh_from(f, Topology::OUTSIDER, "DROPPED"))
-            && flows
+    let flows = daemon
+        .flows_until(|flows| {
+            flows
                 .iter()
-                .any(|f| is_ssh_from(f, Topology::BASTION, "FORWARDED"))
-    });
+                .any(|f| is_ssh_from(f, Topology::OUTSIDER, "DROPPED"))
+                && flows
+                    .iter()
+                    .any(|f| is_ssh_from(f, Topology::BASTION, "FORWARDED"))
+        })
+        .expect("observe");
     let dropped = flows
         .iter()
         .find(|f| is_ssh_from(f, Topology::OUTSIDER, "DROPPED"))
@@ -159,8 +140,7 @@ fn denied_source_is_dropped_allowed_source_reaches_listener() {
     );
     assert_eq!(forwarded.ingress_allowed_by[0].rule, "spec.ingress[0]");
 
-    let status = daemon.ctl(&["status", "-o", "json"]).expect("status");
-    let status: palisade_api::Status = serde_json::from_slice(&status.stdout).expect("status json");
+    let status = daemon.status().expect("status");
     assert!(status.ingress_default_deny);
     assert!(status.counters.dropped() >= 1);
     assert_eq!(status.interfaces[0].name, "eth0");

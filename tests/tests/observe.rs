@@ -59,18 +59,7 @@ fn label(flow: &Flow) -> Option<&'static str> {
 }
 
 fn observe(daemon: &Daemon, filters: &[&str]) -> Vec<Flow> {
-    let mut args = vec!["observe", "-o", "json"];
-    args.extend_from_slice(filters);
-    let output = daemon.ctl(&args).expect("palisadectl runs");
-    assert!(
-        output.status.success(),
-        "observe {filters:?} failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8_lossy(&output.stdout)
-        .lines()
-        .map(|line| serde_json::from_str(line).expect("one JSON flow per line"))
-        .collect()
+    daemon.flows(filters).expect("observe")
 }
 
 fn labels(flows: &[Flow]) -> Vec<&'static str> {

@@ -1,0 +1,51 @@
+//! What the benchmarks share: root check, a datapath config of their own,
+//! the median, and writing the JSON result under `target/bench/`.
+
+use std::path::PathBuf;
+
+use anyhow::bail;
+use palisade_daemon::config::Config;
+
+/// Fails unless running as root (the benchmarks load BPF programs).
+pub fn require_root(benchmark: &str) -> anyhow::Result<()> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("the {benchmark} benchmark loads BPF programs: run it as root");
+    }
+    Ok(())
+}
+
+/// A config for an in-process datapath with its own pin directory (remove
+/// it with `pinning::cleanup`), no failsafe services, room for 262,144
+/// prefixes, and drops reported once a second.
+pub fn bench_config(name: &str) -> Config {
+    let mut config = Config::default();
+    config.datapath.pin_path =
+        format!("/sys/fs/bpf/palisade-bench-{}-{name}", std::process::id()).into();
+    config.datapath.policy_map_max = 262_144;
+    config.failsafe.inbound.clear();
+    config.failsafe.outbound.clear();
+    config.flows.events_per_second = 1;
+    config
+}
+
+/// The median of `samples` (the upper one of an even count).
+pub fn median(mut samples: Vec<f64>) -> f64 {
+    samples.sort_by(f64::total_cmp);
+    samples[samples.len() / 2]
+}
+
+/// Writes `json` to `target/bench/FILE` and says where.
+pub fn write_result(file: &str, json: &serde_json::Value) -> anyhow::Result<()> {
+    let path = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"))
+        .join("bench")
+        .join(file);
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    std::fs::write(&path, serde_json::to_string_pretty(json)?)?;
+    println!("wrote {}", path.display());
+    Ok(())
+}
