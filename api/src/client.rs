@@ -10,7 +10,10 @@ use hyper_util::rt::TokioIo;
 use serde::{Serialize, de::DeserializeOwned};
 use tokio::net::UnixStream;
 
-use crate::{ApplyRequest, ApplyResponse, ErrorBody, Flow, FlowQuery, Status, paths};
+use crate::{
+    ApplyRequest, ApplyResponse, ConfirmResponse, ConntrackEntry, ConntrackFlush, Counters,
+    DiffResponse, ErrorBody, Flow, FlowQuery, PolicyDocument, PolicyList, Status, paths,
+};
 
 /// Why a request failed.
 #[derive(Debug, thiserror::Error)]
@@ -63,8 +66,16 @@ impl Client {
     ///
     /// See [`ClientError`].
     pub async fn status(&self) -> Result<Status, ClientError> {
-        let response = self.send(Method::GET, paths::STATUS, None::<&()>).await?;
-        decode(response).await
+        self.call(Method::GET, paths::STATUS, None::<&()>).await
+    }
+
+    /// Packet counters.
+    ///
+    /// # Errors
+    ///
+    /// See [`ClientError`].
+    pub async fn counters(&self) -> Result<Counters, ClientError> {
+        self.call(Method::GET, paths::COUNTERS, None::<&()>).await
     }
 
     /// Applies policy files (or checks them, on a dry run).
@@ -73,10 +84,87 @@ impl Client {
     ///
     /// [`ClientError::Refused`] with positioned diagnostics when a file is invalid.
     pub async fn apply(&self, request: &ApplyRequest) -> Result<ApplyResponse, ClientError> {
-        let response = self
-            .send(Method::POST, paths::POLICIES, Some(request))
-            .await?;
-        decode(response).await
+        self.call(Method::POST, paths::POLICIES, Some(request))
+            .await
+    }
+
+    /// What applying the request's files would change; changes nothing.
+    ///
+    /// # Errors
+    ///
+    /// As [`Client::apply`].
+    pub async fn diff(&self, request: &ApplyRequest) -> Result<DiffResponse, ClientError> {
+        self.call(Method::POST, paths::DIFF, Some(request)).await
+    }
+
+    /// Keeps the rules of an apply made with a confirm deadline.
+    ///
+    /// # Errors
+    ///
+    /// [`ClientError::Refused`] (409) when nothing waits for confirmation.
+    pub async fn confirm(&self) -> Result<ConfirmResponse, ClientError> {
+        self.call(Method::POST, paths::CONFIRM, None::<&()>).await
+    }
+
+    /// Re-reads the policy directory and the saved policies.
+    ///
+    /// # Errors
+    ///
+    /// See [`ClientError`].
+    pub async fn reload(&self) -> Result<ApplyResponse, ClientError> {
+        self.call(Method::POST, paths::RELOAD, None::<&()>).await
+    }
+
+    /// The policies in force.
+    ///
+    /// # Errors
+    ///
+    /// See [`ClientError`].
+    pub async fn policies(&self) -> Result<PolicyList, ClientError> {
+        self.call(Method::GET, paths::POLICIES, None::<&()>).await
+    }
+
+    /// One policy in force, as it was given.
+    ///
+    /// # Errors
+    ///
+    /// [`ClientError::Refused`] (404) when there is none of that name.
+    pub async fn policy(&self, name: &str) -> Result<PolicyDocument, ClientError> {
+        let path = format!("{}{}", paths::POLICY, encode_segment(name));
+        self.call(Method::GET, &path, None::<&()>).await
+    }
+
+    /// Removes a policy (on a dry run, says what would change).
+    ///
+    /// # Errors
+    ///
+    /// [`ClientError::Refused`] (404) when there is none of that name.
+    pub async fn delete(&self, name: &str, dry_run: bool) -> Result<ApplyResponse, ClientError> {
+        let path = format!(
+            "{}{}?dry_run={dry_run}",
+            paths::POLICY,
+            encode_segment(name)
+        );
+        self.call(Method::DELETE, &path, None::<&()>).await
+    }
+
+    /// The tracked connections.
+    ///
+    /// # Errors
+    ///
+    /// See [`ClientError`].
+    pub async fn conntrack(&self) -> Result<Vec<ConntrackEntry>, ClientError> {
+        self.call(Method::GET, paths::CONNTRACK, None::<&()>).await
+    }
+
+    /// Forgets every tracked connection.
+    ///
+    /// # Errors
+    ///
+    /// See [`ClientError`].
+    pub async fn flush_conntrack(&self) -> Result<ConntrackFlush, ClientError> {
+        self.call(Method::DELETE, paths::CONNTRACK, None::<&()>)
+            .await
     }
 
     /// Streams flows: the buffered ones, then (with `follow`) new ones as they come.
@@ -119,6 +207,15 @@ impl Client {
         }))
     }
 
+    async fn call<T: Serialize, R: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&T>,
+    ) -> Result<R, ClientError> {
+        decode(self.send(method, path, body).await?).await
+    }
+
     async fn send<T: Serialize>(
         &self,
         method: Method,
@@ -148,6 +245,20 @@ impl Client {
             .map_err(|error| ClientError::Request(error.to_string()))?;
         Ok(sender.send_request(request).await?)
     }
+}
+
+/// `segment` with every byte but `[A-Za-z0-9.-_~]` percent-encoded.
+fn encode_segment(segment: &str) -> String {
+    segment
+        .bytes()
+        .map(|byte| {
+            if byte.is_ascii_alphanumeric() || matches!(byte, b'.' | b'-' | b'_' | b'~') {
+                char::from(byte).to_string()
+            } else {
+                format!("%{byte:02X}")
+            }
+        })
+        .collect()
 }
 
 async fn check(response: Response<Incoming>) -> Result<Response<Incoming>, ClientError> {

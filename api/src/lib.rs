@@ -3,13 +3,20 @@
 //! tests use [`Client`]. Everything here is what both sides agree on.
 
 mod client;
+mod conntrack;
 mod filter;
 mod flow;
+mod policies;
 
 pub use client::{Client, ClientError};
+pub use conntrack::{ConntrackEntry, ConntrackFlush};
 pub use filter::{EventType, FilterError, FlowFilter, FlowQuery, ProtocolFilter};
 pub use flow::{Flow, FlowIp, FlowPolicy, Icmp, Interface, Layer4, PortPair, TcpFlags};
 pub use palisade_policy::Diagnostic;
+pub use policies::{
+    ApplyRequest, ApplyResponse, ConfirmResponse, DiffResponse, FlowChange, PendingConfirm,
+    PolicyDocument, PolicyFile, PolicyList, PolicySource, PolicySummary,
+};
 use serde::{Deserialize, Serialize};
 
 /// Where the daemon listens unless told otherwise.
@@ -19,8 +26,23 @@ pub const DEFAULT_SOCKET: &str = "/run/palisade/palisade.sock";
 pub mod paths {
     /// `GET`: [`super::Status`].
     pub const STATUS: &str = "/v1/status";
-    /// `POST` an [`super::ApplyRequest`]: [`super::ApplyResponse`].
+    /// `GET`: [`super::Counters`].
+    pub const COUNTERS: &str = "/v1/counters";
+    /// `GET`: [`super::PolicyList`]; `POST` an [`super::ApplyRequest`]: [`super::ApplyResponse`].
     pub const POLICIES: &str = "/v1/policies";
+    /// `GET` with the name appended: [`super::PolicyDocument`]; `DELETE`
+    /// (query `dry_run=true` to preview): [`super::ApplyResponse`].
+    pub const POLICY: &str = "/v1/policies/";
+    /// `POST` an [`super::ApplyRequest`]: [`super::DiffResponse`]; changes nothing.
+    pub const DIFF: &str = "/v1/diff";
+    /// `POST`: keeps the rules of an apply made with a confirm deadline
+    /// ([`super::ConfirmResponse`]).
+    pub const CONFIRM: &str = "/v1/confirm";
+    /// `POST`: re-reads the policy directory and the applied state
+    /// ([`super::ApplyResponse`]).
+    pub const RELOAD: &str = "/v1/reload";
+    /// `GET`: [`super::ConntrackEntry`] list; `DELETE`: [`super::ConntrackFlush`].
+    pub const CONNTRACK: &str = "/v1/conntrack";
     /// `GET` with a [`super::FlowQuery`] as query string: newline-delimited [`super::Flow`]s.
     pub const FLOWS: &str = "/v1/flows";
 }
@@ -46,8 +68,24 @@ pub struct Status {
     pub ingress_default_deny: bool,
     /// Whether would-be drops are forwarded and reported as AUDIT.
     pub audit_mode: bool,
+    /// Services reachable whatever the policies say.
+    pub failsafe: Failsafe,
+    /// An apply that rolls back unless confirmed, if one is pending.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending_confirm: Option<PendingConfirm>,
     /// Packet counters since the datapath was loaded.
     pub counters: Counters,
+}
+
+/// The failsafe services in force (`[failsafe]` in the configuration).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Failsafe {
+    /// Services on this node any peer may reach, as `tcp:22`.
+    pub inbound: Vec<String>,
+    /// Services this node may always reach.
+    pub outbound: Vec<String>,
+    /// Traffic the datapath always passes, whatever the configuration says.
+    pub always: Vec<String>,
 }
 
 /// One attached interface.
@@ -145,40 +183,6 @@ pub struct PacketCount {
     pub packets: u64,
     /// Bytes.
     pub bytes: u64,
-}
-
-/// One policy file as the user gave it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PolicyFile {
-    /// The name errors use, normally the path given to `palisadectl`.
-    pub name: String,
-    /// The file's text (TOML).
-    pub content: String,
-}
-
-/// Add or replace policies (by `metadata.name`), all or nothing.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ApplyRequest {
-    /// The files to apply.
-    pub files: Vec<PolicyFile>,
-    /// Validate and compile only; change nothing.
-    #[serde(default)]
-    pub dry_run: bool,
-}
-
-/// What an apply did.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ApplyResponse {
-    /// Generation now in force (unchanged on a dry run).
-    pub generation: u32,
-    /// Names of the policies the request added or replaced.
-    pub applied: Vec<String>,
-    /// Names of all policies that select this node after the apply.
-    pub policies: Vec<String>,
-    /// Number of compiled rules after the apply.
-    pub rules: usize,
-    /// True when nothing was changed.
-    pub dry_run: bool,
 }
 
 /// The body of every error response.

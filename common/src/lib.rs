@@ -101,6 +101,16 @@ pub mod verdict {
     pub const DROPPED: u8 = 2;
     /// The packet would have been dropped but audit mode let it through.
     pub const AUDIT: u8 = 4;
+
+    /// Hubble's name of a verdict.
+    pub fn name(verdict: u8) -> &'static str {
+        match verdict {
+            FORWARDED => "FORWARDED",
+            DROPPED => "DROPPED",
+            AUDIT => "AUDIT",
+            _ => "VERDICT_UNKNOWN",
+        }
+    }
 }
 
 /// Drop reasons, numbered as Cilium's `flow.DropReason` where one exists.
@@ -120,6 +130,19 @@ pub mod drop_reason {
     /// Dropped by the XDP prefilter (palisade's own code; Cilium's prefilter
     /// drops are not reported as flows).
     pub const PREFILTER: u8 = 230;
+
+    /// Hubble's name of a drop reason; `None` for [`NONE`] and unknown codes.
+    pub fn name(reason: u8) -> Option<&'static str> {
+        match reason {
+            POLICY_DENIED => Some("POLICY_DENIED"),
+            POLICY_DENY => Some("POLICY_DENY"),
+            PREFILTER => Some("PREFILTER"),
+            INVALID_PACKET => Some("INVALID_PACKET_DROPPED"),
+            FRAG_NOT_FOUND => Some("FRAG_NOT_FOUND"),
+            CT_MAP_INSERTION_FAILED => Some("CT_MAP_INSERTION_FAILED"),
+            _ => None,
+        }
+    }
 }
 
 /// Rule-set entry actions.

@@ -1,30 +1,44 @@
 //! palisadectl: drives palisaded over its control socket.
 
+mod conntrack;
+mod docs;
+mod explain;
+mod files;
 mod observe;
+mod output;
+mod policies;
+mod status;
 
 use std::{path::PathBuf, process::ExitCode};
 
-use anyhow::Context as _;
-use clap::{Parser, Subcommand, ValueEnum};
-use palisade_api::{ApplyRequest, Client, ClientError, DEFAULT_SOCKET, PolicyFile};
+use clap::{Parser, Subcommand};
+use palisade_api::{ClientError, DEFAULT_SOCKET};
 
-use crate::observe::ObserveArgs;
+use crate::{
+    conntrack::ConntrackCommand, docs::DocsArgs, observe::ObserveArgs, output::Format,
+    policies::PolicyCommand,
+};
 
-/// Exit status when the daemon refused the request (invalid policy, ...).
-const EXIT_REFUSED: u8 = 3;
-/// Exit status for any other failure (daemon unreachable, I/O error).
+/// Exit status for any failure not listed below (daemon unreachable, I/O error).
 const EXIT_FAILED: u8 = 1;
+/// Exit status when the daemon refused the request or a file is invalid.
+const EXIT_REFUSED: u8 = 3;
+/// Exit status when the caller may not do what it asked.
+const EXIT_NOT_PERMITTED: u8 = 4;
 
 const EXIT_CODES: &str = "\
 Exit status:
   0  success
   1  failure (palisaded unreachable, a file unreadable, ...)
   2  usage error
-  3  palisaded refused the request (for example an invalid policy); nothing was changed";
+  3  refused: an invalid policy, a name not in force, an apply waiting for
+     confirmation, ...; nothing was changed
+  4  not permitted: needs root or membership of the socket's group (reads)
+     or of the admin group (changes)";
 
 /// Control the palisade host firewall.
 #[derive(Debug, Parser)]
-#[command(version, about, after_help = EXIT_CODES)]
+#[command(name = "palisadectl", version, about, after_help = EXIT_CODES)]
 struct Cli {
     /// Control socket of palisaded.
     #[arg(long, global = true, env = "PALISADE_SOCKET", default_value = DEFAULT_SOCKET)]
@@ -38,135 +52,95 @@ enum Command {
     /// Show what palisaded is enforcing.
     Status {
         /// Output format.
-        #[arg(short, long, value_enum, default_value_t = StatusFormat::Table)]
-        output: StatusFormat,
+        #[arg(short, long, value_enum, default_value_t = Format::Table)]
+        output: Format,
     },
     /// Add or replace policies (by metadata.name), all or nothing.
-    Apply {
-        /// Policy files (TOML).
-        #[arg(short, long = "file", required = true)]
-        files: Vec<PathBuf>,
-        /// Validate and compile only; change nothing.
-        #[arg(long)]
-        dry_run: bool,
-    },
+    Apply(policies::ApplyArgs),
+    /// Show what an apply of these files would change: rules added and
+    /// removed, and recent flows that would get another verdict.
+    Diff(policies::DiffArgs),
+    /// Keep the rules of an `apply --confirm` before they roll back.
+    Confirm,
+    /// Re-read the policy directory and the saved policies (as SIGHUP does).
+    Reload,
+    /// List, show, delete, validate or explain policies.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
     /// Show flows (verdicts on packets), like `hubble observe`.
     Observe(Box<ObserveArgs>),
+    /// Show or flush the connection-tracking table.
+    #[command(subcommand, name = "ct")]
+    Conntrack(ConntrackCommand),
+    /// Print a shell completion script.
+    Completion(docs::CompletionArgs),
+    /// Write the man pages into a directory.
+    #[command(hide = true)]
+    Man(DocsArgs),
 }
 
-#[derive(Debug, Clone, Copy, ValueEnum)]
-enum StatusFormat {
-    Table,
-    Json,
+/// The clap command, for completions and man pages.
+fn command() -> clap::Command {
+    <Cli as clap::CommandFactory>::command()
 }
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    let client = Client::new(&cli.socket);
+    let client = palisade_api::Client::new(&cli.socket);
     match run(&client, cli.command).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => report(&error),
     }
 }
 
+/// A failure the command already printed, with the exit status to use.
+#[derive(Debug, thiserror::Error)]
+#[error("exit status {0}")]
+struct Reported(u8);
+
 fn report(error: &anyhow::Error) -> ExitCode {
-    if let Some(ClientError::Refused { body, .. }) = error.downcast_ref::<ClientError>() {
-        eprintln!("error: {}", body.error);
-        for diagnostic in &body.diagnostics {
-            eprintln!("  {diagnostic}");
-        }
-        return ExitCode::from(EXIT_REFUSED);
+    if let Some(Reported(code)) = error.downcast_ref::<Reported>() {
+        return ExitCode::from(*code);
     }
-    eprintln!("error: {error:#}");
-    ExitCode::from(EXIT_FAILED)
+    match error.downcast_ref::<ClientError>() {
+        Some(ClientError::Refused { status, body }) => {
+            eprintln!("error: {}", body.error);
+            for diagnostic in &body.diagnostics {
+                eprintln!("  {diagnostic}");
+            }
+            if status.as_u16() == 403 {
+                return ExitCode::from(EXIT_NOT_PERMITTED);
+            }
+            ExitCode::from(EXIT_REFUSED)
+        }
+        Some(ClientError::Connect { socket, source })
+            if source.kind() == std::io::ErrorKind::PermissionDenied =>
+        {
+            eprintln!(
+                "error: permission denied on {}: palisadectl needs root, or membership of the socket's group (`palisade` by default; see `[control]` in palisade.toml)",
+                socket.display()
+            );
+            ExitCode::from(EXIT_NOT_PERMITTED)
+        }
+        _ => {
+            eprintln!("error: {error:#}");
+            ExitCode::from(EXIT_FAILED)
+        }
+    }
 }
 
-async fn run(client: &Client, command: Command) -> anyhow::Result<()> {
+async fn run(client: &palisade_api::Client, command: Command) -> anyhow::Result<()> {
     match command {
-        Command::Status { output } => status(client, output).await,
-        Command::Apply { files, dry_run } => apply(client, files, dry_run).await,
+        Command::Status { output } => status::run(client, output).await,
+        Command::Apply(args) => policies::apply(client, &args).await,
+        Command::Diff(args) => policies::diff(client, &args).await,
+        Command::Confirm => policies::confirm(client).await,
+        Command::Reload => policies::reload(client).await,
+        Command::Policy(command) => policies::run(client, command).await,
         Command::Observe(args) => observe::run(client, &args).await,
+        Command::Conntrack(command) => conntrack::run(client, command).await,
+        Command::Completion(args) => docs::completion(&args),
+        Command::Man(args) => docs::man(&args),
     }
-}
-
-async fn status(client: &Client, output: StatusFormat) -> anyhow::Result<()> {
-    let status = client.status().await?;
-    match output {
-        StatusFormat::Json => println!("{}", serde_json::to_string_pretty(&status)?),
-        StatusFormat::Table => {
-            println!("Node:           {}", status.node_name);
-            println!("Version:        {}", status.version);
-            println!("Datapath:       {}", status.datapath);
-            if status.interfaces.is_empty() {
-                println!("Interfaces:     none (nothing is enforced)");
-            }
-            for interface in &status.interfaces {
-                println!(
-                    "Interface:      {} (ifindex {}, XDP {})",
-                    interface.name, interface.ifindex, interface.xdp_mode
-                );
-            }
-            println!("Generation:     {}", status.generation);
-            println!("Policies:       {}", status.policies.join(", "));
-            println!("Rules:          {}", status.rules);
-            println!(
-                "Ingress:        {}{}",
-                if status.ingress_default_deny {
-                    "default deny"
-                } else {
-                    "default allow"
-                },
-                if status.audit_mode {
-                    " (audit mode)"
-                } else {
-                    ""
-                }
-            );
-            let c = &status.counters;
-            println!(
-                "Connections:    {} forwarded, {} dropped, {} audited; {} packets of tracked connections",
-                c.forwarded(),
-                c.dropped(),
-                c.audited(),
-                c.ingress.established.packets + c.egress.established.packets
-            );
-            println!(
-                "Flow events:    {} lost, {} rate-limited",
-                c.events_lost(),
-                c.ingress.events_suppressed + c.egress.events_suppressed
-            );
-        }
-    }
-    Ok(())
-}
-
-async fn apply(client: &Client, paths: Vec<PathBuf>, dry_run: bool) -> anyhow::Result<()> {
-    let files = paths
-        .iter()
-        .map(|path| {
-            let content = std::fs::read_to_string(path)
-                .with_context(|| format!("cannot read {}", path.display()))?;
-            Ok(PolicyFile {
-                name: path.display().to_string(),
-                content,
-            })
-        })
-        .collect::<anyhow::Result<Vec<_>>>()?;
-    let response = client.apply(&ApplyRequest { files, dry_run }).await?;
-    if response.dry_run {
-        println!(
-            "dry run: valid; would apply {} ({} rules in force after); nothing was changed",
-            response.applied.join(", "),
-            response.rules
-        );
-    } else {
-        println!(
-            "applied {} (generation {}, {} rules in force)",
-            response.applied.join(", "),
-            response.generation,
-            response.rules
-        );
-    }
-    Ok(())
 }

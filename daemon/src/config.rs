@@ -254,8 +254,12 @@ pub enum XdpModeConfig {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PolicyConfig {
-    /// Directory whose `*.toml` files are loaded at start, in name order.
+    /// Directory whose `*.toml` files are loaded at start and on reload, in
+    /// name order.
     pub directory: PathBuf,
+    /// Where policies applied through the control socket are saved, to be
+    /// restored on start. They replace directory policies of the same name.
+    pub state_directory: PathBuf,
     /// Forward would-be drops and report them with verdict AUDIT.
     pub audit_mode: bool,
 }
@@ -264,6 +268,7 @@ impl Default for PolicyConfig {
     fn default() -> Self {
         Self {
             directory: PathBuf::from("/etc/palisade/policies.d"),
+            state_directory: PathBuf::from("/var/lib/palisade"),
             audit_mode: false,
         }
     }
@@ -275,12 +280,19 @@ impl Default for PolicyConfig {
 pub struct ControlConfig {
     /// Path of the control socket.
     pub socket: PathBuf,
+    /// Group whose members may read (status, policies, flows, conntrack);
+    /// the socket is created 0660 with this group. Root may always.
+    pub group: String,
+    /// Group whose members may also change the rules; empty: root only.
+    pub admin_group: String,
 }
 
 impl Default for ControlConfig {
     fn default() -> Self {
         Self {
             socket: PathBuf::from(palisade_api::DEFAULT_SOCKET),
+            group: "palisade".to_owned(),
+            admin_group: String::new(),
         }
     }
 }

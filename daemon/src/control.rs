@@ -1,23 +1,32 @@
 //! The control socket: HTTP/JSON over a Unix socket (see the `api` crate).
 
-use std::{convert::Infallible, path::Path, sync::Arc, time::Instant};
+use std::{
+    convert::Infallible,
+    path::Path,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use anyhow::Context as _;
 use axum::{
     Json, Router,
     body::{Body, Bytes},
-    extract::{Query, State},
-    http::StatusCode,
+    extract::{ConnectInfo, Path as UrlPath, Query, Request, State},
+    http::{Method, StatusCode},
+    middleware::{self, Next},
     response::{IntoResponse, Response},
     routing::{get, post},
 };
 use futures_util::{StreamExt as _, stream};
-use palisade_api::{ApplyRequest, ErrorBody, FlowQuery, paths};
+use palisade_api::{
+    ApplyRequest, ApplyResponse, ConfirmResponse, ConntrackFlush, ErrorBody, FlowQuery, paths,
+};
 use tokio::{net::UnixListener, sync::Mutex};
 use tokio_stream::wrappers::{BroadcastStream, errors::BroadcastStreamRecvError};
-use tracing::warn;
+use tracing::{error, warn};
 
 use crate::{
+    authz::{Access, Authorizer, Peer},
     engine::{ApplyError, Engine},
     flows::FlowHub,
     metrics::Metrics,
@@ -26,6 +35,8 @@ use crate::{
 
 /// Largest request body accepted.
 const MAX_REQUEST_BYTES: usize = 8 * 1024 * 1024;
+/// Longest a request may take, reading its body included (flow streams excepted).
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// What the handlers share.
 #[derive(Clone)]
@@ -36,14 +47,18 @@ pub struct ControlState {
     pub hub: Arc<FlowHub>,
     /// Apply counters and durations.
     pub metrics: Arc<Metrics>,
+    /// Who may do what.
+    pub authorizer: Arc<Authorizer>,
 }
 
-/// Binds the control socket, replacing a stale one.
+/// Binds the control socket, replacing a stale one: mode 0660, group `group`
+/// when given.
 ///
 /// # Errors
 ///
-/// When the socket's directory cannot be created or the socket cannot be bound.
-pub fn bind(socket: &Path) -> anyhow::Result<UnixListener> {
+/// When the socket's directory cannot be created or the socket cannot be
+/// bound, chowned or chmodded.
+pub fn bind(socket: &Path, group: Option<u32>) -> anyhow::Result<UnixListener> {
     if let Some(parent) = socket.parent() {
         std::fs::create_dir_all(parent)
             .with_context(|| format!("creating {}", parent.display()))?;
@@ -60,17 +75,72 @@ pub fn bind(socket: &Path) -> anyhow::Result<UnixListener> {
     use std::os::unix::fs::PermissionsExt as _;
     std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o660))
         .with_context(|| format!("setting the mode of {}", socket.display()))?;
+    if let Some(gid) = group {
+        std::os::unix::fs::chown(socket, None, Some(gid))
+            .with_context(|| format!("giving {} to group {gid}", socket.display()))?;
+    }
     Ok(listener)
 }
 
-/// The routes.
+/// The routes, behind the peer-credential check and the request timeout.
 pub fn router(state: ControlState) -> Router {
     Router::new()
         .route(paths::STATUS, get(status))
-        .route(paths::POLICIES, post(apply))
+        .route(paths::COUNTERS, get(counters))
+        .route(paths::POLICIES, get(list).post(apply))
+        .route(
+            &format!("{}{{name}}", paths::POLICY),
+            get(policy).delete(delete),
+        )
+        .route(paths::DIFF, post(diff))
+        .route(paths::CONFIRM, post(confirm))
+        .route(paths::RELOAD, post(reload))
+        .route(paths::CONNTRACK, get(conntrack).delete(flush_conntrack))
         .route(paths::FLOWS, get(flows))
+        .layer(middleware::from_fn_with_state(state.clone(), authorize))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_REQUEST_BYTES))
         .with_state(state)
+}
+
+/// Refuses peers the configuration does not allow (403, logged), and bounds
+/// the time a request may take, body included (flow streams excepted).
+async fn authorize(State(state): State<ControlState>, request: Request, next: Next) -> Response {
+    let access = if request.method() == Method::GET || request.uri().path() == paths::DIFF {
+        Access::Read
+    } else {
+        Access::Change
+    };
+    let peer = request
+        .extensions()
+        .get::<ConnectInfo<Peer>>()
+        .map(|info| info.0.clone());
+    let verdict = match &peer {
+        Some(peer) => state.authorizer.check(peer, access),
+        None => Err("the peer's credentials are unknown".to_owned()),
+    };
+    if let Err(reason) = verdict {
+        warn!(
+            uid = peer.as_ref().and_then(|peer| peer.uid),
+            pid = peer.as_ref().and_then(|peer| peer.pid),
+            method = %request.method(),
+            path = request.uri().path(),
+            "control request refused: {reason}"
+        );
+        return message(StatusCode::FORBIDDEN, reason);
+    }
+    if request.uri().path() == paths::FLOWS {
+        return next.run(request).await;
+    }
+    match tokio::time::timeout(REQUEST_TIMEOUT, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => message(
+            StatusCode::REQUEST_TIMEOUT,
+            format!(
+                "the request took longer than {} s and was abandoned",
+                REQUEST_TIMEOUT.as_secs()
+            ),
+        ),
+    }
 }
 
 fn error(status: StatusCode, body: ErrorBody) -> Response {
@@ -88,42 +158,10 @@ fn message(status: StatusCode, text: String) -> Response {
     )
 }
 
-async fn status(State(state): State<ControlState>) -> Response {
-    match state.engine.lock().await.status() {
-        Ok(status) => Json(status).into_response(),
-        Err(e) => message(StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}")),
-    }
-}
-
-async fn apply(State(state): State<ControlState>, body: Bytes) -> Response {
-    let request: ApplyRequest = match serde_json::from_slice(&body) {
-        Ok(request) => request,
-        Err(e) => {
-            return message(
-                StatusCode::BAD_REQUEST,
-                format!("malformed apply request: {e}"),
-            );
-        }
-    };
-    let started = Instant::now();
-    let result = {
-        let mut engine = state.engine.lock().await;
-        let result = engine.apply(&request.files, request.dry_run);
-        if result.as_ref().is_ok_and(|response| !response.dry_run) {
-            systemd::status(&engine.summary());
-        }
-        result
-    };
-    let outcome = match &result {
-        Ok(response) if response.dry_run => "dry_run",
-        Ok(_) => "applied",
-        Err(ApplyError::Invalid(_) | ApplyError::Compile(_)) => "invalid",
-        Err(ApplyError::Datapath(_)) => "datapath_error",
-    };
-    state.metrics.record_apply(outcome, started.elapsed());
-    match result {
-        Ok(response) => Json(response).into_response(),
-        Err(ApplyError::Invalid(diagnostics)) => error(
+/// The response for a request the engine refused.
+fn refusal(error: ApplyError) -> Response {
+    match error {
+        ApplyError::Invalid(diagnostics) => self::error(
             StatusCode::UNPROCESSABLE_ENTITY,
             ErrorBody {
                 error: format!(
@@ -133,14 +171,156 @@ async fn apply(State(state): State<ControlState>, body: Bytes) -> Response {
                 diagnostics: diagnostics.0,
             },
         ),
-        Err(e @ ApplyError::Compile(_)) => message(
+        e @ ApplyError::Compile(_) => message(
             StatusCode::UNPROCESSABLE_ENTITY,
             format!("{e}; nothing was changed"),
         ),
-        Err(e @ ApplyError::Datapath(_)) => {
+        e @ ApplyError::NotFound(_) => message(StatusCode::NOT_FOUND, e.to_string()),
+        e @ (ApplyError::ConfirmPending { .. } | ApplyError::NothingPending) => {
+            message(StatusCode::CONFLICT, e.to_string())
+        }
+        e @ (ApplyError::Storage(_) | ApplyError::Datapath(_)) => {
             message(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
         }
     }
+}
+
+/// A JSON body, or what is wrong with it.
+fn parse<T: serde::de::DeserializeOwned>(body: &Bytes, what: &str) -> Result<T, String> {
+    serde_json::from_slice(body).map_err(|e| format!("malformed {what} request: {e}"))
+}
+
+async fn status(State(state): State<ControlState>) -> Response {
+    match state.engine.lock().await.status() {
+        Ok(status) => Json(status).into_response(),
+        Err(e) => message(StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}")),
+    }
+}
+
+async fn counters(State(state): State<ControlState>) -> Response {
+    match state.engine.lock().await.counters() {
+        Ok(counters) => Json(counters).into_response(),
+        Err(e) => message(StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}")),
+    }
+}
+
+async fn list(State(state): State<ControlState>) -> Response {
+    Json(state.engine.lock().await.list()).into_response()
+}
+
+async fn policy(State(state): State<ControlState>, UrlPath(name): UrlPath<String>) -> Response {
+    match state.engine.lock().await.get(&name) {
+        Ok(document) => Json(document).into_response(),
+        Err(e) => refusal(e),
+    }
+}
+
+async fn apply(State(state): State<ControlState>, body: Bytes) -> Response {
+    let request: ApplyRequest = match parse(&body, "apply") {
+        Ok(request) => request,
+        Err(text) => return message(StatusCode::BAD_REQUEST, text),
+    };
+    let started = Instant::now();
+    let result = state.engine.lock().await.apply(&request);
+    let outcome = match &result {
+        Ok(response) if response.dry_run => "dry_run",
+        Ok(_) => "applied",
+        Err(ApplyError::Invalid(_) | ApplyError::Compile(_)) => "invalid",
+        Err(ApplyError::Datapath(_)) => "datapath_error",
+        Err(_) => "refused",
+    };
+    state.metrics.record_apply(outcome, started.elapsed());
+    changed(&state, result).await
+}
+
+async fn delete(
+    State(state): State<ControlState>,
+    UrlPath(name): UrlPath<String>,
+    Query(options): Query<DeleteOptions>,
+) -> Response {
+    let result = state.engine.lock().await.delete(&name, options.dry_run);
+    changed(&state, result).await
+}
+
+async fn reload(State(state): State<ControlState>) -> Response {
+    let result = state.engine.lock().await.reload();
+    changed(&state, result).await
+}
+
+/// Reports a change to systemd, arms the rollback of an apply on probation,
+/// and answers.
+async fn changed(state: &ControlState, result: Result<ApplyResponse, ApplyError>) -> Response {
+    match result {
+        Ok(response) => {
+            if !response.dry_run {
+                let engine = state.engine.lock().await;
+                systemd::status(&engine.summary());
+                if response.pending_confirm.is_some()
+                    && let Some((generation, deadline)) = engine.confirm_deadline()
+                {
+                    spawn_rollback(Arc::clone(&state.engine), generation, deadline);
+                }
+            }
+            Json(response).into_response()
+        }
+        Err(e) => refusal(e),
+    }
+}
+
+/// Rolls generation `generation` back at `deadline` unless it was confirmed.
+pub fn spawn_rollback(engine: Arc<Mutex<Engine>>, generation: u32, deadline: std::time::Instant) {
+    tokio::spawn(async move {
+        tokio::time::sleep_until(deadline.into()).await;
+        let mut engine = engine.lock().await;
+        match engine.roll_back(generation) {
+            Ok(true) => systemd::status(&engine.summary()),
+            Ok(false) => {}
+            Err(e) => error!("rolling back generation {generation} failed: {e}"),
+        }
+    });
+}
+
+async fn diff(State(state): State<ControlState>, body: Bytes) -> Response {
+    let request: ApplyRequest = match parse(&body, "diff") {
+        Ok(request) => request,
+        Err(text) => return message(StatusCode::BAD_REQUEST, text),
+    };
+    match state.engine.lock().await.diff(&request.files) {
+        Ok(diff) => Json(diff).into_response(),
+        Err(e) => refusal(e),
+    }
+}
+
+async fn confirm(State(state): State<ControlState>) -> Response {
+    let mut engine = state.engine.lock().await;
+    match engine.confirm() {
+        Ok(generation) => {
+            systemd::status(&engine.summary());
+            Json(ConfirmResponse { generation }).into_response()
+        }
+        Err(e) => refusal(e),
+    }
+}
+
+async fn conntrack(State(state): State<ControlState>) -> Response {
+    match state.engine.lock().await.connections() {
+        Ok(entries) => Json(entries).into_response(),
+        Err(e) => message(StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}")),
+    }
+}
+
+async fn flush_conntrack(State(state): State<ControlState>) -> Response {
+    match state.engine.lock().await.flush_connections() {
+        Ok(removed) => Json(ConntrackFlush { removed }).into_response(),
+        Err(e) => message(StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}")),
+    }
+}
+
+/// Query of `DELETE /v1/policies/NAME`.
+#[derive(Debug, Default, serde::Deserialize)]
+struct DeleteOptions {
+    #[serde(default)]
+    dry_run: bool,
 }
 
 async fn flows(State(state): State<ControlState>, Query(query): Query<FlowQuery>) -> Response {

@@ -1,24 +1,36 @@
-//! The policy engine: the policies in force, compiled for this node and
-//! installed into the datapath, all or nothing.
+//! The policy engine: the policies in force, where each came from, compiled
+//! for this node and installed into the datapath, all or nothing; applies
+//! that roll back unless confirmed; saving what was applied.
 
-use std::{collections::BTreeMap, path::Path, sync::Arc};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use anyhow::Context as _;
-use palisade_api::{ApplyResponse, PolicyFile, Status};
-use palisade_policy::{
-    CompileError, CompiledTable, Diagnostic, Diagnostics, NodeContext, Policy, compile,
-    policy_from_toml,
+use palisade_api::{
+    ApplyRequest, ApplyResponse, ConntrackEntry, DiffResponse, Failsafe, FlowFilter,
+    PendingConfirm, PolicyDocument, PolicyFile, PolicyList, PolicySource, PolicySummary, Status,
 };
-use tracing::info;
+use palisade_common::{FAILSAFE_RULE, protocol};
+use palisade_policy::{
+    CompileError, CompiledTable, Diagnostic, Diagnostics, Direction, NodeContext, Policy, compile,
+    describe::protocol_name, policy_from_toml, rule_lines,
+};
+use tracing::{info, warn};
 
 use crate::{
     config::DatapathConfig,
-    datapath::Datapath,
+    datapath::{ConnectionState, Datapath},
     flows::FlowHub,
+    impact,
     metrics::{RuleHits, Snapshot},
+    store::PolicyStore,
 };
 
-/// Why an apply changed nothing.
+/// Why a request changed nothing.
 #[derive(Debug, thiserror::Error)]
 pub enum ApplyError {
     /// A file is not a valid policy.
@@ -27,42 +39,104 @@ pub enum ApplyError {
     /// The policies are valid but cannot be compiled together.
     #[error(transparent)]
     Compile(#[from] CompileError),
+    /// No policy of that name is in force.
+    #[error("no policy named {0:?} is in force (`palisadectl policy list` shows them)")]
+    NotFound(String),
+    /// An apply waits for confirmation; other changes must wait.
+    #[error(
+        "generation {generation} rolls back in {seconds_left} s unless confirmed: run `palisadectl confirm` to keep it, or wait for the rollback, then try again"
+    )]
+    ConfirmPending {
+        /// The generation waiting.
+        generation: u32,
+        /// Seconds before it rolls back.
+        seconds_left: u64,
+    },
+    /// `confirm` without a pending apply.
+    #[error("nothing to confirm: no apply is waiting for confirmation")]
+    NothingPending,
+    /// A policy file or the state directory could not be read or written.
+    #[error("{0:#}")]
+    Storage(anyhow::Error),
     /// The datapath refused the new table; the old one is still in force.
     #[error("the datapath refused the new rules (the previous rules are still in force): {0:#}")]
     Datapath(anyhow::Error),
 }
 
+/// What the engine is set up with.
+#[derive(Debug, Clone)]
+pub struct EngineSettings {
+    /// This node's labels and audit mode.
+    pub node: NodeContext,
+    /// This node's name.
+    pub node_name: String,
+    /// The policy directory (`policy.directory`).
+    pub directory: PathBuf,
+    /// Where applied policies are saved.
+    pub store: PolicyStore,
+    /// The failsafe services, for status.
+    pub failsafe: Failsafe,
+}
+
+/// A policy in force and where it came from.
+#[derive(Debug, Clone)]
+struct PolicyEntry {
+    policy: Policy,
+    source: PolicySource,
+    file: PolicyFile,
+}
+
+/// An apply that rolls back unless confirmed.
+#[derive(Debug)]
+struct Pending {
+    generation: u32,
+    rollback_to: u32,
+    previous: BTreeMap<String, PolicyEntry>,
+    deadline: Instant,
+}
+
+impl Pending {
+    fn seconds_left(&self) -> u64 {
+        self.deadline
+            .saturating_duration_since(Instant::now())
+            .as_secs()
+    }
+
+    fn describe(&self) -> PendingConfirm {
+        PendingConfirm {
+            generation: self.generation,
+            rollback_to: self.rollback_to,
+            seconds_left: self.seconds_left(),
+        }
+    }
+}
+
 /// The policies in force and the datapath enforcing them.
 pub struct Engine {
-    node: NodeContext,
-    node_name: String,
-    policies: BTreeMap<String, Policy>,
+    settings: EngineSettings,
+    policies: BTreeMap<String, PolicyEntry>,
     table: CompiledTable,
     generation: u32,
+    pending: Option<Pending>,
     datapath: Box<dyn Datapath>,
     hub: Arc<FlowHub>,
 }
 
 impl Engine {
-    /// An engine with no policies; call [`Engine::apply`] to install the first table.
-    pub fn new(
-        node: NodeContext,
-        node_name: String,
-        datapath: Box<dyn Datapath>,
-        hub: Arc<FlowHub>,
-    ) -> Self {
+    /// An engine with no policies; call [`Engine::reload`] to install the first table.
+    pub fn new(settings: EngineSettings, datapath: Box<dyn Datapath>, hub: Arc<FlowHub>) -> Self {
         Self {
-            node,
-            node_name,
+            settings,
             policies: BTreeMap::new(),
             table: CompiledTable::default(),
             generation: 0,
+            pending: None,
             datapath,
             hub,
         }
     }
 
-    /// Starts enforcing on the configured interfaces (after the first apply).
+    /// Starts enforcing on the configured interfaces (after the first install).
     ///
     /// # Errors
     ///
@@ -71,50 +145,391 @@ impl Engine {
         self.datapath.attach(config)
     }
 
-    /// Adds or replaces (by `metadata.name`) the policies in `files`, compiles
-    /// everything in force and installs it; on a dry run, stops before installing.
+    /// Reads the policy directory and the saved policies (a saved policy
+    /// replaces a directory one of the same name) and installs them.
     ///
     /// # Errors
     ///
     /// [`ApplyError`]; the rules in force are unchanged then.
-    pub fn apply(
-        &mut self,
-        files: &[PolicyFile],
-        dry_run: bool,
-    ) -> Result<ApplyResponse, ApplyError> {
-        let parsed = parse_files(files)?;
+    pub fn reload(&mut self) -> Result<ApplyResponse, ApplyError> {
+        self.refuse_while_pending()?;
+        let directory =
+            read_policy_directory(&self.settings.directory).map_err(ApplyError::Storage)?;
+        let saved = self.settings.store.load().map_err(ApplyError::Storage)?;
+        let mut policies = parse_files(&directory, PolicySource::Directory)?;
+        policies.extend(parse_files(&saved, PolicySource::Applied)?);
+        let removed = self
+            .policies
+            .keys()
+            .filter(|name| !policies.contains_key(*name))
+            .cloned()
+            .collect();
+        let applied = policies.keys().cloned().collect();
+        self.commit(policies, applied, removed, false)
+    }
+
+    /// Adds or replaces (by `metadata.name`) the policies in the request's
+    /// files, compiles everything in force and installs it; on a dry run,
+    /// stops before installing. With a confirm deadline the previous policies
+    /// come back at the deadline unless [`Engine::confirm`] is called, and
+    /// nothing is saved until then.
+    ///
+    /// # Errors
+    ///
+    /// [`ApplyError`]; the rules in force are unchanged then.
+    pub fn apply(&mut self, request: &ApplyRequest) -> Result<ApplyResponse, ApplyError> {
+        let parsed = parse_files(&request.files, PolicySource::Applied)?;
         let applied: Vec<String> = parsed.keys().cloned().collect();
         let mut policies = self.policies.clone();
         policies.extend(parsed);
-        let list: Vec<Policy> = policies.values().cloned().collect();
-        let table = compile(&list, &self.node)?;
-        let response = |generation: u32, table: &CompiledTable| ApplyResponse {
+        if request.dry_run {
+            return self.preview(&policies, applied, Vec::new());
+        }
+        self.refuse_while_pending()?;
+        let confirm = request.confirm_seconds.map(Duration::from_secs);
+        let previous = self.policies.clone();
+        let rollback_to = self.generation;
+        let mut response = self.commit(policies, applied, Vec::new(), confirm.is_none())?;
+        if let Some(wait) = confirm {
+            let pending = Pending {
+                generation: self.generation,
+                rollback_to,
+                previous,
+                deadline: Instant::now() + wait,
+            };
+            warn!(
+                generation = self.generation,
+                seconds = wait.as_secs(),
+                "policy applied on probation: it rolls back unless confirmed (`palisadectl confirm`)"
+            );
+            response.pending_confirm = Some(pending.describe());
+            self.pending = Some(pending);
+        }
+        Ok(response)
+    }
+
+    /// Removes policy `name` (on a dry run, only says what would change).
+    ///
+    /// # Errors
+    ///
+    /// [`ApplyError::NotFound`] when no such policy is in force, or as [`Engine::apply`].
+    pub fn delete(&mut self, name: &str, dry_run: bool) -> Result<ApplyResponse, ApplyError> {
+        let mut policies = self.policies.clone();
+        let entry = policies
+            .remove(name)
+            .ok_or_else(|| ApplyError::NotFound(name.to_owned()))?;
+        let removed = vec![name.to_owned()];
+        if dry_run {
+            return self.preview(&policies, Vec::new(), removed);
+        }
+        self.refuse_while_pending()?;
+        let response = self.commit(policies, Vec::new(), removed, true)?;
+        if entry.source == PolicySource::Directory {
+            warn!(
+                policy = name,
+                file = entry.file.name,
+                "policy deleted; it comes from the policy directory and is back on the next reload or restart unless its file is removed"
+            );
+        }
+        Ok(response)
+    }
+
+    /// Keeps the rules of the apply waiting for confirmation, and saves them.
+    ///
+    /// # Errors
+    ///
+    /// [`ApplyError::NothingPending`], or [`ApplyError::Storage`] when they
+    /// cannot be saved (they stay on probation then).
+    pub fn confirm(&mut self) -> Result<u32, ApplyError> {
+        if self.pending.is_none() {
+            return Err(ApplyError::NothingPending);
+        }
+        self.save(&self.policies).map_err(ApplyError::Storage)?;
+        self.pending = None;
+        info!(generation = self.generation, "policy confirmed and saved");
+        Ok(self.generation)
+    }
+
+    /// When the apply of `generation` is still waiting for confirmation, puts
+    /// the policies before it back. Returns whether it rolled back.
+    ///
+    /// # Errors
+    ///
+    /// When the previous rules cannot be installed again (the probation ends
+    /// either way; the error says what is in force).
+    pub fn roll_back(&mut self, generation: u32) -> Result<bool, ApplyError> {
+        if self
+            .pending
+            .as_ref()
+            .is_none_or(|pending| pending.generation != generation)
+        {
+            return Ok(false);
+        }
+        let Some(pending) = self.pending.take() else {
+            return Ok(false);
+        };
+        let removed = self
+            .policies
+            .keys()
+            .filter(|name| !pending.previous.contains_key(*name))
+            .cloned()
+            .collect();
+        let restored = pending.previous.keys().cloned().collect();
+        let response = self.commit(pending.previous, restored, removed, false)?;
+        warn!(
+            generation = response.generation,
+            unconfirmed = generation,
+            restored = pending.rollback_to,
+            "policy rolled back: generation {generation} was not confirmed in time; the rules of generation {} are in force again",
+            pending.rollback_to
+        );
+        Ok(true)
+    }
+
+    /// When the pending apply, if any, rolls back.
+    pub fn confirm_deadline(&self) -> Option<(u32, Instant)> {
+        self.pending
+            .as_ref()
+            .map(|pending| (pending.generation, pending.deadline))
+    }
+
+    /// What applying the request's files would change: compiled rules added
+    /// and removed, and which recent flows would get another verdict.
+    ///
+    /// # Errors
+    ///
+    /// As a dry-run [`Engine::apply`].
+    pub fn diff(&self, files: &[PolicyFile]) -> Result<DiffResponse, ApplyError> {
+        let mut policies = self.policies.clone();
+        policies.extend(parse_files(files, PolicySource::Applied)?);
+        let table = self.compile(&policies)?;
+        let before: BTreeSet<String> = rule_lines(&self.table).into_iter().collect();
+        let after: BTreeSet<String> = rule_lines(&table).into_iter().collect();
+        let (flows, _) = self.hub.snapshot(&FlowFilter::default(), None, false);
+        Ok(DiffResponse {
+            added: after.difference(&before).cloned().collect(),
+            removed: before.difference(&after).cloned().collect(),
+            changed_flows: impact::changed_flows(&self.table, &table, &flows),
+            flows_replayed: flows.len(),
+        })
+    }
+
+    /// Every policy in force.
+    pub fn list(&self) -> PolicyList {
+        PolicyList {
+            generation: self.generation,
+            policies: self
+                .policies
+                .iter()
+                .map(|(name, entry)| self.summary_of(name, entry))
+                .collect(),
+        }
+    }
+
+    /// One policy in force, as it was given.
+    ///
+    /// # Errors
+    ///
+    /// [`ApplyError::NotFound`].
+    pub fn get(&self, name: &str) -> Result<PolicyDocument, ApplyError> {
+        let entry = self
+            .policies
+            .get(name)
+            .ok_or_else(|| ApplyError::NotFound(name.to_owned()))?;
+        Ok(PolicyDocument {
+            summary: self.summary_of(name, entry),
+            content: entry.file.content.clone(),
+        })
+    }
+
+    /// The tracked connections.
+    ///
+    /// # Errors
+    ///
+    /// When the datapath cannot read its table.
+    pub fn connections(&self) -> anyhow::Result<Vec<ConntrackEntry>> {
+        let mut entries: Vec<ConntrackEntry> = self
+            .datapath
+            .connections()?
+            .into_iter()
+            .map(|connection| ConntrackEntry {
+                protocol: match connection.protocol {
+                    protocol::ICMP => "ICMP".to_owned(),
+                    protocol::ICMPV6 => "ICMPv6".to_owned(),
+                    code => protocol_name(code).to_uppercase(),
+                },
+                source: connection.source.to_string(),
+                destination: connection.destination.to_string(),
+                source_port: connection.source_port,
+                destination_port: connection.destination_port,
+                direction: match connection.direction {
+                    Direction::Ingress => "INGRESS".to_owned(),
+                    Direction::Egress => "EGRESS".to_owned(),
+                },
+                state: match connection.state {
+                    ConnectionState::Opening => "OPENING",
+                    ConnectionState::Established => "ESTABLISHED",
+                    ConnectionState::Closing => "CLOSING",
+                }
+                .to_owned(),
+                expires_in_seconds: connection.expires_in.as_secs(),
+                opened_by: self.rule_name(connection.rule_id),
+            })
+            .collect();
+        entries.sort_by(|a, b| {
+            (&a.protocol, &a.source, a.source_port, &a.destination).cmp(&(
+                &b.protocol,
+                &b.source,
+                b.source_port,
+                &b.destination,
+            ))
+        });
+        Ok(entries)
+    }
+
+    /// Forgets every tracked connection; returns how many there were.
+    ///
+    /// # Errors
+    ///
+    /// When the datapath cannot clear its table.
+    pub fn flush_connections(&mut self) -> anyhow::Result<usize> {
+        let removed = self.datapath.flush_connections()?;
+        warn!(
+            removed,
+            "conntrack flushed: packets of existing connections are judged as new connections"
+        );
+        Ok(removed)
+    }
+
+    fn rule_name(&self, rule_id: u32) -> String {
+        if rule_id == FAILSAFE_RULE {
+            return "failsafe".to_owned();
+        }
+        usize::try_from(rule_id)
+            .ok()
+            .and_then(|id| self.table.rules.get(id))
+            .map_or_else(
+                || "default".to_owned(),
+                |origin| format!("{} {}", origin.policy, origin.path),
+            )
+    }
+
+    fn summary_of(&self, name: &str, entry: &PolicyEntry) -> PolicySummary {
+        PolicySummary {
+            name: name.to_owned(),
+            source: entry.source,
+            file: entry.file.name.clone(),
+            selects_node: self.table.policies.iter().any(|selected| selected == name),
+            rules: self
+                .table
+                .rules
+                .iter()
+                .filter(|origin| origin.policy == name)
+                .count(),
+        }
+    }
+
+    fn refuse_while_pending(&self) -> Result<(), ApplyError> {
+        match &self.pending {
+            Some(pending) => Err(ApplyError::ConfirmPending {
+                generation: pending.generation,
+                seconds_left: pending.seconds_left(),
+            }),
+            None => Ok(()),
+        }
+    }
+
+    fn compile(
+        &self,
+        policies: &BTreeMap<String, PolicyEntry>,
+    ) -> Result<CompiledTable, ApplyError> {
+        let list: Vec<Policy> = policies
+            .values()
+            .map(|entry| entry.policy.clone())
+            .collect();
+        Ok(compile(&list, &self.settings.node)?)
+    }
+
+    fn response(
+        &self,
+        generation: u32,
+        table: &CompiledTable,
+        applied: Vec<String>,
+        removed: Vec<String>,
+        dry_run: bool,
+    ) -> ApplyResponse {
+        ApplyResponse {
             generation,
-            applied: applied.clone(),
+            applied,
+            removed,
             policies: table.policies.clone(),
             rules: table.rules.len(),
             dry_run,
-        };
-        if dry_run {
-            return Ok(response(self.generation, &table));
+            pending_confirm: None,
+        }
+    }
+
+    fn preview(
+        &self,
+        policies: &BTreeMap<String, PolicyEntry>,
+        applied: Vec<String>,
+        removed: Vec<String>,
+    ) -> Result<ApplyResponse, ApplyError> {
+        let table = self.compile(policies)?;
+        Ok(self.response(self.generation, &table, applied, removed, true))
+    }
+
+    /// Compiles and installs `policies`; with `save`, saves the applied ones
+    /// first (and puts the saved set back if the install fails).
+    fn commit(
+        &mut self,
+        policies: BTreeMap<String, PolicyEntry>,
+        applied: Vec<String>,
+        removed: Vec<String>,
+        save: bool,
+    ) -> Result<ApplyResponse, ApplyError> {
+        let table = self.compile(&policies)?;
+        if save {
+            self.save(&policies).map_err(ApplyError::Storage)?;
         }
         let generation = self.generation + 1;
         // Origins first: events of the new generation may arrive right after the switch.
         self.hub.set_rule_origins(generation, table.rules.clone());
-        self.datapath
-            .install(&table, generation)
-            .map_err(ApplyError::Datapath)?;
+        if let Err(error) = self.datapath.install(&table, generation) {
+            if save && let Err(restore) = self.save(&self.policies) {
+                warn!(
+                    error = format!("{restore:#}"),
+                    "cannot restore the saved policies after a failed install"
+                );
+            }
+            return Err(ApplyError::Datapath(error));
+        }
         info!(
             generation,
             policy = table.policies.join(","),
             rules = table.rules.len(),
             "policy applied"
         );
-        let reply = response(generation, &table);
+        let response = self.response(generation, &table, applied, removed, false);
         self.policies = policies;
         self.table = table;
         self.generation = generation;
-        Ok(reply)
+        Ok(response)
+    }
+
+    /// Saves the applied (not directory) policies of `policies`.
+    fn save(&self, policies: &BTreeMap<String, PolicyEntry>) -> anyhow::Result<()> {
+        let applied = policies
+            .iter()
+            .filter(|(_, entry)| entry.source == PolicySource::Applied)
+            .map(|(name, entry)| (name.clone(), entry.file.content.clone()))
+            .collect();
+        self.settings.store.save(&applied).with_context(|| {
+            format!(
+                "saving the applied policies under {} (nothing was changed)",
+                self.settings.store.directory().display()
+            )
+        })
     }
 
     /// One line for `systemctl status`: generation, policies, rules, interfaces.
@@ -125,8 +540,14 @@ impl Engine {
             .into_iter()
             .map(|interface| interface.name)
             .collect();
+        let probation = self.pending.as_ref().map_or_else(String::new, |pending| {
+            format!(
+                " (rolls back in {} s unless confirmed)",
+                pending.seconds_left()
+            )
+        });
         format!(
-            "policy generation {}: {} policies, {} rules; enforcing on {}",
+            "policy generation {}{probation}: {} policies, {} rules; enforcing on {}",
             self.generation,
             self.table.policies.len(),
             self.table.rules.len(),
@@ -165,6 +586,15 @@ impl Engine {
         })
     }
 
+    /// Packet counters.
+    ///
+    /// # Errors
+    ///
+    /// When the datapath's counters cannot be read.
+    pub fn counters(&self) -> anyhow::Result<palisade_api::Counters> {
+        self.datapath.counters()
+    }
+
     /// What the daemon is doing.
     ///
     /// # Errors
@@ -173,7 +603,7 @@ impl Engine {
     pub fn status(&self) -> anyhow::Result<Status> {
         Ok(Status {
             version: env!("CARGO_PKG_VERSION").to_owned(),
-            node_name: self.node_name.clone(),
+            node_name: self.settings.node_name.clone(),
             datapath: self.datapath.name().to_owned(),
             interfaces: self.datapath.interfaces(),
             generation: self.generation,
@@ -181,20 +611,30 @@ impl Engine {
             rules: self.table.rules.len(),
             ingress_default_deny: self.table.ingress.default_deny,
             audit_mode: self.table.audit,
+            failsafe: self.settings.failsafe.clone(),
+            pending_confirm: self.pending.as_ref().map(Pending::describe),
             counters: self.datapath.counters()?,
         })
     }
 }
 
 /// Parses every file, collecting all problems; a name given twice is one too.
-fn parse_files(files: &[PolicyFile]) -> Result<BTreeMap<String, Policy>, Diagnostics> {
+fn parse_files(
+    files: &[PolicyFile],
+    source: PolicySource,
+) -> Result<BTreeMap<String, PolicyEntry>, Diagnostics> {
     let mut policies = BTreeMap::new();
     let mut problems = Vec::new();
     for file in files {
         match policy_from_toml(&file.name, &file.content) {
             Ok(policy) => {
                 let name = policy.metadata.name.clone();
-                if policies.insert(name.clone(), policy).is_some() {
+                let entry = PolicyEntry {
+                    policy,
+                    source,
+                    file: file.clone(),
+                };
+                if policies.insert(name.clone(), entry).is_some() {
                     problems.push(Diagnostic::at(
                         &file.name,
                         &file.content,

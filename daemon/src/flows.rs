@@ -129,21 +129,11 @@ impl FlowHub {
         let time = self.boot_time + Duration::from_nanos(event.monotonic_ns);
         let source = address(event.source, event.ip_version);
         let destination = address(event.destination, event.ip_version);
-        let verdict_name = match event.verdict {
-            verdict::FORWARDED => "FORWARDED",
-            verdict::DROPPED => "DROPPED",
-            verdict::AUDIT => "AUDIT",
-            _ => "VERDICT_UNKNOWN",
-        };
-        let drop_reason_desc = match event.drop_reason {
-            drop_reason::NONE => None,
-            drop_reason::POLICY_DENIED => Some("POLICY_DENIED".to_owned()),
-            drop_reason::POLICY_DENY => Some("POLICY_DENY".to_owned()),
-            drop_reason::PREFILTER => Some("PREFILTER".to_owned()),
-            drop_reason::INVALID_PACKET => Some("INVALID_PACKET_DROPPED".to_owned()),
-            drop_reason::FRAG_NOT_FOUND => Some("FRAG_NOT_FOUND".to_owned()),
-            drop_reason::CT_MAP_INSERTION_FAILED => Some("CT_MAP_INSERTION_FAILED".to_owned()),
-            other => Some(format!("DROP_REASON_{other}")),
+        let verdict_name = verdict::name(event.verdict);
+        let drop_reason_desc = match (event.drop_reason, drop_reason::name(event.drop_reason)) {
+            (drop_reason::NONE, _) => None,
+            (_, Some(name)) => Some(name.to_owned()),
+            (other, None) => Some(format!("DROP_REASON_{other}")),
         };
         let ports = PortPair {
             source_port: event.source_port,
@@ -262,17 +252,7 @@ fn address(bytes: [u8; 16], ip_version: u8) -> String {
 
 /// Wall-clock time at which CLOCK_MONOTONIC (what `bpf_ktime_get_ns` reads) was zero.
 fn boot_time() -> SystemTime {
-    let mut now = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes into the timespec we own.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
-    let since_boot = Duration::new(
-        u64::try_from(now.tv_sec).unwrap_or(0),
-        u32::try_from(now.tv_nsec).unwrap_or(0),
-    );
-    SystemTime::now() - since_boot
+    SystemTime::now() - crate::clock::monotonic()
 }
 
 /// The flow event in one ring-buffer record, or `None` when it is too short.

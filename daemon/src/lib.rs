@@ -3,11 +3,15 @@
 //! `palisaded` binary wires them together; benchmarks drive them directly.
 
 pub mod audit_trail;
+pub mod authz;
+pub mod clock;
 pub mod config;
 pub mod control;
 pub mod datapath;
 pub mod engine;
 pub mod flows;
+pub mod impact;
 pub mod logging;
 pub mod metrics;
+pub mod store;
 pub mod systemd;

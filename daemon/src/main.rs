@@ -5,19 +5,22 @@ use std::{path::PathBuf, process::ExitCode, sync::Arc};
 
 use anyhow::Context as _;
 use clap::Parser;
+use palisade_api::Failsafe;
 use palisade_daemon::{
-    config::{Config, DEFAULT_CONFIG},
+    authz::{Authorizer, Peer},
+    config::{Config, DEFAULT_CONFIG, Service},
     control::{self, ControlState},
     datapath::{ebpf::EbpfDatapath, pinning},
-    engine::{Engine, read_policy_directory},
+    engine::{Engine, EngineSettings},
     flows::{self, FlowHub},
     logging,
     metrics::{self, Metrics},
+    store::PolicyStore,
     systemd,
 };
 use palisade_policy::NodeContext;
 use tokio::{signal::unix::SignalKind, sync::Mutex};
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 /// palisade host firewall daemon.
 #[derive(Debug, Parser)]
@@ -32,6 +35,9 @@ struct Args {
     /// Policy directory (overrides `policy.directory`).
     #[arg(long)]
     policy_dir: Option<PathBuf>,
+    /// Where applied policies are saved (overrides `policy.state_directory`).
+    #[arg(long)]
+    state_dir: Option<PathBuf>,
     /// Detach every program and remove the pinned state under
     /// `datapath.pin_path`, then exit. Enforcement stops.
     #[arg(long)]
@@ -59,6 +65,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
     if let Some(directory) = args.policy_dir {
         config.policy.directory = directory;
     }
+    if let Some(directory) = args.state_dir {
+        config.policy.state_directory = directory;
+    }
     if args.cleanup {
         let pin_path = &config.datapath.pin_path;
         if pinning::cleanup(pin_path)? {
@@ -68,24 +77,30 @@ async fn run(args: Args) -> anyhow::Result<()> {
         }
         return Ok(());
     }
-    let files = read_policy_directory(&config.policy.directory)?;
     let node_name = config.node.name.clone().unwrap_or_else(host_name);
-    let node = NodeContext {
-        labels: config.node.labels.clone(),
-        audit_mode: config.policy.audit_mode,
+    let settings = EngineSettings {
+        node: NodeContext {
+            labels: config.node.labels.clone(),
+            audit_mode: config.policy.audit_mode,
+        },
+        node_name: node_name.clone(),
+        directory: config.policy.directory.clone(),
+        store: PolicyStore::new(&config.policy.state_directory),
+        failsafe: failsafe_status(&config),
     };
 
     let (datapath, flow_events) = EbpfDatapath::load(&config)?;
     let hub = Arc::new(FlowHub::new(
-        node_name.clone(),
+        node_name,
         config.flows.buffer,
         config.flows.log_per_second,
     ));
-    let mut engine = Engine::new(node, node_name, Box::new(datapath), Arc::clone(&hub));
-    let first = engine.apply(&files, false).with_context(|| {
+    let mut engine = Engine::new(settings, Box::new(datapath), Arc::clone(&hub));
+    let first = engine.reload().with_context(|| {
         format!(
-            "loading policies from {}",
-            config.policy.directory.display()
+            "loading policies from {} and {}",
+            config.policy.directory.display(),
+            config.policy.state_directory.display()
         )
     })?;
     info!(
@@ -97,7 +112,14 @@ async fn run(args: Args) -> anyhow::Result<()> {
     engine.attach(&config.datapath)?;
     tokio::spawn(flows::read_events(flow_events, Arc::clone(&hub)));
 
-    let listener = control::bind(&config.control.socket)?;
+    let authorizer = Authorizer::new(&config.control);
+    for group in authorizer.missing_groups() {
+        warn!(
+            group,
+            "control group does not exist: its members cannot be recognised"
+        );
+    }
+    let listener = control::bind(&config.control.socket, authorizer.socket_group())?;
     let summary = engine.summary();
     let engine = Arc::new(Mutex::new(engine));
     let metrics = Arc::new(Metrics::new());
@@ -108,13 +130,18 @@ async fn run(args: Args) -> anyhow::Result<()> {
         engine: Arc::clone(&engine),
         hub,
         metrics,
+        authorizer: Arc::new(authorizer),
     };
-    systemd::spawn_watchdog(engine);
+    systemd::spawn_watchdog(Arc::clone(&engine));
+    spawn_reload_on_hangup(engine)?;
     info!(socket = %config.control.socket.display(), "palisaded ready");
     systemd::ready(&summary);
-    let served = axum::serve(listener, control::router(state))
-        .with_graceful_shutdown(shutdown_signal())
-        .await;
+    let served = axum::serve(
+        listener,
+        control::router(state).into_make_service_with_connect_info::<Peer>(),
+    )
+    .with_graceful_shutdown(shutdown_signal())
+    .await;
     systemd::stopping();
     // Best effort: a stale socket is replaced on the next start anyway.
     let _ = std::fs::remove_file(&config.control.socket);
@@ -138,6 +165,42 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = terminate => info!("SIGTERM: stopping"),
         _ = tokio::signal::ctrl_c() => info!("SIGINT: stopping"),
+    }
+}
+
+/// Reloads the policies on each SIGHUP (`systemctl reload palisade`).
+fn spawn_reload_on_hangup(engine: Arc<Mutex<Engine>>) -> anyhow::Result<()> {
+    let mut hangups =
+        tokio::signal::unix::signal(SignalKind::hangup()).context("listening for SIGHUP")?;
+    tokio::spawn(async move {
+        while hangups.recv().await.is_some() {
+            systemd::reloading();
+            let mut engine = engine.lock().await;
+            match engine.reload() {
+                Ok(response) => info!(
+                    generation = response.generation,
+                    policy = response.policies.join(","),
+                    "SIGHUP: policies reloaded"
+                ),
+                Err(e) => error!("SIGHUP: reload refused, the rules in force are unchanged: {e}"),
+            }
+            systemd::ready(&engine.summary());
+        }
+    });
+    Ok(())
+}
+
+/// The failsafe services as status shows them.
+fn failsafe_status(config: &Config) -> Failsafe {
+    let names = |services: &[Service]| services.iter().map(ToString::to_string).collect();
+    Failsafe {
+        inbound: names(&config.failsafe.inbound),
+        outbound: names(&config.failsafe.outbound),
+        always: vec![
+            "arp".to_owned(),
+            "icmpv6 neighbour discovery and other RFC 4890 control messages".to_owned(),
+            "non-IP frames".to_owned(),
+        ],
     }
 }
 

@@ -26,6 +26,11 @@ pub fn status(status: &str) {
     notify(&[NotifyState::Status(status)]);
 }
 
+/// RELOADING=1, before a reload; [`ready`] ends it.
+pub fn reloading() {
+    notify(&[NotifyState::Reloading]);
+}
+
 /// STOPPING=1.
 pub fn stopping() {
     notify(&[NotifyState::Stopping]);

@@ -5,6 +5,7 @@
 
 pub mod codec;
 pub mod compile;
+pub mod describe;
 pub mod diagnostic;
 pub mod evaluate;
 pub mod model;
@@ -12,6 +13,7 @@ pub mod validate;
 
 pub use codec::{from_toml, policy_from_toml, policy_to_toml};
 pub use compile::{CompileError, CompiledTable, Direction, NodeContext, compile};
+pub use describe::rule_lines;
 pub use diagnostic::{Diagnostic, Diagnostics};
 pub use evaluate::{Connection, Verdict, evaluate};
 pub use model::Policy;

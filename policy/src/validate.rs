@@ -17,15 +17,37 @@ pub struct Problem {
     pub message: String,
 }
 
+/// Longest `metadata.name` Kubernetes accepts (a DNS subdomain, RFC 1123).
+pub const MAX_NAME_LENGTH: usize = 253;
+
+/// Kubernetes' rule for object names (`IsDNS1123Subdomain`): lower-case
+/// letters, digits, '-' and '.', starting and ending with a letter or digit.
+fn check_name(name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        return Err("a policy needs a non-empty name".into());
+    }
+    let alphanumeric = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit();
+    let valid = name.len() <= MAX_NAME_LENGTH
+        && name
+            .chars()
+            .all(|c| alphanumeric(c) || c == '-' || c == '.')
+        && name.starts_with(alphanumeric)
+        && name.ends_with(alphanumeric);
+    if valid {
+        Ok(())
+    } else {
+        Err(format!(
+            "invalid name {name:?}: a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character (at most {MAX_NAME_LENGTH} characters)"
+        ))
+    }
+}
+
 /// Every problem in `policy`, in document order.
 pub fn validate(policy: &Policy) -> Vec<Problem> {
     let mut problems = Vec::new();
     let mut problem = |path: String, message: String| problems.push(Problem { path, message });
-    if policy.metadata.name.trim().is_empty() {
-        problem(
-            "metadata.name".into(),
-            "a policy needs a non-empty name".into(),
-        );
+    if let Err(message) = check_name(&policy.metadata.name) {
+        problem("metadata.name".into(), message);
     }
     if policy.spec.is_none() && policy.specs.is_empty() {
         problem(
@@ -115,6 +137,30 @@ mod tests {
             ),
             "{found:?}"
         );
+    }
+
+    #[test]
+    fn names_are_kubernetes_object_names() {
+        let named = |name: &str| {
+            let text = format!(
+                "kind = \"CiliumClusterwideNetworkPolicy\"\nmetadata = {{ name = \"{name}\" }}\n[spec]\nnodeSelector = {{}}\n[[spec.ingress]]\n"
+            );
+            match policy_from_toml("n.toml", &text) {
+                Ok(_) => Vec::new(),
+                Err(diagnostics) => diagnostics.0.iter().map(ToString::to_string).collect(),
+            }
+        };
+        assert!(named("allow-ssh.v2").is_empty());
+        for bad in ["Allow", "-a", "a-", "../etc", "a_b"] {
+            let found = named(bad);
+            assert_eq!(found.len(), 1, "{bad}: {found:?}");
+            assert!(
+                found[0].starts_with("n.toml:2:")
+                    && found[0].contains("metadata.name: invalid name"),
+                "{bad}: {found:?}"
+            );
+        }
+        assert!(named("")[0].contains("metadata.name: a policy needs a non-empty name"));
     }
 
     #[test]

@@ -338,8 +338,9 @@ pub struct Launch<'a> {
 /// Pin directories handed out in this process, for unique names.
 static PIN_DIRS: AtomicUsize = AtomicUsize::new(0);
 
-/// Writes `config` with this daemon's own bpffs pin directory (and without
-/// failsafe services unless `failsafe`) to `workdir/palisade.toml`.
+/// Writes `config` with this daemon's own bpffs pin directory, its state
+/// directory in `workdir/state` (and without failsafe services unless
+/// `failsafe`) to `workdir/palisade.toml`.
 fn derived_config(
     config: &Path,
     workdir: &Path,
@@ -366,6 +367,12 @@ fn derived_config(
         toml::Value::String(pin_path.display().to_string()),
     );
     table.insert("datapath".into(), toml::Value::Table(datapath));
+    let mut policy = section(&mut table, "policy")?;
+    policy.insert(
+        "state_directory".into(),
+        toml::Value::String(workdir.join("state").display().to_string()),
+    );
+    table.insert("policy".into(), toml::Value::Table(policy));
     if !failsafe {
         let mut lists = section(&mut table, "failsafe")?;
         lists.insert("inbound".into(), toml::Value::Array(Vec::new()));
@@ -519,6 +526,53 @@ impl Daemon {
             .stdin(Stdio::null())
             .output()
             .context("running palisadectl")
+    }
+
+    /// Runs `palisadectl --socket SOCKET ARGS...` as user `uid`, group `gid`
+    /// with supplementary `groups` (through `setpriv`).
+    ///
+    /// # Errors
+    ///
+    /// When setpriv or palisadectl cannot be started.
+    pub fn ctl_as(
+        &self,
+        uid: u32,
+        gid: u32,
+        groups: &[u32],
+        args: &[&str],
+    ) -> anyhow::Result<std::process::Output> {
+        let mut command = Command::new("setpriv");
+        command
+            .arg(format!("--reuid={uid}"))
+            .arg(format!("--regid={gid}"));
+        if groups.is_empty() {
+            command.arg("--clear-groups");
+        } else {
+            let list: Vec<String> = groups.iter().map(ToString::to_string).collect();
+            command.arg(format!("--groups={}", list.join(",")));
+        }
+        command
+            .arg(binary("palisadectl")?)
+            .arg("--socket")
+            .arg(&self.socket)
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .context("running palisadectl through setpriv")
+    }
+
+    /// Sends SIGHUP (reload) to the daemon.
+    ///
+    /// # Errors
+    ///
+    /// When the signal cannot be sent.
+    pub fn hang_up(&self) -> anyhow::Result<()> {
+        let pid = i32::try_from(self.pid())?;
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGHUP,
+        )
+        .context("sending SIGHUP")
     }
 
     /// Flows from `palisadectl observe -o json FILTERS...`.

@@ -20,17 +20,17 @@ use ipnet::IpNet;
 use palisade_api::{Counters, DirectionCounters, InterfaceStatus, PacketCount};
 use palisade_common::{
     ACTIVE_SLOT_MAP, COUNTER_COUNT, COUNTERS_MAP, CT_ANY_MAP, CT_TCP_MAP, Counter, CounterValue,
-    CtTimeouts, DEFAULT_RULE_CAPACITY, DEFAULT_RULE_SET_CAPACITY, FAILSAFE_MAP, FLOW_EVENTS_MAP,
-    FailsafeKey, MAX_ENTRIES_PER_RULE_SET, NO_RULE, PREFIX_MAPS, PREFIX_MASKS_MAP, PortEntry,
-    PrefixKey, PrefixLengths, RULE_COUNTER_MAPS, RULE_SET_MAPS, RuleSet, SLOT_SETTINGS_MAP,
-    SlotSettings, TC_EGRESS_PROGRAM, TC_INGRESS_PROGRAM, XDP_PREFILTER_PROGRAM, direction, family,
-    lengths_index, prefix_mask, table,
+    CtEntry, CtKey, CtTimeouts, DEFAULT_RULE_CAPACITY, DEFAULT_RULE_SET_CAPACITY, FAILSAFE_MAP,
+    FLOW_EVENTS_MAP, FailsafeKey, MAX_ENTRIES_PER_RULE_SET, NO_RULE, PREFIX_MAPS, PREFIX_MASKS_MAP,
+    PortEntry, PrefixKey, PrefixLengths, RULE_COUNTER_MAPS, RULE_SET_MAPS, RuleSet,
+    SLOT_SETTINGS_MAP, SlotSettings, TC_EGRESS_PROGRAM, TC_INGRESS_PROGRAM, XDP_PREFILTER_PROGRAM,
+    direction, family, lengths_index, prefix_mask, table,
 };
 use palisade_policy::CompiledTable;
 use tracing::{info, warn};
 
 use super::{
-    Datapath, MapUsage,
+    Datapath, MapUsage, TrackedConnection, conntrack,
     pinning::{self, LinkPins},
 };
 use crate::config::{Config, CtFullAction, DatapathConfig};
@@ -51,6 +51,8 @@ pub struct EbpfDatapath {
     rule_sets: [Array<MapData, RuleSet>; 2],
     rule_counters: [PerCpuArray<MapData, CounterValue>; 2],
     counters: PerCpuArray<MapData, CounterValue>,
+    /// The conntrack tables: TCP, and everything else.
+    connections: [HashMap<MapData, CtKey, CtEntry>; 2],
     /// Keys written to each slot's prefix map, so the next install there can
     /// remove the ones it no longer has.
     written_keys: [Vec<PrefixKey>; 2],
@@ -163,6 +165,10 @@ impl EbpfDatapath {
                 PerCpuArray::try_from(take(RULE_COUNTER_MAPS[1])?)?,
             ],
             counters: PerCpuArray::try_from(take(COUNTERS_MAP)?)?,
+            connections: [
+                HashMap::try_from(take(CT_TCP_MAP)?)?,
+                HashMap::try_from(take(CT_ANY_MAP)?)?,
+            ],
             written_keys: [Vec::new(), Vec::new()],
             rule_sets_written: [0, 0],
             rules_written: [0, 0],
@@ -488,6 +494,36 @@ impl Datapath for EbpfDatapath {
                 Ok(sum(&per_cpu))
             })
             .collect()
+    }
+
+    fn connections(&self) -> anyhow::Result<Vec<TrackedConnection>> {
+        let now = crate::clock::monotonic();
+        let mut found = Vec::new();
+        for table in &self.connections {
+            for item in table.iter() {
+                // An entry the LRU evicts mid-walk ends the walk early; what
+                // was read so far is still true.
+                let Ok((key, entry)) = item else { break };
+                found.extend(conntrack::tracked(&key, &entry, now));
+            }
+        }
+        Ok(found)
+    }
+
+    fn flush_connections(&mut self) -> anyhow::Result<usize> {
+        let mut removed = 0;
+        for table in &mut self.connections {
+            let keys: Vec<CtKey> = table.keys().map_while(Result::ok).collect();
+            for key in keys {
+                match table.remove(&key) {
+                    Ok(()) => removed += 1,
+                    // Expired and evicted meanwhile: gone either way.
+                    Err(MapError::KeyNotFound) => {}
+                    Err(error) => return Err(error).context("removing a conntrack entry"),
+                }
+            }
+        }
+        Ok(removed)
     }
 
     fn map_usage(&self) -> Vec<MapUsage> {

@@ -1,11 +1,14 @@
 //! Datapath backends: what installs a compiled rule table into the kernel.
 
+pub mod conntrack;
 pub mod ebpf;
 pub mod pinning;
 pub mod test_packet;
 
+use std::{net::IpAddr, time::Duration};
+
 use palisade_api::{Counters, InterfaceStatus, PacketCount};
-use palisade_policy::CompiledTable;
+use palisade_policy::{CompiledTable, Direction};
 
 use crate::config::DatapathConfig;
 
@@ -18,6 +21,41 @@ pub struct MapUsage {
     pub entries: usize,
     /// Entries it can hold.
     pub capacity: usize,
+}
+
+/// How far a tracked connection has got.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnectionState {
+    /// Opened, no reply seen yet.
+    Opening,
+    /// A reply was seen.
+    Established,
+    /// TCP: FIN both ways or RST; expires soon.
+    Closing,
+}
+
+/// One entry of the backend's connection-tracking table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TrackedConnection {
+    /// IP protocol number.
+    pub protocol: u8,
+    /// The side that opened it.
+    pub source: IpAddr,
+    /// The other side.
+    pub destination: IpAddr,
+    /// Source port (ICMP echo: the identifier).
+    pub source_port: u16,
+    /// Destination port.
+    pub destination_port: u16,
+    /// The direction of the packet that opened it.
+    pub direction: Direction,
+    /// How far it has got.
+    pub state: ConnectionState,
+    /// Time left before it expires unless refreshed.
+    pub expires_in: Duration,
+    /// The rule that let it open, in the table in force when it opened
+    /// (`NO_RULE`, `FAILSAFE_RULE`).
+    pub rule_id: u32,
 }
 
 /// A backend that enforces compiled rule tables.
@@ -61,6 +99,21 @@ pub trait Datapath: Send {
     ///
     /// When the counters cannot be read.
     fn rule_counters(&self) -> anyhow::Result<Vec<PacketCount>>;
+
+    /// The tracked connections that have not expired.
+    ///
+    /// # Errors
+    ///
+    /// When the table cannot be read.
+    fn connections(&self) -> anyhow::Result<Vec<TrackedConnection>>;
+
+    /// Forgets every tracked connection (their next packets are judged as
+    /// new connections) and returns how many there were.
+    ///
+    /// # Errors
+    ///
+    /// When the table cannot be read or an entry cannot be removed.
+    fn flush_connections(&mut self) -> anyhow::Result<usize>;
 }
 
 #[cfg(test)]

@@ -1,0 +1,35 @@
+//! The connection-tracking table as the control socket shows it.
+
+use serde::{Deserialize, Serialize};
+
+/// One tracked connection (`GET /v1/conntrack`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConntrackEntry {
+    /// `TCP`, `UDP`, `SCTP`, `ICMP`, `ICMPv6` or the protocol number.
+    pub protocol: String,
+    /// Address of the side that opened the connection.
+    pub source: String,
+    /// Address of the other side.
+    pub destination: String,
+    /// Source port (ICMP echo: the identifier; 0 without ports).
+    pub source_port: u16,
+    /// Destination port.
+    pub destination_port: u16,
+    /// `INGRESS` when a peer opened it, `EGRESS` when this node did.
+    pub direction: String,
+    /// TCP state as far as tracked: `OPENING`, `ESTABLISHED`, `CLOSING`;
+    /// `ESTABLISHED` once any reply was seen for other protocols.
+    pub state: String,
+    /// Seconds until the entry expires unless traffic refreshes it.
+    pub expires_in_seconds: u64,
+    /// The rule that let it open, as `policy spec.path`; `failsafe` or
+    /// `default` when no rule did.
+    pub opened_by: String,
+}
+
+/// What `DELETE /v1/conntrack` removed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConntrackFlush {
+    /// Entries removed.
+    pub removed: usize,
+}

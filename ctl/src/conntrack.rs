@@ -1,0 +1,74 @@
+//! `palisadectl ct list|flush`.
+
+use clap::Subcommand;
+use palisade_api::{Client, ConntrackEntry};
+
+use crate::output::{Format, columns, print};
+
+/// `palisadectl ct ...`.
+#[derive(Debug, Subcommand)]
+pub enum ConntrackCommand {
+    /// List the tracked connections.
+    List {
+        /// Output format.
+        #[arg(short, long, value_enum, default_value_t = Format::Table)]
+        output: Format,
+    },
+    /// Forget every tracked connection: their next packets are judged by the
+    /// rules as new connections (and dropped if the rules no longer allow them).
+    Flush,
+}
+
+/// Runs a `ct` subcommand.
+///
+/// # Errors
+///
+/// When the daemon is unreachable or refuses.
+pub async fn run(client: &Client, command: ConntrackCommand) -> anyhow::Result<()> {
+    match command {
+        ConntrackCommand::List { output } => {
+            let entries = client.conntrack().await?;
+            print(output, &entries, |entries| print!("{}", table(entries)))
+        }
+        ConntrackCommand::Flush => {
+            let flushed = client.flush_conntrack().await?;
+            println!("flushed {} tracked connections", flushed.removed);
+            Ok(())
+        }
+    }
+}
+
+fn table(entries: &[ConntrackEntry]) -> String {
+    let mut rows = vec![
+        [
+            "PROTO",
+            "SOURCE",
+            "DESTINATION",
+            "DIRECTION",
+            "STATE",
+            "EXPIRES",
+            "OPENED BY",
+        ]
+        .map(str::to_owned)
+        .to_vec(),
+    ];
+    let endpoint = |address: &str, port: u16| {
+        if address.contains(':') {
+            format!("[{address}]:{port}")
+        } else {
+            format!("{address}:{port}")
+        }
+    };
+    for entry in entries {
+        rows.push(vec![
+            entry.protocol.clone(),
+            endpoint(&entry.source, entry.source_port),
+            endpoint(&entry.destination, entry.destination_port),
+            entry.direction.clone(),
+            entry.state.clone(),
+            format!("{}s", entry.expires_in_seconds),
+            entry.opened_by.clone(),
+        ]);
+    }
+    columns(&rows)
+}

@@ -1,0 +1,268 @@
+//! `palisadectl policy explain`: compiles policy files for a node label set,
+//! offline, prints the compiled rules and, for one new connection, the
+//! verdict, the deciding policy and rule, and why.
+
+use std::{collections::BTreeMap, net::IpAddr, path::PathBuf};
+
+use anyhow::{Context as _, bail};
+use clap::{Args, ValueEnum};
+use palisade_common::{drop_reason, protocol, verdict};
+use palisade_policy::{
+    CompiledTable, Connection, Diagnostics, Direction, NodeContext, Policy, Verdict, compile,
+    evaluate, policy_from_toml, rule_lines,
+};
+use serde::Serialize;
+
+use crate::{
+    EXIT_REFUSED, Reported, files,
+    output::{Format, print},
+};
+
+/// `palisadectl policy explain`.
+#[derive(Debug, Args)]
+pub struct ExplainArgs {
+    /// Policy file or directory (repeatable).
+    #[arg(short, long = "file", required = true)]
+    files: Vec<PathBuf>,
+    /// A label of the node, as KEY=VALUE (repeatable).
+    #[arg(long = "node-label", value_name = "KEY=VALUE", value_parser = label)]
+    node_labels: Vec<(String, String)>,
+    /// Judge as in audit mode (`policy.audit_mode` in palisade.toml).
+    #[arg(long)]
+    audit_mode: bool,
+    /// Direction of the connection.
+    #[arg(long = "dir", value_enum, requires_all = ["protocol", "source", "destination"])]
+    direction: Option<DirectionArg>,
+    /// Protocol of the connection.
+    #[arg(long = "proto", value_enum, requires = "direction")]
+    protocol: Option<ProtocolArg>,
+    /// Source address.
+    #[arg(long = "src", requires = "direction")]
+    source: Option<IpAddr>,
+    /// Destination address.
+    #[arg(long = "dst", requires = "direction")]
+    destination: Option<IpAddr>,
+    /// Source port (shown only; rules match destination ports).
+    #[arg(long = "sport")]
+    source_port: Option<u16>,
+    /// Destination port (TCP, UDP, SCTP).
+    #[arg(long = "dport")]
+    destination_port: Option<u16>,
+    /// ICMP or ICMPv6 type.
+    #[arg(long)]
+    icmp_type: Option<u8>,
+    /// Output format.
+    #[arg(short, long, value_enum, default_value_t = Format::Table)]
+    output: Format,
+}
+
+/// `--dir`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum DirectionArg {
+    /// Towards this node.
+    Ingress,
+    /// From this node.
+    Egress,
+}
+
+/// `--proto`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum ProtocolArg {
+    Tcp,
+    Udp,
+    Sctp,
+    Icmp,
+    Icmpv6,
+}
+
+fn label(text: &str) -> Result<(String, String), String> {
+    text.split_once('=')
+        .map(|(key, value)| (key.to_owned(), value.to_owned()))
+        .ok_or_else(|| format!("{text:?} is not KEY=VALUE"))
+}
+
+/// What `explain` found.
+#[derive(Debug, Serialize)]
+struct Explanation {
+    /// Policies that select the node.
+    policies: Vec<String>,
+    /// The compiled rules, one line each.
+    rules: Vec<String>,
+    /// Whether each direction is default deny.
+    ingress_default_deny: bool,
+    egress_default_deny: bool,
+    /// The verdict on the connection, when one was given.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    verdict: Option<String>,
+    /// The drop reason, when it is (or would be) dropped.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    drop_reason: Option<String>,
+    /// The deciding policy, if a rule decided (null otherwise).
+    policy: Option<String>,
+    /// The deciding rule's field path.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rule: Option<String>,
+    /// Why, in a sentence.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<String>,
+}
+
+/// Runs `policy explain`.
+///
+/// # Errors
+///
+/// When a file cannot be read or is invalid (exit 3 then), or the
+/// connection is incomplete.
+pub fn run(args: &ExplainArgs) -> anyhow::Result<()> {
+    let mut policies: Vec<Policy> = Vec::new();
+    let mut problems = Diagnostics(Vec::new());
+    for file in files::read(&args.files)? {
+        match policy_from_toml(&file.name, &file.content) {
+            Ok(policy) => policies.push(policy),
+            Err(found) => problems.0.extend(found.0),
+        }
+    }
+    if !problems.0.is_empty() {
+        for problem in &problems.0 {
+            eprintln!("{problem}");
+        }
+        return Err(Reported(EXIT_REFUSED).into());
+    }
+    let node = NodeContext {
+        labels: args.node_labels.iter().cloned().collect::<BTreeMap<_, _>>(),
+        audit_mode: args.audit_mode,
+    };
+    let table = compile(&policies, &node).context("the policies cannot be compiled together")?;
+    let mut explanation = Explanation {
+        policies: table.policies.clone(),
+        rules: rule_lines(&table),
+        ingress_default_deny: table.ingress.default_deny,
+        egress_default_deny: table.egress.default_deny,
+        verdict: None,
+        drop_reason: None,
+        policy: None,
+        rule: None,
+        reason: None,
+    };
+    if let Some((direction, connection)) = connection(args)? {
+        let decided = evaluate(&table, direction, &connection);
+        let origin = usize::try_from(decided.rule_id)
+            .ok()
+            .and_then(|id| table.rules.get(id));
+        explanation.verdict = Some(verdict::name(decided.verdict).to_owned());
+        explanation.drop_reason = drop_reason::name(decided.drop_reason).map(str::to_owned);
+        explanation.policy = origin.map(|origin| origin.policy.clone());
+        explanation.rule = origin.map(|origin| origin.path.clone());
+        explanation.reason = Some(reason(&table, direction, &decided));
+    }
+    print(args.output, &explanation, table_output)
+}
+
+fn connection(args: &ExplainArgs) -> anyhow::Result<Option<(Direction, Connection)>> {
+    let (Some(direction), Some(protocol), Some(source), Some(destination)) =
+        (args.direction, args.protocol, args.source, args.destination)
+    else {
+        return Ok(None);
+    };
+    let (code, port) = match protocol {
+        ProtocolArg::Tcp | ProtocolArg::Udp | ProtocolArg::Sctp => {
+            let Some(port) = args.destination_port else {
+                bail!("--dport is needed for {protocol:?}");
+            };
+            let code = match protocol {
+                ProtocolArg::Tcp => protocol::TCP,
+                ProtocolArg::Udp => protocol::UDP,
+                _ => protocol::SCTP,
+            };
+            (code, port)
+        }
+        ProtocolArg::Icmp | ProtocolArg::Icmpv6 => {
+            let Some(kind) = args.icmp_type else {
+                bail!("--icmp-type is needed for {protocol:?}");
+            };
+            let code = if protocol == ProtocolArg::Icmp {
+                protocol::ICMP
+            } else {
+                protocol::ICMPV6
+            };
+            (code, u16::from(kind))
+        }
+    };
+    if source.is_ipv4() != destination.is_ipv4() {
+        bail!("--src and --dst must be of one family");
+    }
+    let direction = match direction {
+        DirectionArg::Ingress => Direction::Ingress,
+        DirectionArg::Egress => Direction::Egress,
+    };
+    Ok(Some((
+        direction,
+        Connection {
+            protocol: code,
+            source,
+            destination,
+            destination_port: port,
+        },
+    )))
+}
+
+fn reason(table: &CompiledTable, direction: Direction, decided: &Verdict) -> String {
+    let way = match direction {
+        Direction::Ingress => "ingress",
+        Direction::Egress => "egress",
+    };
+    let rule = usize::try_from(decided.rule_id)
+        .ok()
+        .and_then(|id| table.rules.get(id))
+        .map(|origin| format!("{} {}", origin.policy, origin.path))
+        .unwrap_or_default();
+    let audit = if decided.verdict == verdict::AUDIT {
+        "; audit mode forwards it and reports AUDIT"
+    } else {
+        ""
+    };
+    match decided.drop_reason {
+        drop_reason::PREFILTER => format!(
+            "the source is in a prefix of {rule}, an ingressDeny rule without ports: the XDP prefilter drops it before the stack sees it"
+        ),
+        drop_reason::POLICY_DENY => format!(
+            "deny rule {rule} matches the peer and port, and deny rules win over allow rules{audit}"
+        ),
+        drop_reason::POLICY_DENIED => format!(
+            "{way} is default deny (a policy selecting this node has {way} rules) and no allow rule matches the peer and port{audit}"
+        ),
+        _ if rule.is_empty() => {
+            format!("no policy selecting this node has {way} rules, so {way} is default allow")
+        }
+        _ => format!("allow rule {rule} matches the peer and port, and no deny rule does"),
+    }
+}
+
+fn table_output(explanation: &Explanation) {
+    let deny = |on: bool| if on { "default deny" } else { "default allow" };
+    println!(
+        "Policies selecting the node: {}",
+        if explanation.policies.is_empty() {
+            "none".to_owned()
+        } else {
+            explanation.policies.join(", ")
+        }
+    );
+    println!(
+        "Ingress: {}; egress: {}",
+        deny(explanation.ingress_default_deny),
+        deny(explanation.egress_default_deny)
+    );
+    println!("Rules:");
+    for line in &explanation.rules {
+        println!("  {line}");
+    }
+    if let (Some(verdict), Some(reason)) = (&explanation.verdict, &explanation.reason) {
+        let dropped = explanation
+            .drop_reason
+            .as_ref()
+            .map_or_else(String::new, |reason| format!(" ({reason})"));
+        println!("Verdict: {verdict}{dropped}");
+        println!("Why: {reason}");
+    }
+}

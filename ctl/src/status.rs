@@ -1,0 +1,78 @@
+//! `palisadectl status`.
+
+use palisade_api::{Client, Status};
+
+use crate::output::{Format, print};
+
+/// Prints the daemon's status.
+///
+/// # Errors
+///
+/// When the daemon is unreachable or refuses.
+pub async fn run(client: &Client, format: Format) -> anyhow::Result<()> {
+    let status = client.status().await?;
+    print(format, &status, table)
+}
+
+fn table(status: &Status) {
+    println!("Node:           {}", status.node_name);
+    println!("Version:        {}", status.version);
+    println!("Datapath:       {}", status.datapath);
+    if status.interfaces.is_empty() {
+        println!("Interfaces:     none (nothing is enforced)");
+    }
+    for interface in &status.interfaces {
+        println!(
+            "Interface:      {} (ifindex {}, XDP {})",
+            interface.name, interface.ifindex, interface.xdp_mode
+        );
+    }
+    println!("Generation:     {}", status.generation);
+    if let Some(pending) = &status.pending_confirm {
+        println!(
+            "Confirm:        generation {} rolls back to {} in {} s unless `palisadectl confirm`",
+            pending.generation, pending.rollback_to, pending.seconds_left
+        );
+    }
+    println!("Policies:       {}", status.policies.join(", "));
+    println!("Rules:          {}", status.rules);
+    println!(
+        "Ingress:        {}{}",
+        if status.ingress_default_deny {
+            "default deny"
+        } else {
+            "default allow"
+        },
+        if status.audit_mode {
+            " (audit mode)"
+        } else {
+            ""
+        }
+    );
+    let list = |services: &[String]| {
+        if services.is_empty() {
+            "none".to_owned()
+        } else {
+            services.join(", ")
+        }
+    };
+    println!(
+        "Failsafe:       inbound {}; outbound {}; always {}",
+        list(&status.failsafe.inbound),
+        list(&status.failsafe.outbound),
+        status.failsafe.always.join(", ")
+    );
+    let c = &status.counters;
+    println!(
+        "Connections:    {} forwarded, {} dropped, {} audited; {} packets of tracked connections",
+        c.forwarded(),
+        c.dropped(),
+        c.audited(),
+        c.ingress.established.packets + c.egress.established.packets
+    );
+    println!(
+        "Flow events:    {} lost, {} rate-limited",
+        c.events_lost(),
+        c.ingress.events_suppressed + c.egress.events_suppressed
+    );
+}
