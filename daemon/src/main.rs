@@ -22,9 +22,25 @@ use palisade_policy::NodeContext;
 use tokio::{signal::unix::SignalKind, sync::Mutex};
 use tracing::{error, info, warn};
 
-/// palisade host firewall daemon.
+/// What `palisaded --help` and its man page say after the options.
+const AFTER_HELP: &str = "\
+Signals:
+  SIGHUP   re-read the policy directory and the saved policies (what
+           `systemctl reload palisade` sends); an invalid set is refused and
+           the rules in force stay
+  SIGTERM  stop; the programs stay attached and keep enforcing (pinned)
+
+Files:
+  /etc/palisade/palisade.toml     the configuration
+  /etc/palisade/policies.d/       policies read on start and on reload
+  /var/lib/palisade/policies/     policies applied with palisadectl (they
+                                  replace directory policies of the same name)
+  /run/palisade/palisade.sock     the control socket (palisadectl)
+  /sys/fs/bpf/palisade/           pinned programs and connection state";
+
+/// palisade host firewall daemon: enforces host policies with eBPF.
 #[derive(Debug, Parser)]
-#[command(version, about)]
+#[command(name = "palisaded", version, about, after_help = AFTER_HELP)]
 struct Args {
     /// Configuration file; a missing file means the built-in defaults.
     #[arg(long, default_value = DEFAULT_CONFIG)]
@@ -42,11 +58,24 @@ struct Args {
     /// `datapath.pin_path`, then exit. Enforcement stops.
     #[arg(long)]
     cleanup: bool,
+    /// Print palisaded's man page (roff, section 8) and exit.
+    #[arg(long, hide = true)]
+    man_page: bool,
 }
 
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = Args::parse();
+    if args.man_page {
+        let page = clap_mangen::Man::new(<Args as clap::CommandFactory>::command()).section("8");
+        return match page.render(&mut std::io::stdout()) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: writing the man page: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     logging::init();
     match run(args).await {
         Ok(()) => ExitCode::SUCCESS,

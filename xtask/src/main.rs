@@ -1,4 +1,4 @@
-//! `cargo xtask setup | demo | test | bench`: the project's tasks.
+//! `cargo xtask setup | demo | test | docs | bench`: the project's tasks.
 
 mod demo;
 mod setup;
@@ -26,6 +26,9 @@ enum Task {
     Demo,
     /// fmt check, clippy -D warnings, and every test (unit and end to end).
     Test,
+    /// Generate the man pages and shell completions into target/assets/
+    /// (man/ and completions/), for packaging.
+    Docs,
     /// Benchmarks (as root), all of them or one: `datapath` (ns/packet by
     /// table size against an empty program, and veth drop rates of XDP, TC
     /// and nftables; target/bench/datapath.json) and `flow-events` (the cost
@@ -57,6 +60,10 @@ fn main() -> anyhow::Result<()> {
         Task::Test => {
             setup::run()?;
             test()
+        }
+        Task::Docs => {
+            cargo(&["build", "--bins"])?;
+            docs()
         }
         Task::Bench { which } => {
             setup::run()?;
@@ -90,6 +97,53 @@ fn cargo(args: &[&str]) -> anyhow::Result<()> {
     if !status.success() {
         bail!("cargo {} failed ({status})", args.join(" "));
     }
+    Ok(())
+}
+
+/// Runs a built binary of the workspace with `args` and returns its stdout.
+fn run_binary(name: &str, args: &[&str]) -> anyhow::Result<Vec<u8>> {
+    let binary = workspace().join("target/debug").join(name);
+    let output = Command::new(&binary)
+        .args(args)
+        .output()
+        .with_context(|| format!("running {}", binary.display()))?;
+    if !output.status.success() {
+        bail!(
+            "{name} {} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    Ok(output.stdout)
+}
+
+/// Man pages (palisaded.8, palisadectl*.1) and completions (bash, zsh, fish).
+fn docs() -> anyhow::Result<()> {
+    let assets = workspace().join("target/assets");
+    let man = assets.join("man");
+    let completions = assets.join("completions");
+    std::fs::create_dir_all(&completions)
+        .with_context(|| format!("creating {}", completions.display()))?;
+    run_binary("palisadectl", &["man", "--dir", &man.display().to_string()])?;
+    std::fs::write(
+        man.join("palisaded.8"),
+        run_binary("palisaded", &["--man-page"])?,
+    )?;
+    for (shell, file) in [
+        ("bash", "palisadectl.bash"),
+        ("zsh", "_palisadectl"),
+        ("fish", "palisadectl.fish"),
+    ] {
+        std::fs::write(
+            completions.join(file),
+            run_binary("palisadectl", &["completion", shell])?,
+        )?;
+    }
+    eprintln!(
+        "man pages in {}, completions in {}",
+        man.display(),
+        completions.display()
+    );
     Ok(())
 }
 

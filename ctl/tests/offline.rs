@@ -1,0 +1,168 @@
+//! The commands that work without a daemon: `policy validate`, `policy
+//! explain`, `completion` and `man`.
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Command, Output},
+};
+
+fn palisadectl(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_palisadectl"))
+        // Any daemon contact would fail: these commands must not need one.
+        .args(["--socket", "/nonexistent/palisade.sock"])
+        .args(args)
+        .output()
+        .expect("palisadectl runs")
+}
+
+fn example_policy() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../etc/policies.d/host-ssh-from-bastion.toml")
+}
+
+/// A scratch file with `text`, removed at the end of the process's tests.
+fn scratch(name: &str, text: &str) -> PathBuf {
+    let directory =
+        std::env::temp_dir().join(format!("palisadectl-offline-{}", std::process::id()));
+    std::fs::create_dir_all(&directory).expect("scratch dir");
+    let path = directory.join(name);
+    std::fs::write(&path, text).expect("scratch file");
+    path
+}
+
+#[test]
+fn validate_accepts_a_good_file_and_lists_every_problem_of_a_bad_one() {
+    let good = palisadectl(&[
+        "policy",
+        "validate",
+        &example_policy().display().to_string(),
+    ]);
+    assert!(good.status.success());
+    assert!(String::from_utf8_lossy(&good.stdout).contains("valid (policy host-ssh-from-bastion)"));
+
+    let bad = scratch(
+        "bad.toml",
+        "kind = \"CiliumClusterwideNetworkPolicy\"\nmetadata = { name = \"Bad_Name\" }\n[spec]\nnodeSelector = {}\n[[spec.ingress]]\nfromCIDR = [\"10.0.0.0/8\"]\nicmps = [{ fields = [{ type = 8 }] }]\ntoPorts = [{ ports = [{ port = \"22\" }] }]\n",
+    );
+    let output = palisadectl(&["policy", "validate", &bad.display().to_string()]);
+    assert_eq!(output.status.code(), Some(3));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 2, "{stderr}");
+    assert!(
+        lines[0].contains("bad.toml:2:") && lines[0].contains("metadata.name: invalid name"),
+        "{stderr}"
+    );
+    assert!(
+        lines[1].contains("spec.ingress[0]") && lines[1].contains("icmps"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn explain_names_the_verdict_the_policy_and_the_reason() {
+    let policy = example_policy().display().to_string();
+    let explain = |source: &str| -> serde_json::Value {
+        let output = palisadectl(&[
+            "policy",
+            "explain",
+            "-f",
+            &policy,
+            "--dir",
+            "ingress",
+            "--proto",
+            "tcp",
+            "--src",
+            source,
+            "--dst",
+            "10.200.0.1",
+            "--dport",
+            "22",
+            "-o",
+            "json",
+        ]);
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        serde_json::from_slice(&output.stdout).expect("JSON")
+    };
+    let bastion = explain("10.200.0.10");
+    assert_eq!(bastion["verdict"], "FORWARDED");
+    assert_eq!(bastion["policy"], "host-ssh-from-bastion");
+    assert_eq!(bastion["rule"], "spec.ingress[0]");
+    assert!(
+        bastion["reason"]
+            .as_str()
+            .unwrap_or("")
+            .starts_with("allow rule host-ssh-from-bastion spec.ingress[0] matches")
+    );
+    let outsider = explain("10.200.0.100");
+    assert_eq!(outsider["verdict"], "DROPPED");
+    assert_eq!(outsider["drop_reason"], "POLICY_DENIED");
+    assert_eq!(outsider["policy"], serde_json::Value::Null);
+    assert!(
+        outsider["reason"]
+            .as_str()
+            .unwrap_or("")
+            .contains("default deny")
+    );
+
+    // A node the policy does not select: nothing applies, default allow.
+    let unselected = scratch(
+        "selected.toml",
+        "kind = \"CiliumClusterwideNetworkPolicy\"\nmetadata = { name = \"web-only\" }\n[spec]\nnodeSelector = { matchLabels = { role = \"web\" } }\n[[spec.ingress]]\nfromCIDR = [\"10.0.0.0/8\"]\n",
+    );
+    let run = |labels: &[&str]| -> serde_json::Value {
+        let mut args = vec![
+            "policy".to_owned(),
+            "explain".into(),
+            "-f".into(),
+            unselected.display().to_string(),
+            "--dir".into(),
+            "ingress".into(),
+            "--proto".into(),
+            "udp".into(),
+            "--src".into(),
+            "192.0.2.1".into(),
+            "--dst".into(),
+            "10.0.0.1".into(),
+            "--dport".into(),
+            "53".into(),
+            "-o".into(),
+            "json".into(),
+        ];
+        for label in labels {
+            args.push("--node-label".into());
+            args.push((*label).to_owned());
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        serde_json::from_slice(&palisadectl(&args).stdout).expect("JSON")
+    };
+    assert_eq!(run(&[])["verdict"], "FORWARDED");
+    assert_eq!(run(&["role=web"])["verdict"], "DROPPED");
+}
+
+#[test]
+fn completion_and_man_pages_come_from_the_command_definitions() {
+    let bash = palisadectl(&["completion", "bash"]);
+    assert!(bash.status.success());
+    let script = String::from_utf8_lossy(&bash.stdout);
+    assert!(
+        script.contains("_palisadectl") && script.contains("observe"),
+        "{script}"
+    );
+
+    let directory = std::env::temp_dir().join(format!("palisadectl-man-{}", std::process::id()));
+    let output = palisadectl(&["man", "--dir", &directory.display().to_string()]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let page = std::fs::read_to_string(directory.join("palisadectl.1")).expect("palisadectl.1");
+    assert!(page.contains("palisadectl"));
+    assert!(directory.join("palisadectl-apply.1").exists());
+    assert!(directory.join("palisadectl-policy-explain.1").exists());
+    let _ = std::fs::remove_dir_all(directory);
+}
