@@ -26,9 +26,13 @@ pub fn status(status: &str) {
     notify(&[NotifyState::Status(status)]);
 }
 
-/// RELOADING=1, before a reload; [`ready`] ends it.
+/// RELOADING=1 with MONOTONIC_USEC= (which systemd requires beside it),
+/// before a reload; [`ready`] ends it.
 pub fn reloading() {
-    notify(&[NotifyState::Reloading]);
+    match NotifyState::monotonic_usec_now() {
+        Ok(now) => notify(&[NotifyState::Reloading, now]),
+        Err(_) => notify(&[NotifyState::Reloading]),
+    }
 }
 
 /// STOPPING=1.

@@ -71,6 +71,23 @@ fn ready_status_and_watchdog_reach_the_notify_socket() {
             .any(|m| m.contains("STATUS=policy generation 2: 2 policies, 2 rules")),
         "{messages:?}"
     );
+
+    // SIGHUP reloads between RELOADING=1 and READY=1 (the applied policy is
+    // saved, so it is still there).
+    daemon.hang_up().expect("SIGHUP");
+    let messages = collect(&notify, Duration::from_millis(500));
+    let reloading = messages
+        .iter()
+        .position(|m| m.lines().any(|l| l == "RELOADING=1"))
+        .unwrap_or_else(|| panic!("no RELOADING=1 in {messages:?}"));
+    let ready = messages
+        .iter()
+        .position(|m| {
+            m.lines().any(|l| l == "READY=1")
+                && m.contains("STATUS=policy generation 3: 2 policies, 2 rules")
+        })
+        .unwrap_or_else(|| panic!("no READY=1 after the reload in {messages:?}"));
+    assert!(reloading < ready, "{messages:?}");
 }
 
 #[test]
