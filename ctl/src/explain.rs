@@ -9,7 +9,7 @@ use clap::{Args, ValueEnum};
 use palisade_common::{drop_reason, protocol, verdict};
 use palisade_policy::{
     CompiledTable, Connection, Diagnostics, Direction, NodeContext, Policy, Verdict, compile,
-    evaluate, policy_from_toml, rule_lines,
+    evaluate, policies_from_text, rule_lines,
 };
 use serde::Serialize;
 
@@ -117,8 +117,8 @@ pub fn run(args: &ExplainArgs) -> anyhow::Result<()> {
     let mut policies: Vec<Policy> = Vec::new();
     let mut problems = Diagnostics(Vec::new());
     for file in files::read(&args.files)? {
-        match policy_from_toml(&file.name, &file.content) {
-            Ok(policy) => policies.push(policy),
+        match policies_from_text(&file.name, &file.content) {
+            Ok(parsed) => policies.extend(parsed),
             Err(found) => problems.0.extend(found.0),
         }
     }

@@ -1,5 +1,5 @@
 //! Reading the policy files a command names: files, directories (their
-//! `*.toml` files in name order) and `-` for standard input.
+//! `*.toml`, `*.yaml` and `*.yml` files in name order) and `-` for standard input.
 
 use std::{io::Read as _, path::Path};
 
@@ -29,11 +29,11 @@ pub fn read(paths: &[impl AsRef<Path>]) -> anyhow::Result<Vec<PolicyFile>> {
                 .with_context(|| format!("cannot read directory {}", path.display()))?
                 .filter_map(Result::ok)
                 .map(|entry| entry.path())
-                .filter(|file| file.extension().is_some_and(|ext| ext == "toml"))
+                .filter(|file| palisade_policy::is_policy_file(file))
                 .collect();
             anyhow::ensure!(
                 !found.is_empty(),
-                "{} holds no *.toml policy file",
+                "{} holds no policy file (*.toml, *.yaml, *.yml)",
                 path.display()
             );
             found.sort();

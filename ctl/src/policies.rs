@@ -78,6 +78,24 @@ pub enum PolicyCommand {
     },
     /// Compile policy files for a node and say what one new connection gets and why.
     Explain(Box<ExplainArgs>),
+    /// Print policy files in the other format (TOML ⇄ YAML), without a daemon.
+    Convert {
+        /// Output format.
+        #[arg(short, long, value_enum)]
+        output: ConvertFormat,
+        /// Policy files or directories (- for standard input).
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+}
+
+/// What `policy convert` writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ConvertFormat {
+    /// TOML (one policy only: TOML holds one policy per file).
+    Toml,
+    /// YAML, one document per policy.
+    Yaml,
 }
 
 /// How `policy get` prints.
@@ -123,6 +141,7 @@ pub async fn run(client: &Client, command: PolicyCommand) -> anyhow::Result<()> 
         }
         PolicyCommand::Validate { files } => validate(&files),
         PolicyCommand::Explain(args) => explain::run(&args),
+        PolicyCommand::Convert { output, files } => convert(output, &files),
     }
 }
 
@@ -263,12 +282,46 @@ pub async fn reload(client: &Client) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `palisadectl policy convert`.
+fn convert(format: ConvertFormat, paths: &[PathBuf]) -> anyhow::Result<()> {
+    let mut policies = Vec::new();
+    let mut invalid = false;
+    for file in files::read(paths)? {
+        match palisade_policy::policies_from_text(&file.name, &file.content) {
+            Ok(parsed) => policies.extend(parsed),
+            Err(diagnostics) => {
+                invalid = true;
+                for diagnostic in &diagnostics.0 {
+                    eprintln!("{diagnostic}");
+                }
+            }
+        }
+    }
+    if invalid {
+        return Err(Reported(EXIT_REFUSED).into());
+    }
+    match format {
+        ConvertFormat::Yaml => print!("{}", palisade_policy::policies_to_yaml(&policies)?),
+        ConvertFormat::Toml => match policies.as_slice() {
+            [policy] => print!("{}", palisade_policy::policy_to_toml(policy)?),
+            _ => anyhow::bail!(
+                "{} policies given: TOML holds one policy per file; convert them one at a time",
+                policies.len()
+            ),
+        },
+    }
+    Ok(())
+}
+
 /// `palisadectl policy validate`: every problem in every file.
 fn validate(paths: &[PathBuf]) -> anyhow::Result<()> {
     let mut invalid = false;
     for file in files::read(paths)? {
-        match palisade_policy::policy_from_toml(&file.name, &file.content) {
-            Ok(policy) => println!("{}: valid (policy {})", file.name, policy.metadata.name),
+        match palisade_policy::policies_from_text(&file.name, &file.content) {
+            Ok(policies) => {
+                let names: Vec<&str> = policies.iter().map(|p| p.metadata.name.as_str()).collect();
+                println!("{}: valid (policy {})", file.name, names.join(", "));
+            }
             Err(diagnostics) => {
                 invalid = true;
                 for diagnostic in &diagnostics.0 {

@@ -166,3 +166,77 @@ fn completion_and_man_pages_come_from_the_command_definitions() {
     assert!(directory.join("palisadectl-policy-explain.1").exists());
     let _ = std::fs::remove_dir_all(directory);
 }
+
+#[test]
+fn convert_goes_from_toml_to_yaml_and_back() {
+    let yaml = palisadectl(&[
+        "policy",
+        "convert",
+        "-o",
+        "yaml",
+        &example_policy().display().to_string(),
+    ]);
+    assert!(
+        yaml.status.success(),
+        "{}",
+        String::from_utf8_lossy(&yaml.stderr)
+    );
+    let yaml_text = String::from_utf8_lossy(&yaml.stdout).into_owned();
+    assert!(
+        yaml_text.contains("name: host-ssh-from-bastion"),
+        "{yaml_text}"
+    );
+    let yaml_file = scratch("converted.yaml", &yaml_text);
+    let toml = palisadectl(&[
+        "policy",
+        "convert",
+        "-o",
+        "toml",
+        &yaml_file.display().to_string(),
+    ]);
+    assert!(
+        toml.status.success(),
+        "{}",
+        String::from_utf8_lossy(&toml.stderr)
+    );
+    let toml_file = scratch("converted.toml", &String::from_utf8_lossy(&toml.stdout));
+    // Same meaning: the same verdict and rule for the same connection.
+    for file in [&yaml_file, &toml_file] {
+        let output = palisadectl(&[
+            "policy",
+            "explain",
+            "-f",
+            &file.display().to_string(),
+            "--dir",
+            "ingress",
+            "--proto",
+            "tcp",
+            "--src",
+            "10.200.0.10",
+            "--dst",
+            "10.200.0.1",
+            "--dport",
+            "22",
+            "-o",
+            "json",
+        ]);
+        let explained: serde_json::Value = serde_json::from_slice(&output.stdout).expect("JSON");
+        assert_eq!(explained["rule"], "spec.ingress[0]", "{file:?}");
+    }
+    let two = scratch(
+        "two.yaml",
+        &format!(
+            "{yaml_text}---\n{}",
+            yaml_text.replace("host-ssh-from-bastion", "second")
+        ),
+    );
+    let refused = palisadectl(&[
+        "policy",
+        "convert",
+        "-o",
+        "toml",
+        &two.display().to_string(),
+    ]);
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("TOML holds one policy per file"));
+}

@@ -17,7 +17,7 @@ use palisade_api::{
 use palisade_common::{FAILSAFE_RULE, protocol};
 use palisade_policy::{
     CompileError, CompiledTable, Diagnostic, Diagnostics, Direction, NodeContext, Policy, compile,
-    describe::protocol_name, policy_from_toml, rule_lines,
+    describe::protocol_name, is_policy_file, policies_from_text, policy_to_toml, rule_lines,
 };
 use tracing::{info, warn};
 
@@ -517,13 +517,17 @@ impl Engine {
         Ok(response)
     }
 
-    /// Saves the applied (not directory) policies of `policies`.
+    /// Saves the applied (not directory) policies of `policies`, each as its
+    /// own TOML file (a file applied may have held several).
     fn save(&self, policies: &BTreeMap<String, PolicyEntry>) -> anyhow::Result<()> {
-        let applied = policies
-            .iter()
-            .filter(|(_, entry)| entry.source == PolicySource::Applied)
-            .map(|(name, entry)| (name.clone(), entry.file.content.clone()))
-            .collect();
+        let mut applied = BTreeMap::new();
+        for (name, entry) in policies {
+            if entry.source == PolicySource::Applied {
+                let text = policy_to_toml(&entry.policy)
+                    .with_context(|| format!("writing policy {name} as TOML"))?;
+                applied.insert(name.clone(), text);
+            }
+        }
         self.settings.store.save(&applied).with_context(|| {
             format!(
                 "saving the applied policies under {} (nothing was changed)",
@@ -626,22 +630,24 @@ fn parse_files(
     let mut policies = BTreeMap::new();
     let mut problems = Vec::new();
     for file in files {
-        match policy_from_toml(&file.name, &file.content) {
-            Ok(policy) => {
-                let name = policy.metadata.name.clone();
-                let entry = PolicyEntry {
-                    policy,
-                    source,
-                    file: file.clone(),
-                };
-                if policies.insert(name.clone(), entry).is_some() {
-                    problems.push(Diagnostic::at(
-                        &file.name,
-                        &file.content,
-                        None,
-                        "metadata.name",
-                        format!("policy {name:?} is given more than once in this request"),
-                    ));
+        match policies_from_text(&file.name, &file.content) {
+            Ok(parsed) => {
+                for policy in parsed {
+                    let name = policy.metadata.name.clone();
+                    let entry = PolicyEntry {
+                        policy,
+                        source,
+                        file: file.clone(),
+                    };
+                    if policies.insert(name.clone(), entry).is_some() {
+                        problems.push(Diagnostic::at(
+                            &file.name,
+                            &file.content,
+                            None,
+                            "metadata.name",
+                            format!("policy {name:?} is given more than once"),
+                        ));
+                    }
                 }
             }
             Err(Diagnostics(found)) => problems.extend(found),
@@ -654,8 +660,8 @@ fn parse_files(
     }
 }
 
-/// Reads the `*.toml` files of `directory` in name order; a missing directory
-/// holds no policies.
+/// Reads the policy files (`*.toml`, `*.yaml`, `*.yml`) of `directory` in
+/// name order; a missing directory holds no policies.
 ///
 /// # Errors
 ///
@@ -673,7 +679,7 @@ pub fn read_policy_directory(directory: &Path) -> anyhow::Result<Vec<PolicyFile>
         let path = entry
             .with_context(|| format!("reading {}", directory.display()))?
             .path();
-        if path.extension().is_some_and(|ext| ext == "toml") {
+        if is_policy_file(&path) {
             paths.push(path);
         }
     }

@@ -1,6 +1,6 @@
 //! Policies applied through the control socket, saved under
-//! `policy.state_directory/policies/` (one `NAME.toml` per policy, its text as
-//! applied) so a restart restores them. Every write is atomic: write a
+//! `policy.state_directory/policies/` (one `NAME.toml` per policy) so a
+//! restart restores them. Every write is atomic: write a
 //! temporary file, fsync it, rename it over the old one, fsync the directory.
 
 use std::{

@@ -78,6 +78,64 @@ pub fn from_toml<T: DeserializeOwned>(file: &str, text: &str) -> Result<T, Diagn
     })
 }
 
+/// The policy formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// TOML: one policy per file.
+    Toml,
+    /// YAML: one policy per document, `---` between documents.
+    Yaml,
+}
+
+impl Format {
+    /// The format of `file` by its extension (`.yaml`/`.yml`, `.toml`); for
+    /// other names (standard input) by the first line that is not blank or a
+    /// comment: `key: value` is YAML, `key = value` or `[table]` is TOML.
+    pub fn of(file: &str, text: &str) -> Self {
+        let lower = file.to_ascii_lowercase();
+        if lower.ends_with(".yaml") || lower.ends_with(".yml") {
+            return Self::Yaml;
+        }
+        if lower.ends_with(".toml") {
+            return Self::Toml;
+        }
+        let first = text
+            .lines()
+            .map(str::trim)
+            .find(|line| !line.is_empty() && !line.starts_with('#'));
+        match first {
+            Some(line) if line.starts_with("---") || line.starts_with("- ") => Self::Yaml,
+            Some(line) => match (line.find(':'), line.find('=')) {
+                (Some(colon), Some(equals)) if colon < equals => Self::Yaml,
+                (Some(_), None) => Self::Yaml,
+                _ => Self::Toml,
+            },
+            None => Self::Toml,
+        }
+    }
+}
+
+/// Whether a file name is a policy file when a directory is read:
+/// `*.toml`, `*.yaml` or `*.yml`.
+pub fn is_policy_file(name: &std::path::Path) -> bool {
+    name.extension()
+        .and_then(|ext| ext.to_str())
+        .is_some_and(|ext| matches!(ext.to_ascii_lowercase().as_str(), "toml" | "yaml" | "yml"))
+}
+
+/// Parses and validates the policies in `text`, TOML or YAML as
+/// [`Format::of`] says. `file` names it in errors.
+///
+/// # Errors
+///
+/// Every problem found, each with its position.
+pub fn policies_from_text(file: &str, text: &str) -> Result<Vec<Policy>, Diagnostics> {
+    match Format::of(file, text) {
+        Format::Toml => policy_from_toml(file, text).map(|policy| vec![policy]),
+        Format::Yaml => crate::yaml::policies_from_yaml(file, text),
+    }
+}
+
 /// Serialises a policy as TOML.
 ///
 /// # Errors
@@ -262,6 +320,19 @@ nodeSelector = {}
                 "p.toml:5:2: spec: rule must have at least one of ingress, ingressDeny, egress or egressDeny",
             ]
         );
+    }
+
+    #[test]
+    fn the_format_comes_from_the_name_or_the_first_line() {
+        assert_eq!(Format::of("a.yml", ""), Format::Yaml);
+        assert_eq!(Format::of("a.TOML", "x: y"), Format::Toml);
+        assert_eq!(
+            Format::of("<stdin>", "# c\nkind: CiliumNetworkPolicy"),
+            Format::Yaml
+        );
+        assert_eq!(Format::of("<stdin>", "kind = \"a:b\""), Format::Toml);
+        assert_eq!(Format::of("<stdin>", "[metadata]"), Format::Toml);
+        assert_eq!(Format::of("<stdin>", "---\n"), Format::Yaml);
     }
 
     #[test]

@@ -258,11 +258,14 @@ fn confirmed_and_plain_applies_are_saved_and_restored_after_a_restart() {
         "allow-outsider",
         &allow_from_policy("allow-outsider", "10.200.0.100/32"),
     );
-    let docs = write_policy(
-        &workdir,
-        "allow-docs",
-        &allow_from_policy("allow-docs", "192.0.2.0/24"),
-    );
+    // YAML, as kubectl and Cilium write it.
+    let docs = workdir.path().join("allow-docs.yaml");
+    std::fs::write(
+        &docs,
+        "apiVersion: cilium.io/v2\nkind: CiliumClusterwideNetworkPolicy\nmetadata:\n  name: allow-docs\nspec:\n  nodeSelector: {}\n  ingress:\n    - fromCIDR: [192.0.2.0/24]\n",
+    )
+    .expect("policy file");
+    let docs = docs.display().to_string();
 
     ok(daemon
         .ctl(&["apply", "-f", &outsider, "--confirm", "60s"])
@@ -278,9 +281,17 @@ fn confirmed_and_plain_applies_are_saved_and_restored_after_a_restart() {
     assert!(stderr.contains("nothing to confirm"), "{stderr}");
     ok(daemon.ctl(&["apply", "-f", &docs]).expect("ctl"));
     let saved = workdir.path().join("state/policies/allow-outsider.toml");
-    assert_eq!(
-        std::fs::read_to_string(&saved).expect("saved policy"),
-        std::fs::read_to_string(&outsider).expect("policy")
+    let saved_text = std::fs::read_to_string(&saved).expect("saved policy");
+    assert!(
+        saved_text.contains("name = \"allow-outsider\"")
+            && saved_text.contains("fromCIDR = [\"10.200.0.100/32\"]"),
+        "{saved_text}"
+    );
+    assert!(
+        workdir
+            .path()
+            .join("state/policies/allow-docs.toml")
+            .exists()
     );
 
     daemon.kill_and_restart().expect("restart");

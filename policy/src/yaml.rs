@@ -1,0 +1,355 @@
+//! Reading and writing policies as YAML (what `kubectl` and Cilium use),
+//! with every error placed at its line and column. A file may hold several
+//! documents (`---`); each is one policy.
+//!
+//! yaml_serde (the YAML organisation's serde_yaml) does the (de)serialising;
+//! yaml-rust2's marked events give the position of every field path, for the
+//! problems found after parsing.
+
+use std::collections::BTreeMap;
+
+use yaml_rust2::{
+    parser::{Event, MarkedEventReceiver, Parser},
+    scanner::{Marker, ScanError},
+};
+
+use crate::{
+    diagnostic::{Diagnostic, Diagnostics},
+    model::Policy,
+    validate::validate,
+};
+
+/// Parses and validates every policy document in `text`. `file` names it in errors.
+///
+/// # Errors
+///
+/// Every problem found: the first syntax or schema problem of each document,
+/// or all validation problems, each with its position.
+pub fn policies_from_yaml(file: &str, text: &str) -> Result<Vec<Policy>, Diagnostics> {
+    let positions = Positions::of(text).map_err(|error| {
+        let mark = error.marker();
+        Diagnostics(vec![placed(
+            file,
+            Some((mark.line(), mark.col() + 1)),
+            String::new(),
+            error.info(),
+        )])
+    })?;
+    let mut policies = Vec::new();
+    let mut problems = Vec::new();
+    for (number, document) in yaml_serde::Deserializer::from_str(text).enumerate() {
+        let parsed: Result<Option<Policy>, _> = serde_path_to_error::deserialize(document);
+        let policy = match parsed {
+            Ok(Some(policy)) => policy,
+            // An empty document (a trailing `---`, a file of comments).
+            Ok(None) => continue,
+            Err(error) => {
+                let field = error.path().to_string();
+                let field = if field == "." { String::new() } else { field };
+                let inner = error.into_inner();
+                let text = message(&inner);
+                // The path names the exact place: the key of an unknown
+                // field, the value of a bad one; yaml_serde's mark is the fallback.
+                let target = if text.starts_with("unknown field") {
+                    Target::Key
+                } else {
+                    Target::Value
+                };
+                let position = positions.find(number, &field, target).or_else(|| {
+                    inner
+                        .location()
+                        .map(|location| (location.line(), location.column()))
+                });
+                problems.push(placed(file, position, field, text));
+                continue;
+            }
+        };
+        let found = validate(&policy);
+        if found.is_empty() {
+            policies.push(policy);
+        }
+        for problem in found {
+            let position = positions.find(number, &problem.path, Target::Key);
+            problems.push(placed(file, position, problem.path, problem.message));
+        }
+    }
+    if problems.is_empty() {
+        Ok(policies)
+    } else {
+        Err(Diagnostics(problems))
+    }
+}
+
+/// Serialises policies as YAML, one document each.
+///
+/// # Errors
+///
+/// When a policy cannot be represented in YAML (it always can today).
+pub fn policies_to_yaml(policies: &[Policy]) -> Result<String, yaml_serde::Error> {
+    let mut text = String::new();
+    for (i, policy) in policies.iter().enumerate() {
+        if i > 0 {
+            text.push_str("---\n");
+        }
+        text.push_str(&yaml_serde::to_string(policy)?);
+    }
+    Ok(text)
+}
+
+/// yaml_serde's message without its own field path prefix and " at line L
+/// column C" (the diagnostic carries both).
+fn message(error: &yaml_serde::Error) -> String {
+    let mut text = error.to_string();
+    if let Some(location) = error.location() {
+        text = text.replace(
+            &format!(" at line {} column {}", location.line(), location.column()),
+            "",
+        );
+    }
+    match text.split_once(": ") {
+        Some((path, rest)) if !path.contains(' ') => rest.to_owned(),
+        _ => text,
+    }
+}
+
+fn placed(
+    file: &str,
+    position: Option<(usize, usize)>,
+    field: String,
+    message: impl Into<String>,
+) -> Diagnostic {
+    Diagnostic {
+        file: file.to_owned(),
+        line: position.map(|(line, _)| line),
+        column: position.map(|(_, column)| column),
+        field,
+        message: message.into(),
+    }
+}
+
+/// Which part of a `key: value` pair a position should point at.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Target {
+    Key,
+    Value,
+}
+
+/// A 1-based line and column.
+type Position = (usize, usize);
+
+/// Where a field's key (absent for sequence elements and the root) and value start.
+type FieldPositions = (Option<Position>, Position);
+
+/// The positions of each field path, per document.
+#[derive(Default)]
+struct Positions {
+    documents: Vec<BTreeMap<String, FieldPositions>>,
+}
+
+impl Positions {
+    /// The positions in `text`.
+    ///
+    /// # Errors
+    ///
+    /// The first syntax error.
+    fn of(text: &str) -> Result<Self, ScanError> {
+        let mut walker = Walker::default();
+        Parser::new_from_str(text).load(&mut walker, true)?;
+        Ok(walker.positions)
+    }
+
+    fn find(&self, document: usize, path: &str, target: Target) -> Option<(usize, usize)> {
+        let (key, value) = self.documents.get(document)?.get(path)?;
+        match target {
+            Target::Key => key.or(Some(*value)),
+            Target::Value => Some(*value),
+        }
+    }
+}
+
+/// One open collection while walking the events.
+enum Frame {
+    Mapping {
+        path: String,
+        /// The key read, waiting for its value, and where it was.
+        key: Option<(String, (usize, usize))>,
+    },
+    Sequence {
+        path: String,
+        next: usize,
+    },
+}
+
+#[derive(Default)]
+struct Walker {
+    positions: Positions,
+    stack: Vec<Frame>,
+}
+
+impl Walker {
+    /// Records a value starting at `at` and returns its path, advancing the
+    /// parent; `None` when the event was a mapping key instead.
+    fn value(&mut self, at: (usize, usize), scalar: Option<&str>) -> Option<String> {
+        let (path, key_at) = match self.stack.last_mut() {
+            None => (String::new(), None),
+            Some(Frame::Mapping { path, key }) => match key.take() {
+                None => {
+                    *key = Some((scalar.unwrap_or_default().to_owned(), at));
+                    return None;
+                }
+                Some((name, key_at)) => {
+                    let full = if path.is_empty() {
+                        name
+                    } else {
+                        format!("{path}.{name}")
+                    };
+                    (full, Some(key_at))
+                }
+            },
+            Some(Frame::Sequence { path, next }) => {
+                let full = format!("{path}[{next}]");
+                *next += 1;
+                (full, None)
+            }
+        };
+        if let Some(document) = self.positions.documents.last_mut() {
+            document.insert(path.clone(), (key_at, at));
+        }
+        Some(path)
+    }
+}
+
+impl MarkedEventReceiver for Walker {
+    fn on_event(&mut self, event: Event, mark: Marker) {
+        let at = (mark.line(), mark.col() + 1);
+        match event {
+            Event::DocumentStart => {
+                self.positions.documents.push(BTreeMap::new());
+                self.stack.clear();
+            }
+            Event::Scalar(text, ..) => {
+                self.value(at, Some(&text));
+            }
+            Event::Alias(_) => {
+                self.value(at, None);
+            }
+            Event::MappingStart(..) => {
+                if let Some(path) = self.value(at, None) {
+                    self.stack.push(Frame::Mapping { path, key: None });
+                }
+            }
+            Event::SequenceStart(..) => {
+                if let Some(path) = self.value(at, None) {
+                    self.stack.push(Frame::Sequence { path, next: 0 });
+                }
+            }
+            Event::MappingEnd | Event::SequenceEnd => {
+                self.stack.pop();
+            }
+            Event::DocumentEnd | Event::StreamStart | Event::StreamEnd | Event::Nothing => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec::{policy_from_toml, policy_to_toml};
+
+    const GOOD: &str = "\
+apiVersion: cilium.io/v2
+kind: CiliumClusterwideNetworkPolicy
+metadata:
+  name: ssh
+spec:
+  nodeSelector: {}
+  ingress:
+    - fromCIDR:
+        - 192.0.2.0/24
+      toPorts:
+        - ports:
+            - port: \"22\"
+              protocol: TCP
+";
+
+    fn errors(text: &str) -> Vec<String> {
+        policies_from_yaml("p.yaml", text)
+            .unwrap_err()
+            .0
+            .iter()
+            .map(ToString::to_string)
+            .collect()
+    }
+
+    #[test]
+    fn reads_what_the_toml_codec_reads() {
+        let policies = policies_from_yaml("p.yaml", GOOD).unwrap();
+        let toml = r#"
+apiVersion = "cilium.io/v2"
+kind = "CiliumClusterwideNetworkPolicy"
+metadata = { name = "ssh" }
+[spec]
+nodeSelector = {}
+[[spec.ingress]]
+fromCIDR = ["192.0.2.0/24"]
+toPorts = [{ ports = [{ port = "22", protocol = "TCP" }] }]
+"#;
+        assert_eq!(policies, [policy_from_toml("p.toml", toml).unwrap()]);
+    }
+
+    #[test]
+    fn several_documents_are_several_policies() {
+        let two = format!(
+            "{GOOD}---\n{}---\n",
+            GOOD.replace("name: ssh", "name: ssh-2")
+        );
+        let policies = policies_from_yaml("p.yaml", &two).unwrap();
+        assert_eq!(policies.len(), 2);
+        assert_eq!(policies[1].metadata.name, "ssh-2");
+    }
+
+    #[test]
+    fn schema_errors_are_placed() {
+        assert_eq!(
+            errors(&GOOD.replace("fromCIDR:", "fromCidr:")),
+            [
+                "p.yaml:8:7: spec.ingress[0].fromCidr: unknown field `fromCidr`, expected one of `fromCIDR`, `toPorts`, `icmps`"
+            ]
+        );
+        let bad_cidr = errors(&GOOD.replace("192.0.2.0/24", "192.0.2.300/24"));
+        assert_eq!(bad_cidr.len(), 1);
+        assert!(
+            bad_cidr[0].starts_with(
+                "p.yaml:9:11: spec.ingress[0].fromCIDR[0]: invalid CIDR \"192.0.2.300/24\""
+            ),
+            "{bad_cidr:?}"
+        );
+    }
+
+    #[test]
+    fn validation_errors_are_placed_per_document() {
+        let two = format!("{GOOD}---\n{}", GOOD.replace("name: ssh", "name: Bad_Name"));
+        let found = errors(&two);
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(
+            found[0].starts_with("p.yaml:18:3: metadata.name: invalid name \"Bad_Name\""),
+            "{found:?}"
+        );
+    }
+
+    #[test]
+    fn syntax_errors_are_placed() {
+        let found = errors("kind: [unclosed\n");
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(found[0].starts_with("p.yaml:2:1: "), "{found:?}");
+    }
+
+    #[test]
+    fn round_trips_through_yaml_and_toml() {
+        let policies = policies_from_yaml("p.yaml", GOOD).unwrap();
+        let yaml = policies_to_yaml(&policies).unwrap();
+        assert_eq!(policies_from_yaml("again.yaml", &yaml).unwrap(), policies);
+        let toml = policy_to_toml(&policies[0]).unwrap();
+        assert_eq!(policy_from_toml("p.toml", &toml).unwrap(), policies[0]);
+    }
+}
