@@ -37,7 +37,10 @@ pub fn policies_from_yaml(file: &str, text: &str) -> Result<Vec<Policy>, Diagnos
     })?;
     let mut policies = Vec::new();
     let mut problems = Vec::new();
-    for (number, document) in yaml_serde::Deserializer::from_str(text).enumerate() {
+    // After a syntax error yaml_serde's document iterator repeats that error
+    // for ever; yaml-rust2 counted the documents.
+    let documents = yaml_serde::Deserializer::from_str(text).take(positions.documents.len().max(1));
+    for (number, document) in documents.enumerate() {
         let parsed: Result<Option<Policy>, _> = serde_path_to_error::deserialize(document);
         let policy = match parsed {
             Ok(Some(policy)) => policy,
@@ -60,7 +63,11 @@ pub fn policies_from_yaml(file: &str, text: &str) -> Result<Vec<Policy>, Diagnos
                         .location()
                         .map(|location| (location.line(), location.column()))
                 });
+                let syntax = field.is_empty();
                 problems.push(placed(file, position, field, text));
+                if syntax {
+                    break;
+                }
                 continue;
             }
         };
