@@ -8,13 +8,13 @@ use anyhow::{Context as _, bail};
 use clap::{Args, ValueEnum};
 use palisade_common::{drop_reason, protocol, verdict};
 use palisade_policy::{
-    CompiledTable, Connection, Diagnostics, Direction, NodeContext, Policy, Verdict, compile,
-    evaluate, policies_from_text, rule_lines,
+    CompiledTable, Connection, Direction, NodeContext, Policy, Verdict, compile, evaluate,
+    rule_lines,
 };
 use serde::Serialize;
 
 use crate::{
-    EXIT_REFUSED, Reported, files,
+    files,
     output::{Format, print},
 };
 
@@ -114,20 +114,10 @@ struct Explanation {
 /// When a file cannot be read or is invalid (exit 3 then), or the
 /// connection is incomplete.
 pub fn run(args: &ExplainArgs) -> anyhow::Result<()> {
-    let mut policies: Vec<Policy> = Vec::new();
-    let mut problems = Diagnostics(Vec::new());
-    for file in files::read(&args.files)? {
-        match policies_from_text(&file.name, &file.content) {
-            Ok(parsed) => policies.extend(parsed),
-            Err(found) => problems.0.extend(found.0),
-        }
-    }
-    if !problems.0.is_empty() {
-        for problem in &problems.0 {
-            eprintln!("{problem}");
-        }
-        return Err(Reported(EXIT_REFUSED).into());
-    }
+    let policies: Vec<Policy> = files::parse(&args.files)?
+        .into_iter()
+        .flat_map(|(_, policies)| policies)
+        .collect();
     let node = NodeContext {
         labels: args.node_labels.iter().cloned().collect::<BTreeMap<_, _>>(),
         audit_mode: args.audit_mode,

@@ -5,6 +5,9 @@ use std::{io::Read as _, path::Path};
 
 use anyhow::Context as _;
 use palisade_api::PolicyFile;
+use palisade_policy::Policy;
+
+use crate::{EXIT_REFUSED, Reported};
 
 /// The files behind `paths`, in the order given.
 ///
@@ -45,6 +48,32 @@ pub fn read(paths: &[impl AsRef<Path>]) -> anyhow::Result<Vec<PolicyFile>> {
         }
     }
     Ok(files)
+}
+
+/// The policies in each file behind `paths` (file name, its policies), for
+/// the offline commands. Every problem in every file is printed first.
+///
+/// # Errors
+///
+/// When a path cannot be read, or any file is invalid (exit 3).
+pub fn parse(paths: &[impl AsRef<Path>]) -> anyhow::Result<Vec<(String, Vec<Policy>)>> {
+    let mut parsed = Vec::new();
+    let mut invalid = false;
+    for file in read(paths)? {
+        match palisade_policy::policies_from_text(&file.name, &file.content) {
+            Ok(policies) => parsed.push((file.name, policies)),
+            Err(diagnostics) => {
+                invalid = true;
+                for diagnostic in &diagnostics.0 {
+                    eprintln!("{diagnostic}");
+                }
+            }
+        }
+    }
+    if invalid {
+        return Err(Reported(EXIT_REFUSED).into());
+    }
+    Ok(parsed)
 }
 
 fn read_file(path: &Path) -> anyhow::Result<PolicyFile> {

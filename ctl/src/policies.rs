@@ -7,7 +7,6 @@ use clap::{Args, Subcommand, ValueEnum};
 use palisade_api::{ApplyRequest, ApplyResponse, Client, DiffResponse, PolicyList};
 
 use crate::{
-    EXIT_REFUSED, Reported,
     explain::{self, ExplainArgs},
     files,
     output::{Format, columns, print},
@@ -284,22 +283,10 @@ pub async fn reload(client: &Client) -> anyhow::Result<()> {
 
 /// `palisadectl policy convert`.
 fn convert(format: ConvertFormat, paths: &[PathBuf]) -> anyhow::Result<()> {
-    let mut policies = Vec::new();
-    let mut invalid = false;
-    for file in files::read(paths)? {
-        match palisade_policy::policies_from_text(&file.name, &file.content) {
-            Ok(parsed) => policies.extend(parsed),
-            Err(diagnostics) => {
-                invalid = true;
-                for diagnostic in &diagnostics.0 {
-                    eprintln!("{diagnostic}");
-                }
-            }
-        }
-    }
-    if invalid {
-        return Err(Reported(EXIT_REFUSED).into());
-    }
+    let policies: Vec<_> = files::parse(paths)?
+        .into_iter()
+        .flat_map(|(_, policies)| policies)
+        .collect();
     match format {
         ConvertFormat::Yaml => print!("{}", palisade_policy::policies_to_yaml(&policies)?),
         ConvertFormat::Toml => match policies.as_slice() {
@@ -315,23 +302,9 @@ fn convert(format: ConvertFormat, paths: &[PathBuf]) -> anyhow::Result<()> {
 
 /// `palisadectl policy validate`: every problem in every file.
 fn validate(paths: &[PathBuf]) -> anyhow::Result<()> {
-    let mut invalid = false;
-    for file in files::read(paths)? {
-        match palisade_policy::policies_from_text(&file.name, &file.content) {
-            Ok(policies) => {
-                let names: Vec<&str> = policies.iter().map(|p| p.metadata.name.as_str()).collect();
-                println!("{}: valid (policy {})", file.name, names.join(", "));
-            }
-            Err(diagnostics) => {
-                invalid = true;
-                for diagnostic in &diagnostics.0 {
-                    eprintln!("{diagnostic}");
-                }
-            }
-        }
-    }
-    if invalid {
-        return Err(Reported(EXIT_REFUSED).into());
+    for (file, policies) in files::parse(paths)? {
+        let names: Vec<&str> = policies.iter().map(|p| p.metadata.name.as_str()).collect();
+        println!("{file}: valid (policy {})", names.join(", "));
     }
     Ok(())
 }

@@ -87,6 +87,15 @@ fn write_policy(workdir: &TempDir, name: &str, text: &str) -> String {
     path.display().to_string()
 }
 
+/// A policy file letting the outsider in; returns its path.
+fn allow_outsider(workdir: &TempDir) -> String {
+    write_policy(
+        workdir,
+        "allow-outsider",
+        &allow_from_policy("allow-outsider", "10.200.0.100/32"),
+    )
+}
+
 fn list(daemon: &Daemon) -> PolicyList {
     serde_json::from_str(&ok(daemon
         .ctl(&["policy", "list", "-o", "json"])
@@ -112,11 +121,7 @@ fn only_root_and_the_configured_groups_may_use_the_socket() {
     )
     .expect("config");
     let daemon = start(&topology, &workdir, &config, &policies);
-    let outsider = write_policy(
-        &workdir,
-        "allow-outsider",
-        &allow_from_policy("allow-outsider", "10.200.0.100/32"),
-    );
+    let outsider = allow_outsider(&workdir);
 
     // The kernel refuses a stranger: the socket is 0660 root:nogroup.
     let stranger = daemon
@@ -175,11 +180,7 @@ fn an_unconfirmed_apply_rolls_back_at_its_deadline() {
     let (workdir, config, policies) = setup("rollback", "");
     let mut daemon = start(&topology, &workdir, &config, &policies);
     let _ssh = Listener::start(&topology.node, ssh()).expect("listener");
-    let outsider = write_policy(
-        &workdir,
-        "allow-outsider",
-        &allow_from_policy("allow-outsider", "10.200.0.100/32"),
-    );
+    let outsider = allow_outsider(&workdir);
     assert_eq!(connect(&topology, Topology::OUTSIDER), Connect::TimedOut);
 
     let deadline = Duration::from_secs(3);
@@ -253,11 +254,7 @@ fn confirmed_and_plain_applies_are_saved_and_restored_after_a_restart() {
     let (workdir, config, policies) = setup("persist", "");
     let mut daemon = start(&topology, &workdir, &config, &policies);
     let _ssh = Listener::start(&topology.node, ssh()).expect("listener");
-    let outsider = write_policy(
-        &workdir,
-        "allow-outsider",
-        &allow_from_policy("allow-outsider", "10.200.0.100/32"),
-    );
+    let outsider = allow_outsider(&workdir);
     // YAML, as kubectl and Cilium write it.
     let docs = workdir.path().join("allow-docs.yaml");
     std::fs::write(
