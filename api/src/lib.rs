@@ -54,8 +54,10 @@ pub struct Status {
     pub version: String,
     /// This node's name.
     pub node_name: String,
-    /// The enforcing backend, such as `ebpf-xdp`.
+    /// The enforcing backend, such as `ebpf`.
     pub datapath: String,
+    /// What the kernel offers the datapath.
+    pub kernel: KernelFeatures,
     /// Interfaces the datapath is attached to.
     pub interfaces: Vec<InterfaceStatus>,
     /// Generation of the rule table in force (increases with each apply).
@@ -86,6 +88,17 @@ pub struct Failsafe {
     pub outbound: Vec<String>,
     /// Traffic the datapath always passes, whatever the configuration says.
     pub always: Vec<String>,
+}
+
+/// The kernel's release and the features palisade uses.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KernelFeatures {
+    /// `uname -r`.
+    pub release: String,
+    /// Kernel BTF (`/sys/kernel/btf/vmlinux`).
+    pub btf: bool,
+    /// bpffs mounted at `/sys/fs/bpf` (pinning survives restarts).
+    pub bpffs: bool,
 }
 
 /// One attached interface.

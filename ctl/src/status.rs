@@ -18,6 +18,13 @@ fn table(status: &Status) {
     println!("Node:           {}", status.node_name);
     println!("Version:        {}", status.version);
     println!("Datapath:       {}", status.datapath);
+    let yes = |on: bool| if on { "yes" } else { "no" };
+    println!(
+        "Kernel:         {} (BTF {}, bpffs {})",
+        status.kernel.release,
+        yes(status.kernel.btf),
+        yes(status.kernel.bpffs)
+    );
     if status.interfaces.is_empty() {
         println!("Interfaces:     none (nothing is enforced)");
     }

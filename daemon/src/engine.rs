@@ -23,7 +23,7 @@ use tracing::{info, warn};
 
 use crate::{
     config::DatapathConfig,
-    datapath::{ConnectionState, Datapath},
+    datapath::{ConnectionState, Datapath, pinning},
     flows::FlowHub,
     impact,
     metrics::{RuleHits, Snapshot},
@@ -609,6 +609,7 @@ impl Engine {
             version: env!("CARGO_PKG_VERSION").to_owned(),
             node_name: self.settings.node_name.clone(),
             datapath: self.datapath.name().to_owned(),
+            kernel: kernel_features(),
             interfaces: self.datapath.interfaces(),
             generation: self.generation,
             policies: self.table.policies.clone(),
@@ -619,6 +620,19 @@ impl Engine {
             pending_confirm: self.pending.as_ref().map(Pending::describe),
             counters: self.datapath.counters()?,
         })
+    }
+}
+
+/// The running kernel's release and features.
+fn kernel_features() -> palisade_api::KernelFeatures {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|text| text.trim().to_owned())
+        .unwrap_or_default();
+    let bpffs = pinning::is_bpffs(Path::new(pinning::BPF_FS_ROOT)).unwrap_or(false);
+    palisade_api::KernelFeatures {
+        release,
+        btf: Path::new("/sys/kernel/btf/vmlinux").exists(),
+        bpffs,
     }
 }
 

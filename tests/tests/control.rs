@@ -355,6 +355,13 @@ fn policy_list_get_reload_and_bad_requests_through_the_socket() {
     assert!(yaml.contains("name: host-ssh-from-bastion"), "{yaml}");
     let status = ok(daemon.ctl(&["status", "-o", "yaml"]).expect("ctl"));
     assert!(status.contains("generation: 1"), "{status}");
+    let kernel = daemon.status().expect("status").kernel;
+    assert!(kernel.bpffs && !kernel.release.is_empty(), "{kernel:?}");
+    let table = ok(daemon.ctl(&["status"]).expect("ctl"));
+    assert!(
+        table.contains("Kernel:") && table.contains("Failsafe:"),
+        "{table}"
+    );
 
     // Names not in force, and invalid files, change nothing (exit 3).
     for args in [

@@ -31,7 +31,7 @@ use crate::config::XdpModeConfig;
 /// `statfs` magic of a bpf filesystem.
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 /// Where bpffs is conventionally mounted.
-const BPF_FS_ROOT: &str = "/sys/fs/bpf";
+pub const BPF_FS_ROOT: &str = "/sys/fs/bpf";
 
 /// Makes sure `pin_path` exists on a bpf filesystem, mounting bpffs at
 /// `/sys/fs/bpf` when nothing is mounted there (as Cilium does).
@@ -60,7 +60,12 @@ fn c_path(path: &Path) -> anyhow::Result<CString> {
         .with_context(|| format!("path {} contains a NUL byte", path.display()))
 }
 
-fn is_bpffs(path: &Path) -> anyhow::Result<bool> {
+/// Whether `path` is on a bpf filesystem (a missing path is not).
+///
+/// # Errors
+///
+/// When `statfs` fails for another reason than a missing path.
+pub fn is_bpffs(path: &Path) -> anyhow::Result<bool> {
     let c_path = c_path(path)?;
     // SAFETY: statfs writes into the zeroed struct; the path is NUL-terminated.
     let mut stat: libc::statfs = unsafe { std::mem::zeroed() };
