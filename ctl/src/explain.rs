@@ -136,9 +136,7 @@ pub fn run(args: &ExplainArgs) -> anyhow::Result<()> {
     };
     if let Some((direction, connection)) = connection(args)? {
         let decided = evaluate(&table, direction, &connection);
-        let origin = usize::try_from(decided.rule_id)
-            .ok()
-            .and_then(|id| table.rules.get(id));
+        let origin = table.rule(decided.rule_id);
         explanation.verdict = Some(verdict::name(decided.verdict).to_owned());
         explanation.drop_reason = drop_reason::name(decided.drop_reason).map(str::to_owned);
         explanation.policy = origin.map(|origin| origin.policy.clone());
@@ -201,10 +199,9 @@ fn reason(table: &CompiledTable, direction: Direction, decided: &Verdict) -> Str
         Direction::Ingress => "ingress",
         Direction::Egress => "egress",
     };
-    let rule = usize::try_from(decided.rule_id)
-        .ok()
-        .and_then(|id| table.rules.get(id))
-        .map(|origin| format!("{} {}", origin.policy, origin.path))
+    let rule = table
+        .rule(decided.rule_id)
+        .map(ToString::to_string)
         .unwrap_or_default();
     let audit = if decided.verdict == verdict::AUDIT {
         "; audit mode forwards it and reports AUDIT"

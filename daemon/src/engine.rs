@@ -405,13 +405,9 @@ impl Engine {
         if rule_id == FAILSAFE_RULE {
             return "failsafe".to_owned();
         }
-        usize::try_from(rule_id)
-            .ok()
-            .and_then(|id| self.table.rules.get(id))
-            .map_or_else(
-                || "default".to_owned(),
-                |origin| format!("{} {}", origin.policy, origin.path),
-            )
+        self.table
+            .rule(rule_id)
+            .map_or_else(|| "default".to_owned(), ToString::to_string)
     }
 
     fn summary_of(&self, name: &str, entry: &PolicyEntry) -> PolicySummary {

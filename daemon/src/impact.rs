@@ -26,10 +26,7 @@ pub fn changed_flows(old: &CompiledTable, new: &CompiledTable, flows: &[Flow]) -
             let before = evaluate(old, direction, &connection);
             let after = evaluate(new, direction, &connection);
             (outcome(&before) != outcome(&after)).then(|| {
-                let rule = usize::try_from(after.rule_id)
-                    .ok()
-                    .and_then(|id| new.rules.get(id))
-                    .map(|origin| format!("{} {}", origin.policy, origin.path));
+                let rule = new.rule(after.rule_id).map(ToString::to_string);
                 (
                     order,
                     FlowChange {

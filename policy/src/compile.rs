@@ -47,6 +47,13 @@ pub struct RuleOrigin {
     pub section: Section,
 }
 
+/// `policy spec.path`, as diff, explain and conntrack name a rule.
+impl std::fmt::Display for RuleOrigin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}", self.policy, self.path)
+    }
+}
+
 /// One row of the unflattened view.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct TableEntry {
@@ -116,6 +123,14 @@ impl CompiledTable {
             Direction::Ingress => &self.ingress,
             Direction::Egress => &self.egress,
         }
+    }
+
+    /// Where rule `rule_id` came from; `None` for `NO_RULE`, `FAILSAFE_RULE`
+    /// and ids of another table.
+    pub fn rule(&self, rule_id: u32) -> Option<&RuleOrigin> {
+        usize::try_from(rule_id)
+            .ok()
+            .and_then(|id| self.rules.get(id))
     }
 }
 

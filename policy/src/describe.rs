@@ -42,12 +42,9 @@ fn rule_line(table: &CompiledTable, direction: Direction, entry: &TableEntry) ->
         code if port.port_lo == port.port_hi => format!("{}/{}", protocol_name(code), port.port_lo),
         code => format!("{}/{}-{}", protocol_name(code), port.port_lo, port.port_hi),
     };
-    let origin = usize::try_from(port.rule_id)
-        .ok()
-        .and_then(|id| table.rules.get(id))
-        .map_or_else(String::new, |origin| {
-            format!(" ({} {})", origin.policy, origin.path)
-        });
+    let origin = table
+        .rule(port.rule_id)
+        .map_or_else(String::new, |origin| format!(" ({origin})"));
     format!("{direction} {verdict} {} {what}{origin}", entry.prefix)
 }
 
