@@ -221,7 +221,8 @@ async fn apply(State(state): State<ControlState>, body: Bytes) -> Response {
         Err(text) => return message(StatusCode::BAD_REQUEST, text),
     };
     let started = Instant::now();
-    let result = state.engine.lock().await.apply(&request);
+    let mut engine = state.engine.lock().await;
+    let result = engine.apply(&request);
     let outcome = match &result {
         Ok(response) if response.dry_run => "dry_run",
         Ok(_) => "applied",
@@ -230,7 +231,7 @@ async fn apply(State(state): State<ControlState>, body: Bytes) -> Response {
         Err(_) => "refused",
     };
     state.metrics.record_apply(outcome, started.elapsed());
-    changed(&state, result).await
+    changed(&state.engine, &engine, result)
 }
 
 async fn delete(
@@ -238,27 +239,32 @@ async fn delete(
     UrlPath(name): UrlPath<String>,
     Query(options): Query<DeleteOptions>,
 ) -> Response {
-    let result = state.engine.lock().await.delete(&name, options.dry_run);
-    changed(&state, result).await
+    let mut engine = state.engine.lock().await;
+    let result = engine.delete(&name, options.dry_run);
+    changed(&state.engine, &engine, result)
 }
 
 async fn reload(State(state): State<ControlState>) -> Response {
-    let result = state.engine.lock().await.reload();
-    changed(&state, result).await
+    let mut engine = state.engine.lock().await;
+    let result = engine.reload();
+    changed(&state.engine, &engine, result)
 }
 
 /// Reports a change to systemd, arms the rollback of an apply on probation,
-/// and answers.
-async fn changed(state: &ControlState, result: Result<ApplyResponse, ApplyError>) -> Response {
+/// and answers; `engine` is the locked `shared`, which the rollback takes later.
+fn changed(
+    shared: &Arc<Mutex<Engine>>,
+    engine: &Engine,
+    result: Result<ApplyResponse, ApplyError>,
+) -> Response {
     match result {
         Ok(response) => {
             if !response.dry_run {
-                let engine = state.engine.lock().await;
                 systemd::status(&engine.summary());
                 if response.pending_confirm.is_some()
                     && let Some((generation, deadline)) = engine.confirm_deadline()
                 {
-                    spawn_rollback(Arc::clone(&state.engine), generation, deadline);
+                    spawn_rollback(Arc::clone(shared), generation, deadline);
                 }
             }
             Json(response).into_response()

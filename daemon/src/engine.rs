@@ -12,7 +12,8 @@ use std::{
 use anyhow::Context as _;
 use palisade_api::{
     ApplyRequest, ApplyResponse, ConntrackEntry, DiffResponse, Failsafe, FlowFilter,
-    PendingConfirm, PolicyDocument, PolicyFile, PolicyList, PolicySource, PolicySummary, Status,
+    KernelFeatures, PendingConfirm, PolicyDocument, PolicyFile, PolicyList, PolicySource,
+    PolicySummary, Status,
 };
 use palisade_common::{FAILSAFE_RULE, protocol};
 use palisade_policy::{
@@ -118,6 +119,8 @@ pub struct Engine {
     table: CompiledTable,
     generation: u32,
     pending: Option<Pending>,
+    /// Read once at start: it does not change while palisaded runs.
+    kernel: KernelFeatures,
     datapath: Box<dyn Datapath>,
     hub: Arc<FlowHub>,
 }
@@ -131,6 +134,7 @@ impl Engine {
             table: CompiledTable::default(),
             generation: 0,
             pending: None,
+            kernel: kernel_features(),
             datapath,
             hub,
         }
@@ -158,14 +162,8 @@ impl Engine {
         let saved = self.settings.store.load().map_err(ApplyError::Storage)?;
         let mut policies = parse_files(&directory, PolicySource::Directory)?;
         policies.extend(parse_files(&saved, PolicySource::Applied)?);
-        let removed = self
-            .policies
-            .keys()
-            .filter(|name| !policies.contains_key(*name))
-            .cloned()
-            .collect();
         let applied = policies.keys().cloned().collect();
-        self.commit(policies, applied, removed, false)
+        self.commit(policies, applied, false)
     }
 
     /// Adds or replaces (by `metadata.name`) the policies in the request's
@@ -183,13 +181,13 @@ impl Engine {
         let mut policies = self.policies.clone();
         policies.extend(parsed);
         if request.dry_run {
-            return self.preview(&policies, applied, Vec::new());
+            return self.preview(&policies, applied);
         }
         self.refuse_while_pending()?;
         let confirm = request.confirm_seconds.map(Duration::from_secs);
         let previous = self.policies.clone();
         let rollback_to = self.generation;
-        let mut response = self.commit(policies, applied, Vec::new(), confirm.is_none())?;
+        let mut response = self.commit(policies, applied, confirm.is_none())?;
         if let Some(wait) = confirm {
             let pending = Pending {
                 generation: self.generation,
@@ -218,12 +216,11 @@ impl Engine {
         let entry = policies
             .remove(name)
             .ok_or_else(|| ApplyError::NotFound(name.to_owned()))?;
-        let removed = vec![name.to_owned()];
         if dry_run {
-            return self.preview(&policies, Vec::new(), removed);
+            return self.preview(&policies, Vec::new());
         }
         self.refuse_while_pending()?;
-        let response = self.commit(policies, Vec::new(), removed, true)?;
+        let response = self.commit(policies, Vec::new(), true)?;
         if entry.source == PolicySource::Directory {
             warn!(
                 policy = name,
@@ -258,24 +255,14 @@ impl Engine {
     /// When the previous rules cannot be installed again (the probation ends
     /// either way; the error says what is in force).
     pub fn roll_back(&mut self, generation: u32) -> Result<bool, ApplyError> {
-        if self
+        let Some(pending) = self
             .pending
-            .as_ref()
-            .is_none_or(|pending| pending.generation != generation)
-        {
-            return Ok(false);
-        }
-        let Some(pending) = self.pending.take() else {
+            .take_if(|pending| pending.generation == generation)
+        else {
             return Ok(false);
         };
-        let removed = self
-            .policies
-            .keys()
-            .filter(|name| !pending.previous.contains_key(*name))
-            .cloned()
-            .collect();
         let restored = pending.previous.keys().cloned().collect();
-        let response = self.commit(pending.previous, restored, removed, false)?;
+        let response = self.commit(pending.previous, restored, false)?;
         warn!(
             generation = response.generation,
             unconfirmed = generation,
@@ -446,18 +433,25 @@ impl Engine {
         Ok(compile(&list, &self.settings.node)?)
     }
 
+    /// The response to a change from the policies in force to `policies`
+    /// (compiled as `table`); what is in force and not in `policies` is removed.
     fn response(
         &self,
         generation: u32,
+        policies: &BTreeMap<String, PolicyEntry>,
         table: &CompiledTable,
         applied: Vec<String>,
-        removed: Vec<String>,
         dry_run: bool,
     ) -> ApplyResponse {
         ApplyResponse {
             generation,
             applied,
-            removed,
+            removed: self
+                .policies
+                .keys()
+                .filter(|name| !policies.contains_key(*name))
+                .cloned()
+                .collect(),
             policies: table.policies.clone(),
             rules: table.rules.len(),
             dry_run,
@@ -469,10 +463,9 @@ impl Engine {
         &self,
         policies: &BTreeMap<String, PolicyEntry>,
         applied: Vec<String>,
-        removed: Vec<String>,
     ) -> Result<ApplyResponse, ApplyError> {
         let table = self.compile(policies)?;
-        Ok(self.response(self.generation, &table, applied, removed, true))
+        Ok(self.response(self.generation, policies, &table, applied, true))
     }
 
     /// Compiles and installs `policies`; with `save`, saves the applied ones
@@ -481,7 +474,6 @@ impl Engine {
         &mut self,
         policies: BTreeMap<String, PolicyEntry>,
         applied: Vec<String>,
-        removed: Vec<String>,
         save: bool,
     ) -> Result<ApplyResponse, ApplyError> {
         let table = self.compile(&policies)?;
@@ -506,7 +498,7 @@ impl Engine {
             rules = table.rules.len(),
             "policy applied"
         );
-        let response = self.response(generation, &table, applied, removed, false);
+        let response = self.response(generation, &policies, &table, applied, false);
         self.policies = policies;
         self.table = table;
         self.generation = generation;
@@ -605,7 +597,7 @@ impl Engine {
             version: env!("CARGO_PKG_VERSION").to_owned(),
             node_name: self.settings.node_name.clone(),
             datapath: self.datapath.name().to_owned(),
-            kernel: kernel_features(),
+            kernel: self.kernel.clone(),
             interfaces: self.datapath.interfaces(),
             generation: self.generation,
             policies: self.table.policies.clone(),
@@ -620,12 +612,12 @@ impl Engine {
 }
 
 /// The running kernel's release and features.
-fn kernel_features() -> palisade_api::KernelFeatures {
+fn kernel_features() -> KernelFeatures {
     let release = std::fs::read_to_string("/proc/sys/kernel/osrelease")
         .map(|text| text.trim().to_owned())
         .unwrap_or_default();
     let bpffs = pinning::is_bpffs(Path::new(pinning::BPF_FS_ROOT)).unwrap_or(false);
-    palisade_api::KernelFeatures {
+    KernelFeatures {
         release,
         btf: Path::new("/sys/kernel/btf/vmlinux").exists(),
         bpffs,
