@@ -151,6 +151,20 @@ pub fn netns_exists(name: &str) -> bool {
     Path::new("/run/netns").join(name).exists()
 }
 
+/// The workspace root (where `etc/` is).
+pub fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// A test's literal address.
+///
+/// # Panics
+///
+/// When `text` is not an IP address (a bug in the test).
+pub fn address(text: &str) -> IpAddr {
+    text.parse().expect("test address")
+}
+
 /// Two namespaces joined by a veth pair: a `node` (the firewall's host) and a
 /// `client` with one address inside and one outside the example bastion
 /// network. Both ends are called `eth0`, as in the example config.
@@ -169,6 +183,11 @@ impl Topology {
     pub const BASTION: &'static str = "10.200.0.10";
     /// A client address outside the bastion network.
     pub const OUTSIDER: &'static str = "10.200.0.100";
+
+    /// Port `port` on the node's address.
+    pub fn node_port(port: u16) -> SocketAddr {
+        SocketAddr::new(address(Self::NODE), port)
+    }
 
     /// Creates both namespaces and the veth pair between them.
     ///

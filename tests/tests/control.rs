@@ -4,7 +4,6 @@
 
 use std::{
     io::{Read as _, Write as _},
-    net::{IpAddr, SocketAddr},
     os::unix::net::UnixStream,
     path::{Path, PathBuf},
     process::Output,
@@ -14,8 +13,8 @@ use std::{
 
 use palisade_api::{ConntrackEntry, DiffResponse, PolicyList, PolicySource};
 use palisade_e2e::{
-    Connect, Daemon, EchoServer, Listener, TempDir, Topology, allow_from_policy, echoes, have_root,
-    tcp_connect, tcp_stream,
+    Connect, Daemon, EchoServer, Listener, TempDir, Topology, address, allow_from_policy, echoes,
+    have_root, repo, tcp_connect, tcp_stream,
 };
 
 const SSH: u16 = 22;
@@ -24,18 +23,6 @@ const CONNECT_TIMEOUT: Duration = Duration::from_millis(700);
 const READ_GID: u32 = 65534;
 /// A uid and gid no account has.
 const STRANGER: u32 = 4242;
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-fn ip(address: &str) -> IpAddr {
-    address.parse().expect("test address")
-}
-
-fn ssh() -> SocketAddr {
-    SocketAddr::new(ip(Topology::NODE), SSH)
-}
 
 /// A work directory with the example config (plus `extra` config lines) and
 /// a copy of the example policy directory.
@@ -59,7 +46,13 @@ fn start(topology: &Topology, workdir: &TempDir, config: &Path, policies: &Path)
 }
 
 fn connect(topology: &Topology, source: &str) -> Connect {
-    tcp_connect(&topology.client, ip(source), ssh(), CONNECT_TIMEOUT).expect("connect attempt")
+    tcp_connect(
+        &topology.client,
+        address(source),
+        Topology::node_port(SSH),
+        CONNECT_TIMEOUT,
+    )
+    .expect("connect attempt")
 }
 
 /// stdout of a successful run; panics with stderr otherwise.
@@ -179,7 +172,7 @@ fn an_unconfirmed_apply_rolls_back_at_its_deadline() {
     let topology = Topology::new().expect("namespaces");
     let (workdir, config, policies) = setup("rollback", "");
     let mut daemon = start(&topology, &workdir, &config, &policies);
-    let _ssh = Listener::start(&topology.node, ssh()).expect("listener");
+    let _ssh = Listener::start(&topology.node, Topology::node_port(SSH)).expect("listener");
     let outsider = allow_outsider(&workdir);
     assert_eq!(connect(&topology, Topology::OUTSIDER), Connect::TimedOut);
 
@@ -253,7 +246,7 @@ fn confirmed_and_plain_applies_are_saved_and_restored_after_a_restart() {
     let topology = Topology::new().expect("namespaces");
     let (workdir, config, policies) = setup("persist", "");
     let mut daemon = start(&topology, &workdir, &config, &policies);
-    let _ssh = Listener::start(&topology.node, ssh()).expect("listener");
+    let _ssh = Listener::start(&topology.node, Topology::node_port(SSH)).expect("listener");
     let outsider = allow_outsider(&workdir);
     // YAML, as kubectl and Cilium write it.
     let docs = workdir.path().join("allow-docs.yaml");
@@ -420,7 +413,7 @@ fn diff_lists_a_recent_flow_the_new_policy_would_block() {
     let topology = Topology::new().expect("namespaces");
     let (workdir, config, policies) = setup("diff", "");
     let daemon = start(&topology, &workdir, &config, &policies);
-    let _ssh = Listener::start(&topology.node, ssh()).expect("listener");
+    let _ssh = Listener::start(&topology.node, Topology::node_port(SSH)).expect("listener");
     assert_eq!(connect(&topology, Topology::BASTION), Connect::Established);
     daemon
         .flows_until(|flows| flows.iter().any(|f| f.ip.source == Topology::BASTION))
@@ -465,11 +458,11 @@ fn conntrack_lists_and_flushes_connections() {
     let topology = Topology::new().expect("namespaces");
     let (workdir, config, policies) = setup("conntrack", "");
     let daemon = start(&topology, &workdir, &config, &policies);
-    let _echo = EchoServer::start(&topology.node, ssh()).expect("echo server");
+    let _echo = EchoServer::start(&topology.node, Topology::node_port(SSH)).expect("echo server");
     let mut stream = tcp_stream(
         &topology.client,
-        ip(Topology::BASTION),
-        ssh(),
+        address(Topology::BASTION),
+        Topology::node_port(SSH),
         CONNECT_TIMEOUT,
     )
     .expect("connection");
@@ -610,7 +603,7 @@ fn the_daemon_stays_up_and_correct_under_ten_thousand_random_requests() {
     let status = daemon.status().expect("status");
     assert_eq!(status.generation, 1);
     assert_eq!(status.policies, ["host-ssh-from-bastion"]);
-    let _ssh = Listener::start(&topology.node, ssh()).expect("listener");
+    let _ssh = Listener::start(&topology.node, Topology::node_port(SSH)).expect("listener");
     assert_eq!(connect(&topology, Topology::BASTION), Connect::Established);
     assert_eq!(connect(&topology, Topology::OUTSIDER), Connect::TimedOut);
 }

@@ -4,7 +4,7 @@
 //! restart that keeps enforcement and connections.
 
 use std::{
-    net::{IpAddr, Ipv4Addr, SocketAddr},
+    net::{Ipv4Addr, SocketAddr},
     path::{Path, PathBuf},
     process::Command,
     sync::{
@@ -16,22 +16,14 @@ use std::{
 
 use palisade_api::{Flow, Status};
 use palisade_e2e::{
-    Connect, Daemon, EchoServer, Launch, Listener, TempDir, Topology, UdpSink, binary, echoes,
-    have_root, icmp_answered, send_udp_sized, tcp_connect, tcp_stream,
+    Connect, Daemon, EchoServer, Launch, Listener, TempDir, Topology, UdpSink, address, binary,
+    echoes, have_root, icmp_answered, send_udp_sized, tcp_connect, tcp_stream,
 };
 
 const QUICK: Duration = Duration::from_millis(500);
 
-fn ip(address: &str) -> IpAddr {
-    address.parse().expect("test address")
-}
-
 fn v4(address: &str) -> Ipv4Addr {
     address.parse().expect("test address")
-}
-
-fn node(port: u16) -> SocketAddr {
-    SocketAddr::new(ip(Topology::NODE), port)
 }
 
 /// A workdir with `config` (TOML text) and a policy directory holding `policies`.
@@ -101,13 +93,13 @@ fn replies_of_connections_the_node_opens_pass_under_default_deny() {
     // policy allows the client's answers: conntrack does.
     let _service = EchoServer::start(
         &topology.client,
-        SocketAddr::new(ip(Topology::BASTION), 7000),
+        SocketAddr::new(address(Topology::BASTION), 7000),
     )
     .expect("echo server");
     let mut stream = tcp_stream(
         &topology.node,
-        ip(Topology::NODE),
-        SocketAddr::new(ip(Topology::BASTION), 7000),
+        address(Topology::NODE),
+        SocketAddr::new(address(Topology::BASTION), 7000),
         QUICK,
     )
     .expect("the node's connection opens");
@@ -116,9 +108,15 @@ fn replies_of_connections_the_node_opens_pass_under_default_deny() {
         "the reply traffic passes"
     );
     // ...while a new connection the other way, to the same port, is denied.
-    let _listener = Listener::start(&topology.node, node(7000)).expect("listener");
+    let _listener = Listener::start(&topology.node, Topology::node_port(7000)).expect("listener");
     assert_eq!(
-        tcp_connect(&topology.client, ip(Topology::BASTION), node(7000), QUICK).expect("connect"),
+        tcp_connect(
+            &topology.client,
+            address(Topology::BASTION),
+            Topology::node_port(7000),
+            QUICK
+        )
+        .expect("connect"),
         Connect::TimedOut
     );
     let counters = status(&daemon).counters;
@@ -138,9 +136,9 @@ fn udp_and_icmp_type_rules_and_fragments() {
         &[("udp.toml", BASTION_UDP_AND_PING)],
     );
     let daemon = start(&topology, &workdir, &config, &policies);
-    let sink = UdpSink::start(&topology.node, node(5353)).expect("UDP sink");
-    let bastion = ip(Topology::BASTION);
-    let outsider = ip(Topology::OUTSIDER);
+    let sink = UdpSink::start(&topology.node, Topology::node_port(5353)).expect("UDP sink");
+    let bastion = address(Topology::BASTION);
+    let outsider = address(Topology::OUTSIDER);
 
     // UDP: the rule's port from the bastion only; 3000 bytes go as two
     // fragments, the second without ports: it follows its first.
@@ -150,7 +148,7 @@ fn udp_and_icmp_type_rules_and_fragments() {
         (bastion, 100),
         (bastion, 3000),
     ] {
-        send_udp_sized(&topology.client, source, node(5353), length).expect("send");
+        send_udp_sized(&topology.client, source, Topology::node_port(5353), length).expect("send");
     }
     sink.wait_for(2, Duration::from_secs(3));
     // Give a wrongly passed datagram time to show up too.
@@ -207,9 +205,15 @@ fn audit_mode_forwards_and_reports_audit() {
         )],
     );
     let daemon = start(&topology, &workdir, &config, &policies);
-    let listener = Listener::start(&topology.node, node(22)).expect("listener");
+    let listener = Listener::start(&topology.node, Topology::node_port(22)).expect("listener");
     assert_eq!(
-        tcp_connect(&topology.client, ip(Topology::OUTSIDER), node(22), QUICK).expect("connect"),
+        tcp_connect(
+            &topology.client,
+            address(Topology::OUTSIDER),
+            Topology::node_port(22),
+            QUICK
+        )
+        .expect("connect"),
         Connect::Established,
         "audit mode lets the would-be drop through"
     );
@@ -218,7 +222,7 @@ fn audit_mode_forwards_and_reports_audit() {
     });
     assert_eq!(flow.drop_reason_desc.as_deref(), Some("POLICY_DENIED"));
     let deadline = Instant::now() + Duration::from_secs(2);
-    while !listener.peers().contains(&ip(Topology::OUTSIDER)) {
+    while !listener.peers().contains(&address(Topology::OUTSIDER)) {
         assert!(
             Instant::now() < deadline,
             "the listener never saw the outsider"
@@ -255,10 +259,16 @@ fromCIDR = ["10.200.0.10/32"]
         &[("deny.toml", deny_bastion)],
     );
     let daemon = start(&topology, &workdir, &config, &policies);
-    let _listener = Listener::start(&topology.node, node(22)).expect("listener");
+    let _listener = Listener::start(&topology.node, Topology::node_port(22)).expect("listener");
     for source in [Topology::OUTSIDER, Topology::BASTION] {
         assert_eq!(
-            tcp_connect(&topology.client, ip(source), node(22), QUICK).expect("connect"),
+            tcp_connect(
+                &topology.client,
+                address(source),
+                Topology::node_port(22),
+                QUICK
+            )
+            .expect("connect"),
             Connect::TimedOut,
             "{source} is prefiltered"
         );
@@ -309,10 +319,16 @@ toPorts = [{ ports = [{ port = 0 }] }]
         },
     )
     .expect("palisaded starts");
-    let _ssh = Listener::start(&topology.node, node(22)).expect("listener");
-    let _web = Listener::start(&topology.node, node(8080)).expect("listener");
+    let _ssh = Listener::start(&topology.node, Topology::node_port(22)).expect("listener");
+    let _web = Listener::start(&topology.node, Topology::node_port(8080)).expect("listener");
     let connect = |port| {
-        tcp_connect(&topology.client, ip(Topology::OUTSIDER), node(port), QUICK).expect("connect")
+        tcp_connect(
+            &topology.client,
+            address(Topology::OUTSIDER),
+            Topology::node_port(port),
+            QUICK,
+        )
+        .expect("connect")
     };
     assert_eq!(connect(22), Connect::Established, "failsafe SSH");
     assert_eq!(
@@ -348,7 +364,7 @@ toPorts = [{ ports = [{ port = 5000, endPort = 6000, protocol = "UDP" }] }]
 "#;
     let (workdir, config, policies) = setup("swap", INTERFACES, &[("swap.toml", &table_a)]);
     let daemon = start(&topology, &workdir, &config, &policies);
-    let sink = UdpSink::start(&topology.node, node(5353)).expect("UDP sink");
+    let sink = UdpSink::start(&topology.node, Topology::node_port(5353)).expect("UDP sink");
     let files = [workdir.path().join("a.toml"), workdir.path().join("b.toml")];
     std::fs::write(&files[0], &table_a).expect("write");
     std::fs::write(&files[1], table_b).expect("write");
@@ -364,9 +380,11 @@ toPorts = [{ ports = [{ port = 5000, endPort = 6000, protocol = "UDP" }] }]
             .spawn(move || {
                 while !stop.load(Ordering::Relaxed) {
                     let socket =
-                        std::net::UdpSocket::bind(SocketAddr::new(ip(Topology::BASTION), 0))
+                        std::net::UdpSocket::bind(SocketAddr::new(address(Topology::BASTION), 0))
                             .expect("bind");
-                    socket.send_to(b"swap", node(5353)).expect("send");
+                    socket
+                        .send_to(b"swap", Topology::node_port(5353))
+                        .expect("send");
                     sent.fetch_add(1, Ordering::Relaxed);
                     std::thread::sleep(Duration::from_micros(200));
                 }
@@ -416,24 +434,31 @@ fn kill_nine_keeps_enforcement_and_connections_and_cleanup_removes_it() {
         )],
     );
     let mut daemon = start(&topology, &workdir, &config, &policies);
-    let _ssh = Listener::start(&topology.node, node(22)).expect("listener");
+    let _ssh = Listener::start(&topology.node, Topology::node_port(22)).expect("listener");
     // A connection only conntrack lets through: opened by the node, under
     // default-deny ingress.
     let _service = EchoServer::start(
         &topology.client,
-        SocketAddr::new(ip(Topology::BASTION), 7000),
+        SocketAddr::new(address(Topology::BASTION), 7000),
     )
     .expect("echo server");
     let mut stream = tcp_stream(
         &topology.node,
-        ip(Topology::NODE),
-        SocketAddr::new(ip(Topology::BASTION), 7000),
+        address(Topology::NODE),
+        SocketAddr::new(address(Topology::BASTION), 7000),
         QUICK,
     )
     .expect("the node's connection opens");
     assert!(echoes(&mut stream, b"before"));
-    let outsider =
-        || tcp_connect(&topology.client, ip(Topology::OUTSIDER), node(22), QUICK).expect("connect");
+    let outsider = || {
+        tcp_connect(
+            &topology.client,
+            address(Topology::OUTSIDER),
+            Topology::node_port(22),
+            QUICK,
+        )
+        .expect("connect")
+    };
     assert_eq!(outsider(), Connect::TimedOut);
 
     daemon.kill_and_restart().expect("palisaded restarts");
@@ -444,7 +469,13 @@ fn kill_nine_keeps_enforcement_and_connections_and_cleanup_removes_it() {
     );
     assert_eq!(outsider(), Connect::TimedOut, "still enforced");
     assert_eq!(
-        tcp_connect(&topology.client, ip(Topology::BASTION), node(22), QUICK).expect("connect"),
+        tcp_connect(
+            &topology.client,
+            address(Topology::BASTION),
+            Topology::node_port(22),
+            QUICK
+        )
+        .expect("connect"),
         Connect::Established
     );
     assert!(daemon.log().contains("adopted_links=3"), "{}", daemon.log());

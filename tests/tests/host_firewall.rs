@@ -1,33 +1,17 @@
 //! End to end: the example host policy enforced by palisaded on a veth pair
 //! between two namespaces, driven and observed through palisadectl.
 
-use std::{
-    net::{IpAddr, SocketAddr},
-    path::{Path, PathBuf},
-    time::Duration,
-};
+use std::{path::Path, time::Duration};
 
 use palisade_api::Flow;
 use palisade_e2e::{
-    Connect, Daemon, Listener, TempDir, Topology, have_root, netns_exists, process_exists,
-    tcp_connect,
+    Connect, Daemon, Listener, TempDir, Topology, address, have_root, netns_exists, process_exists,
+    repo, tcp_connect,
 };
 
 const SSH: u16 = 22;
 /// Long enough for a SYN-ACK on a veth; a dropped SYN waits this long.
 const CONNECT_TIMEOUT: Duration = Duration::from_millis(700);
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-fn ip(address: &str) -> IpAddr {
-    address.parse().expect("test address")
-}
-
-fn ssh() -> SocketAddr {
-    SocketAddr::new(ip(Topology::NODE), SSH)
-}
 
 /// The example config and policy directory, as shipped in etc/.
 fn start_example(topology: &Topology, workdir: &TempDir) -> Daemon {
@@ -41,7 +25,13 @@ fn start_example(topology: &Topology, workdir: &TempDir) -> Daemon {
 }
 
 fn connect(topology: &Topology, source: &str) -> Connect {
-    tcp_connect(&topology.client, ip(source), ssh(), CONNECT_TIMEOUT).expect("connect attempt")
+    tcp_connect(
+        &topology.client,
+        address(source),
+        Topology::node_port(SSH),
+        CONNECT_TIMEOUT,
+    )
+    .expect("connect attempt")
 }
 
 fn is_ssh_from(flow: &Flow, source: &str, verdict: &str) -> bool {
@@ -101,12 +91,12 @@ fn denied_source_is_dropped_allowed_source_reaches_listener() {
     let xdp_in_root_before = root_namespace_has_xdp();
     let topology = Topology::new().expect("namespaces");
     let workdir = TempDir::new("e2e").expect("workdir");
-    let listener = Listener::start(&topology.node, ssh()).expect("listener");
+    let listener = Listener::start(&topology.node, Topology::node_port(SSH)).expect("listener");
     let daemon = start_example(&topology, &workdir);
 
     assert_eq!(connect(&topology, Topology::BASTION), Connect::Established);
     assert_eq!(connect(&topology, Topology::OUTSIDER), Connect::TimedOut);
-    assert_eq!(listener.peers(), [ip(Topology::BASTION)]);
+    assert_eq!(listener.peers(), [address(Topology::BASTION)]);
 
     let flows = daemon
         .flows_until(|flows| {
@@ -190,7 +180,7 @@ fn invalid_policy_is_rejected_with_its_position_and_changes_nothing() {
     }
     let topology = Topology::new().expect("namespaces");
     let workdir = TempDir::new("e2e").expect("workdir");
-    let _listener = Listener::start(&topology.node, ssh()).expect("listener");
+    let _listener = Listener::start(&topology.node, Topology::node_port(SSH)).expect("listener");
     let daemon = start_example(&topology, &workdir);
     let write = |name: &str, text: &str| {
         let path = workdir.path().join(name);

@@ -1,14 +1,10 @@
 //! End to end: palisaded's sd_notify messages, read from a fake NOTIFY_SOCKET.
 
-use std::{os::unix::net::UnixDatagram, path::Path, time::Duration};
+use std::{os::unix::net::UnixDatagram, time::Duration};
 
 use palisade_e2e::{
-    Daemon, Launch, TempDir, Topology, allow_from_policy, datagrams_until, have_root,
+    Daemon, Launch, TempDir, Topology, allow_from_policy, datagrams_until, have_root, repo,
 };
-
-fn repo() -> std::path::PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
 
 /// Every datagram that arrives within `window`, as text.
 fn collect(socket: &UnixDatagram, window: Duration) -> Vec<String> {
