@@ -27,9 +27,15 @@ pub struct ExplainArgs {
     /// A label of the node, as KEY=VALUE (repeatable).
     #[arg(long = "node-label", value_name = "KEY=VALUE", value_parser = label)]
     node_labels: Vec<(String, String)>,
+    /// An address of the node, the `host` entity (repeatable).
+    #[arg(long = "node-address", value_name = "CIDR")]
+    node_addresses: Vec<ipnet::IpNet>,
     /// Judge as in audit mode (`policy.audit_mode` in palisade.toml).
     #[arg(long)]
     audit_mode: bool,
+    /// Accept toFQDNs in audit-only form (`policy.fqdn_audit` in palisade.toml).
+    #[arg(long)]
+    fqdn_audit: bool,
     /// Direction of the connection.
     #[arg(long = "dir", value_enum, requires_all = ["protocol", "source", "destination"])]
     direction: Option<DirectionArg>,
@@ -121,6 +127,9 @@ pub fn run(args: &ExplainArgs) -> anyhow::Result<()> {
     let node = NodeContext {
         labels: args.node_labels.iter().cloned().collect::<BTreeMap<_, _>>(),
         audit_mode: args.audit_mode,
+        fqdn_audit: args.fqdn_audit,
+        addresses: args.node_addresses.clone(),
+        ..NodeContext::default()
     };
     let table = compile(&policies, &node).context("the policies cannot be compiled together")?;
     let mut explanation = Explanation {

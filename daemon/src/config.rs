@@ -33,6 +33,9 @@ pub struct Config {
     pub metrics: MetricsConfig,
     /// Services that stay reachable whatever the policies say.
     pub failsafe: FailsafeConfig,
+    /// What this node knows about its cluster, for entities, `fromNodes`,
+    /// `fromEndpoints` and CIDR groups.
+    pub cluster: palisade_policy::ClusterContext,
 }
 
 /// `[metrics]`.
@@ -51,6 +54,8 @@ pub struct NodeConfig {
     pub name: Option<String>,
     /// Labels matched by policies' `nodeSelector`.
     pub labels: BTreeMap<String, String>,
+    /// This node's addresses: what the `host` entity stands for.
+    pub addresses: Vec<ipnet::IpNet>,
 }
 
 /// `[datapath]`.
@@ -262,6 +267,8 @@ pub struct PolicyConfig {
     pub state_directory: PathBuf,
     /// Forward would-be drops and report them with verdict AUDIT.
     pub audit_mode: bool,
+    /// Accept `toFQDNs` and DNS rules in host policies in audit-only form.
+    pub fqdn_audit: bool,
 }
 
 impl Default for PolicyConfig {
@@ -270,6 +277,7 @@ impl Default for PolicyConfig {
             directory: PathBuf::from("/etc/palisade/policies.d"),
             state_directory: PathBuf::from("/var/lib/palisade"),
             audit_mode: false,
+            fqdn_audit: false,
         }
     }
 }

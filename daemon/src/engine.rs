@@ -17,8 +17,9 @@ use palisade_api::{
 };
 use palisade_common::{FAILSAFE_RULE, protocol};
 use palisade_policy::{
-    CompileError, CompiledTable, Diagnostic, Diagnostics, Direction, NodeContext, Policy, compile,
-    describe::protocol_name, is_policy_file, policies_from_text, policy_to_toml, rule_lines,
+    CompileError, CompiledTable, Diagnostic, Diagnostics, Direction, NodeContext, Policy,
+    ValidateOptions, compile, describe::protocol_name, is_policy_file, policies_from_text_with,
+    policy_to_toml, rule_lines,
 };
 use tracing::{info, warn};
 
@@ -149,6 +150,13 @@ impl Engine {
         self.datapath.attach(config)
     }
 
+    /// What policy validation accepts on this node.
+    fn validate_options(&self) -> ValidateOptions {
+        ValidateOptions {
+            fqdn_audit: self.settings.node.fqdn_audit,
+        }
+    }
+
     /// Reads the policy directory and the saved policies (a saved policy
     /// replaces a directory one of the same name) and installs them.
     ///
@@ -160,8 +168,13 @@ impl Engine {
         let directory =
             read_policy_directory(&self.settings.directory).map_err(ApplyError::Storage)?;
         let saved = self.settings.store.load().map_err(ApplyError::Storage)?;
-        let mut policies = parse_files(&directory, PolicySource::Directory)?;
-        policies.extend(parse_files(&saved, PolicySource::Applied)?);
+        let mut policies =
+            parse_files(&directory, PolicySource::Directory, self.validate_options())?;
+        policies.extend(parse_files(
+            &saved,
+            PolicySource::Applied,
+            self.validate_options(),
+        )?);
         let applied = policies.keys().cloned().collect();
         self.commit(policies, applied, false)
     }
@@ -176,7 +189,11 @@ impl Engine {
     ///
     /// [`ApplyError`]; the rules in force are unchanged then.
     pub fn apply(&mut self, request: &ApplyRequest) -> Result<ApplyResponse, ApplyError> {
-        let parsed = parse_files(&request.files, PolicySource::Applied)?;
+        let parsed = parse_files(
+            &request.files,
+            PolicySource::Applied,
+            self.validate_options(),
+        )?;
         let applied: Vec<String> = parsed.keys().cloned().collect();
         let mut policies = self.policies.clone();
         policies.extend(parsed);
@@ -288,7 +305,11 @@ impl Engine {
     /// As a dry-run [`Engine::apply`].
     pub fn diff(&self, files: &[PolicyFile]) -> Result<DiffResponse, ApplyError> {
         let mut policies = self.policies.clone();
-        policies.extend(parse_files(files, PolicySource::Applied)?);
+        policies.extend(parse_files(
+            files,
+            PolicySource::Applied,
+            self.validate_options(),
+        )?);
         let table = self.compile(&policies)?;
         let before: BTreeSet<String> = rule_lines(&self.table).into_iter().collect();
         let after: BTreeSet<String> = rule_lines(&table).into_iter().collect();
@@ -628,11 +649,12 @@ fn kernel_features() -> KernelFeatures {
 fn parse_files(
     files: &[PolicyFile],
     source: PolicySource,
+    options: ValidateOptions,
 ) -> Result<BTreeMap<String, PolicyEntry>, Diagnostics> {
     let mut policies = BTreeMap::new();
     let mut problems = Vec::new();
     for file in files {
-        match policies_from_text(&file.name, &file.content) {
+        match policies_from_text_with(&file.name, &file.content, options) {
             Ok(parsed) => {
                 for policy in parsed {
                     let name = policy.metadata.name.clone();

@@ -111,6 +111,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
         node: NodeContext {
             labels: config.node.labels.clone(),
             audit_mode: config.policy.audit_mode,
+            fqdn_audit: config.policy.fqdn_audit,
+            addresses: config.node.addresses.clone(),
+            cluster: config.cluster.clone(),
         },
         node_name: node_name.clone(),
         directory: config.policy.directory.clone(),

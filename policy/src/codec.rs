@@ -9,7 +9,7 @@ use toml::{
 use crate::{
     diagnostic::{Diagnostic, Diagnostics},
     model::Policy,
-    validate::validate,
+    validate::{ValidateOptions, validate_with},
 };
 
 /// Parses and validates one TOML policy document. `file` names it in errors.
@@ -18,8 +18,21 @@ use crate::{
 ///
 /// Every syntax, schema and validation problem found, each with its position.
 pub fn policy_from_toml(file: &str, text: &str) -> Result<Policy, Diagnostics> {
+    policy_from_toml_with(file, text, ValidateOptions::default())
+}
+
+/// Parses and validates one TOML policy document with `options`.
+///
+/// # Errors
+///
+/// Every syntax, schema and validation problem found, each with its position.
+pub fn policy_from_toml_with(
+    file: &str,
+    text: &str,
+    options: ValidateOptions,
+) -> Result<Policy, Diagnostics> {
     let policy: Policy = from_toml(file, text)?;
-    let problems = validate(&policy);
+    let problems = validate_with(&policy, options);
     if problems.is_empty() {
         return Ok(policy);
     }
@@ -130,9 +143,22 @@ pub fn is_policy_file(name: &std::path::Path) -> bool {
 ///
 /// Every problem found, each with its position.
 pub fn policies_from_text(file: &str, text: &str) -> Result<Vec<Policy>, Diagnostics> {
+    policies_from_text_with(file, text, ValidateOptions::default())
+}
+
+/// [`policies_from_text`] with `options`.
+///
+/// # Errors
+///
+/// Every problem found, each with its position.
+pub fn policies_from_text_with(
+    file: &str,
+    text: &str,
+    options: ValidateOptions,
+) -> Result<Vec<Policy>, Diagnostics> {
     match Format::of(file, text) {
-        Format::Toml => policy_from_toml(file, text).map(|policy| vec![policy]),
-        Format::Yaml => crate::yaml::policies_from_yaml(file, text),
+        Format::Toml => policy_from_toml_with(file, text, options).map(|policy| vec![policy]),
+        Format::Yaml => crate::yaml::policies_from_yaml_with(file, text, options),
     }
 }
 
@@ -235,7 +261,10 @@ ports = [{ port = "22", protocol = "TCP" }]
         let policy = policy_from_toml("p.toml", GOOD).unwrap();
         let rule = policy.spec.unwrap();
         assert_eq!(rule.ingress[0].from_cidr[0].to_string(), "192.0.2.0/24");
-        assert_eq!(rule.ingress[0].to_ports[0].ports[0].port.0, 22);
+        assert_eq!(
+            rule.ingress[0].to_ports[0].ports[0].port,
+            Some(crate::model::Port::Number(22))
+        );
     }
 
     #[test]
@@ -271,11 +300,15 @@ ports = [{ port = "22", protocol = "TCP" }]
     }
 
     #[test]
-    fn named_port_is_refused_with_a_hint() {
+    fn named_port_is_refused_in_a_host_policy_with_a_hint() {
         let text = GOOD.replace("port = \"22\"", "port = \"ssh\"");
         let d = error(&text);
-        assert_eq!(d.line, Some(15), "{d}");
-        assert!(d.message.contains("write the port number"), "{d}");
+        assert_eq!((d.line, d.column), (Some(15), Some(12)), "{d}");
+        assert_eq!(d.field, "spec.ingress[0].toPorts[0].ports[0].port");
+        assert_eq!(
+            d.message,
+            "named port \"ssh\" cannot be resolved for a host policy: write the port number"
+        );
     }
 
     #[test]

@@ -10,21 +10,13 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use ipnet::{IpNet, Ipv4Net, Ipv6Net};
+use ipnet::IpNet;
 use palisade_common::{MAX_ENTRIES_PER_RULE_SET, PortEntry, action, protocol};
 use serde::{Deserialize, Serialize};
 
 pub use crate::model::Section;
 use crate::model::{PeerRule, Policy};
-
-/// What the compiler needs to know about this node.
-#[derive(Debug, Clone, Default)]
-pub struct NodeContext {
-    /// This node's labels, matched against `nodeSelector`.
-    pub labels: BTreeMap<String, String>,
-    /// Forward would-be drops and report them as AUDIT (`policy-audit-mode`).
-    pub audit_mode: bool,
-}
+pub use crate::resolve::NodeContext;
 
 /// Traffic direction of a table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -149,6 +141,23 @@ pub enum CompileError {
         /// The limit.
         max: usize,
     },
+    /// A named port in a host policy: only pods have named (container) ports.
+    #[error(
+        "{path}: named port {name:?} cannot be resolved for a host policy: write the port number"
+    )]
+    NamedPort {
+        /// Field path of the rule.
+        path: String,
+        /// The name.
+        name: String,
+    },
+    /// `toFQDNs` in a host policy while the node does not accept it in
+    /// audit-only form.
+    #[error("{path}: {FQDN_NOT_ENFORCED}")]
+    FqdnNotEnforced {
+        /// Field path of the rule.
+        path: String,
+    },
     /// An ICMP type name the rule's family does not have.
     #[error("{path}: ICMP type {name:?} does not exist for family {family}")]
     IcmpTypeName {
@@ -161,12 +170,18 @@ pub enum CompileError {
     },
 }
 
-/// Compiles the policies that select this node.
+/// Why `toFQDNs` is refused (validation and compiler say the same).
+pub const FQDN_NOT_ENFORCED: &str = "toFQDNs is not yet enforced by palisade (it needs a DNS proxy); set `fqdn_audit = true` under [policy] in palisade.toml to accept it in audit-only form (the rule matches no address and the node runs in audit mode)";
+
+/// Compiles the host rules (`nodeSelector`) that select this node.
+/// Endpoint rules (`endpointSelector`) are for pods and are left out.
 ///
 /// # Errors
 ///
 /// [`CompileError::TooManyEntries`] when one prefix collects too many rows;
-/// [`CompileError::IcmpTypeName`] for an ICMP name of the wrong family.
+/// [`CompileError::IcmpTypeName`] for an ICMP name of the wrong family;
+/// [`CompileError::NamedPort`] and [`CompileError::FqdnNotEnforced`] for
+/// what a host policy cannot use (validation refuses them first).
 pub fn compile(policies: &[Policy], node: &NodeContext) -> Result<CompiledTable, CompileError> {
     let mut table = CompiledTable {
         audit: node.audit_mode,
@@ -175,19 +190,29 @@ pub fn compile(policies: &[Policy], node: &NodeContext) -> Result<CompiledTable,
     for policy in policies {
         let mut selected = false;
         for (path, rule) in policy.rules() {
-            if !rule.node_selector.matches(&node.labels) {
+            let Some(selector) = &rule.node_selector else {
+                continue;
+            };
+            if !selector.matches(&node.labels) {
                 continue;
             }
             selected = true;
             // Cilium: a selecting rule with an ingress or ingressDeny section puts
-            // ingress into default deny, and likewise for egress
-            // (Documentation/security/policy/intro.rst).
-            table.ingress.default_deny |= !rule.ingress.is_empty() || !rule.ingress_deny.is_empty();
-            table.egress.default_deny |= !rule.egress.is_empty() || !rule.egress_deny.is_empty();
+            // ingress into default deny, and likewise for egress, unless its
+            // enableDefaultDeny says otherwise; one rule asking is enough
+            // (Documentation/security/policy/intro.rst, rule.go EnableDefaultDeny).
+            table.ingress.default_deny |= rule.default_deny_ingress();
+            table.egress.default_deny |= rule.default_deny_egress();
             for (section, rules) in rule.sections() {
                 for (i, peer_rule) in rules.iter().enumerate() {
                     let rule_id = u32::try_from(table.rules.len()).unwrap_or(u32::MAX - 2);
                     let rule_path = format!("{path}.{}[{i}]", section.field());
+                    if !peer_rule.peers.fqdns.is_empty() {
+                        if !node.fqdn_audit {
+                            return Err(CompileError::FqdnNotEnforced { path: rule_path });
+                        }
+                        table.audit = true;
+                    }
                     let verdict = if section.is_deny() {
                         action::DENY
                     } else {
@@ -198,19 +223,18 @@ pub fn compile(policies: &[Policy], node: &NodeContext) -> Result<CompiledTable,
                     } else {
                         &mut table.egress.entries
                     };
-                    add_rows(rows, peer_rule, verdict, rule_id, &rule_path)?;
+                    let prefixes = node.peers(&peer_rule.peers);
+                    add_rows(rows, &prefixes, peer_rule, verdict, rule_id, &rule_path)?;
                     if section == Section::IngressDeny
-                        && !node.audit_mode
                         && peer_rule.to_ports.is_empty()
                         && peer_rule.icmps.is_empty()
                     {
                         table.prefilter.extend(
-                            peer_rule
-                                .peers
+                            prefixes
                                 .iter()
-                                .filter(|cidr| cidr.0.prefix_len() > 0)
-                                .map(|cidr| PrefilterEntry {
-                                    prefix: cidr.0,
+                                .filter(|prefix| prefix.prefix_len() > 0)
+                                .map(|prefix| PrefilterEntry {
+                                    prefix: *prefix,
                                     rule_id,
                                 }),
                         );
@@ -227,6 +251,10 @@ pub fn compile(policies: &[Policy], node: &NodeContext) -> Result<CompiledTable,
             table.policies.push(policy.metadata.name.clone());
         }
     }
+    // Audit mode forwards what deny rules match, so nothing is prefiltered.
+    if table.audit {
+        table.prefilter.clear();
+    }
     flatten(&mut table.ingress)?;
     flatten(&mut table.egress)?;
     Ok(table)
@@ -234,26 +262,24 @@ pub fn compile(policies: &[Policy], node: &NodeContext) -> Result<CompiledTable,
 
 fn add_rows(
     rows: &mut Vec<TableEntry>,
+    prefixes: &[IpNet],
     rule: &PeerRule<'_>,
     verdict: u8,
     rule_id: u32,
     path: &str,
 ) -> Result<(), CompileError> {
-    // No peer selects every peer (Cilium's wildcard L3 rule).
-    let prefixes: Vec<IpNet> = if rule.peers.is_empty() {
-        vec![IpNet::V4(Ipv4Net::default()), IpNet::V6(Ipv6Net::default())]
-    } else {
-        rule.peers.iter().map(|cidr| cidr.0).collect()
-    };
-    let mut ports: Vec<(u8, u16, u16)> = rule
-        .to_ports
-        .iter()
-        .flat_map(|port_rule| &port_rule.ports)
-        .map(|port| {
-            let (lo, hi) = port.range();
-            (port.protocol.code(), lo, hi)
-        })
-        .collect();
+    let mut ports = Vec::new();
+    for port in rule.to_ports.iter().flat_map(|port_rule| &port_rule.ports) {
+        let (lo, hi) = port.range().ok_or_else(|| CompileError::NamedPort {
+            path: path.to_owned(),
+            name: port
+                .port
+                .as_ref()
+                .map(ToString::to_string)
+                .unwrap_or_default(),
+        })?;
+        ports.push((port.protocol.code(), lo, hi));
+    }
     // An ICMP type is matched as a one-port range of the ICMP protocol.
     for field in rule.icmps.iter().flat_map(|icmp| &icmp.fields) {
         let code =
@@ -271,7 +297,7 @@ fn add_rows(
     if rule.to_ports.is_empty() && rule.icmps.is_empty() {
         ports.push((protocol::ALL, 0, u16::MAX));
     }
-    for prefix in prefixes {
+    for &prefix in prefixes {
         for &(protocol, port_lo, port_hi) in &ports {
             rows.push(TableEntry {
                 prefix,

@@ -9,15 +9,19 @@ pub mod describe;
 pub mod diagnostic;
 pub mod evaluate;
 pub mod model;
+pub mod resolve;
 pub mod validate;
 pub mod yaml;
 
 pub use codec::{
-    Format, from_toml, is_policy_file, policies_from_text, policy_from_toml, policy_to_toml,
+    Format, from_toml, is_policy_file, policies_from_text, policies_from_text_with,
+    policy_from_toml, policy_from_toml_with, policy_to_toml,
 };
 pub use compile::{CompileError, CompiledTable, Direction, NodeContext, compile};
 pub use describe::rule_lines;
 pub use diagnostic::{Diagnostic, Diagnostics};
 pub use evaluate::{Connection, Verdict, evaluate};
 pub use model::Policy;
-pub use yaml::{policies_from_yaml, policies_to_yaml};
+pub use resolve::{ClusterContext, KnownEndpoint, KnownNode};
+pub use validate::ValidateOptions;
+pub use yaml::{policies_from_yaml, policies_from_yaml_with, policies_to_yaml};

@@ -8,6 +8,7 @@
 
 use std::collections::BTreeMap;
 
+use serde::Deserialize;
 use yaml_rust2::{
     parser::{Event, MarkedEventReceiver, Parser},
     scanner::{Marker, ScanError},
@@ -16,16 +17,32 @@ use yaml_rust2::{
 use crate::{
     diagnostic::{Diagnostic, Diagnostics},
     model::Policy,
-    validate::validate,
+    validate::{ValidateOptions, validate_with},
 };
 
-/// Parses and validates every policy document in `text`. `file` names it in errors.
+/// Parses and validates every policy document in `text`, with default
+/// [`ValidateOptions`]. `file` names it in errors.
 ///
 /// # Errors
 ///
-/// Every problem found: the first syntax or schema problem of each document,
+/// Every problem found: the first syntax or schema problem of each policy,
 /// or all validation problems, each with its position.
 pub fn policies_from_yaml(file: &str, text: &str) -> Result<Vec<Policy>, Diagnostics> {
+    policies_from_yaml_with(file, text, ValidateOptions::default())
+}
+
+/// Parses and validates every policy in `text`: one per document, or the
+/// `items` of a `kind: List` document (what `kubectl get -o yaml` prints).
+///
+/// # Errors
+///
+/// Every problem found: the first syntax or schema problem of each policy,
+/// or all validation problems, each with its position.
+pub fn policies_from_yaml_with(
+    file: &str,
+    text: &str,
+    options: ValidateOptions,
+) -> Result<Vec<Policy>, Diagnostics> {
     let positions = Positions::of(text).map_err(|error| {
         let mark = error.marker();
         Diagnostics(vec![placed(
@@ -41,49 +58,72 @@ pub fn policies_from_yaml(file: &str, text: &str) -> Result<Vec<Policy>, Diagnos
     // for ever; yaml-rust2 counted the documents.
     let documents = yaml_serde::Deserializer::from_str(text).take(positions.documents.len().max(1));
     for (number, document) in documents.enumerate() {
-        let parsed: Result<Option<Policy>, _> = serde_path_to_error::deserialize(document);
-        let policy = match parsed {
-            Ok(Some(policy)) => policy,
+        let value = match Option::<yaml_serde::Value>::deserialize(document) {
+            Ok(Some(value)) => value,
             // An empty document (a trailing `---`, a file of comments).
             Ok(None) => continue,
             Err(error) => {
-                let field = error.path().to_string();
-                let field = if field == "." { String::new() } else { field };
-                let inner = error.into_inner();
-                let text = message(&inner);
-                // The path names the exact place: the key of an unknown
-                // field, the value of a bad one; yaml_serde's mark is the fallback.
-                let target = if text.starts_with("unknown field") {
-                    Target::Key
-                } else {
-                    Target::Value
-                };
-                let position = positions.find(number, &field, target).or_else(|| {
-                    inner
-                        .location()
-                        .map(|location| (location.line(), location.column()))
-                });
-                let syntax = field.is_empty();
-                problems.push(placed(file, position, field, text));
-                if syntax {
-                    break;
-                }
-                continue;
+                let position = error
+                    .location()
+                    .map(|location| (location.line(), location.column()));
+                problems.push(placed(file, position, String::new(), message(&error)));
+                break;
             }
         };
-        let found = validate(&policy);
-        if found.is_empty() {
-            policies.push(policy);
-        }
-        for problem in found {
-            let position = positions.find(number, &problem.path, Target::Key);
-            problems.push(placed(file, position, problem.path, problem.message));
+        for (prefix, item) in list_items(value) {
+            let parsed: Result<Policy, _> = serde_path_to_error::deserialize(item);
+            let policy = match parsed {
+                Ok(policy) => policy,
+                Err(error) => {
+                    let field = error.path().to_string();
+                    let field = if field == "." {
+                        prefix.trim_end_matches('.').to_owned()
+                    } else {
+                        format!("{prefix}{field}")
+                    };
+                    let text = message(error.inner());
+                    // The path names the exact place: the key of an unknown
+                    // field, the value of a bad one.
+                    let target = if text.starts_with("unknown field") {
+                        Target::Key
+                    } else {
+                        Target::Value
+                    };
+                    let position = positions.find(number, &field, target);
+                    problems.push(placed(file, position, field, text));
+                    continue;
+                }
+            };
+            let found = validate_with(&policy, options);
+            if found.is_empty() {
+                policies.push(policy);
+            }
+            for problem in found {
+                let path = format!("{prefix}{}", problem.path);
+                let path = path.trim_end_matches('.').to_owned();
+                let position = positions.find(number, &path, Target::Key);
+                problems.push(placed(file, position, path, problem.message));
+            }
         }
     }
     if problems.is_empty() {
         Ok(policies)
     } else {
         Err(Diagnostics(problems))
+    }
+}
+
+/// A `kind: List` document's items with their path prefixes (`items[0].`);
+/// any other document as itself.
+fn list_items(value: yaml_serde::Value) -> Vec<(String, yaml_serde::Value)> {
+    let is_list = value.get("kind").and_then(yaml_serde::Value::as_str) == Some("List");
+    match value.get("items").and_then(yaml_serde::Value::as_sequence) {
+        Some(items) if is_list => items
+            .iter()
+            .enumerate()
+            .map(|(i, item)| (format!("items[{i}]."), item.clone()))
+            .collect(),
+        _ => vec![(String::new(), value)],
     }
 }
 
@@ -320,7 +360,7 @@ toPorts = [{ ports = [{ port = "22", protocol = "TCP" }] }]
         assert_eq!(
             errors(&GOOD.replace("fromCIDR:", "fromCidr:")),
             [
-                "p.yaml:8:7: spec.ingress[0].fromCidr: unknown field `fromCidr`, expected one of `fromCIDR`, `toPorts`, `icmps`"
+                "p.yaml:8:7: spec.ingress[0].fromCidr: unknown field `fromCidr`, expected one of `fromEndpoints`, `fromRequires`, `fromCIDR`, `fromCIDRSet`, `fromEntities`, `fromGroups`, `fromNodes`, `toPorts`, `icmps`, `authentication`"
             ]
         );
         let bad_cidr = errors(&GOOD.replace("192.0.2.0/24", "192.0.2.300/24"));
@@ -340,6 +380,22 @@ toPorts = [{ ports = [{ port = "22", protocol = "TCP" }] }]
         assert_eq!(found.len(), 1, "{found:?}");
         assert!(
             found[0].starts_with("p.yaml:18:3: metadata.name: invalid name \"Bad_Name\""),
+            "{found:?}"
+        );
+    }
+
+    #[test]
+    fn a_list_holds_policies_and_its_errors_name_the_item() {
+        let item = GOOD.replace('\n', "\n    ");
+        let list = format!("apiVersion: v1\nkind: List\nitems:\n  - {item}");
+        let policies = policies_from_yaml("l.yaml", &list).unwrap();
+        assert_eq!(policies, policies_from_yaml("p.yaml", GOOD).unwrap());
+        let found = errors(&list.replace("fromCIDR:", "fromCidr:"));
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(
+            found[0].starts_with(
+                "p.yaml:11:11: items[0].spec.ingress[0].fromCidr: unknown field `fromCidr`"
+            ),
             "{found:?}"
         );
     }
