@@ -227,12 +227,18 @@ impl NodeContext {
     }
 }
 
-/// Sorted, host bits cleared, duplicates removed.
+/// Sorted, host bits cleared, without prefixes another one covers.
 fn normalise(prefixes: Vec<IpNet>) -> Vec<IpNet> {
     let mut prefixes: Vec<IpNet> = prefixes.into_iter().map(|prefix| prefix.trunc()).collect();
+    // By address, then length: a prefix comes right after those covering it.
     prefixes.sort_unstable();
-    prefixes.dedup();
-    prefixes
+    let mut kept: Vec<IpNet> = Vec::with_capacity(prefixes.len());
+    for prefix in prefixes {
+        if !kept.last().is_some_and(|last| last.contains(&prefix)) {
+            kept.push(prefix);
+        }
+    }
+    kept
 }
 
 /// `bases` without `holes`, as the fewest prefixes.
@@ -315,6 +321,11 @@ mod tests {
         assert_eq!(
             node.entity(Entity::Cluster),
             nets(&["10.0.0.0/8", "192.0.2.10/32", "192.0.2.11/32"])
+        );
+        // A prefix inside another one adds nothing.
+        assert_eq!(
+            normalise(nets(&["10.1.0.0/16", "10.0.0.0/8", "10.1.2.3/32", "10.0.0.0/8"])),
+            nets(&["10.0.0.0/8"])
         );
         let world = node.entity(Entity::World);
         assert!(world.contains(&"::/0".parse().unwrap()));
