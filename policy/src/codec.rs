@@ -45,6 +45,7 @@ pub fn policy_from_toml_with(
                     .as_ref()
                     .and_then(|document| locate(document, &problem.path, Target::Key));
                 Diagnostic::at(file, text, offset, problem.path, problem.message)
+                    .with_hint(problem.hint)
             })
             .collect(),
     ))
@@ -307,8 +308,9 @@ ports = [{ port = "22", protocol = "TCP" }]
         assert_eq!(d.field, "spec.ingress[0].toPorts[0].ports[0].port");
         assert_eq!(
             d.message,
-            "named port \"ssh\" cannot be resolved for a host policy: write the port number"
+            "named port \"ssh\" cannot be resolved for a host policy"
         );
+        assert_eq!(d.hint.as_deref(), Some("write the port number"));
     }
 
     #[test]

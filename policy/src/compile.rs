@@ -153,7 +153,7 @@ pub enum CompileError {
     },
     /// `toFQDNs` in a host policy while the node does not accept it in
     /// audit-only form.
-    #[error("{path}: {FQDN_NOT_ENFORCED}")]
+    #[error("{path}: {FQDN_NOT_ENFORCED} (hint: {FQDN_AUDIT_HINT})")]
     FqdnNotEnforced {
         /// Field path of the rule.
         path: String,
@@ -171,7 +171,10 @@ pub enum CompileError {
 }
 
 /// Why `toFQDNs` is refused (validation and compiler say the same).
-pub const FQDN_NOT_ENFORCED: &str = "toFQDNs is not yet enforced by palisade (it needs a DNS proxy); set `fqdn_audit = true` under [policy] in palisade.toml to accept it in audit-only form (the rule matches no address and the node runs in audit mode)";
+pub const FQDN_NOT_ENFORCED: &str = "toFQDNs is not yet enforced by palisade: it needs a DNS proxy";
+
+/// How to accept `toFQDNs` and DNS rules anyway, in audit-only form.
+pub const FQDN_AUDIT_HINT: &str = "set `fqdn_audit = true` under [policy] in palisade.toml to accept them in audit-only form: they then match no address and the node runs in audit mode";
 
 /// Compiles the host rules (`nodeSelector`) that select this node.
 /// Endpoint rules (`endpointSelector`) are for pods and are left out.

@@ -17,6 +17,9 @@ pub struct Diagnostic {
     pub field: String,
     /// What is wrong.
     pub message: String,
+    /// How to fix it, when there is more to say than the message.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hint: Option<String>,
 }
 
 impl Diagnostic {
@@ -38,7 +41,14 @@ impl Diagnostic {
             column,
             field: field.into(),
             message: message.into(),
+            hint: None,
         }
+    }
+
+    /// The same diagnostic with `hint` attached.
+    #[must_use]
+    pub fn with_hint(self, hint: Option<String>) -> Self {
+        Self { hint, ..self }
     }
 }
 
@@ -51,7 +61,11 @@ impl fmt::Display for Diagnostic {
         if !self.field.is_empty() {
             write!(f, ": {}", self.field)?;
         }
-        write!(f, ": {}", self.message)
+        write!(f, ": {}", self.message)?;
+        if let Some(hint) = &self.hint {
+            write!(f, " (hint: {hint})")?;
+        }
+        Ok(())
     }
 }
 

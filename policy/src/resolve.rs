@@ -324,7 +324,12 @@ mod tests {
         );
         // A prefix inside another one adds nothing.
         assert_eq!(
-            normalise(nets(&["10.1.0.0/16", "10.0.0.0/8", "10.1.2.3/32", "10.0.0.0/8"])),
+            normalise(nets(&[
+                "10.1.0.0/16",
+                "10.0.0.0/8",
+                "10.1.2.3/32",
+                "10.0.0.0/8"
+            ])),
             nets(&["10.0.0.0/8"])
         );
         let world = node.entity(Entity::World);

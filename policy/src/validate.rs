@@ -2,7 +2,7 @@
 //! (pkg/policy/api/rule_validation.go; see shared/policy/VALIDATION_RULES.md).
 
 use crate::{
-    compile::FQDN_NOT_ENFORCED,
+    compile::{FQDN_AUDIT_HINT, FQDN_NOT_ENFORCED},
     model::{
         AuthenticationMode, CidrRule, LabelSelector, PeerRule, Policy, PolicyKind, Port,
         PortProtocol, PortRule, Protocol, Rule, Section,
@@ -21,6 +21,8 @@ pub struct Problem {
     pub path: String,
     /// What is wrong, in Cilium's words where Cilium has them.
     pub message: String,
+    /// How to fix it, when palisade has more to say than Cilium's message.
+    pub hint: Option<String>,
 }
 
 /// Longest `metadata.name` Kubernetes accepts (a DNS subdomain, RFC 1123).
@@ -89,6 +91,20 @@ impl Problems {
         self.0.push(Problem {
             path: path.into(),
             message: message.into(),
+            hint: None,
+        });
+    }
+
+    fn add_with_hint(
+        &mut self,
+        path: impl Into<String>,
+        message: impl Into<String>,
+        hint: impl Into<String>,
+    ) {
+        self.0.push(Problem {
+            path: path.into(),
+            message: message.into(),
+            hint: Some(hint.into()),
         });
     }
 }
@@ -102,9 +118,10 @@ fn check_rule(
 ) {
     // Rule 2: exactly one selector (rule_validation.go Rule.Sanitize).
     match (&rule.endpoint_selector, &rule.node_selector) {
-        (None, None) => problems.add(
+        (None, None) => problems.add_with_hint(
             path,
             "rule must have one of EndpointSelector or NodeSelector",
+            "a host policy selects nodes with `nodeSelector`; `{}` selects every node",
         ),
         (Some(_), Some(_)) => problems.add(
             format!("{path}.nodeSelector"),
@@ -113,9 +130,10 @@ fn check_rule(
         _ => {}
     }
     if rule.node_selector.is_some() && policy.kind == PolicyKind::CiliumNetworkPolicy {
-        problems.add(
+        problems.add_with_hint(
             format!("{path}.nodeSelector"),
-            "a CiliumNetworkPolicy cannot select nodes: host policies are CiliumClusterwideNetworkPolicies",
+            "a CiliumNetworkPolicy cannot select nodes",
+            "host policies are of kind CiliumClusterwideNetworkPolicy",
         );
     }
     for (field, selector) in [
@@ -169,35 +187,40 @@ fn check_entry(
     let peers = &rule.peers;
     // Rule 4: one peer kind per entry (IngressCommonRule.sanitize).
     if let [first, second, ..] = peers.kinds().as_slice() {
-        problems.add(
+        problems.add_with_hint(
             at,
             format!("combining {first} and {second} is not supported yet"),
+            "write one rule per kind of peer",
         );
     }
     if !peers.requires.is_empty() {
-        problems.add(
+        problems.add_with_hint(
             format!("{at}.{}", peers.field("Requires")),
             format!(
-                "{} is deprecated in Cilium and not supported by palisade: add the required labels to each {} selector",
-                peers.field("Requires"),
+                "{} is deprecated in Cilium and not supported by palisade",
+                peers.field("Requires")
+            ),
+            format!(
+                "add the required labels to each {} selector",
                 peers.field("Endpoints")
             ),
         );
     }
     if !peers.groups.is_empty() {
-        problems.add(
+        problems.add_with_hint(
             format!("{at}.{}", peers.field("Groups")),
             format!(
-                "{} needs a cloud provider integration palisade does not have: write the group's addresses with {}",
-                peers.field("Groups"),
-                peers.field("CIDR")
+                "{} needs a cloud provider integration palisade does not have",
+                peers.field("Groups")
             ),
+            format!("write the group's addresses with {}", peers.field("CIDR")),
         );
     }
     if host && !peers.services.is_empty() {
-        problems.add(
+        problems.add_with_hint(
             format!("{at}.toServices"),
-            "toServices is not supported in host policies: palisade does not resolve Kubernetes services for the host; write the service's addresses with toCIDR",
+            "toServices is not supported in host policies",
+            "palisade does not resolve Kubernetes services for the host; write the service's addresses with toCIDR",
         );
     }
     if !peers.fqdns.is_empty() {
@@ -208,7 +231,7 @@ fn check_entry(
                 "toFQDNs is not allowed in egressDeny rules",
             );
         } else if host && !options.fqdn_audit {
-            problems.add(format!("{at}.toFQDNs"), FQDN_NOT_ENFORCED);
+            problems.add_with_hint(format!("{at}.toFQDNs"), FQDN_NOT_ENFORCED, FQDN_AUDIT_HINT);
         }
     }
     for (j, selector) in peers.endpoints.iter().enumerate() {
@@ -257,9 +280,10 @@ fn check_entry(
     }
     // Rule 23: icmps and toPorts are exclusive (ICMPRule.verify).
     if !rule.icmps.is_empty() && !rule.to_ports.is_empty() {
-        problems.add(
+        problems.add_with_hint(
             format!("{at}.icmps"),
-            "the ICMPs block may only be present without ToPorts; write a separate rule for the ports",
+            "the ICMPs block may only be present without ToPorts",
+            "write a separate rule for the ports",
         );
     }
     for (j, icmp) in rule.icmps.iter().enumerate() {
@@ -272,12 +296,13 @@ fn check_entry(
         }
         for (k, field) in icmp.fields.iter().enumerate() {
             if field.icmp_type.code(field.family).is_none() {
-                problems.add(
+                problems.add_with_hint(
                     format!("{at}.icmps[{j}].fields[{k}].type"),
                     format!(
-                        "ICMP type {} does not exist for family {:?}; set `family` or use the number",
+                        "ICMP type {} does not exist for family {:?}",
                         field.icmp_type, field.family
                     ),
+                    "set `family` or use the number",
                 );
             }
         }
@@ -378,11 +403,10 @@ fn check_port_rule(
             ("listener", rule.listener.is_some()),
         ] {
             if present {
-                problems.add(
+                problems.add_with_hint(
                     format!("{at}.{field}"),
-                    format!(
-                        "deny rules do not support {field}: their toPorts entries have only ports"
-                    ),
+                    format!("deny rules do not support {field}"),
+                    "the toPorts entries of ingressDeny and egressDeny have only ports",
                 );
             }
         }
@@ -420,9 +444,10 @@ fn check_port_rule(
             || rule.originating_tls.is_some()
             || rule.listener.is_some())
     {
-        problems.add(
+        problems.add_with_hint(
             at,
-            "serverNames, TLS and listener settings need Cilium's L7 proxy and are not supported in host policies",
+            "serverNames, TLS and listener settings are not supported in host policies",
+            "they need Cilium's L7 proxy; palisade enforces L3 and L4 on the host",
         );
     }
     let Some(rules) = l7 else {
@@ -469,7 +494,11 @@ fn check_port_rule(
         // Rules 19-20 (rule_validation.go): none on host ingress, DNS only on
         // host egress.
         if section.is_ingress() {
-            problems.add(&rules_at, "L7 policy is not supported on host ingress yet");
+            problems.add_with_hint(
+                &rules_at,
+                "L7 policy is not supported on host ingress yet",
+                "leave out `rules`: the ports alone are enforced",
+            );
         } else {
             for kind in rules.kinds().into_iter().filter(|kind| *kind != "dns") {
                 let name = match kind {
@@ -483,9 +512,10 @@ fn check_port_rule(
                 );
             }
             if has_dns && !options.fqdn_audit {
-                problems.add(
+                problems.add_with_hint(
                     format!("{rules_at}.dns"),
-                    "DNS rules are not yet enforced by palisade (they need a DNS proxy); set `fqdn_audit = true` under [policy] in palisade.toml to accept them in audit-only form",
+                    "DNS rules are not yet enforced by palisade: they need a DNS proxy",
+                    FQDN_AUDIT_HINT,
                 );
             }
         }
@@ -498,18 +528,16 @@ fn check_port(at: &str, port: &PortProtocol, host: bool, problems: &mut Problems
         // Rule 10 (l4.go PortProtocol.sanitize): only the extended IP
         // protocols may leave the port out.
         None if !port.protocol.is_extended() => problems.add(at, "Port must be specified"),
-        Some(Port::Number(number)) if *number != 0 && port.protocol.is_extended() => problems.add(
-            format!("{at}.port"),
-            format!(
-                "protocol {} has no ports: leave `port` out or write 0",
-                port.protocol
+        Some(Port::Number(number)) if *number != 0 && port.protocol.is_extended() => problems
+            .add_with_hint(
+                format!("{at}.port"),
+                format!("protocol {} has no ports", port.protocol),
+                "leave `port` out or write 0",
             ),
-        ),
-        Some(Port::Name(name)) if host => problems.add(
+        Some(Port::Name(name)) if host => problems.add_with_hint(
             format!("{at}.port"),
-            format!(
-                "named port {name:?} cannot be resolved for a host policy: write the port number"
-            ),
+            format!("named port {name:?} cannot be resolved for a host policy"),
+            "write the port number",
         ),
         _ => {}
     }

@@ -102,7 +102,8 @@ pub fn policies_from_yaml_with(
                 let path = format!("{prefix}{}", problem.path);
                 let path = path.trim_end_matches('.').to_owned();
                 let position = positions.find(number, &path, Target::Key);
-                problems.push(placed(file, position, path, problem.message));
+                problems
+                    .push(placed(file, position, path, problem.message).with_hint(problem.hint));
             }
         }
     }
@@ -171,6 +172,7 @@ fn placed(
         column: position.map(|(_, column)| column),
         field,
         message: message.into(),
+        hint: None,
     }
 }
 
@@ -220,6 +222,8 @@ enum Frame {
         path: String,
         /// The key read, waiting for its value, and where it was.
         key: Option<(String, (usize, usize))>,
+        /// No key read yet.
+        fresh: bool,
     },
     Sequence {
         path: String,
@@ -239,9 +243,18 @@ impl Walker {
     fn value(&mut self, at: (usize, usize), scalar: Option<&str>) -> Option<String> {
         let (path, key_at) = match self.stack.last_mut() {
             None => (String::new(), None),
-            Some(Frame::Mapping { path, key }) => match key.take() {
+            Some(Frame::Mapping { path, key, fresh }) => match key.take() {
                 None => {
                     *key = Some((scalar.unwrap_or_default().to_owned(), at));
+                    // A block mapping's start event is marked after its
+                    // first key; the mapping starts where that key does.
+                    if std::mem::take(fresh)
+                        && let Some(document) = self.positions.documents.last_mut()
+                        && let Some((_, start)) = document.get_mut(path.as_str())
+                        && at < *start
+                    {
+                        *start = at;
+                    }
                     return None;
                 }
                 Some((name, key_at)) => {
@@ -282,7 +295,11 @@ impl MarkedEventReceiver for Walker {
             }
             Event::MappingStart(..) => {
                 if let Some(path) = self.value(at, None) {
-                    self.stack.push(Frame::Mapping { path, key: None });
+                    self.stack.push(Frame::Mapping {
+                        path,
+                        key: None,
+                        fresh: true,
+                    });
                 }
             }
             Event::SequenceStart(..) => {

@@ -30,7 +30,11 @@ fn render(table: &CompiledTable) -> String {
         let mut groups: Vec<(String, Vec<String>)> = Vec::new();
         for row in rows {
             let port = row.port;
-            let verdict = if port.action == action::DENY { "deny" } else { "allow" };
+            let verdict = if port.action == action::DENY {
+                "deny"
+            } else {
+                "allow"
+            };
             let what = match port.protocol {
                 palisade_common::protocol::ALL => "all".to_owned(),
                 code if port.port_lo == 0 && port.port_hi == u16::MAX => {
@@ -95,7 +99,13 @@ fn outcome(fixture: &Fixture) -> String {
     for policy in &policies {
         let rules: Vec<&str> = policy
             .rules()
-            .map(|(_, rule)| if rule.is_host_rule() { "host" } else { "endpoint" })
+            .map(|(_, rule)| {
+                if rule.is_host_rule() {
+                    "host"
+                } else {
+                    "endpoint"
+                }
+            })
             .collect();
         let _ = writeln!(
             out,
@@ -138,7 +148,9 @@ fn refusals_carry_file_line_and_column() {
         if let Err(problems) = policies_from_text(&fixture.name, &fixture.text) {
             for problem in &problems.0 {
                 assert!(
-                    problem.line.is_some() && problem.column.is_some() && !problem.message.is_empty(),
+                    problem.line.is_some()
+                        && problem.column.is_some()
+                        && !problem.message.is_empty(),
                     "{problem}"
                 );
             }
@@ -171,7 +183,12 @@ fn host_examples_convert_to_toml_and_back_without_loss() {
         let yaml = policies_to_yaml(&through_toml).expect("YAML");
         let again = policies_from_text("converted.yaml", &yaml).expect("YAML reads back");
         assert_eq!(again, policies, "{}", fixture.name);
-        assert_eq!(compile(&again, &node).expect("compiles"), table, "{}", fixture.name);
+        assert_eq!(
+            compile(&again, &node).expect("compiles"),
+            table,
+            "{}",
+            fixture.name
+        );
     }
     assert_eq!(host, 14, "every host example counted");
 }

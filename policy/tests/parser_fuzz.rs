@@ -8,18 +8,27 @@ use proptest::prelude::*;
 const TOML: &str = r#"
 apiVersion = "cilium.io/v2"
 kind = "CiliumClusterwideNetworkPolicy"
-metadata = { name = "fuzz", annotations = { "note" = "x" } }
+metadata = { name = "fuzz", annotations = { "cilium.io/policy-audit-mode" = "true" } }
 [spec]
-nodeSelector = { matchLabels = { role = "edge" } }
+nodeSelector = { matchLabels = { role = "edge" }, matchExpressions = [{ key = "zone", operator = "NotIn", values = ["dmz"] }] }
 description = "ssh and dns"
+enableDefaultDeny = { ingress = true, egress = false }
 [[spec.ingress]]
 fromCIDR = ["10.0.0.0/8", "2001:db8::/32"]
 toPorts = [{ ports = [{ port = "22", protocol = "TCP" }, { port = 8000, endPort = 8080 }] }]
+[[spec.ingress]]
+fromEntities = ["remote-node", "health"]
+[[spec.ingress]]
+fromNodes = [{ matchLabels = { "node-role.kubernetes.io/control-plane" = "" } }]
+toPorts = [{ ports = [{ port = "0", protocol = "VRRP" }] }]
 [[spec.ingressDeny]]
-fromCIDR = ["10.66.0.0/16"]
+fromCIDRSet = [{ cidr = "10.66.0.0/16", except = ["10.66.1.0/24"] }]
 [[spec.egress]]
 toCIDR = ["192.0.2.53"]
 icmps = [{ fields = [{ family = "IPv6", type = "EchoRequest" }, { type = 8 }] }]
+[[spec.egress]]
+toEndpoints = [{ matchLabels = { "k8s:io.kubernetes.pod.namespace" = "kube-system" } }]
+toPorts = [{ ports = [{ port = "53", protocol = "ANY" }] }]
 "#;
 
 const YAML: &str = r#"
@@ -36,16 +45,42 @@ spec:
         - ports:
             - {port: "22", protocol: TCP}
             - {port: 8000, endPort: 8080}
+    - fromEntities: [cluster, kube-apiserver]
   egressDeny:
     - toCIDR: [192.0.2.53/32]
       icmps: [{fields: [{family: IPv6, type: EchoRequest}]}]
 ---
 apiVersion: cilium.io/v2
-kind: CiliumClusterwideNetworkPolicy
-metadata: {name: second}
+kind: CiliumNetworkPolicy
+metadata: {name: web, namespace: shop}
 specs:
-  - nodeSelector: {}
-    egress: [{}]
+  - endpointSelector:
+      matchExpressions:
+        - {key: app, operator: In, values: [web, api]}
+        - {key: canary, operator: DoesNotExist}
+    ingress:
+      - fromEndpoints: [{matchLabels: {app: lb}}]
+        toPorts:
+          - ports: [{port: http, protocol: TCP}]
+            rules:
+              http: [{method: GET, path: "/api/.*"}]
+    egress:
+      - toFQDNs: [{matchName: example.com}, {matchPattern: "*.example.org"}]
+      - toEndpoints: [{matchLabels: {k8s-app: kube-dns}}]
+        toPorts:
+          - ports: [{port: "53", protocol: UDP}]
+            rules:
+              dns: [{matchPattern: "*"}]
+---
+apiVersion: v1
+kind: List
+items:
+  - apiVersion: cilium.io/v2
+    kind: CiliumClusterwideNetworkPolicy
+    metadata: {name: listed}
+    spec:
+      nodeSelector: {}
+      egress: [{toEntities: [world]}]
 "#;
 
 /// A change to a text: overwrite, cut out, or repeat a stretch of it.
@@ -113,7 +148,7 @@ fn the_seeds_are_valid() {
     );
     assert_eq!(
         policies_from_text("seed.yaml", YAML).map(|p| p.len()),
-        Ok(2)
+        Ok(3)
     );
 }
 

@@ -123,18 +123,23 @@ impl LabelSelector {
             .enumerate()
             .filter_map(|(i, requirement)| {
                 let needs_values = matches!(requirement.operator, Operator::In | Operator::NotIn);
-                let message = match (needs_values, requirement.values.is_empty()) {
-                    (true, true) => format!(
-                        "values: Required value: must be specified when `operator` is '{:?}'",
-                        requirement.operator
-                    ),
-                    (false, false) => format!(
-                        "values: Forbidden: may not be specified when `operator` is '{:?}'",
-                        requirement.operator
-                    ),
-                    _ => return None,
-                };
-                Some((format!("matchExpressions[{i}]"), message))
+                match (needs_values, requirement.values.is_empty()) {
+                    (true, true) => Some((
+                        format!("matchExpressions[{i}]"),
+                        format!(
+                            "values: Required value: must be specified when `operator` is '{:?}'",
+                            requirement.operator
+                        ),
+                    )),
+                    (false, false) => Some((
+                        format!("matchExpressions[{i}].values"),
+                        format!(
+                            "Forbidden: may not be specified when `operator` is '{:?}'",
+                            requirement.operator
+                        ),
+                    )),
+                    _ => None,
+                }
             })
             .collect()
     }

@@ -16,7 +16,8 @@ pub struct Fixture {
 
 /// Every example, in name order.
 pub fn fixtures() -> Vec<Fixture> {
-    let directory = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/cilium-examples");
+    let directory =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/cilium-examples");
     let mut names: Vec<_> = std::fs::read_dir(&directory)
         .expect("the examples directory")
         .map(|entry| entry.expect("a directory entry").file_name())
@@ -42,11 +43,15 @@ pub const PLACEHOLDERS: [(&str, &str); 1] = [("NODE_WITHOUT_CILIUM_IP", "192.0.2
 pub fn filled_in(text: &str) -> String {
     PLACEHOLDERS
         .iter()
-        .fold(text.to_owned(), |text, (placeholder, value)| text.replace(placeholder, value))
+        .fold(text.to_owned(), |text, (placeholder, value)| {
+            text.replace(placeholder, value)
+        })
 }
 
 fn nets(list: &[&str]) -> Vec<IpNet> {
-    list.iter().map(|text| text.parse().expect("a prefix")).collect()
+    list.iter()
+        .map(|text| text.parse().expect("a prefix"))
+        .collect()
 }
 
 fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
@@ -97,7 +102,10 @@ pub fn node_for(policies: &[Policy]) -> NodeContext {
                 ),
                 endpoint(&[("name", "echo-b")], "10.1.0.20/32"),
                 endpoint(
-                    &[("name", "client"), ("io.cilium.k8s.policy.cluster", "default")],
+                    &[
+                        ("name", "client"),
+                        ("io.cilium.k8s.policy.cluster", "default"),
+                    ],
                     "10.1.0.30/32",
                 ),
                 endpoint(&[("name", "pod-to-b-intra-node-nodeport")], "10.1.0.40/32"),
