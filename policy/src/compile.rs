@@ -15,8 +15,11 @@ use palisade_common::{MAX_ENTRIES_PER_RULE_SET, PortEntry, action, protocol};
 use serde::{Deserialize, Serialize};
 
 pub use crate::model::Section;
-use crate::model::{PeerRule, Policy};
 pub use crate::resolve::NodeContext;
+use crate::{
+    model::{PeerRule, Policy},
+    select::{SelectedRule, rules_for_node},
+};
 
 /// Traffic direction of a table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -190,68 +193,58 @@ pub fn compile(policies: &[Policy], node: &NodeContext) -> Result<CompiledTable,
         audit: node.audit_mode,
         ..CompiledTable::default()
     };
-    for policy in policies {
-        let mut selected = false;
-        for (path, rule) in policy.rules() {
-            let Some(selector) = &rule.node_selector else {
-                continue;
-            };
-            if !selector.matches(&node.labels) {
-                continue;
-            }
-            selected = true;
-            // Cilium: a selecting rule with an ingress or ingressDeny section puts
-            // ingress into default deny, and likewise for egress, unless its
-            // enableDefaultDeny says otherwise; one rule asking is enough
-            // (Documentation/security/policy/intro.rst, rule.go EnableDefaultDeny).
-            table.ingress.default_deny |= rule.default_deny_ingress();
-            table.egress.default_deny |= rule.default_deny_egress();
-            for (section, rules) in rule.sections() {
-                for (i, peer_rule) in rules.iter().enumerate() {
-                    let rule_id = u32::try_from(table.rules.len()).unwrap_or(u32::MAX - 2);
-                    let rule_path = format!("{path}.{}[{i}]", section.field());
-                    if !peer_rule.peers.fqdns.is_empty() {
-                        if !node.fqdn_audit {
-                            return Err(CompileError::FqdnNotEnforced { path: rule_path });
-                        }
-                        table.audit = true;
-                    }
-                    let verdict = if section.is_deny() {
-                        action::DENY
-                    } else {
-                        action::ALLOW
-                    };
-                    let rows = if section.is_ingress() {
-                        &mut table.ingress.entries
-                    } else {
-                        &mut table.egress.entries
-                    };
-                    let prefixes = node.peers(&peer_rule.peers);
-                    add_rows(rows, &prefixes, peer_rule, verdict, rule_id, &rule_path)?;
-                    if section == Section::IngressDeny
-                        && peer_rule.to_ports.is_empty()
-                        && peer_rule.icmps.is_empty()
-                    {
-                        table.prefilter.extend(
-                            prefixes
-                                .iter()
-                                .filter(|prefix| prefix.prefix_len() > 0)
-                                .map(|prefix| PrefilterEntry {
-                                    prefix: *prefix,
-                                    rule_id,
-                                }),
-                        );
-                    }
-                    table.rules.push(RuleOrigin {
-                        policy: policy.metadata.name.clone(),
-                        path: rule_path,
-                        section,
-                    });
-                }
-            }
-        }
-        if selected {
+    for SelectedRule { policy, path, rule } in rules_for_node(policies, &node.labels) {
+        if !table.policies.contains(&policy.metadata.name) {
             table.policies.push(policy.metadata.name.clone());
+        }
+        // Cilium: a selecting rule with an ingress or ingressDeny section puts
+        // ingress into default deny, and likewise for egress, unless its
+        // enableDefaultDeny says otherwise; one rule asking is enough
+        // (Documentation/security/policy/intro.rst, rule.go EnableDefaultDeny).
+        table.ingress.default_deny |= rule.default_deny_ingress();
+        table.egress.default_deny |= rule.default_deny_egress();
+        for (section, rules) in rule.sections() {
+            for (i, peer_rule) in rules.iter().enumerate() {
+                let rule_id = u32::try_from(table.rules.len()).unwrap_or(u32::MAX - 2);
+                let rule_path = format!("{path}.{}[{i}]", section.field());
+                if !peer_rule.peers.fqdns.is_empty() {
+                    if !node.fqdn_audit {
+                        return Err(CompileError::FqdnNotEnforced { path: rule_path });
+                    }
+                    table.audit = true;
+                }
+                let verdict = if section.is_deny() {
+                    action::DENY
+                } else {
+                    action::ALLOW
+                };
+                let rows = if section.is_ingress() {
+                    &mut table.ingress.entries
+                } else {
+                    &mut table.egress.entries
+                };
+                let prefixes = node.peers(&peer_rule.peers);
+                add_rows(rows, &prefixes, peer_rule, verdict, rule_id, &rule_path)?;
+                if section == Section::IngressDeny
+                    && peer_rule.to_ports.is_empty()
+                    && peer_rule.icmps.is_empty()
+                {
+                    table.prefilter.extend(
+                        prefixes
+                            .iter()
+                            .filter(|prefix| prefix.prefix_len() > 0)
+                            .map(|prefix| PrefilterEntry {
+                                prefix: *prefix,
+                                rule_id,
+                            }),
+                    );
+                }
+                table.rules.push(RuleOrigin {
+                    policy: policy.metadata.name.clone(),
+                    path: rule_path,
+                    section,
+                });
+            }
         }
     }
     // Audit mode forwards what deny rules match, so nothing is prefiltered.

@@ -10,6 +10,7 @@ pub mod diagnostic;
 pub mod evaluate;
 pub mod model;
 pub mod resolve;
+pub mod select;
 pub mod validate;
 pub mod yaml;
 
@@ -23,5 +24,6 @@ pub use diagnostic::{Diagnostic, Diagnostics};
 pub use evaluate::{Connection, Verdict, evaluate};
 pub use model::Policy;
 pub use resolve::{ClusterContext, KnownEndpoint, KnownNode};
+pub use select::{SelectedRule, rules_for_endpoint, rules_for_node};
 pub use validate::ValidateOptions;
 pub use yaml::{policies_from_yaml, policies_from_yaml_with, policies_to_yaml};
