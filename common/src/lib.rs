@@ -151,6 +151,21 @@ pub mod action {
     pub const ALLOW: u8 = 1;
     /// Drop the packet.
     pub const DENY: u8 = 2;
+    /// A deny rule of a policy in audit mode: forward the packet and report
+    /// it as AUDIT. Enforced deny rows come before these, allow rows after.
+    pub const AUDIT_DENY: u8 = 3;
+}
+
+/// Values of [`SlotSettings::ingress_default_deny`] and
+/// [`SlotSettings::egress_default_deny`].
+pub mod default_deny {
+    /// Packets no rule matches pass.
+    pub const OFF: u8 = 0;
+    /// Packets no rule allows are dropped (or audited in audit mode).
+    pub const DROP: u8 = 1;
+    /// Only policies in audit mode ask for default deny: packets no rule
+    /// allows pass and are reported as AUDIT.
+    pub const AUDIT: u8 = 2;
 }
 
 /// Traffic directions, numbered as Hubble's `flow.TrafficDirection`.
@@ -318,9 +333,9 @@ pub struct SlotSettings {
     pub events_per_second: u32,
     /// Conntrack timeouts.
     pub ct_timeouts: CtTimeouts,
-    /// 1 if ingress is default deny (some policy selects this node for ingress).
+    /// Ingress default deny, a [`default_deny`] value.
     pub ingress_default_deny: u8,
-    /// 1 if egress is default deny.
+    /// Egress default deny, a [`default_deny`] value.
     pub egress_default_deny: u8,
     /// 1 if would-be drops are forwarded and reported as AUDIT.
     pub audit: u8,

@@ -212,10 +212,12 @@ fn reason(table: &CompiledTable, direction: Direction, decided: &Verdict) -> Str
         .rule(decided.rule_id)
         .map(ToString::to_string)
         .unwrap_or_default();
-    let audit = if decided.verdict == verdict::AUDIT {
-        "; audit mode forwards it and reports AUDIT"
-    } else {
-        ""
+    let audit = match (decided.verdict, table.audit) {
+        (verdict::AUDIT, true) => "; audit mode forwards it and reports AUDIT",
+        (verdict::AUDIT, false) => {
+            "; the policy deciding it is in audit mode (annotation cilium.io/policy-audit-mode), so it is forwarded and reported as AUDIT"
+        }
+        _ => "",
     };
     match decided.drop_reason {
         drop_reason::PREFILTER => format!(

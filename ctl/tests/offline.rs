@@ -144,6 +144,42 @@ fn explain_names_the_verdict_the_policy_and_the_reason() {
 }
 
 #[test]
+fn explain_says_when_a_policy_in_audit_mode_decides() {
+    let audited = scratch(
+        "audited.yaml",
+        "apiVersion: cilium.io/v2\nkind: CiliumClusterwideNetworkPolicy\nmetadata:\n  name: trial\n  annotations: {cilium.io/policy-audit-mode: \"true\"}\nspec:\n  nodeSelector: {}\n  ingress:\n    - fromCIDR: [10.0.0.0/8]\n",
+    );
+    let output = palisadectl(&[
+        "policy",
+        "explain",
+        "-f",
+        &audited.display().to_string(),
+        "--dir",
+        "ingress",
+        "--proto",
+        "tcp",
+        "--src",
+        "192.0.2.1",
+        "--dst",
+        "10.0.0.1",
+        "--dport",
+        "22",
+        "-o",
+        "json",
+    ]);
+    let explained: serde_json::Value = serde_json::from_slice(&output.stdout).expect("JSON");
+    assert_eq!(explained["verdict"], "AUDIT");
+    assert_eq!(explained["drop_reason"], "POLICY_DENIED");
+    assert!(
+        explained["reason"]
+            .as_str()
+            .unwrap_or("")
+            .contains("in audit mode (annotation cilium.io/policy-audit-mode)"),
+        "{explained}"
+    );
+}
+
+#[test]
 fn completion_and_man_pages_come_from_the_command_definitions() {
     let bash = palisadectl(&["completion", "bash"]);
     assert!(bash.status.success());

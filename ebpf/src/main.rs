@@ -37,8 +37,8 @@ use palisade_common::{
     DEFAULT_RULE_CAPACITY, DEFAULT_RULE_SET_CAPACITY, EventBudget, FAILSAFE_CAPACITY,
     FAILSAFE_RULE, FLOW_RING_BYTES, FRAGMENT_CAPACITY, FailsafeKey, FlowEvent, FragmentKey,
     FragmentPorts, MAX_ENTRIES_PER_RULE_SET, MAX_PREFIX_LENGTHS, NO_RULE, PrefixKey, RuleSet,
-    SLOT_COUNT, SlotSettings, action, ct_flag, direction, drop_reason, family, lengths_index,
-    protocol, table, verdict,
+    SLOT_COUNT, SlotSettings, action, ct_flag, default_deny, direction, drop_reason, family,
+    lengths_index, protocol, table, verdict,
 };
 
 #[map]
@@ -869,18 +869,28 @@ fn decide(slot: u32, settings: &SlotSettings, way: u8, packet: &Packet) -> Decis
             if port < entry.port_lo || port > entry.port_hi {
                 continue;
             }
-            return if entry.action == action::DENY {
-                drop_or_audit(settings, drop_reason::POLICY_DENY, entry.rule_id)
-            } else {
-                Decision {
+            return match entry.action {
+                action::DENY => drop_or_audit(settings, drop_reason::POLICY_DENY, entry.rule_id),
+                action::AUDIT_DENY => Decision {
+                    verdict: verdict::AUDIT,
+                    drop_reason: drop_reason::POLICY_DENY,
+                    rule_id: entry.rule_id,
+                },
+                _ => Decision {
                     verdict: verdict::FORWARDED,
                     drop_reason: drop_reason::NONE,
                     rule_id: entry.rule_id,
-                }
+                },
             };
         }
     }
-    if default_deny != 0 {
+    if default_deny == default_deny::AUDIT {
+        Decision {
+            verdict: verdict::AUDIT,
+            drop_reason: drop_reason::POLICY_DENIED,
+            rule_id: NO_RULE,
+        }
+    } else if default_deny != default_deny::OFF {
         drop_or_audit(settings, drop_reason::POLICY_DENIED, NO_RULE)
     } else {
         Decision {

@@ -82,6 +82,10 @@ pub struct PrefilterEntry {
 pub struct DirectionTable {
     /// Whether packets no rule allows are dropped.
     pub default_deny: bool,
+    /// Whether only policies in audit mode ask for default deny: packets
+    /// no rule allows are then forwarded and reported as AUDIT.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub default_deny_audited: bool,
     /// The rows as written in the policies.
     pub entries: Vec<TableEntry>,
     /// Flattened view: prefixes, most specific wins.
@@ -193,6 +197,8 @@ pub fn compile(policies: &[Policy], node: &NodeContext) -> Result<CompiledTable,
         audit: node.audit_mode,
         ..CompiledTable::default()
     };
+    // Default deny asked for by policies in audit mode, per direction.
+    let mut audit_default_deny = [false; 2];
     for SelectedRule { policy, path, rule } in rules_for_node(policies, &node.labels) {
         if !table.policies.contains(&policy.metadata.name) {
             table.policies.push(policy.metadata.name.clone());
@@ -201,8 +207,14 @@ pub fn compile(policies: &[Policy], node: &NodeContext) -> Result<CompiledTable,
         // ingress into default deny, and likewise for egress, unless its
         // enableDefaultDeny says otherwise; one rule asking is enough
         // (Documentation/security/policy/intro.rst, rule.go EnableDefaultDeny).
-        table.ingress.default_deny |= rule.default_deny_ingress();
-        table.egress.default_deny |= rule.default_deny_egress();
+        let audited = policy.audit_annotation();
+        if audited {
+            audit_default_deny[0] |= rule.default_deny_ingress();
+            audit_default_deny[1] |= rule.default_deny_egress();
+        } else {
+            table.ingress.default_deny |= rule.default_deny_ingress();
+            table.egress.default_deny |= rule.default_deny_egress();
+        }
         for (section, rules) in rule.sections() {
             for (i, peer_rule) in rules.iter().enumerate() {
                 let rule_id = u32::try_from(table.rules.len()).unwrap_or(u32::MAX - 2);
@@ -213,10 +225,10 @@ pub fn compile(policies: &[Policy], node: &NodeContext) -> Result<CompiledTable,
                     }
                     table.audit = true;
                 }
-                let verdict = if section.is_deny() {
-                    action::DENY
-                } else {
-                    action::ALLOW
+                let verdict = match (section.is_deny(), audited) {
+                    (true, false) => action::DENY,
+                    (true, true) => action::AUDIT_DENY,
+                    (false, _) => action::ALLOW,
                 };
                 let rows = if section.is_ingress() {
                     &mut table.ingress.entries
@@ -225,7 +237,8 @@ pub fn compile(policies: &[Policy], node: &NodeContext) -> Result<CompiledTable,
                 };
                 let prefixes = node.peers(&peer_rule.peers);
                 add_rows(rows, &prefixes, peer_rule, verdict, rule_id, &rule_path)?;
-                if section == Section::IngressDeny
+                if verdict == action::DENY
+                    && section == Section::IngressDeny
                     && peer_rule.to_ports.is_empty()
                     && peer_rule.icmps.is_empty()
                 {
@@ -246,6 +259,13 @@ pub fn compile(policies: &[Policy], node: &NodeContext) -> Result<CompiledTable,
                 });
             }
         }
+    }
+    for (direction, audited) in [&mut table.ingress, &mut table.egress]
+        .into_iter()
+        .zip(audit_default_deny)
+    {
+        direction.default_deny_audited = audited && !direction.default_deny;
+        direction.default_deny |= audited;
     }
     // Audit mode forwards what deny rules match, so nothing is prefiltered.
     if table.audit {
@@ -356,13 +376,18 @@ fn flatten(direction: &mut DirectionTable) -> Result<(), CompileError> {
     Ok(())
 }
 
-/// Deny rows first, then allow rows, each by rule id; a row that matches
-/// exactly what an earlier row matches is dropped.
+/// Deny rows first, then the deny rows of policies in audit mode, then
+/// allow rows, each by rule id; a row that matches exactly what an earlier
+/// row matches is dropped.
 fn canonical(mut set: Vec<PortEntry>) -> Vec<PortEntry> {
-    let deny_first = |entry: &PortEntry| u8::from(entry.action != action::DENY);
+    let precedence = |entry: &PortEntry| match entry.action {
+        action::DENY => 0,
+        action::AUDIT_DENY => 1,
+        _ => 2,
+    };
     set.sort_by_key(|entry| {
         (
-            deny_first(entry),
+            precedence(entry),
             entry.rule_id,
             entry.protocol,
             entry.port_lo,

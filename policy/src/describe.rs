@@ -25,10 +25,10 @@ fn rule_line(table: &CompiledTable, direction: Direction, entry: &TableEntry) ->
         Direction::Ingress => "ingress",
         Direction::Egress => "egress",
     };
-    let verdict = if entry.port.action == action::DENY {
-        "deny"
-    } else {
-        "allow"
+    let verdict = match entry.port.action {
+        action::DENY => "deny",
+        action::AUDIT_DENY => "audit-deny",
+        _ => "allow",
     };
     let port = &entry.port;
     let what = match port.protocol {

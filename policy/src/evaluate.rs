@@ -83,8 +83,16 @@ pub fn evaluate(table: &CompiledTable, direction: Direction, connection: &Connec
         drop_reason: reason,
         rule_id,
     };
+    let audited = |reason, rule_id| Verdict {
+        verdict: verdict::AUDIT,
+        drop_reason: reason,
+        rule_id,
+    };
     if let Some(rule_id) = matching(action::DENY) {
         return would_drop(drop_reason::POLICY_DENY, rule_id);
+    }
+    if let Some(rule_id) = matching(action::AUDIT_DENY) {
+        return audited(drop_reason::POLICY_DENY, rule_id);
     }
     if let Some(rule_id) = matching(action::ALLOW) {
         return Verdict {
@@ -93,7 +101,9 @@ pub fn evaluate(table: &CompiledTable, direction: Direction, connection: &Connec
             rule_id,
         };
     }
-    if rows.default_deny {
+    if rows.default_deny_audited {
+        audited(drop_reason::POLICY_DENIED, NO_RULE)
+    } else if rows.default_deny {
         would_drop(drop_reason::POLICY_DENIED, NO_RULE)
     } else {
         Verdict {
@@ -155,6 +165,79 @@ fromCIDR = ["10.66.0.0/16"]
             destination: "10.255.0.1".parse().unwrap(),
             destination_port: port,
         }
+    }
+
+    /// Enforced beside [`POLICY`] when that one is in audit mode.
+    const ENFORCED: &str = r#"
+kind = "CiliumClusterwideNetworkPolicy"
+metadata = { name = "enforced" }
+[spec]
+nodeSelector = {}
+[[spec.egress]]
+toCIDR = ["192.0.2.0/24"]
+[[spec.ingressDeny]]
+fromCIDR = ["10.66.1.0/24"]
+toPorts = [{ ports = [{ port = 22, protocol = "TCP" }] }]
+"#;
+
+    #[test]
+    fn a_policy_in_audit_mode_reports_what_it_would_drop_and_forwards_it() {
+        let audited = POLICY.replace(
+            "metadata = { name = \"p\" }",
+            "metadata = { name = \"p\", annotations = { \"cilium.io/policy-audit-mode\" = \"true\" } }",
+        );
+        let only = compile(
+            &[policy_from_toml("a.toml", &audited).unwrap()],
+            &NodeContext::default(),
+        )
+        .unwrap();
+        assert!(
+            only.prefilter.is_empty(),
+            "audited denies are not prefiltered"
+        );
+        assert!(only.ingress.default_deny && only.ingress.default_deny_audited);
+        let v = |t: &CompiledTable, s, p, port| {
+            let v = evaluate(t, Direction::Ingress, &connection(s, p, port));
+            (v.verdict, v.drop_reason, v.rule_id)
+        };
+        assert_eq!(
+            v(&only, "10.1.2.3", protocol::TCP, 22),
+            (verdict::FORWARDED, drop_reason::NONE, 0)
+        );
+        assert_eq!(
+            v(&only, "10.1.2.3", protocol::UDP, 22),
+            (verdict::AUDIT, drop_reason::POLICY_DENIED, NO_RULE)
+        );
+        assert_eq!(
+            v(&only, "10.66.1.1", protocol::TCP, 22),
+            (verdict::AUDIT, drop_reason::POLICY_DENY, 1)
+        );
+
+        let both = compile(
+            &[
+                policy_from_toml("a.toml", &audited).unwrap(),
+                policy_from_toml("e.toml", ENFORCED).unwrap(),
+            ],
+            &NodeContext::default(),
+        )
+        .unwrap();
+        // The enforced deny wins over the audited one.
+        assert_eq!(
+            v(&both, "10.66.1.1", protocol::TCP, 22),
+            (verdict::DROPPED, drop_reason::POLICY_DENY, 2)
+        );
+        assert_eq!(
+            v(&both, "10.66.2.1", protocol::TCP, 22),
+            (verdict::AUDIT, drop_reason::POLICY_DENY, 1)
+        );
+        // The enforced policy has ingress and egress sections, so both
+        // directions are default deny for real.
+        assert!(both.ingress.default_deny && !both.ingress.default_deny_audited);
+        assert_eq!(
+            v(&both, "10.1.2.3", protocol::UDP, 22),
+            (verdict::DROPPED, drop_reason::POLICY_DENIED, NO_RULE)
+        );
+        assert!(both.egress.default_deny && !both.egress.default_deny_audited);
     }
 
     #[test]

@@ -4,6 +4,8 @@
 //! rule from `evaluate` on the compiled table as from walking the policy
 //! model directly, with entities, endpoints and nodes looked up in the
 //! node's context address by address (no prefix arithmetic, no flattening).
+//! The same again with every example's policies in audit mode
+//! (`cilium.io/policy-audit-mode`) beside an enforced policy.
 
 mod support;
 
@@ -13,8 +15,8 @@ use ipnet::IpNet;
 use palisade_common::{NO_RULE, drop_reason, protocol, verdict};
 use palisade_policy::{
     Connection, Direction, NodeContext, Policy, Verdict, compile, evaluate,
-    model::{Entity, IcmpFamily, LabelSelector, PeerRule, Protocol, Section},
-    policies_from_text,
+    model::{AUDIT_ANNOTATION, Entity, IcmpFamily, LabelSelector, PeerRule, Protocol, Section},
+    policies_from_text, policy_from_toml,
 };
 use support::{filled_in, fixtures, has_host_rules, node_for};
 
@@ -200,9 +202,11 @@ fn naive(
         Direction::Egress => connection.destination,
     };
     let mut next_id = 0u32;
-    let mut default_deny = false;
-    let (mut deny, mut allow, mut prefilter_ids) = (None, None, Vec::new());
+    let (mut default_deny, mut audited_default_deny) = (false, false);
+    let (mut deny, mut audited_deny, mut allow) = (None, None, None);
+    let mut prefilter_ids = Vec::new();
     for policy in policies {
+        let audited = policy.audit_annotation();
         for (_, rule) in policy.rules() {
             if !rule
                 .node_selector
@@ -211,10 +215,15 @@ fn naive(
             {
                 continue;
             }
-            default_deny |= match direction {
+            let asks = match direction {
                 Direction::Ingress => rule.default_deny_ingress(),
                 Direction::Egress => rule.default_deny_egress(),
             };
+            if audited {
+                audited_default_deny |= asks;
+            } else {
+                default_deny |= asks;
+            }
             for (section, entries) in rule.sections() {
                 for entry in &entries {
                     let id = next_id;
@@ -224,16 +233,16 @@ fn naive(
                         continue;
                     }
                     let l3_only = entry.to_ports.is_empty() && entry.icmps.is_empty();
-                    if section == Section::IngressDeny && l3_only {
+                    if section == Section::IngressDeny && l3_only && !audited {
                         prefilter_ids.push(id);
                     }
                     if !l4(entry, connection) {
                         continue;
                     }
-                    let slot = if section.is_deny() {
-                        &mut deny
-                    } else {
-                        &mut allow
+                    let slot = match (section.is_deny(), audited) {
+                        (true, false) => &mut deny,
+                        (true, true) => &mut audited_deny,
+                        (false, _) => &mut allow,
                     };
                     slot.get_or_insert(id);
                 }
@@ -249,15 +258,22 @@ fn naive(
         drop_reason: reason,
         rule_id,
     };
-    let verdict = match (deny, allow) {
-        (Some(id), _) => dropped(drop_reason::POLICY_DENY, id),
-        (None, Some(id)) => Verdict {
+    let audit = |reason, rule_id| Verdict {
+        verdict: verdict::AUDIT,
+        drop_reason: reason,
+        rule_id,
+    };
+    let verdict = match (deny, audited_deny, allow) {
+        (Some(id), _, _) => dropped(drop_reason::POLICY_DENY, id),
+        (None, Some(id), _) => audit(drop_reason::POLICY_DENY, id),
+        (None, None, Some(id)) => Verdict {
             verdict: verdict::FORWARDED,
             drop_reason: drop_reason::NONE,
             rule_id: id,
         },
-        (None, None) if default_deny => dropped(drop_reason::POLICY_DENIED, NO_RULE),
-        (None, None) => Verdict {
+        (None, None, None) if default_deny => dropped(drop_reason::POLICY_DENIED, NO_RULE),
+        (None, None, None) if audited_default_deny => audit(drop_reason::POLICY_DENIED, NO_RULE),
+        (None, None, None) => Verdict {
             verdict: verdict::FORWARDED,
             drop_reason: drop_reason::NONE,
             rule_id: NO_RULE,
@@ -355,6 +371,71 @@ fn random_connection(
     }
 }
 
+/// Checks `packets` random connections each way on `policies`.
+fn agree(name: &str, policies: &[Policy], packets: usize) {
+    let node = node_for(&policies);
+    let table = compile(&policies, &node).expect("compiles");
+    let mut prefixes: Vec<IpNet> = [&table.ingress, &table.egress]
+        .iter()
+        .flat_map(|direction| direction.entries.iter().map(|row| row.prefix))
+        .collect();
+    let cluster = &node.cluster;
+    prefixes.extend(
+        node.addresses
+            .iter()
+            .chain(&cluster.pod_cidrs)
+            .chain(&cluster.health),
+    );
+    for known in &cluster.endpoints {
+        prefixes.extend(&known.addresses);
+    }
+    let addresses = interesting_addresses(&prefixes);
+    let mut ports: Vec<u16> = [&table.ingress, &table.egress]
+        .iter()
+        .flat_map(|direction| &direction.entries)
+        .flat_map(|row| {
+            let (lo, hi) = (row.port.port_lo, row.port.port_hi);
+            [lo, hi, lo.wrapping_sub(1), hi.wrapping_add(1)]
+        })
+        .collect();
+    ports.push(0);
+    let mut random = Random(0x9e37_79b9_7f4a_7c15 ^ name.len() as u64);
+    for direction in [Direction::Ingress, Direction::Egress] {
+        for _ in 0..packets {
+            let connection = random_connection(&mut random, &addresses, &ports, direction);
+            let got = evaluate(&table, direction, &connection);
+            let expected = naive(&policies, &node, direction, &connection);
+            let prefiltered = got.verdict == verdict::DROPPED
+                && matches!(
+                    got.drop_reason,
+                    drop_reason::PREFILTER | drop_reason::POLICY_DENY
+                )
+                && expected.prefilter_ids.contains(&got.rule_id);
+            assert!(
+                got == expected.verdict || prefiltered,
+                "{}: {direction:?} {connection:?}: evaluator {got:?}, naive {:?} (prefilter {:?})",
+                name,
+                expected.verdict,
+                expected.prefilter_ids
+            );
+        }
+    }
+}
+
+/// An enforced policy to put beside an example in audit mode: a deny that
+/// overlaps the examples' addresses and a rule each way.
+const ENFORCED: &str = r#"
+kind = "CiliumClusterwideNetworkPolicy"
+metadata = { name = "enforced" }
+[spec]
+nodeSelector = {}
+[[spec.ingressDeny]]
+fromCIDR = ["10.0.0.0/9", "fd00::/9"]
+toPorts = [{ ports = [{ port = 22, protocol = "TCP" }, { port = 53, protocol = "ANY" }] }]
+[[spec.egress]]
+toCIDR = ["192.0.2.0/24"]
+"#;
+
 #[test]
 fn the_evaluator_agrees_with_the_naive_reading_on_every_host_example() {
     let mut checked = 0;
@@ -365,54 +446,29 @@ fn the_evaluator_agrees_with_the_naive_reading_on_every_host_example() {
         if !has_host_rules(&policies) {
             continue;
         }
-        let node = node_for(&policies);
-        let table = compile(&policies, &node).expect("compiles");
-        let mut prefixes: Vec<IpNet> = [&table.ingress, &table.egress]
-            .iter()
-            .flat_map(|direction| direction.entries.iter().map(|row| row.prefix))
-            .collect();
-        let cluster = &node.cluster;
-        prefixes.extend(
-            node.addresses
-                .iter()
-                .chain(&cluster.pod_cidrs)
-                .chain(&cluster.health),
-        );
-        for known in &cluster.endpoints {
-            prefixes.extend(&known.addresses);
-        }
-        let addresses = interesting_addresses(&prefixes);
-        let mut ports: Vec<u16> = [&table.ingress, &table.egress]
-            .iter()
-            .flat_map(|direction| &direction.entries)
-            .flat_map(|row| {
-                let (lo, hi) = (row.port.port_lo, row.port.port_hi);
-                [lo, hi, lo.wrapping_sub(1), hi.wrapping_add(1)]
-            })
-            .collect();
-        ports.push(0);
-        let mut random = Random(0x9e37_79b9_7f4a_7c15 ^ fixture.name.len() as u64);
-        for direction in [Direction::Ingress, Direction::Egress] {
-            for _ in 0..PACKETS_PER_DIRECTION {
-                let connection = random_connection(&mut random, &addresses, &ports, direction);
-                let got = evaluate(&table, direction, &connection);
-                let expected = naive(&policies, &node, direction, &connection);
-                let prefiltered = got.verdict == verdict::DROPPED
-                    && matches!(
-                        got.drop_reason,
-                        drop_reason::PREFILTER | drop_reason::POLICY_DENY
-                    )
-                    && expected.prefilter_ids.contains(&got.rule_id);
-                assert!(
-                    got == expected.verdict || prefiltered,
-                    "{}: {direction:?} {connection:?}: evaluator {got:?}, naive {:?} (prefilter {:?})",
-                    fixture.name,
-                    expected.verdict,
-                    expected.prefilter_ids
-                );
-            }
-        }
+        agree(&fixture.name, &policies, PACKETS_PER_DIRECTION);
         checked += 1;
     }
     assert_eq!(checked, 14, "every host example checked");
+}
+
+#[test]
+fn the_evaluator_agrees_on_every_host_example_in_audit_mode_beside_an_enforced_policy() {
+    let enforced = policy_from_toml("enforced.toml", ENFORCED).expect("parses");
+    for fixture in fixtures() {
+        let Ok(mut policies) = policies_from_text(&fixture.name, &filled_in(&fixture.text)) else {
+            continue;
+        };
+        if !has_host_rules(&policies) {
+            continue;
+        }
+        for policy in &mut policies {
+            policy
+                .metadata
+                .annotations
+                .insert(AUDIT_ANNOTATION.to_owned(), "true".to_owned());
+        }
+        policies.push(enforced.clone());
+        agree(&fixture.name, &policies, PACKETS_PER_DIRECTION / 5);
+    }
 }

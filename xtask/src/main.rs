@@ -31,8 +31,9 @@ enum Task {
     Docs,
     /// Benchmarks (as root), all of them or one: `datapath` (ns/packet by
     /// table size against an empty program, and veth drop rates of XDP, TC
-    /// and nftables; target/bench/datapath.json) and `flow-events` (the cost
-    /// of a flow event; target/bench/flow_events.json).
+    /// and nftables; target/bench/datapath.json), `flow-events` (the cost
+    /// of a flow event; target/bench/flow_events.json) and `policy` (reading
+    /// and compiling 1k/10k/100k CIDR rules; target/bench/policy_compile.json).
     Bench {
         /// Which benchmark; all when left out.
         #[arg(value_enum)]
@@ -47,6 +48,8 @@ enum Benchmark {
     Datapath,
     /// The cost of flow events.
     FlowEvents,
+    /// Reading and compiling large policies.
+    Policy,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -72,6 +75,9 @@ fn main() -> anyhow::Result<()> {
             }
             if which.is_none_or(|w| w == Benchmark::FlowEvents) {
                 cargo(&["bench", "-p", "palisade-daemon", "--bench", "flow_events"])?;
+            }
+            if which.is_none_or(|w| w == Benchmark::Policy) {
+                cargo(&["bench", "-p", "palisade-policy", "--bench", "compile"])?;
             }
             Ok(())
         }

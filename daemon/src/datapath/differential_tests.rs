@@ -165,12 +165,21 @@ const ICMPV6_TYPES: [u16; 4] = [128, 129, 139, 200];
 
 /// Installs `policy_text` and checks `PACKETS_PER_FIXTURE` packets each way.
 fn check_fixture(name: &str, policy_text: &str, audit_mode: bool) {
-    let policy = policy_from_toml(name, policy_text).expect("fixture parses");
+    check_policies(name, &[policy_text], audit_mode);
+}
+
+/// Installs the policies in `texts` together and checks
+/// `PACKETS_PER_FIXTURE` packets each way.
+fn check_policies(name: &str, texts: &[&str], audit_mode: bool) {
+    let policies: Vec<_> = texts
+        .iter()
+        .map(|text| policy_from_toml(name, text).expect("fixture parses"))
+        .collect();
     let node = NodeContext {
         audit_mode,
         ..NodeContext::default()
     };
-    let table = compile(&[policy], &node).expect("fixture compiles");
+    let table = compile(&policies, &node).expect("fixture compiles");
     for direction in [Direction::Ingress, Direction::Egress] {
         check_direction(name, &table, direction);
     }
@@ -366,6 +375,42 @@ fn audit_mode_matches_the_evaluator() {
         return;
     }
     check_fixture("layered-audit", LAYERED, true);
+}
+
+/// Enforced beside [`LAYERED`] in audit mode: its deny rows win over the
+/// audited ones, and it makes ingress (not egress) default deny for real.
+const ENFORCED_BESIDE_AUDITED: &str = r#"
+kind = "CiliumClusterwideNetworkPolicy"
+metadata = { name = "enforced" }
+[spec]
+nodeSelector = {}
+[[spec.ingress]]
+fromCIDR = ["10.2.0.0/16"]
+[[spec.ingressDeny]]
+fromCIDR = ["10.1.2.0/25", "2001:db8:1:2::/65"]
+toPorts = [{ ports = [{ port = 22, protocol = "TCP" }] }]
+"#;
+
+#[test]
+fn a_policy_in_audit_mode_beside_an_enforced_one_matches_the_evaluator() {
+    if !have_root("a_policy_in_audit_mode_beside_an_enforced_one_matches_the_evaluator") {
+        return;
+    }
+    let audited = LAYERED.replace(
+        "metadata = { name = \"layered\" }",
+        "metadata = { name = \"layered\", annotations = { \"cilium.io/policy-audit-mode\" = \"true\" } }",
+    );
+    assert_ne!(audited, LAYERED);
+    let table = compile(
+        &[
+            policy_from_toml("a", &audited).expect("parses"),
+            policy_from_toml("e", ENFORCED_BESIDE_AUDITED).expect("parses"),
+        ],
+        &NodeContext::default(),
+    )
+    .expect("compiles");
+    assert!(table.egress.default_deny_audited && !table.ingress.default_deny_audited);
+    check_policies("audited", &[&audited, ENFORCED_BESIDE_AUDITED], false);
 }
 
 #[test]

@@ -24,9 +24,9 @@ use palisade_common::{
     FLOW_EVENTS_MAP, FailsafeKey, MAX_ENTRIES_PER_RULE_SET, NO_RULE, PREFIX_MAPS, PREFIX_MASKS_MAP,
     PortEntry, PrefixKey, PrefixLengths, RULE_COUNTER_MAPS, RULE_SET_MAPS, RuleSet,
     SLOT_SETTINGS_MAP, SlotSettings, TC_EGRESS_PROGRAM, TC_INGRESS_PROGRAM, XDP_PREFILTER_PROGRAM,
-    direction, family, lengths_index, prefix_mask, table,
+    default_deny, direction, family, lengths_index, prefix_mask, table,
 };
-use palisade_policy::CompiledTable;
+use palisade_policy::{CompiledTable, compile::DirectionTable};
 use tracing::{info, warn};
 
 use super::{
@@ -319,6 +319,15 @@ impl EbpfDatapath {
 }
 
 /// The distinct prefix lengths per table and family, longest first.
+/// The datapath's code for a direction's default deny.
+fn default_deny_code(rows: &DirectionTable) -> u8 {
+    match (rows.default_deny, rows.default_deny_audited) {
+        (false, _) => default_deny::OFF,
+        (true, false) => default_deny::DROP,
+        (true, true) => default_deny::AUDIT,
+    }
+}
+
 fn prefix_lengths<'a>(
     keys: impl Iterator<Item = &'a PrefixKey>,
 ) -> [PrefixLengths; table::COUNT * 2] {
@@ -393,8 +402,8 @@ impl Datapath for EbpfDatapath {
         self.rules_written[index] = rules;
         let settings = SlotSettings {
             generation,
-            ingress_default_deny: u8::from(table.ingress.default_deny),
-            egress_default_deny: u8::from(table.egress.default_deny),
+            ingress_default_deny: default_deny_code(&table.ingress),
+            egress_default_deny: default_deny_code(&table.egress),
             audit: u8::from(table.audit),
             lengths: prefix_lengths(self.written_keys[index].iter()),
             ..self.template
