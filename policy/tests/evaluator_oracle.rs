@@ -373,8 +373,8 @@ fn random_connection(
 
 /// Checks `packets` random connections each way on `policies`.
 fn agree(name: &str, policies: &[Policy], packets: usize) {
-    let node = node_for(&policies);
-    let table = compile(&policies, &node).expect("compiles");
+    let node = node_for(policies);
+    let table = compile(policies, &node).expect("compiles");
     let mut prefixes: Vec<IpNet> = [&table.ingress, &table.egress]
         .iter()
         .flat_map(|direction| direction.entries.iter().map(|row| row.prefix))
@@ -404,7 +404,7 @@ fn agree(name: &str, policies: &[Policy], packets: usize) {
         for _ in 0..packets {
             let connection = random_connection(&mut random, &addresses, &ports, direction);
             let got = evaluate(&table, direction, &connection);
-            let expected = naive(&policies, &node, direction, &connection);
+            let expected = naive(policies, &node, direction, &connection);
             let prefiltered = got.verdict == verdict::DROPPED
                 && matches!(
                     got.drop_reason,

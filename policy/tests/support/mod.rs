@@ -1,5 +1,7 @@
 //! Cilium's own example policies (tests/fixtures/cilium-examples, Apache-2.0,
 //! provenance in its SOURCES.md) and the node they are compiled for.
+//! Each test crate uses a part of it.
+#![allow(dead_code)]
 
 use std::{collections::BTreeMap, path::PathBuf};
 
