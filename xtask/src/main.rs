@@ -1,9 +1,13 @@
-//! `cargo xtask setup | demo | test | docs | bench`: the project's tasks.
+//! `cargo xtask setup | demo | test | docs | package | bench`: the project's tasks.
 
 mod demo;
+mod package;
 mod setup;
 
-use std::{path::PathBuf, process::Command};
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
 
 use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand};
@@ -27,8 +31,11 @@ enum Task {
     /// fmt check, clippy -D warnings, and every test (unit and end to end).
     Test,
     /// Generate the man pages and shell completions into target/assets/
-    /// (man/ and completions/), for packaging.
+    /// (man/man1, man/man8 and completions/).
     Docs,
+    /// Build the .deb and the .rpm into target/packages/ (installs cargo-deb
+    /// and cargo-generate-rpm when missing).
+    Package,
     /// Benchmarks (as root), all of them or one: `datapath` (ns/packet by
     /// table size against an empty program, and veth drop rates of XDP, TC
     /// and nftables; target/bench/datapath.json), `flow-events` (the cost
@@ -66,7 +73,12 @@ fn main() -> anyhow::Result<()> {
         }
         Task::Docs => {
             cargo(&["build", "--bins"])?;
-            docs()
+            let root = workspace();
+            docs(&root.join("target/debug"), &root.join("target/assets"))
+        }
+        Task::Package => {
+            setup::run()?;
+            package::run().map(drop)
         }
         Task::Bench { which } => {
             setup::run()?;
@@ -106,9 +118,9 @@ fn cargo(args: &[&str]) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Runs a built binary of the workspace with `args` and returns its stdout.
-fn run_binary(name: &str, args: &[&str]) -> anyhow::Result<Vec<u8>> {
-    let binary = workspace().join("target/debug").join(name);
+/// Runs the binary `name` from `binaries` with `args` and returns its stdout.
+fn run_binary(binaries: &Path, name: &str, args: &[&str]) -> anyhow::Result<Vec<u8>> {
+    let binary = binaries.join(name);
     let output = Command::new(&binary)
         .args(args)
         .output()
@@ -123,17 +135,24 @@ fn run_binary(name: &str, args: &[&str]) -> anyhow::Result<Vec<u8>> {
     Ok(output.stdout)
 }
 
-/// Man pages (palisaded.8, palisadectl*.1) and completions (bash, zsh, fish).
-fn docs() -> anyhow::Result<()> {
-    let assets = workspace().join("target/assets");
-    let man = assets.join("man");
-    let completions = assets.join("completions");
-    std::fs::create_dir_all(&completions)
-        .with_context(|| format!("creating {}", completions.display()))?;
-    run_binary("palisadectl", &["man", "--dir", &man.display().to_string()])?;
+/// Man pages (`man/man8/palisaded.8`, `man/man1/palisadectl*.1`) and
+/// completions (bash, zsh, fish) under `out`, from the binaries in `binaries`.
+fn docs(binaries: &Path, out: &Path) -> anyhow::Result<()> {
+    let man1 = out.join("man/man1");
+    let man8 = out.join("man/man8");
+    let completions = out.join("completions");
+    for directory in [&man1, &man8, &completions] {
+        std::fs::create_dir_all(directory)
+            .with_context(|| format!("creating {}", directory.display()))?;
+    }
+    run_binary(
+        binaries,
+        "palisadectl",
+        &["man", "--dir", &man1.display().to_string()],
+    )?;
     std::fs::write(
-        man.join("palisaded.8"),
-        run_binary("palisaded", &["--man-page"])?,
+        man8.join("palisaded.8"),
+        run_binary(binaries, "palisaded", &["--man-page"])?,
     )?;
     for (shell, file) in [
         ("bash", "palisadectl.bash"),
@@ -142,12 +161,12 @@ fn docs() -> anyhow::Result<()> {
     ] {
         std::fs::write(
             completions.join(file),
-            run_binary("palisadectl", &["completion", shell])?,
+            run_binary(binaries, "palisadectl", &["completion", shell])?,
         )?;
     }
     eprintln!(
         "man pages in {}, completions in {}",
-        man.display(),
+        out.join("man").display(),
         completions.display()
     );
     Ok(())
@@ -156,7 +175,9 @@ fn docs() -> anyhow::Result<()> {
 fn test() -> anyhow::Result<()> {
     cargo(&["fmt", "--all", "--check"])?;
     cargo(&["clippy", "--all-targets", "--", "-D", "warnings"])?;
-    // The end-to-end tests run the built palisaded and palisadectl.
+    // The end-to-end tests run the built palisaded and palisadectl, and the
+    // package tests install the packages.
     cargo(&["build", "--bins"])?;
+    package::run()?;
     cargo(&["test", "--no-fail-fast"])
 }

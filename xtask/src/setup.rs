@@ -1,6 +1,7 @@
 //! `cargo xtask setup`: installs, idempotently, what building and testing need.
 //!
-//! - Debian packages (iproute2 for namespaces, nftables, bpftool);
+//! - Debian packages (iproute2 for namespaces, nftables, bpftool, and the
+//!   packaging tools the package tests use);
 //! - the pinned eBPF nightly with rust-src;
 //! - bpf-linker built against that nightly's own LLVM (plain
 //!   `cargo install bpf-linker` needs a system LLVM 22 these machines lack).
@@ -19,7 +20,20 @@ const EBPF_TOOLCHAIN: &str = "nightly-2026-08-01";
 const BPF_LINKER_VERSION: &str = "0.13.0";
 /// Where the nightly's libLLVM is linked for bpf-linker's build and run.
 const LLVM_PREFIX: &str = "/opt/rustllvm";
-const APT_PACKAGES: &[&str] = &["iproute2", "nftables", "bpftool"];
+/// iproute2, nftables and bpftool for the namespace tests; the rest for the
+/// package tests (lintian, rpmlint, rpm, and a booted Debian root made with
+/// debootstrap and systemd-nspawn).
+const APT_PACKAGES: &[&str] = &[
+    "iproute2",
+    "nftables",
+    "bpftool",
+    "binutils",
+    "lintian",
+    "rpmlint",
+    "rpm",
+    "debootstrap",
+    "systemd-container",
+];
 
 /// Runs every step.
 pub fn run() -> anyhow::Result<()> {
