@@ -19,7 +19,7 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
-use palisade_e2e::{ChildGuard, have_root, repo, run};
+use palisade_e2e::{ChildGuard, Netns, have_root, repo, run};
 
 /// Where `cargo xtask package` puts the packages.
 fn packages_dir() -> PathBuf {
@@ -225,9 +225,9 @@ struct Container {
 }
 
 impl Container {
-    /// Copies `template` and boots it with a private network, the BPF
-    /// capabilities palisaded needs and `files` copied into /root.
-    fn boot(template: &Path, files: &[PathBuf]) -> anyhow::Result<Self> {
+    /// Copies `template` and boots it in the network namespace `netns`,
+    /// with the BPF capabilities palisaded needs and `files` copied into /root.
+    fn boot(template: &Path, netns: &Netns, files: &[PathBuf]) -> anyhow::Result<Self> {
         let work = repo()
             .join("target/nspawn")
             .join(format!("run-{}", std::process::id()));
@@ -245,7 +245,6 @@ impl Container {
             .arg(&root)
             .args([
                 "--boot",
-                "--private-network",
                 "--register=no",
                 "--keep-unit",
                 "--console=pipe",
@@ -254,6 +253,10 @@ impl Container {
                 "--system-call-filter=bpf perf_event_open",
             ])
             .arg(format!("--bind={}:/sys/fs/bpf", bpffs.display()))
+            .arg(format!(
+                "--network-namespace-path=/run/netns/{}",
+                netns.name()
+            ))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -399,12 +402,22 @@ fn the_deb_installs_runs_upgrades_and_purges_in_a_booted_debian() {
         }
     }
     let template = debian_root().expect("a Debian root from debootstrap");
+    // The container's network: a veth pair of its own, in a test namespace.
+    let netns = Netns::new("pkg").expect("a network namespace");
+    netns
+        .ip(&[
+            "link", "add", "eth1", "type", "veth", "peer", "name", "eth2",
+        ])
+        .expect("a veth pair");
+    for link in ["eth1", "eth2"] {
+        netns.ip(&["link", "set", link, "up"]).expect("link up");
+    }
     let scratch = repo()
         .join("target/nspawn")
         .join(format!("next-{}", std::process::id()));
     std::fs::create_dir_all(&scratch).expect("scratch dir");
     let next = repacked_as_next_version(&deb, &scratch).expect("a next version");
-    let container = match Container::boot(&template, &[deb.clone(), next]) {
+    let container = match Container::boot(&template, &netns, &[deb.clone(), next]) {
         Ok(container) => container,
         Err(error) => {
             let _ = std::fs::remove_dir_all(&scratch);
@@ -469,6 +482,23 @@ fn the_deb_installs_runs_upgrades_and_purges_in_a_booted_debian() {
         .expect("nsenter");
     assert_eq!(refused.status.code(), Some(4), "{refused:?}");
     assert!(String::from_utf8_lossy(&refused.stderr).contains("permission denied"));
+
+    // The sandboxed service can attach to an interface once one is named.
+    container.ok(
+        "sed -i 's/^interfaces = \\[\\]$/interfaces = [\"eth1\"]/' /etc/palisade/palisade.toml \
+         && systemctl restart palisade",
+    );
+    container.wait_for_unit("active");
+    let status = container.ok("palisadectl status");
+    assert!(
+        status.contains("eth1") && !status.contains("nothing is enforced"),
+        "{status}"
+    );
+    let links = run(netns
+        .command("bpftool")
+        .args(["net", "show", "dev", "eth1"]))
+    .expect("bpftool net");
+    assert!(links.contains("xdp") && links.contains("eth1"), "{links}");
 
     // The unit's sandbox.
     let security = container.ok("systemd-analyze security --no-pager palisade.service");
