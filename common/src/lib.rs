@@ -348,7 +348,7 @@ pub struct SlotSettings {
 
 /// Key of the prefix maps: one table, one family, one masked prefix. Ordered
 /// field by field, so userspace writes a table in a deterministic order.
-#[repr(C)]
+#[repr(C, align(4))]
 #[derive(Copy, Clone, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct PrefixKey {
     /// One of the [`table`] codes.
@@ -367,7 +367,7 @@ pub struct PrefixKey {
 /// packet that opened it. ICMP echo uses the identifier as the source port of
 /// a request and the destination port of a reply, so a reply's reversed tuple
 /// is its request's.
-#[repr(C)]
+#[repr(C, align(8))]
 #[derive(Copy, Clone, Debug, Default, PartialEq, Eq, Hash)]
 pub struct CtKey {
     /// Source address ([`Address`] encoding).
@@ -381,7 +381,9 @@ pub struct CtKey {
     /// IP protocol number.
     pub protocol: u8,
     /// Explicit padding; always zero.
-    pub pad: [u8; 3],
+    pub pad: u8,
+    /// Explicit padding; always zero.
+    pub pad_wide: u16,
 }
 
 /// Conntrack flags.
@@ -409,11 +411,11 @@ pub struct CtEntry {
     /// [`direction`] of the packet that opened the connection.
     pub direction: u8,
     /// Explicit padding; always zero.
-    pub pad: [u8; 2],
+    pub pad: u16,
 }
 
 /// A datagram being fragmented: the fields that identify its fragments.
-#[repr(C)]
+#[repr(C, align(8))]
 #[derive(Copy, Clone, Debug, Default, PartialEq, Eq, Hash)]
 pub struct FragmentKey {
     /// Source address.
@@ -425,7 +427,9 @@ pub struct FragmentKey {
     /// IP protocol number of the datagram.
     pub protocol: u8,
     /// Explicit padding; always zero.
-    pub pad: [u8; 3],
+    pub pad: u8,
+    /// Explicit padding; always zero.
+    pub pad_wide: u16,
 }
 
 /// The ports a first fragment carried, for the datagram's later fragments
@@ -541,7 +545,7 @@ pub struct FlowEvent {
     /// ICMP code (when the protocol is ICMP or ICMPv6).
     pub icmp_code: u8,
     /// Explicit padding; always zero.
-    pub pad: [u8; 4],
+    pub pad: u32,
 }
 
 // The layouts have no implicit padding: each size is the sum of its fields.

@@ -125,10 +125,16 @@ trait Frame {
 }
 
 impl Frame for XdpContext {
-    /// Through `bpf_xdp_load_bytes`: direct packet pointers cannot be handed
-    /// to the parser, a separate BPF function.
+    /// Straight from the packet when the bytes are in the first buffer, else
+    /// through `bpf_xdp_load_bytes` (multi-buffer frames).
     #[inline(always)]
     fn read<T: Copy>(&self, offset: usize) -> Result<T, ()> {
+        let start = self.data();
+        let end = self.data_end();
+        if start + offset + core::mem::size_of::<T>() <= end {
+            // SAFETY: the bytes lie between data and data_end, checked just above.
+            return Ok(unsafe { core::ptr::read_unaligned((start + offset) as *const T) });
+        }
         let mut value = core::mem::MaybeUninit::<T>::uninit();
         // SAFETY: the helper writes exactly size_of::<T>() bytes or fails.
         let rc = unsafe {
@@ -160,8 +166,16 @@ impl Frame for XdpContext {
 }
 
 impl Frame for TcContext {
+    /// Straight from the packet when the bytes are in the linear part (the
+    /// headers nearly always are), else through `bpf_skb_load_bytes`.
     #[inline(always)]
     fn read<T: Copy>(&self, offset: usize) -> Result<T, ()> {
+        let start = self.data();
+        let end = self.data_end();
+        if start + offset + core::mem::size_of::<T>() <= end {
+            // SAFETY: the bytes lie between data and data_end, checked just above.
+            return Ok(unsafe { core::ptr::read_unaligned((start + offset) as *const T) });
+        }
         self.load::<T>(offset).map_err(|_| ())
     }
 
@@ -188,7 +202,9 @@ enum Fragment {
     Later(u32),
 }
 
-/// What the parser learned about one packet.
+/// What the parser learned about one packet. Aligned so that the addresses
+/// are copied by words, not byte by byte.
+#[repr(C, align(8))]
 struct Packet {
     source: Address,
     destination: Address,
@@ -492,9 +508,9 @@ fn icmpv6_bypasses_policy(icmp_type: u8) -> bool {
 
 #[inline(always)]
 fn mapped_v4(octets: [u8; 4]) -> Address {
-    [
-        0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, octets[0], octets[1], octets[2], octets[3],
-    ]
+    // Built as one number: a byte array literal with ten zeros becomes a
+    // call to a byte-by-byte memset in BPF.
+    (0xffff_u128 << 32 | u128::from(u32::from_be_bytes(octets))).to_be_bytes()
 }
 
 /// Records a first fragment's ports, or gives a later fragment the ports of
@@ -510,7 +526,8 @@ fn follow_fragment(packet: &mut Packet) -> bool {
         destination: packet.destination,
         id,
         protocol: packet.protocol,
-        pad: [0; 3],
+        pad: 0,
+        pad_wide: 0,
     };
     if let Fragment::First(_) = packet.fragment {
         let ports = FragmentPorts {
@@ -551,7 +568,8 @@ fn ct_key(packet: &Packet) -> CtKey {
         source_port,
         destination_port,
         protocol: packet.protocol,
-        pad: [0; 3],
+        pad: 0,
+        pad_wide: 0,
     }
 }
 
@@ -563,7 +581,8 @@ fn reversed(key: &CtKey) -> CtKey {
         source_port: key.destination_port,
         destination_port: key.source_port,
         protocol: key.protocol,
-        pad: [0; 3],
+        pad: 0,
+        pad_wide: 0,
     }
 }
 
@@ -679,7 +698,8 @@ fn related_error<F: Frame>(frame: &F, packet: &Packet, now: u64) -> bool {
         source_port: u16::from_be_bytes([ports[0], ports[1]]),
         destination_port: u16::from_be_bytes([ports[2], ports[3]]),
         protocol: header[9],
-        pad: [0; 3],
+        pad: 0,
+        pad_wide: 0,
     };
     let map = ct_table(key.protocol);
     let live = |entry: Option<*mut CtEntry>| {
@@ -708,7 +728,7 @@ fn open_connection(packet: &Packet, way: u8, decision: &Decision, settings: &Slo
         rule_id: decision.rule_id,
         flags: 0,
         direction: way,
-        pad: [0; 2],
+        pad: 0,
     };
     ct_table(packet.protocol)
         .insert(&ct_key(packet), &entry, 0)
@@ -761,7 +781,9 @@ fn lookup(
             family: address_family,
             prefix_len: 0,
             pad: 0,
-            address: [0; 16],
+            // Overwritten by every probe; a copy, not zeros, which would be
+            // a byte-by-byte memset call in BPF.
+            address: *address,
         },
         words: address_words(address_family, address),
         slot,
@@ -1048,7 +1070,7 @@ fn report<F: Frame>(frame: &F, way: u8, packet: &Packet, decision: &Decision, ge
         (*event).tcp_flags = packet.tcp_flags;
         (*event).icmp_type = packet.icmp_type;
         (*event).icmp_code = packet.icmp_code;
-        (*event).pad = [0; 4];
+        (*event).pad = 0;
     }
     entry.submit(0);
 }
