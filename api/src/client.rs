@@ -12,7 +12,8 @@ use tokio::net::UnixStream;
 
 use crate::{
     ApplyRequest, ApplyResponse, ConfirmResponse, ConntrackEntry, ConntrackFlush, Counters,
-    DiffResponse, ErrorBody, Flow, FlowQuery, PolicyDocument, PolicyList, Status, paths,
+    DiffResponse, ErrorBody, Flow, FlowQuery, PolicyDocument, PolicyList, Status, WireGuardStatus,
+    paths,
 };
 
 /// Why a request failed.
@@ -155,6 +156,15 @@ impl Client {
     /// See [`ClientError`].
     pub async fn conntrack(&self) -> Result<Vec<ConntrackEntry>, ClientError> {
         self.call(Method::GET, paths::CONNTRACK, None::<&()>).await
+    }
+
+    /// The WireGuard tunnel's state.
+    ///
+    /// # Errors
+    ///
+    /// See [`ClientError`]; refused (404) when encryption is off.
+    pub async fn wireguard(&self) -> Result<WireGuardStatus, ClientError> {
+        self.call(Method::GET, paths::WIREGUARD, None::<&()>).await
     }
 
     /// Forgets every tracked connection.

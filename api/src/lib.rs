@@ -45,6 +45,44 @@ pub mod paths {
     pub const CONNTRACK: &str = "/v1/conntrack";
     /// `GET` with a [`super::FlowQuery`] as query string: newline-delimited [`super::Flow`]s.
     pub const FLOWS: &str = "/v1/flows";
+    /// `GET`: [`super::WireGuardStatus`]; 404 when encryption is off.
+    pub const WIREGUARD: &str = "/v1/wireguard";
+}
+
+/// The WireGuard tunnel, as `wg show` shows it, with the nodes' names.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WireGuardStatus {
+    /// The tunnel interface.
+    pub interface: String,
+    /// `kernel` or `userspace`.
+    pub backend: String,
+    /// Why that backend.
+    pub backend_reason: String,
+    /// This node's public key (base64).
+    pub public_key: String,
+    /// UDP port the tunnel listens on.
+    pub listen_port: u16,
+    /// One entry per configured node.
+    pub peers: Vec<WireGuardPeerStatus>,
+}
+
+/// One node of the mesh.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WireGuardPeerStatus {
+    /// The node's name (`[[nodes]] name`).
+    pub name: String,
+    /// Its public key (base64).
+    pub public_key: String,
+    /// Where its tunnel is reached (the last address it spoke from).
+    pub endpoint: String,
+    /// Prefixes routed to it through the tunnel.
+    pub allowed_ips: Vec<String>,
+    /// Seconds since the latest handshake; none before the first.
+    pub latest_handshake_seconds_ago: Option<u64>,
+    /// Bytes received from it through the tunnel.
+    pub rx_bytes: u64,
+    /// Bytes sent to it through the tunnel.
+    pub tx_bytes: u64,
 }
 
 /// What the daemon is doing.

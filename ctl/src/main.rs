@@ -8,6 +8,7 @@ mod observe;
 mod output;
 mod policies;
 mod status;
+mod wireguard;
 
 use std::{path::PathBuf, process::ExitCode};
 
@@ -72,6 +73,9 @@ enum Command {
     /// Show or flush the connection-tracking table.
     #[command(subcommand, name = "ct")]
     Conntrack(ConntrackCommand),
+    /// Show the WireGuard node mesh.
+    #[command(subcommand)]
+    Wireguard(wireguard::WireGuardCommand),
     /// Print a shell completion script.
     Completion(docs::CompletionArgs),
     /// Write the man pages into a directory.
@@ -140,6 +144,7 @@ async fn run(client: &palisade_api::Client, command: Command) -> anyhow::Result<
         Command::Policy(command) => policies::run(client, command).await,
         Command::Observe(args) => observe::run(client, &args).await,
         Command::Conntrack(command) => conntrack::run(client, command).await,
+        Command::Wireguard(command) => wireguard::run(client, command).await,
         Command::Completion(args) => docs::completion(&args),
         Command::Man(args) => docs::man(&args),
     }

@@ -36,6 +36,108 @@ pub struct Config {
     /// What this node knows about its cluster, for entities, `fromNodes`,
     /// `fromEndpoints` and CIDR groups.
     pub cluster: palisade_policy::ClusterContext,
+    /// Whether and how traffic to the other nodes is encrypted.
+    pub encryption: EncryptionConfig,
+    /// The WireGuard tunnel, when `encryption.mode` is `wireguard`.
+    pub wireguard: WireGuardConfig,
+    /// The other nodes this one tunnels to (`[[nodes]]`).
+    pub nodes: Vec<PeerNode>,
+}
+
+/// `[encryption]`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EncryptionConfig {
+    /// How traffic to the other nodes is encrypted.
+    pub mode: EncryptionMode,
+}
+
+/// `encryption.mode`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EncryptionMode {
+    /// Not at all.
+    #[default]
+    None,
+    /// Through a WireGuard tunnel to each node in `[[nodes]]`.
+    Wireguard,
+}
+
+/// `[wireguard]`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WireGuardConfig {
+    /// The tunnel interface's name.
+    pub interface: String,
+    /// UDP port the tunnel listens on (Cilium's default).
+    pub listen_port: u16,
+    /// This node's private key, base64 as `wg genkey` writes it; created
+    /// (mode 0600) when missing. Never logged or returned by the API.
+    pub private_key_file: PathBuf,
+    /// Use the in-process userspace WireGuard when the kernel has no
+    /// WireGuard module (Cilium's `enable-wireguard-userspace-fallback`).
+    pub userspace_fallback: bool,
+}
+
+impl Default for WireGuardConfig {
+    fn default() -> Self {
+        Self {
+            interface: "palisade_wg0".into(),
+            listen_port: 51871,
+            private_key_file: PathBuf::from("/var/lib/palisade/wireguard.key"),
+            userspace_fallback: true,
+        }
+    }
+}
+
+/// One `[[nodes]]` entry: another node of the mesh.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PeerNode {
+    /// The node's name, shown in status.
+    pub name: String,
+    /// Where its tunnel listens, `ADDRESS:PORT`.
+    pub endpoint: std::net::SocketAddr,
+    /// Its WireGuard public key (base64, as `wg pubkey` prints it).
+    pub public_key: WireGuardKey,
+    /// The prefixes reached through it (its pod CIDR, its tunnel address).
+    pub allowed_ips: Vec<ipnet::IpNet>,
+}
+
+/// A WireGuard key: 32 bytes, written in base64.
+#[derive(Clone, PartialEq, Eq)]
+pub struct WireGuardKey(pub [u8; 32]);
+
+impl std::fmt::Debug for WireGuardKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "WireGuardKey({self})")
+    }
+}
+
+impl std::fmt::Display for WireGuardKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&defguard_wireguard_rs::key::Key::new(self.0).to_string())
+    }
+}
+
+impl std::str::FromStr for WireGuardKey {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        let key = defguard_wireguard_rs::key::Key::from_str(text.trim()).map_err(|_| {
+            format!(
+                "invalid WireGuard key {text:?}: expected 32 bytes in base64 (44 characters, as `wg pubkey` prints)"
+            )
+        })?;
+        Ok(Self(key.as_array()))
+    }
+}
+
+impl<'de> Deserialize<'de> for WireGuardKey {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
 }
 
 /// `[metrics]`.
@@ -431,5 +533,54 @@ mod tests {
         .unwrap();
         assert!(config.failsafe.inbound.is_empty());
         assert_eq!(config.failsafe.outbound[0].to_string(), "udp:53");
+    }
+
+    #[test]
+    fn bad_wireguard_keys_endpoints_and_prefixes_are_placed() {
+        let node = |field: &str| {
+            let mut entry = vec![
+                "name = \"b\"".to_owned(),
+                "endpoint = \"192.0.2.2:51871\"".to_owned(),
+                "public_key = \"TDC1nJ5eZctCPhtpgG8II00ItlhsYcrVKYG5K8OW4kY=\"".to_owned(),
+                "allowed_ips = [\"10.99.2.0/24\"]".to_owned(),
+            ];
+            let key = field.split(" = ").next().unwrap_or_default();
+            for line in &mut entry {
+                if line.starts_with(&format!("{key} = ")) {
+                    field.clone_into(line);
+                }
+            }
+            format!(
+                "[encryption]\nmode = \"wireguard\"\n[[nodes]]\n{}\n",
+                entry.join("\n")
+            )
+        };
+        let good: Config = from_toml("c.toml", &node("name = \"b\"")).unwrap();
+        assert_eq!(good.encryption.mode, EncryptionMode::Wireguard);
+        assert_eq!(good.nodes[0].endpoint.port(), 51871);
+        for (field, expected) in [
+            (
+                "public_key = \"nope\"",
+                "c.toml:6:14: nodes[0].public_key: invalid WireGuard key \"nope\": expected 32 bytes in base64 (44 characters, as `wg pubkey` prints)",
+            ),
+            (
+                "endpoint = \"192.0.2.2\"",
+                "c.toml:5:12: nodes[0].endpoint: invalid socket address syntax",
+            ),
+            (
+                "allowed_ips = [\"10.99.2.0/33\"]",
+                "c.toml:7:16: nodes[0].allowed_ips[0]: invalid IP address syntax",
+            ),
+        ] {
+            let error = from_toml::<Config>("c.toml", &node(field)).unwrap_err();
+            assert_eq!(error.to_string(), expected, "{field}");
+        }
+        let ipsec = from_toml::<Config>("c.toml", "[encryption]\nmode = \"ipsec\"\n").unwrap_err();
+        assert!(
+            ipsec
+                .to_string()
+                .starts_with("c.toml:2:8: encryption.mode: unknown variant `ipsec`"),
+            "{ipsec}"
+        );
     }
 }

@@ -31,6 +31,7 @@ use crate::{
     flows::FlowHub,
     metrics::Metrics,
     systemd,
+    wireguard::Tunnel,
 };
 
 /// Largest request body accepted.
@@ -49,6 +50,8 @@ pub struct ControlState {
     pub metrics: Arc<Metrics>,
     /// Who may do what.
     pub authorizer: Arc<Authorizer>,
+    /// The WireGuard tunnel, when encryption is on.
+    pub wireguard: Option<Arc<Tunnel>>,
 }
 
 /// Binds the control socket, replacing a stale one: mode 0660, group `group`
@@ -97,6 +100,7 @@ pub fn router(state: ControlState) -> Router {
         .route(paths::RELOAD, post(reload))
         .route(paths::CONNTRACK, get(conntrack).delete(flush_conntrack))
         .route(paths::FLOWS, get(flows))
+        .route(paths::WIREGUARD, get(wireguard))
         .layer(middleware::from_fn_with_state(state.clone(), authorize))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_REQUEST_BYTES))
         .with_state(state)
@@ -311,6 +315,20 @@ async fn confirm(State(state): State<ControlState>) -> Response {
 async fn conntrack(State(state): State<ControlState>) -> Response {
     match state.engine.lock().await.connections() {
         Ok(entries) => Json(entries).into_response(),
+        Err(e) => message(StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}")),
+    }
+}
+
+async fn wireguard(State(state): State<ControlState>) -> Response {
+    let Some(tunnel) = &state.wireguard else {
+        return message(
+            StatusCode::NOT_FOUND,
+            "encryption is off: set `mode = \"wireguard\"` under [encryption] in palisade.toml"
+                .to_owned(),
+        );
+    };
+    match tunnel.status() {
+        Ok(status) => Json(status).into_response(),
         Err(e) => message(StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}")),
     }
 }

@@ -15,3 +15,4 @@ pub mod logging;
 pub mod metrics;
 pub mod store;
 pub mod systemd;
+pub mod wireguard;

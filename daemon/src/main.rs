@@ -8,7 +8,7 @@ use clap::Parser;
 use palisade_api::Failsafe;
 use palisade_daemon::{
     authz::{Authorizer, Peer},
-    config::{Config, DEFAULT_CONFIG, Service},
+    config::{Config, DEFAULT_CONFIG, EncryptionMode, Service},
     control::{self, ControlState},
     datapath::{ebpf::EbpfDatapath, pinning},
     engine::{Engine, EngineSettings},
@@ -17,6 +17,7 @@ use palisade_daemon::{
     metrics::{self, Metrics},
     store::PolicyStore,
     systemd,
+    wireguard::Tunnel,
 };
 use palisade_policy::NodeContext;
 use tokio::{signal::unix::SignalKind, sync::Mutex};
@@ -143,6 +144,13 @@ async fn run(args: Args) -> anyhow::Result<()> {
     );
     engine.attach(&config.datapath)?;
     tokio::spawn(flows::read_events(flow_events, Arc::clone(&hub)));
+    let wireguard = match config.encryption.mode {
+        EncryptionMode::None => None,
+        EncryptionMode::Wireguard => Some(Arc::new(
+            Tunnel::start(&config.wireguard, &config.nodes)
+                .context("setting up the WireGuard tunnel")?,
+        )),
+    };
 
     let authorizer = Authorizer::new(&config.control);
     for group in authorizer.missing_groups() {
@@ -163,6 +171,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         hub,
         metrics,
         authorizer: Arc::new(authorizer),
+        wireguard,
     };
     systemd::spawn_watchdog(Arc::clone(&engine));
     spawn_reload_on_hangup(engine)?;

@@ -20,9 +20,10 @@ const EBPF_TOOLCHAIN: &str = "nightly-2026-08-01";
 const BPF_LINKER_VERSION: &str = "0.13.0";
 /// Where the nightly's libLLVM is linked for bpf-linker's build and run.
 const LLVM_PREFIX: &str = "/opt/rustllvm";
-/// iproute2, nftables and bpftool for the namespace tests; the rest for the
-/// package tests (lintian, rpmlint, rpm, and a booted Debian root made with
-/// debootstrap and systemd-nspawn).
+/// iproute2, nftables and bpftool for the namespace tests; binutils to
+/// lintian, debootstrap and systemd-container for the package tests (lint,
+/// and a booted Debian root); wg, tcpdump and ping for the WireGuard mesh
+/// test.
 const APT_PACKAGES: &[&str] = &[
     "iproute2",
     "nftables",
@@ -33,6 +34,9 @@ const APT_PACKAGES: &[&str] = &[
     "rpm",
     "debootstrap",
     "systemd-container",
+    "wireguard-tools",
+    "tcpdump",
+    "iputils-ping",
 ];
 
 /// Runs every step.
