@@ -171,8 +171,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
         hub,
         metrics,
         authorizer: Arc::new(authorizer),
-        wireguard,
+        wireguard: wireguard.clone(),
     };
+    let wireguard_for_shutdown = wireguard;
     systemd::spawn_watchdog(Arc::clone(&engine));
     spawn_reload_on_hangup(engine)?;
     info!(socket = %config.control.socket.display(), "palisaded ready");
@@ -181,7 +182,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         listener,
         control::router(state).into_make_service_with_connect_info::<Peer>(),
     )
-    .with_graceful_shutdown(shutdown_signal())
+    .with_graceful_shutdown(shutdown_signal(wireguard_for_shutdown))
     .await;
     systemd::stopping();
     // Best effort: a stale socket is replaced on the next start anyway.
@@ -191,7 +192,13 @@ async fn run(args: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn shutdown_signal() {
+async fn shutdown_signal(wireguard: Option<Arc<Tunnel>>) {
+    let tunnel_stopped = async {
+        match &wireguard {
+            Some(tunnel) => tunnel.stopped().await,
+            None => std::future::pending().await,
+        }
+    };
     let terminate = async {
         match tokio::signal::unix::signal(SignalKind::terminate()) {
             Ok(mut signal) => {
@@ -206,6 +213,7 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = terminate => info!("SIGTERM: stopping"),
         _ = tokio::signal::ctrl_c() => info!("SIGINT: stopping"),
+        () = tunnel_stopped => info!("the WireGuard device stopped: stopping"),
     }
 }
 

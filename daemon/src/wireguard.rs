@@ -26,6 +26,9 @@ use tracing::{info, warn};
 
 use crate::config::{PeerNode, WireGuardConfig};
 
+/// Where userspace WireGuard implementations serve their UAPI sockets.
+const UAPI_DIRECTORY: &str = "/var/run/wireguard";
+
 /// The implementation behind the tunnel interface.
 enum Backend {
     Kernel(WGApi<Kernel>),
@@ -97,6 +100,27 @@ impl Tunnel {
         Ok(tunnel)
     }
 
+    /// Resolves when the tunnel's device has stopped by itself: boringtun
+    /// stops its device when it takes a SIGTERM or SIGINT meant for
+    /// palisaded, so palisaded stops too rather than run without a tunnel.
+    pub async fn stopped(&self) {
+        if let Backend::Kernel(_) = self.backend {
+            return std::future::pending().await;
+        }
+        let socket = Path::new(UAPI_DIRECTORY).join(format!("{}.sock", self.interface));
+        loop {
+            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+            let asked = socket.clone();
+            let answered = tokio::task::spawn_blocking(move || uapi_answers(&asked))
+                .await
+                .unwrap_or(false);
+            if !answered {
+                warn!(interface = %self.interface, "the userspace WireGuard device stopped");
+                return;
+            }
+        }
+    }
+
     fn backend_name(&self) -> &'static str {
         match self.backend {
             Backend::Kernel(_) => "kernel",
@@ -157,6 +181,23 @@ impl Drop for Tunnel {
             warn!(interface = %self.interface, %error, "removing the WireGuard interface");
         }
     }
+}
+
+/// Whether a UAPI socket answers a `get` within a second (a stopped
+/// boringtun keeps its socket open but no longer reads it).
+fn uapi_answers(socket: &Path) -> bool {
+    use std::io::{BufRead as _, BufReader};
+    let Ok(mut stream) = std::os::unix::net::UnixStream::connect(socket) else {
+        return false;
+    };
+    let timeout = Some(std::time::Duration::from_secs(1));
+    if stream.set_read_timeout(timeout).is_err() || stream.write_all(b"get=1\n\n").is_err() {
+        return false;
+    }
+    BufReader::new(stream)
+        .lines()
+        .map_while(Result::ok)
+        .any(|line| line.starts_with("errno="))
 }
 
 /// The peer for one node.
@@ -222,12 +263,20 @@ fn create_interface(config: &WireGuardConfig) -> anyhow::Result<(Backend, String
         );
     }
     let mut userspace = WGApi::<Userspace>::new(config.interface.clone())?;
-    userspace.create_interface().with_context(|| {
-        format!(
-            "creating userspace WireGuard interface {} (the kernel has none: {kernel_error})",
-            config.interface
-        )
-    })?;
+    // boringtun blocks SIGTERM and SIGINT in the thread that creates the
+    // device (and the threads it starts) to read them from a signalfd; a
+    // thread of its own keeps them unblocked in palisaded's threads, so that
+    // palisaded, not the tunnel, owns shutdown.
+    let interface = config.interface.clone();
+    let userspace = std::thread::spawn(move || {
+        userspace
+            .create_interface()
+            .map(|()| userspace)
+            .with_context(|| format!("creating userspace WireGuard interface {interface}"))
+    })
+    .join()
+    .map_err(|_| anyhow::anyhow!("the thread creating the userspace WireGuard device panicked"))?
+    .with_context(|| format!("the kernel has no WireGuard: {kernel_error}"))?;
     Ok((
         Backend::Userspace(userspace),
         format!("the kernel has no WireGuard ({kernel_error}); userspace fallback"),

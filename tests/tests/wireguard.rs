@@ -6,6 +6,7 @@
 use std::{
     path::Path,
     process::{Command, Stdio},
+    sync::atomic::{AtomicU32, Ordering},
     thread,
     time::{Duration, Instant},
 };
@@ -57,8 +58,8 @@ fn config(
     )
 }
 
-fn have_tools(test: &str) -> bool {
-    for tool in ["wg", "tcpdump", "ping"] {
+fn have_tools(test: &str, tools: &[&str]) -> bool {
+    for tool in tools {
         let found = Command::new("sh")
             .args(["-c", &format!("command -v {tool}")])
             .stdout(Stdio::null())
@@ -86,12 +87,9 @@ fn ping(from: &Node, to: &Node) -> bool {
         .is_ok_and(|status| status.success())
 }
 
-#[test]
-fn two_nodes_form_a_mesh_and_only_wireguard_crosses_the_wire() {
-    let test = "two_nodes_form_a_mesh_and_only_wireguard_crosses_the_wire";
-    if !have_root(test) || !have_tools(test) {
-        return;
-    }
+/// Two namespaces joined by a veth pair (192.0.2.1 and .2), each with an
+/// address of its pod prefix on loopback.
+fn nodes() -> (Node, Node) {
     let a = Node {
         netns: Netns::new("wga").expect("namespace"),
         underlay: "192.0.2.1",
@@ -140,53 +138,95 @@ fn two_nodes_form_a_mesh_and_only_wireguard_crosses_the_wire() {
             ])
             .expect("pod address");
     }
+    (a, b)
+}
 
-    let work = TempDir::new("wg").expect("workdir");
-    let policies = work.path().join("policies.d");
+/// Interface names are global to the UAPI socket directory
+/// (/var/run/wireguard/NAME.sock): unique per process and call.
+fn interface(role: &str) -> String {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    format!("pwg{}{n}{role}", std::process::id() % 100_000)
+}
+
+/// Starts palisaded on `node` with `private` as its key and `peer` as the
+/// one other node, with files in `dir`.
+fn start_palisade(
+    node: &Node,
+    interface: &str,
+    private: &str,
+    peer: &Node,
+    peer_public: &str,
+    dir: &Path,
+) -> Daemon {
+    std::fs::create_dir_all(dir).expect("node dir");
+    let policies = dir.join("policies.d");
     std::fs::create_dir_all(&policies).expect("policy dir");
-    let (a_private, a_public) = key_pair();
-    let (b_private, b_public) = key_pair();
-    // Interface names are global to the UAPI socket directory: unique per run.
-    let tag = std::process::id() % 100_000;
-    let mut daemons: Vec<Daemon> = Vec::new();
-    for (node, name, private, peer, peer_name, peer_public) in [
-        (&a, "a", &a_private, &b, "b", &b_public),
-        (&b, "b", &b_private, &a, "a", &a_public),
-    ] {
-        let dir = work.path().join(name);
-        std::fs::create_dir_all(&dir).expect("node dir");
-        let key_file = dir.join("wireguard.key");
-        std::fs::write(&key_file, format!("{private}\n")).expect("key file");
-        let config_file = dir.join("config.toml");
-        std::fs::write(
-            &config_file,
-            config(
-                &format!("pwg{tag}{name}"),
-                &key_file,
-                peer_name,
-                peer.underlay,
-                peer_public,
-                peer.pod_prefix,
-            ),
-        )
-        .expect("config");
-        daemons.push(
-            Daemon::start(&node.netns, &config_file, &policies, &dir).expect("palisaded starts"),
-        );
-    }
+    let key_file = dir.join("wireguard.key");
+    std::fs::write(&key_file, format!("{private}\n")).expect("key file");
+    let config_file = dir.join("config.toml");
+    std::fs::write(
+        &config_file,
+        config(
+            interface,
+            &key_file,
+            "peer",
+            peer.underlay,
+            peer_public,
+            peer.pod_prefix,
+        ),
+    )
+    .expect("config");
+    Daemon::start(&node.netns, &config_file, &policies, dir).expect("palisaded starts")
+}
 
-    // Traffic between the pod prefixes goes through the tunnel and passes.
+/// Waits up to 15 s for a ping from `from`'s pods to `to`'s through the tunnel.
+fn wait_for_ping(from: &Node, to: &Node, logs: &dyn Fn() -> String) {
     let deadline = Instant::now() + Duration::from_secs(15);
-    while !ping(&a, &b) {
+    while !ping(from, to) {
         assert!(
             Instant::now() < deadline,
-            "no ping through the tunnel:\n{}\n{}",
-            daemons[0].log(),
-            daemons[1].log()
+            "no ping through the tunnel:\n{}",
+            logs()
         );
         thread::sleep(Duration::from_millis(200));
     }
+}
 
+#[test]
+fn two_nodes_form_a_mesh_and_only_wireguard_crosses_the_wire() {
+    let test = "two_nodes_form_a_mesh_and_only_wireguard_crosses_the_wire";
+    if !have_root(test) || !have_tools(test, &["wg", "tcpdump", "ping"]) {
+        return;
+    }
+    let (a, b) = nodes();
+    let work = TempDir::new("wg").expect("workdir");
+    let (a_private, a_public) = key_pair();
+    let (b_private, b_public) = key_pair();
+    let (a_interface, b_interface) = (interface("a"), interface("b"));
+    let mut daemons = [
+        start_palisade(
+            &a,
+            &a_interface,
+            &a_private,
+            &b,
+            &b_public,
+            &work.path().join("a"),
+        ),
+        start_palisade(
+            &b,
+            &b_interface,
+            &b_private,
+            &a,
+            &a_public,
+            &work.path().join("b"),
+        ),
+    ];
+
+    // Traffic between the pod prefixes goes through the tunnel and passes.
+    wait_for_ping(&a, &b, &|| {
+        format!("{}\n{}", daemons[0].log(), daemons[1].log())
+    });
     // On the wire: only UDP to and from the WireGuard port.
     let capture = b
         .netns
@@ -230,7 +270,7 @@ fn two_nodes_form_a_mesh_and_only_wireguard_crosses_the_wire() {
         "this kernel has no WireGuard"
     );
     let peer = &status["peers"][0];
-    assert_eq!(peer["name"], "b");
+    assert_eq!(peer["name"], "peer");
     assert_eq!(peer["public_key"], b_public.as_str());
     assert_eq!(peer["allowed_ips"][0], b.pod_prefix);
     assert!(
@@ -243,7 +283,7 @@ fn two_nodes_form_a_mesh_and_only_wireguard_crosses_the_wire() {
         .expect("palisadectl");
     let table = String::from_utf8_lossy(&table.stdout);
     assert!(
-        table.contains("node: b") && table.contains("latest handshake:"),
+        table.contains("node: peer") && table.contains("latest handshake:"),
         "{table}"
     );
     assert!(
@@ -252,7 +292,7 @@ fn two_nodes_form_a_mesh_and_only_wireguard_crosses_the_wire() {
     );
 
     // The standard tools see it too (UAPI).
-    let wg = run(a.netns.command("wg").args(["show", &format!("pwg{tag}a")])).expect("wg show");
+    let wg = run(a.netns.command("wg").args(["show", &a_interface])).expect("wg show");
     assert!(wg.contains(&b_public), "{wg}");
     assert!(
         !daemons[0].log().contains(&a_private),
@@ -260,9 +300,9 @@ fn two_nodes_form_a_mesh_and_only_wireguard_crosses_the_wire() {
     );
 
     // Stopping palisaded takes its tunnel down: interface and UAPI socket.
-    for (daemon, name) in daemons.iter_mut().zip(["a", "b"]) {
+    for (daemon, name) in daemons.iter_mut().zip([&a_interface, &b_interface]) {
         daemon.stop();
-        let socket = Path::new("/var/run/wireguard").join(format!("pwg{tag}{name}.sock"));
+        let socket = Path::new("/var/run/wireguard").join(format!("{name}.sock"));
         assert!(
             !socket.exists(),
             "{} left behind:\n{}",
@@ -270,11 +310,118 @@ fn two_nodes_form_a_mesh_and_only_wireguard_crosses_the_wire() {
             daemon.log()
         );
     }
-    assert!(
-        a.netns
-            .ip(&["link", "show", &format!("pwg{tag}a")])
-            .is_err()
+    assert!(a.netns.ip(&["link", "show", &a_interface]).is_err());
+}
+
+#[test]
+fn a_wireguard_go_peer_configured_with_wg_talks_to_a_palisade_node() {
+    let test = "a_wireguard_go_peer_configured_with_wg_talks_to_a_palisade_node";
+    if !have_root(test) || !have_tools(test, &["wg", "wireguard-go", "ping"]) {
+        return;
+    }
+    let (a, b) = nodes();
+    let work = TempDir::new("wggo").expect("workdir");
+    let (a_private, a_public) = key_pair();
+    let (b_private, b_public) = key_pair();
+    let a_interface = interface("p");
+    let daemon = start_palisade(
+        &a,
+        &a_interface,
+        &a_private,
+        &b,
+        &b_public,
+        &work.path().join("a"),
     );
+
+    // B: stock wireguard-go, configured with wg and ip as an operator would.
+    let go_interface = interface("g");
+    let go = b
+        .netns
+        .command("wireguard-go")
+        .args(["-f", &go_interface])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("wireguard-go");
+    let mut go = palisade_e2e::ChildGuard::new(go);
+    let socket = Path::new("/var/run/wireguard").join(format!("{go_interface}.sock"));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !socket.exists() {
+        assert!(Instant::now() < deadline, "wireguard-go did not start");
+        thread::sleep(Duration::from_millis(50));
+    }
+    let key_file = work.path().join("go.key");
+    std::fs::write(&key_file, format!("{b_private}\n")).expect("key");
+    run(b.netns.command("wg").args([
+        "set",
+        &go_interface,
+        "private-key",
+        &key_file.display().to_string(),
+        "listen-port",
+        "51871",
+        "peer",
+        &a_public,
+        "endpoint",
+        &format!("{}:51871", a.underlay),
+        "allowed-ips",
+        a.pod_prefix,
+    ]))
+    .expect("wg set");
+    b.netns
+        .ip(&["link", "set", &go_interface, "up"])
+        .expect("up");
+    b.netns
+        .ip(&["route", "add", a.pod_prefix, "dev", &go_interface])
+        .expect("route");
+
+    wait_for_ping(&a, &b, &|| daemon.log());
+    wait_for_ping(&b, &a, &|| daemon.log());
+    let shown = run(b
+        .netns
+        .command("wg")
+        .args(["show", &go_interface, "latest-handshakes"]))
+    .expect("wg show");
+    assert!(shown.contains(&a_public), "{shown}");
+    go.stop();
+    let _ = std::fs::remove_file(&socket);
+}
+
+#[test]
+fn a_node_killed_and_restarted_rejoins_the_mesh_with_its_key() {
+    let test = "a_node_killed_and_restarted_rejoins_the_mesh_with_its_key";
+    if !have_root(test) || !have_tools(test, &["wg", "ping"]) {
+        return;
+    }
+    let (a, b) = nodes();
+    let work = TempDir::new("wgre").expect("workdir");
+    let (a_private, a_public) = key_pair();
+    let (b_private, b_public) = key_pair();
+    let mut a_daemon = start_palisade(
+        &a,
+        &interface("a"),
+        &a_private,
+        &b,
+        &b_public,
+        &work.path().join("a"),
+    );
+    let b_daemon = start_palisade(
+        &b,
+        &interface("b"),
+        &b_private,
+        &a,
+        &a_public,
+        &work.path().join("b"),
+    );
+    wait_for_ping(&a, &b, &|| a_daemon.log());
+    a_daemon.kill_and_restart().expect("palisaded restarts");
+    wait_for_ping(&a, &b, &|| {
+        format!("{}\n{}", a_daemon.log(), b_daemon.log())
+    });
+    let output = a_daemon
+        .ctl(&["wireguard", "status", "-o", "json"])
+        .expect("palisadectl");
+    let status: serde_json::Value = serde_json::from_slice(&output.stdout).expect("JSON");
+    assert_eq!(status["public_key"], a_public.as_str(), "the key is kept");
 }
 
 #[test]
