@@ -12,8 +12,8 @@ use tokio::net::UnixStream;
 
 use crate::{
     ApplyRequest, ApplyResponse, ConfirmResponse, ConntrackEntry, ConntrackFlush, Counters,
-    DiffResponse, ErrorBody, Flow, FlowQuery, PolicyDocument, PolicyList, Status, WireGuardStatus,
-    paths,
+    DiffResponse, ErrorBody, Flow, FlowQuery, PolicyDocument, PolicyList, RotatedKey, Status,
+    WireGuardStatus, paths,
 };
 
 /// Why a request failed.
@@ -165,6 +165,16 @@ impl Client {
     /// See [`ClientError`]; refused (404) when encryption is off.
     pub async fn wireguard(&self) -> Result<WireGuardStatus, ClientError> {
         self.call(Method::GET, paths::WIREGUARD, None::<&()>).await
+    }
+
+    /// Makes a new WireGuard key pair and switches the tunnel to it.
+    ///
+    /// # Errors
+    ///
+    /// See [`ClientError`]; refused (404) when encryption is off.
+    pub async fn rotate_wireguard_key(&self) -> Result<RotatedKey, ClientError> {
+        self.call(Method::POST, paths::WIREGUARD_ROTATE_KEY, None::<&()>)
+            .await
     }
 
     /// Forgets every tracked connection.

@@ -47,6 +47,15 @@ pub mod paths {
     pub const FLOWS: &str = "/v1/flows";
     /// `GET`: [`super::WireGuardStatus`]; 404 when encryption is off.
     pub const WIREGUARD: &str = "/v1/wireguard";
+    /// `POST`: a new WireGuard key pair ([`super::RotatedKey`]).
+    pub const WIREGUARD_ROTATE_KEY: &str = "/v1/wireguard/rotate-key";
+}
+
+/// What `POST /v1/wireguard/rotate-key` made.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RotatedKey {
+    /// The node's new public key (base64): give it to the other nodes.
+    pub public_key: String,
 }
 
 /// The WireGuard tunnel, as `wg show` shows it, with the nodes' names.

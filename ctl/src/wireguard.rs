@@ -1,4 +1,4 @@
-//! `palisadectl wireguard status`.
+//! `palisadectl wireguard status|rotate-key`.
 
 use clap::Subcommand;
 use palisade_api::{Client, WireGuardStatus};
@@ -16,6 +16,14 @@ pub enum WireGuardCommand {
         #[arg(short, long, value_enum, default_value_t = Format::Table)]
         output: Format,
     },
+    /// Make a new key pair and switch the tunnel to it. Prints the new
+    /// public key (also written beside the private key file): put it in the
+    /// other nodes' `[[nodes]]` and reload them.
+    RotateKey {
+        /// Output format.
+        #[arg(short, long, value_enum, default_value_t = Format::Table)]
+        output: Format,
+    },
 }
 
 /// Runs a `wireguard` subcommand.
@@ -28,6 +36,12 @@ pub async fn run(client: &Client, command: WireGuardCommand) -> anyhow::Result<(
         WireGuardCommand::Status { output } => {
             let status = client.wireguard().await?;
             print(output, &status, |status| print!("{}", text(status)))
+        }
+        WireGuardCommand::RotateKey { output } => {
+            let rotated = client.rotate_wireguard_key().await?;
+            print(output, &rotated, |rotated| {
+                println!("new public key: {}", rotated.public_key);
+            })
         }
     }
 }

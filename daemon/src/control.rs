@@ -2,7 +2,7 @@
 
 use std::{
     convert::Infallible,
-    path::Path,
+    path::{Path, PathBuf},
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -19,7 +19,8 @@ use axum::{
 };
 use futures_util::{StreamExt as _, stream};
 use palisade_api::{
-    ApplyRequest, ApplyResponse, ConfirmResponse, ConntrackFlush, ErrorBody, FlowQuery, paths,
+    ApplyRequest, ApplyResponse, ConfirmResponse, ConntrackFlush, ErrorBody, FlowQuery, RotatedKey,
+    paths,
 };
 use tokio::{net::UnixListener, sync::Mutex};
 use tokio_stream::wrappers::{BroadcastStream, errors::BroadcastStreamRecvError};
@@ -27,12 +28,17 @@ use tracing::{error, warn};
 
 use crate::{
     authz::{Access, Authorizer, Peer},
+    config::{Config, ConfigError},
     engine::{ApplyError, Engine},
     flows::FlowHub,
     metrics::Metrics,
     systemd,
     wireguard::Tunnel,
 };
+
+/// Why WireGuard requests are refused while encryption is off.
+const ENCRYPTION_OFF: &str =
+    "encryption is off: set `mode = \"wireguard\"` under [encryption] in palisade.toml";
 
 /// Largest request body accepted.
 const MAX_REQUEST_BYTES: usize = 8 * 1024 * 1024;
@@ -52,6 +58,8 @@ pub struct ControlState {
     pub authorizer: Arc<Authorizer>,
     /// The WireGuard tunnel, when encryption is on.
     pub wireguard: Option<Arc<Tunnel>>,
+    /// The configuration file, re-read on reload for the tunnel's nodes.
+    pub config_path: Arc<PathBuf>,
 }
 
 /// Binds the control socket, replacing a stale one: mode 0660, group `group`
@@ -101,6 +109,7 @@ pub fn router(state: ControlState) -> Router {
         .route(paths::CONNTRACK, get(conntrack).delete(flush_conntrack))
         .route(paths::FLOWS, get(flows))
         .route(paths::WIREGUARD, get(wireguard))
+        .route(paths::WIREGUARD_ROTATE_KEY, post(rotate_wireguard_key))
         .layer(middleware::from_fn_with_state(state.clone(), authorize))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_REQUEST_BYTES))
         .with_state(state)
@@ -249,9 +258,48 @@ async fn delete(
 }
 
 async fn reload(State(state): State<ControlState>) -> Response {
+    // The tunnel's nodes come from the configuration file: a file that no
+    // longer parses refuses the whole reload.
+    let nodes = match &state.wireguard {
+        Some(_) => match Config::load(&state.config_path) {
+            Ok(config) => Some(config.nodes),
+            Err(ConfigError::Invalid(diagnostics)) => {
+                return self::error(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    ErrorBody {
+                        error: format!(
+                            "{} problem(s) in the configuration; nothing was changed",
+                            diagnostics.0.len()
+                        ),
+                        diagnostics: diagnostics.0,
+                    },
+                );
+            }
+            Err(e) => return message(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        },
+        None => None,
+    };
     let mut engine = state.engine.lock().await;
     let result = engine.reload();
+    if let (Some(tunnel), Some(nodes), Ok(_)) = (&state.wireguard, nodes, &result)
+        && let Err(e) = tunnel.reconcile(&nodes)
+    {
+        return message(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!("policies reloaded, but the WireGuard nodes were refused: {e:#}"),
+        );
+    }
     changed(&state.engine, &engine, result)
+}
+
+async fn rotate_wireguard_key(State(state): State<ControlState>) -> Response {
+    let Some(tunnel) = &state.wireguard else {
+        return message(StatusCode::NOT_FOUND, ENCRYPTION_OFF.to_owned());
+    };
+    match tunnel.rotate_key() {
+        Ok(public_key) => Json(RotatedKey { public_key }).into_response(),
+        Err(e) => message(StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}")),
+    }
 }
 
 /// Reports a change to systemd, arms the rollback of an apply on probation,
@@ -321,11 +369,7 @@ async fn conntrack(State(state): State<ControlState>) -> Response {
 
 async fn wireguard(State(state): State<ControlState>) -> Response {
     let Some(tunnel) = &state.wireguard else {
-        return message(
-            StatusCode::NOT_FOUND,
-            "encryption is off: set `mode = \"wireguard\"` under [encryption] in palisade.toml"
-                .to_owned(),
-        );
+        return message(StatusCode::NOT_FOUND, ENCRYPTION_OFF.to_owned());
     };
     match tunnel.status() {
         Ok(status) => Json(status).into_response(),

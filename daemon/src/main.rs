@@ -172,10 +172,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
         metrics,
         authorizer: Arc::new(authorizer),
         wireguard: wireguard.clone(),
+        config_path: Arc::new(args.config.clone()),
     };
     let wireguard_for_shutdown = wireguard;
     systemd::spawn_watchdog(Arc::clone(&engine));
-    spawn_reload_on_hangup(engine)?;
+    spawn_reload_on_hangup(engine, state.wireguard.clone(), args.config.clone())?;
     info!(socket = %config.control.socket.display(), "palisaded ready");
     systemd::ready(&summary);
     let served = axum::serve(
@@ -218,12 +219,29 @@ async fn shutdown_signal(wireguard: Option<Arc<Tunnel>>) {
 }
 
 /// Reloads the policies on each SIGHUP (`systemctl reload palisade`).
-fn spawn_reload_on_hangup(engine: Arc<Mutex<Engine>>) -> anyhow::Result<()> {
+fn spawn_reload_on_hangup(
+    engine: Arc<Mutex<Engine>>,
+    wireguard: Option<Arc<Tunnel>>,
+    config_path: PathBuf,
+) -> anyhow::Result<()> {
     let mut hangups =
         tokio::signal::unix::signal(SignalKind::hangup()).context("listening for SIGHUP")?;
     tokio::spawn(async move {
         while hangups.recv().await.is_some() {
             systemd::reloading();
+            if let Some(tunnel) = &wireguard {
+                match Config::load(&config_path) {
+                    Ok(config) => match tunnel.reconcile(&config.nodes) {
+                        Ok(()) => info!("SIGHUP: WireGuard nodes reloaded"),
+                        Err(e) => error!(
+                            "SIGHUP: WireGuard nodes refused, the tunnel is unchanged: {e:#}"
+                        ),
+                    },
+                    Err(e) => error!(
+                        "SIGHUP: the configuration does not load, the tunnel is unchanged: {e}"
+                    ),
+                }
+            }
             let mut engine = engine.lock().await;
             match engine.reload() {
                 Ok(response) => info!(

@@ -12,7 +12,8 @@ use std::{
     collections::BTreeSet,
     io::Write as _,
     os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _},
-    path::Path,
+    path::{Path, PathBuf},
+    sync::Mutex,
     time::SystemTime,
 };
 
@@ -50,7 +51,15 @@ pub struct Tunnel {
     /// Why this backend was chosen.
     reason: String,
     interface: String,
-    public_key: Key,
+    listen_port: u16,
+    key_file: PathBuf,
+    /// The key pair and the nodes in force, changed by rotation and reload.
+    state: Mutex<TunnelState>,
+}
+
+/// What rotation and reload change.
+struct TunnelState {
+    private_key: Key,
     nodes: Vec<PeerNode>,
 }
 
@@ -66,38 +75,103 @@ impl Tunnel {
         check_nodes(nodes)?;
         let private_key = load_or_create_key(&config.private_key_file)?;
         let (backend, reason) = create_interface(config)?;
+        publish_public_key(&config.private_key_file, &private_key.public_key())?;
         let tunnel = Self {
             backend,
             reason,
             interface: config.interface.clone(),
-            public_key: private_key.public_key(),
-            nodes: nodes.to_vec(),
+            listen_port: config.listen_port,
+            key_file: config.private_key_file.clone(),
+            state: Mutex::new(TunnelState {
+                private_key,
+                nodes: nodes.to_vec(),
+            }),
         };
-        let peers: Vec<Peer> = nodes.iter().map(peer).collect();
-        let interface = InterfaceConfiguration {
-            name: config.interface.clone(),
-            prvkey: private_key.to_string(),
-            addresses: Vec::new(),
-            port: config.listen_port,
-            peers: peers.clone(),
-            mtu: None,
-            fwmark: None,
-        };
-        let api = tunnel.backend.api();
-        api.configure_interface(&interface)
-            .with_context(|| format!("configuring WireGuard interface {}", config.interface))?;
-        api.configure_peer_routing(&peers)
-            .with_context(|| format!("routing the nodes' prefixes through {}", config.interface))?;
+        tunnel.apply(&tunnel.lock())?;
         info!(
             interface = %config.interface,
             backend = tunnel.backend_name(),
             reason = %tunnel.reason,
-            public_key = %tunnel.public_key,
+            public_key = %tunnel.lock().private_key.public_key(),
             listen_port = config.listen_port,
             nodes = nodes.len(),
             "WireGuard tunnel up"
         );
         Ok(tunnel)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, TunnelState> {
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Writes the key and the whole peer set to the interface (replacing
+    /// the peers it had) and routes every node's prefixes through it.
+    fn apply(&self, state: &TunnelState) -> anyhow::Result<()> {
+        let peers: Vec<Peer> = state.nodes.iter().map(peer).collect();
+        let interface = InterfaceConfiguration {
+            name: self.interface.clone(),
+            prvkey: state.private_key.to_string(),
+            addresses: Vec::new(),
+            port: self.listen_port,
+            peers: peers.clone(),
+            mtu: None,
+            fwmark: None,
+        };
+        let api = self.backend.api();
+        api.configure_interface(&interface)
+            .with_context(|| format!("configuring WireGuard interface {}", self.interface))?;
+        api.configure_peer_routing(&peers)
+            .with_context(|| format!("routing the nodes' prefixes through {}", self.interface))
+    }
+
+    /// Makes a new key pair, saves it (mode 0600, and the public key beside
+    /// it), and switches the interface to it; returns the new public key.
+    /// The other nodes need it in their `[[nodes]]` before they can talk to
+    /// this one again.
+    ///
+    /// # Errors
+    ///
+    /// When the key cannot be saved or the interface refuses it; the old
+    /// key then stays in force.
+    pub fn rotate_key(&self) -> anyhow::Result<String> {
+        let mut state = self.lock();
+        let private_key = Key::generate();
+        save_key(&self.key_file, &private_key)?;
+        let public_key = private_key.public_key();
+        publish_public_key(&self.key_file, &public_key)?;
+        let previous = std::mem::replace(&mut state.private_key, private_key);
+        if let Err(error) = self.apply(&state) {
+            save_key(&self.key_file, &previous)?;
+            publish_public_key(&self.key_file, &previous.public_key())?;
+            state.private_key = previous;
+            return Err(error);
+        }
+        info!(interface = %self.interface, public_key = %public_key, "WireGuard key rotated");
+        Ok(public_key.to_string())
+    }
+
+    /// Puts `nodes` in force in place of the current ones, without taking
+    /// the interface down. Routes of nodes that are gone stay on the tunnel
+    /// interface, where WireGuard drops what no peer takes.
+    ///
+    /// # Errors
+    ///
+    /// When the nodes are inconsistent or the interface refuses them.
+    pub fn reconcile(&self, nodes: &[PeerNode]) -> anyhow::Result<()> {
+        check_nodes(nodes)?;
+        let mut state = self.lock();
+        if state.nodes == nodes {
+            return Ok(());
+        }
+        let previous = std::mem::replace(&mut state.nodes, nodes.to_vec());
+        if let Err(error) = self.apply(&state) {
+            state.nodes = previous;
+            return Err(error);
+        }
+        info!(interface = %self.interface, nodes = nodes.len(), "WireGuard nodes updated");
+        Ok(())
     }
 
     /// Resolves when the tunnel's device has stopped by itself: boringtun
@@ -140,7 +214,8 @@ impl Tunnel {
             .read_interface_data()
             .with_context(|| format!("reading WireGuard interface {}", self.interface))?;
         let now = SystemTime::now();
-        let peers = self
+        let state = self.lock();
+        let peers = state
             .nodes
             .iter()
             .map(|node| {
@@ -168,7 +243,7 @@ impl Tunnel {
             interface: self.interface.clone(),
             backend: self.backend_name().to_owned(),
             backend_reason: self.reason.clone(),
-            public_key: self.public_key.to_string(),
+            public_key: state.private_key.public_key().to_string(),
             listen_port: host.listen_port,
             peers,
         })
@@ -283,6 +358,30 @@ fn create_interface(config: &WireGuardConfig) -> anyhow::Result<(Backend, String
     ))
 }
 
+/// Writes `key` to `path` with mode 0600, atomically (a temporary file
+/// beside it, fsynced, renamed over it).
+fn save_key(path: &Path, key: &Key) -> anyhow::Result<()> {
+    let temporary = path.with_extension("key.new");
+    let _ = std::fs::remove_file(&temporary);
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&temporary)
+        .with_context(|| format!("creating {}", temporary.display()))?;
+    writeln!(file, "{key}").with_context(|| format!("writing {}", temporary.display()))?;
+    file.sync_all()?;
+    std::fs::rename(&temporary, path).with_context(|| format!("replacing {}", path.display()))
+}
+
+/// Writes the public key beside the private one (`wireguard.pub` for
+/// `wireguard.key`), for the other nodes' configuration.
+fn publish_public_key(private_key_file: &Path, public_key: &Key) -> anyhow::Result<()> {
+    let path = private_key_file.with_extension("pub");
+    std::fs::write(&path, format!("{public_key}\n"))
+        .with_context(|| format!("writing {}", path.display()))
+}
+
 /// Reads the private key, or makes one and writes it with mode 0600.
 fn load_or_create_key(path: &Path) -> anyhow::Result<Key> {
     match std::fs::read_to_string(path) {
@@ -308,14 +407,7 @@ fn load_or_create_key(path: &Path) -> anyhow::Result<Key> {
                     .with_context(|| format!("creating {}", parent.display()))?;
             }
             let key = Key::generate();
-            let mut file = std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(path)
-                .with_context(|| format!("creating {}", path.display()))?;
-            writeln!(file, "{key}").with_context(|| format!("writing {}", path.display()))?;
-            file.sync_all()?;
+            save_key(path, &key)?;
             info!(path = %path.display(), "created a WireGuard private key");
             Ok(key)
         }

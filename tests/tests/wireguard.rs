@@ -445,3 +445,76 @@ fn bad_keys_endpoints_and_prefixes_stop_palisaded_with_their_position() {
         "{stderr}"
     );
 }
+
+#[test]
+fn a_rotated_key_is_saved_and_reaches_the_other_node_by_reload() {
+    let test = "a_rotated_key_is_saved_and_reaches_the_other_node_by_reload";
+    if !have_root(test) || !have_tools(test, &["wg", "ping"]) {
+        return;
+    }
+    use std::os::unix::fs::PermissionsExt as _;
+    let (a, b) = nodes();
+    let work = TempDir::new("wgrot").expect("workdir");
+    let (a_private, a_public) = key_pair();
+    let (b_private, b_public) = key_pair();
+    let a_daemon = start_palisade(
+        &a,
+        &interface("a"),
+        &a_private,
+        &b,
+        &b_public,
+        &work.path().join("a"),
+    );
+    let b_daemon = start_palisade(
+        &b,
+        &interface("b"),
+        &b_private,
+        &a,
+        &a_public,
+        &work.path().join("b"),
+    );
+    wait_for_ping(&a, &b, &|| a_daemon.log());
+
+    let output = a_daemon
+        .ctl(&["wireguard", "rotate-key", "-o", "json"])
+        .expect("palisadectl");
+    assert!(output.status.success(), "{output:?}");
+    let rotated: serde_json::Value = serde_json::from_slice(&output.stdout).expect("JSON");
+    let new_public = rotated["public_key"].as_str().expect("a key").to_owned();
+    assert_ne!(new_public, a_public);
+    let key_file = work.path().join("a/wireguard.key");
+    let saved = std::fs::read_to_string(&key_file).expect("key file");
+    assert_ne!(saved.trim(), a_private, "the new key is saved");
+    let mode = std::fs::metadata(&key_file)
+        .expect("key file")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+    let published = std::fs::read_to_string(work.path().join("a/wireguard.pub")).expect("pub");
+    assert_eq!(published.trim(), new_public);
+    assert!(
+        !a_daemon.log().contains(saved.trim()),
+        "the key is never logged"
+    );
+
+    // B learns the new key from its configuration, by reload.
+    let b_config = work.path().join("b/palisade.toml");
+    let text = std::fs::read_to_string(&b_config).expect("b's config");
+    std::fs::write(&b_config, text.replace(&a_public, &new_public)).expect("b's config");
+    let reloaded = b_daemon.ctl(&["reload"]).expect("palisadectl");
+    assert!(reloaded.status.success(), "{reloaded:?}");
+    wait_for_ping(&a, &b, &|| {
+        format!("{}\n{}", a_daemon.log(), b_daemon.log())
+    });
+    let status = b_daemon
+        .ctl(&["wireguard", "status", "-o", "json"])
+        .expect("palisadectl");
+    let status: serde_json::Value = serde_json::from_slice(&status.stdout).expect("JSON");
+    assert_eq!(status["peers"][0]["public_key"], new_public.as_str());
+
+    // A configuration that no longer parses refuses the reload.
+    std::fs::write(&b_config, "[[nodes]]\nname = 1\n").expect("bad config");
+    let refused = b_daemon.ctl(&["reload"]).expect("palisadectl");
+    assert_eq!(refused.status.code(), Some(3), "{refused:?}");
+    assert!(ping(&a, &b), "the tunnel stays as it was");
+}
