@@ -22,6 +22,8 @@ use anyhow::{Context as _, anyhow, bail};
 use nix::sched::{CloneFlags, setns};
 use socket2::{Domain, Socket, Type};
 
+pub mod mesh;
+
 static NEXT_ID: AtomicU32 = AtomicU32::new(0);
 
 /// A name unique to this process and call, short enough for `ip netns`.

@@ -6,57 +6,15 @@
 use std::{
     path::Path,
     process::{Command, Stdio},
-    sync::atomic::{AtomicU32, Ordering},
     thread,
-    time::{Duration, Instant},
+    time::Duration,
 };
 
-use palisade_e2e::{Daemon, Netns, TempDir, have_root, run};
-
-/// A node of the test mesh.
-struct Node {
-    netns: Netns,
-    underlay: &'static str,
-    pod_address: &'static str,
-    pod_prefix: &'static str,
-}
-
-/// A fresh WireGuard key pair from `wg genkey | wg pubkey`.
-fn key_pair() -> (String, String) {
-    let private = run(Command::new("wg").arg("genkey")).expect("wg genkey");
-    let mut pubkey = Command::new("wg")
-        .arg("pubkey")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("wg pubkey");
-    {
-        use std::io::Write as _;
-        let mut stdin = pubkey.stdin.take().expect("stdin");
-        stdin
-            .write_all(private.as_bytes())
-            .expect("key to wg pubkey");
-    }
-    let public = pubkey.wait_with_output().expect("wg pubkey output");
-    (
-        private.trim().to_owned(),
-        String::from_utf8_lossy(&public.stdout).trim().to_owned(),
-    )
-}
-
-fn config(
-    interface: &str,
-    key_file: &Path,
-    peer_name: &str,
-    peer_endpoint: &str,
-    peer_key: &str,
-    peer_prefix: &str,
-) -> String {
-    format!(
-        "[datapath]\ninterfaces = [\"eth0\"]\n\n[encryption]\nmode = \"wireguard\"\n\n[wireguard]\ninterface = \"{interface}\"\nprivate_key_file = \"{}\"\n\n[[nodes]]\nname = \"{peer_name}\"\nendpoint = \"{peer_endpoint}:51871\"\npublic_key = \"{peer_key}\"\nallowed_ips = [\"{peer_prefix}\"]\n",
-        key_file.display()
-    )
-}
+use palisade_e2e::{
+    TempDir, have_root,
+    mesh::{Node, UAPI_DIRECTORY, WireGuardGo, interface, key_pair, nodes, start_palisade},
+    run,
+};
 
 fn have_tools(test: &str, tools: &[&str]) -> bool {
     for tool in tools {
@@ -77,119 +35,10 @@ fn have_tools(test: &str, tools: &[&str]) -> bool {
     true
 }
 
-fn ping(from: &Node, to: &Node) -> bool {
-    from.netns
-        .command("ping")
-        .args(["-c", "1", "-W", "1", "-I", from.pod_address, to.pod_address])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|status| status.success())
-}
-
-/// Two namespaces joined by a veth pair (192.0.2.1 and .2), each with an
-/// address of its pod prefix on loopback.
-fn nodes() -> (Node, Node) {
-    let a = Node {
-        netns: Netns::new("wga").expect("namespace"),
-        underlay: "192.0.2.1",
-        pod_address: "10.99.1.1",
-        pod_prefix: "10.99.1.0/24",
-    };
-    let b = Node {
-        netns: Netns::new("wgb").expect("namespace"),
-        underlay: "192.0.2.2",
-        pod_address: "10.99.2.1",
-        pod_prefix: "10.99.2.0/24",
-    };
-    a.netns
-        .ip(&[
-            "link",
-            "add",
-            "eth0",
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "eth0",
-            "netns",
-            b.netns.name(),
-        ])
-        .expect("veth pair");
-    for node in [&a, &b] {
-        node.netns
-            .ip(&[
-                "addr",
-                "add",
-                &format!("{}/24", node.underlay),
-                "dev",
-                "eth0",
-            ])
-            .expect("underlay address");
-        node.netns.ip(&["link", "set", "eth0", "up"]).expect("up");
-        // The node's "pods": one address of its prefix, on loopback.
-        node.netns
-            .ip(&[
-                "addr",
-                "add",
-                &format!("{}/32", node.pod_address),
-                "dev",
-                "lo",
-            ])
-            .expect("pod address");
-    }
-    (a, b)
-}
-
-/// Interface names are global to the UAPI socket directory
-/// (/var/run/wireguard/NAME.sock): unique per process and call.
-fn interface(role: &str) -> String {
-    static NEXT: AtomicU32 = AtomicU32::new(0);
-    let n = NEXT.fetch_add(1, Ordering::Relaxed);
-    format!("pwg{}{n}{role}", std::process::id() % 100_000)
-}
-
-/// Starts palisaded on `node` with `private` as its key and `peer` as the
-/// one other node, with files in `dir`.
-fn start_palisade(
-    node: &Node,
-    interface: &str,
-    private: &str,
-    peer: &Node,
-    peer_public: &str,
-    dir: &Path,
-) -> Daemon {
-    std::fs::create_dir_all(dir).expect("node dir");
-    let policies = dir.join("policies.d");
-    std::fs::create_dir_all(&policies).expect("policy dir");
-    let key_file = dir.join("wireguard.key");
-    std::fs::write(&key_file, format!("{private}\n")).expect("key file");
-    let config_file = dir.join("config.toml");
-    std::fs::write(
-        &config_file,
-        config(
-            interface,
-            &key_file,
-            "peer",
-            peer.underlay,
-            peer_public,
-            peer.pod_prefix,
-        ),
-    )
-    .expect("config");
-    Daemon::start(&node.netns, &config_file, &policies, dir).expect("palisaded starts")
-}
-
-/// Waits up to 15 s for a ping from `from`'s pods to `to`'s through the tunnel.
+/// Waits for a ping from `from` to `to`, failing with the daemons' logs.
 fn wait_for_ping(from: &Node, to: &Node, logs: &dyn Fn() -> String) {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while !ping(from, to) {
-        assert!(
-            Instant::now() < deadline,
-            "no ping through the tunnel:\n{}",
-            logs()
-        );
-        thread::sleep(Duration::from_millis(200));
+    if let Err(error) = from.wait_for_ping(to) {
+        panic!("{error}:\n{}", logs());
     }
 }
 
@@ -199,10 +48,10 @@ fn two_nodes_form_a_mesh_and_only_wireguard_crosses_the_wire() {
     if !have_root(test) || !have_tools(test, &["wg", "tcpdump", "ping"]) {
         return;
     }
-    let (a, b) = nodes();
+    let (a, b) = nodes().expect("two nodes");
     let work = TempDir::new("wg").expect("workdir");
-    let (a_private, a_public) = key_pair();
-    let (b_private, b_public) = key_pair();
+    let (a_private, a_public) = key_pair().expect("a key pair");
+    let (b_private, b_public) = key_pair().expect("a key pair");
     let (a_interface, b_interface) = (interface("a"), interface("b"));
     let mut daemons = [
         start_palisade(
@@ -212,7 +61,8 @@ fn two_nodes_form_a_mesh_and_only_wireguard_crosses_the_wire() {
             &b,
             &b_public,
             &work.path().join("a"),
-        ),
+        )
+        .expect("palisaded starts"),
         start_palisade(
             &b,
             &b_interface,
@@ -220,7 +70,8 @@ fn two_nodes_form_a_mesh_and_only_wireguard_crosses_the_wire() {
             &a,
             &a_public,
             &work.path().join("b"),
-        ),
+        )
+        .expect("palisaded starts"),
     ];
 
     // Traffic between the pod prefixes goes through the tunnel and passes.
@@ -239,7 +90,7 @@ fn two_nodes_form_a_mesh_and_only_wireguard_crosses_the_wire() {
     let mut capture = palisade_e2e::ChildGuard::new(capture);
     thread::sleep(Duration::from_millis(500));
     for _ in 0..3 {
-        assert!(ping(&a, &b), "ping through the tunnel");
+        assert!(a.pings(&b), "ping through the tunnel");
     }
     thread::sleep(Duration::from_millis(300));
     capture.stop();
@@ -302,7 +153,7 @@ fn two_nodes_form_a_mesh_and_only_wireguard_crosses_the_wire() {
     // Stopping palisaded takes its tunnel down: interface and UAPI socket.
     for (daemon, name) in daemons.iter_mut().zip([&a_interface, &b_interface]) {
         daemon.stop();
-        let socket = Path::new("/var/run/wireguard").join(format!("{name}.sock"));
+        let socket = Path::new(UAPI_DIRECTORY).join(format!("{name}.sock"));
         assert!(
             !socket.exists(),
             "{} left behind:\n{}",
@@ -319,10 +170,10 @@ fn a_wireguard_go_peer_configured_with_wg_talks_to_a_palisade_node() {
     if !have_root(test) || !have_tools(test, &["wg", "wireguard-go", "ping"]) {
         return;
     }
-    let (a, b) = nodes();
+    let (a, b) = nodes().expect("two nodes");
     let work = TempDir::new("wggo").expect("workdir");
-    let (a_private, a_public) = key_pair();
-    let (b_private, b_public) = key_pair();
+    let (a_private, a_public) = key_pair().expect("a key pair");
+    let (b_private, b_public) = key_pair().expect("a key pair");
     let a_interface = interface("p");
     let daemon = start_palisade(
         &a,
@@ -331,49 +182,13 @@ fn a_wireguard_go_peer_configured_with_wg_talks_to_a_palisade_node() {
         &b,
         &b_public,
         &work.path().join("a"),
-    );
+    )
+    .expect("palisaded starts");
 
     // B: stock wireguard-go, configured with wg and ip as an operator would.
     let go_interface = interface("g");
-    let go = b
-        .netns
-        .command("wireguard-go")
-        .args(["-f", &go_interface])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
+    let _go = WireGuardGo::start(&b, &go_interface, &b_private, &a, &a_public, work.path())
         .expect("wireguard-go");
-    let mut go = palisade_e2e::ChildGuard::new(go);
-    let socket = Path::new("/var/run/wireguard").join(format!("{go_interface}.sock"));
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !socket.exists() {
-        assert!(Instant::now() < deadline, "wireguard-go did not start");
-        thread::sleep(Duration::from_millis(50));
-    }
-    let key_file = work.path().join("go.key");
-    std::fs::write(&key_file, format!("{b_private}\n")).expect("key");
-    run(b.netns.command("wg").args([
-        "set",
-        &go_interface,
-        "private-key",
-        &key_file.display().to_string(),
-        "listen-port",
-        "51871",
-        "peer",
-        &a_public,
-        "endpoint",
-        &format!("{}:51871", a.underlay),
-        "allowed-ips",
-        a.pod_prefix,
-    ]))
-    .expect("wg set");
-    b.netns
-        .ip(&["link", "set", &go_interface, "up"])
-        .expect("up");
-    b.netns
-        .ip(&["route", "add", a.pod_prefix, "dev", &go_interface])
-        .expect("route");
-
     wait_for_ping(&a, &b, &|| daemon.log());
     wait_for_ping(&b, &a, &|| daemon.log());
     let shown = run(b
@@ -382,8 +197,6 @@ fn a_wireguard_go_peer_configured_with_wg_talks_to_a_palisade_node() {
         .args(["show", &go_interface, "latest-handshakes"]))
     .expect("wg show");
     assert!(shown.contains(&a_public), "{shown}");
-    go.stop();
-    let _ = std::fs::remove_file(&socket);
 }
 
 #[test]
@@ -392,10 +205,10 @@ fn a_node_killed_and_restarted_rejoins_the_mesh_with_its_key() {
     if !have_root(test) || !have_tools(test, &["wg", "ping"]) {
         return;
     }
-    let (a, b) = nodes();
+    let (a, b) = nodes().expect("two nodes");
     let work = TempDir::new("wgre").expect("workdir");
-    let (a_private, a_public) = key_pair();
-    let (b_private, b_public) = key_pair();
+    let (a_private, a_public) = key_pair().expect("a key pair");
+    let (b_private, b_public) = key_pair().expect("a key pair");
     let mut a_daemon = start_palisade(
         &a,
         &interface("a"),
@@ -403,7 +216,8 @@ fn a_node_killed_and_restarted_rejoins_the_mesh_with_its_key() {
         &b,
         &b_public,
         &work.path().join("a"),
-    );
+    )
+    .expect("palisaded starts");
     let b_daemon = start_palisade(
         &b,
         &interface("b"),
@@ -411,7 +225,8 @@ fn a_node_killed_and_restarted_rejoins_the_mesh_with_its_key() {
         &a,
         &a_public,
         &work.path().join("b"),
-    );
+    )
+    .expect("palisaded starts");
     wait_for_ping(&a, &b, &|| a_daemon.log());
     a_daemon.kill_and_restart().expect("palisaded restarts");
     wait_for_ping(&a, &b, &|| {
@@ -453,10 +268,10 @@ fn a_rotated_key_is_saved_and_reaches_the_other_node_by_reload() {
         return;
     }
     use std::os::unix::fs::PermissionsExt as _;
-    let (a, b) = nodes();
+    let (a, b) = nodes().expect("two nodes");
     let work = TempDir::new("wgrot").expect("workdir");
-    let (a_private, a_public) = key_pair();
-    let (b_private, b_public) = key_pair();
+    let (a_private, a_public) = key_pair().expect("a key pair");
+    let (b_private, b_public) = key_pair().expect("a key pair");
     let a_daemon = start_palisade(
         &a,
         &interface("a"),
@@ -464,7 +279,8 @@ fn a_rotated_key_is_saved_and_reaches_the_other_node_by_reload() {
         &b,
         &b_public,
         &work.path().join("a"),
-    );
+    )
+    .expect("palisaded starts");
     let b_daemon = start_palisade(
         &b,
         &interface("b"),
@@ -472,7 +288,8 @@ fn a_rotated_key_is_saved_and_reaches_the_other_node_by_reload() {
         &a,
         &a_public,
         &work.path().join("b"),
-    );
+    )
+    .expect("palisaded starts");
     wait_for_ping(&a, &b, &|| a_daemon.log());
 
     let output = a_daemon
@@ -516,5 +333,5 @@ fn a_rotated_key_is_saved_and_reaches_the_other_node_by_reload() {
     std::fs::write(&b_config, "[[nodes]]\nname = 1\n").expect("bad config");
     let refused = b_daemon.ctl(&["reload"]).expect("palisadectl");
     assert_eq!(refused.status.code(), Some(3), "{refused:?}");
-    assert!(ping(&a, &b), "the tunnel stays as it was");
+    assert!(a.pings(&b), "the tunnel stays as it was");
 }

@@ -39,8 +39,10 @@ enum Task {
     /// Benchmarks (as root), all of them or one: `datapath` (ns/packet by
     /// table size against an empty program, and veth drop rates of XDP, TC
     /// and nftables; target/bench/datapath.json), `flow-events` (the cost
-    /// of a flow event; target/bench/flow_events.json) and `policy` (reading
-    /// and compiling 1k/10k/100k CIDR rules; target/bench/policy_compile.json).
+    /// of a flow event; target/bench/flow_events.json), `policy` (reading
+    /// and compiling 1k/10k/100k CIDR rules; target/bench/policy_compile.json)
+    /// and `wireguard` (iperf3 through palisade's tunnel and wireguard-go's;
+    /// target/bench/wireguard.json).
     Bench {
         /// Which benchmark; all when left out.
         #[arg(value_enum)]
@@ -57,6 +59,8 @@ enum Benchmark {
     FlowEvents,
     /// Reading and compiling large policies.
     Policy,
+    /// WireGuard throughput, palisade against wireguard-go.
+    Wireguard,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -90,6 +94,9 @@ fn main() -> anyhow::Result<()> {
             }
             if which.is_none_or(|w| w == Benchmark::Policy) {
                 cargo(&["bench", "-p", "palisade-policy", "--bench", "compile"])?;
+            }
+            if which.is_none_or(|w| w == Benchmark::Wireguard) {
+                cargo(&["bench", "-p", "palisade-daemon", "--bench", "wireguard"])?;
             }
             Ok(())
         }

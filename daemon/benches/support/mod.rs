@@ -1,5 +1,7 @@
 //! What the benchmarks share: root check, a datapath config of their own,
-//! the median, and writing the JSON result under `target/bench/`.
+//! the median, and writing the JSON result under `target/bench/`. Each
+//! benchmark uses a part of it.
+#![allow(dead_code)]
 
 use std::path::PathBuf;
 

@@ -1,0 +1,125 @@
+//! The WireGuard benchmark (`cargo xtask bench wireguard`): iperf3 TCP
+//! throughput between the pod addresses of two nodes in namespaces, through
+//! palisaded's tunnel (here the in-process userspace one: this kernel has no
+//! WireGuard module) and through a pair of stock wireguard-go, in one run,
+//! median of three 5-second runs each.
+//!
+//! Writes `target/bench/wireguard.json`.
+
+use std::{
+    process::{Command, Stdio},
+    thread,
+    time::Duration,
+};
+
+mod support;
+
+use anyhow::{Context as _, bail};
+use palisade_e2e::{
+    ChildGuard, TempDir,
+    mesh::{Node, WireGuardGo, interface, key_pair, nodes, start_palisade},
+    run,
+};
+
+/// Runs per tunnel; the median is reported.
+const ROUNDS: usize = 3;
+/// Seconds per iperf3 run.
+const SECONDS: &str = "5";
+
+/// Mbit/s from `from`'s pods to `to`'s, by one iperf3 run.
+fn iperf(from: &Node, to: &Node) -> anyhow::Result<f64> {
+    let server = to
+        .netns
+        .command("iperf3")
+        .args(["-s", "-1", "-B", to.pod_address])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("starting the iperf3 server")?;
+    let _server = ChildGuard::new(server);
+    thread::sleep(Duration::from_millis(300));
+    let report = run(from.netns.command("iperf3").args([
+        "-c",
+        to.pod_address,
+        "-B",
+        from.pod_address,
+        "-t",
+        SECONDS,
+        "-J",
+    ]))?;
+    let report: serde_json::Value = serde_json::from_str(&report)?;
+    let bits = report["end"]["sum_received"]["bits_per_second"]
+        .as_f64()
+        .context("no throughput in iperf3's report")?;
+    Ok(bits / 1e6)
+}
+
+/// The median throughput of `ROUNDS` runs.
+fn throughput(from: &Node, to: &Node) -> anyhow::Result<f64> {
+    from.wait_for_ping(to)?;
+    let mut samples = Vec::new();
+    for _ in 0..ROUNDS {
+        samples.push(iperf(from, to)?);
+    }
+    Ok(support::median(samples))
+}
+
+fn palisade() -> anyhow::Result<f64> {
+    let (a, b) = nodes()?;
+    let work = TempDir::new("wgbench")?;
+    let (a_private, a_public) = key_pair()?;
+    let (b_private, b_public) = key_pair()?;
+    let _a = start_palisade(
+        &a,
+        &interface("a"),
+        &a_private,
+        &b,
+        &b_public,
+        &work.path().join("a"),
+    )?;
+    let _b = start_palisade(
+        &b,
+        &interface("b"),
+        &b_private,
+        &a,
+        &a_public,
+        &work.path().join("b"),
+    )?;
+    throughput(&a, &b)
+}
+
+fn wireguard_go() -> anyhow::Result<f64> {
+    let (a, b) = nodes()?;
+    let work = TempDir::new("wggobench")?;
+    let (a_private, a_public) = key_pair()?;
+    let (b_private, b_public) = key_pair()?;
+    let _a = WireGuardGo::start(&a, &interface("a"), &a_private, &b, &b_public, work.path())?;
+    let _b = WireGuardGo::start(&b, &interface("b"), &b_private, &a, &a_public, work.path())?;
+    throughput(&a, &b)
+}
+
+fn main() -> anyhow::Result<()> {
+    support::require_root("wireguard")?;
+    for tool in ["iperf3", "wg", "wireguard-go", "ping"] {
+        let found = Command::new("sh")
+            .args(["-c", &format!("command -v {tool}")])
+            .stdout(Stdio::null())
+            .status()
+            .is_ok_and(|status| status.success());
+        if !found {
+            bail!("{tool} is missing: `cargo xtask setup` installs it");
+        }
+    }
+    println!(
+        "wireguard: iperf3 TCP, {SECONDS} s x {ROUNDS}, median, pod to pod through the tunnel"
+    );
+    let palisade = palisade().context("measuring palisade")?;
+    println!("palisade (userspace)  {palisade:>8.0} Mbit/s");
+    let go = wireguard_go().context("measuring wireguard-go")?;
+    println!("wireguard-go          {go:>8.0} Mbit/s");
+    println!("palisade / wireguard-go: {:.2}", palisade / go);
+    support::write_result(
+        "wireguard.json",
+        &serde_json::json!({ "palisade_mbps": palisade, "wireguard_go_mbps": go }),
+    )
+}
