@@ -86,6 +86,7 @@ fn the_rpm_has_its_files_scriptlets_and_noreplace_conffiles() {
         "/usr/bin/palisadectl",
         "/usr/lib/systemd/system/palisade.service",
         "/usr/lib/sysusers.d/palisade.conf",
+        "/usr/lib/tmpfiles.d/palisade.conf",
         "/etc/palisade/palisade.toml",
         "/etc/palisade/policies.d/README",
         "/usr/share/man/man8/palisaded.8.gz",
@@ -499,6 +500,35 @@ fn the_deb_installs_runs_upgrades_and_purges_in_a_booted_debian() {
         .args(["net", "show", "dev", "eth1"]))
     .expect("bpftool net");
     assert!(links.contains("xdp") && links.contains("eth1"), "{links}");
+
+    // The sandboxed service runs the userspace WireGuard (this kernel has
+    // no module): TUN device, UAPI socket in /run/wireguard, key file.
+    container.ok(
+        "cp /etc/palisade/palisade.toml /root/palisade.toml.saved && \
+         sed -i 's/^# mode = \"none\"$/mode = \"wireguard\"/' /etc/palisade/palisade.toml && \
+         printf '\\n[[nodes]]\\nname = \"node-2\"\\nendpoint = \"192.0.2.2:51871\"\\npublic_key = \"TDC1nJ5eZctCPhtpgG8II00ItlhsYcrVKYG5K8OW4kY=\"\\nallowed_ips = [\"10.99.2.0/24\"]\\n' >> /etc/palisade/palisade.toml && \
+         systemctl restart palisade",
+    );
+    container.wait_for_unit("active");
+    let wireguard = container.ok("palisadectl wireguard status -o json");
+    let wireguard: serde_json::Value = serde_json::from_str(&wireguard).expect("JSON");
+    assert_eq!(wireguard["interface"], "palisade_wg0", "{wireguard}");
+    assert_eq!(wireguard["peers"][0]["name"], "node-2", "{wireguard}");
+    assert!(
+        container
+            .ok("ls /run/wireguard")
+            .contains("palisade_wg0.sock")
+    );
+    assert_eq!(
+        container
+            .ok("stat -c %a /var/lib/palisade/wireguard.key")
+            .trim(),
+        "600"
+    );
+    container.ok(
+        "cp /root/palisade.toml.saved /etc/palisade/palisade.toml && systemctl restart palisade",
+    );
+    container.wait_for_unit("active");
 
     // The unit's sandbox.
     let security = container.ok("systemd-analyze security --no-pager palisade.service");
