@@ -207,6 +207,10 @@ pub struct DirectionCounters {
     pub dropped_invalid: PacketCount,
     /// Later fragments dropped without their first (`FRAG_NOT_FOUND`).
     pub dropped_fragment: PacketCount,
+    /// Unencrypted traffic of an encrypted peer's prefix, in WireGuard
+    /// strict mode (`UNENCRYPTED_TRAFFIC`; audited ones too in audit mode).
+    #[serde(default)]
+    pub dropped_unencrypted: PacketCount,
     /// Forwarded in audit mode that no allow rule matched.
     pub audited_policy_denied: PacketCount,
     /// Forwarded in audit mode that a deny rule matched.
@@ -228,6 +232,7 @@ impl DirectionCounters {
             + self.dropped_prefilter.packets
             + self.dropped_invalid.packets
             + self.dropped_fragment.packets
+            + self.dropped_unencrypted.packets
     }
 
     /// All audited packets.

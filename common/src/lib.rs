@@ -81,8 +81,11 @@ pub mod table {
     pub const EGRESS: u8 = 2;
     /// XDP prefilter, keyed by the packet's source.
     pub const PREFILTER: u8 = 3;
+    /// Prefixes whose traffic must come and go through the WireGuard tunnel
+    /// (strict mode), keyed by the packet's peer.
+    pub const STRICT: u8 = 4;
     /// Number of tables.
-    pub const COUNT: usize = 3;
+    pub const COUNT: usize = 4;
 }
 
 /// Address families as stored in a [`PrefixKey`].
@@ -127,6 +130,9 @@ pub mod drop_reason {
     pub const FRAG_NOT_FOUND: u8 = 175;
     /// An explicit deny rule matched (Cilium `POLICY_DENY`).
     pub const POLICY_DENY: u8 = 181;
+    /// Traffic of an encrypted peer's prefix seen unencrypted on an enforced
+    /// interface, in WireGuard strict mode (Cilium `UNENCRYPTED_TRAFFIC`).
+    pub const UNENCRYPTED_TRAFFIC: u8 = 195;
     /// Dropped by the XDP prefilter (palisade's own code; Cilium's prefilter
     /// drops are not reported as flows).
     pub const PREFILTER: u8 = 230;
@@ -140,6 +146,7 @@ pub mod drop_reason {
             INVALID_PACKET => Some("INVALID_PACKET_DROPPED"),
             FRAG_NOT_FOUND => Some("FRAG_NOT_FOUND"),
             CT_MAP_INSERTION_FAILED => Some("CT_MAP_INSERTION_FAILED"),
+            UNENCRYPTED_TRAFFIC => Some("UNENCRYPTED_TRAFFIC"),
             _ => None,
         }
     }
@@ -225,10 +232,13 @@ pub enum Counter {
     CtInsertFailed = 10,
     /// Flow events not sent because of the per-CPU rate limit.
     EventsSuppressed = 11,
+    /// Dropped (or audited): unencrypted traffic of an encrypted peer's
+    /// prefix, in WireGuard strict mode.
+    DroppedUnencrypted = 12,
 }
 
 /// Number of [`Counter`] slots per direction.
-pub const COUNTER_COUNT: u32 = 12;
+pub const COUNTER_COUNT: u32 = 13;
 /// Number of directions counted (ingress, egress).
 pub const COUNTED_DIRECTIONS: u32 = 2;
 
@@ -342,6 +352,10 @@ pub struct SlotSettings {
     /// 1 if a packet whose conntrack entry cannot be created is dropped;
     /// 0 if it is forwarded untracked. Counted either way.
     pub ct_full_drop: u8,
+    /// 1 if the [`table::STRICT`] prefixes are enforced (WireGuard strict mode).
+    pub strict: u8,
+    /// Explicit padding; always zero.
+    pub pad: [u8; 3],
     /// Prefix lengths per table and family, see [`lengths_index`].
     pub lengths: [PrefixLengths; table::COUNT * 2],
 }
@@ -550,7 +564,7 @@ pub struct FlowEvent {
 
 // The layouts have no implicit padding: each size is the sum of its fields.
 const _: () = {
-    assert!(core::mem::size_of::<SlotSettings>() == 12 + 16 + 4 + 256 * 6);
+    assert!(core::mem::size_of::<SlotSettings>() == 12 + 16 + 4 + 4 + 256 * 8);
     assert!(core::mem::size_of::<PrefixKey>() == 20);
     assert!(core::mem::size_of::<CtKey>() == 40);
     assert!(core::mem::size_of::<CtEntry>() == 16);

@@ -77,6 +77,10 @@ pub struct WireGuardConfig {
     /// Use the in-process userspace WireGuard when the kernel has no
     /// WireGuard module (Cilium's `enable-wireguard-userspace-fallback`).
     pub userspace_fallback: bool,
+    /// Strict mode: traffic of the nodes' `allowed_ips` seen unencrypted on
+    /// an enforced interface (`datapath.interfaces`) is dropped as
+    /// `UNENCRYPTED_TRAFFIC` (Cilium's `encryption-strict-mode`).
+    pub strict: bool,
 }
 
 impl Default for WireGuardConfig {
@@ -86,6 +90,7 @@ impl Default for WireGuardConfig {
             listen_port: 51871,
             private_key_file: PathBuf::from("/var/lib/palisade/wireguard.key"),
             userspace_fallback: true,
+            strict: false,
         }
     }
 }

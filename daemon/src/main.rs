@@ -115,6 +115,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             fqdn_audit: config.policy.fqdn_audit,
             addresses: config.node.addresses.clone(),
             cluster: config.cluster.clone(),
+            strict_prefixes: strict_prefixes(&config),
         },
         node_name: node_name.clone(),
         directory: config.policy.directory.clone(),
@@ -255,6 +256,19 @@ fn spawn_reload_on_hangup(
         }
     });
     Ok(())
+}
+
+/// The prefixes strict mode keeps off the wire unencrypted: every node's
+/// `allowed_ips`, when WireGuard runs in strict mode.
+fn strict_prefixes(config: &Config) -> Vec<ipnet::IpNet> {
+    if config.encryption.mode != EncryptionMode::Wireguard || !config.wireguard.strict {
+        return Vec::new();
+    }
+    config
+        .nodes
+        .iter()
+        .flat_map(|node| node.allowed_ips.iter().copied())
+        .collect()
 }
 
 /// The failsafe services as status shows them.

@@ -173,6 +173,7 @@ impl Collector for SnapshotCollector {
                     ("PREFILTER", c.dropped_prefilter),
                     ("INVALID_PACKET", c.dropped_invalid),
                     ("FRAG_NOT_FOUND", c.dropped_fragment),
+                    ("UNENCRYPTED_TRAFFIC", c.dropped_unencrypted),
                 ] {
                     rows.push(([("reason", reason), ("direction", direction)], pick(count)));
                 }

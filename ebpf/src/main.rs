@@ -330,6 +330,10 @@ fn firewall(ctx: &TcContext, way: u8) -> i32 {
         let decision = drop_or_audit(settings, drop_reason::FRAG_NOT_FOUND, NO_RULE);
         return tc_action(finish(ctx, way, &packet, &decision, settings));
     }
+    if settings.strict != 0 && unencrypted(slot, settings, way, &packet) {
+        let decision = drop_or_audit(settings, drop_reason::UNENCRYPTED_TRAFFIC, NO_RULE);
+        return tc_action(finish(ctx, way, &packet, &decision, settings));
+    }
     if track(ctx, &packet, settings) == Tracked::Known {
         bump(way, Counter::Established, ctx.length());
         return TC_ACT_UNSPEC;
@@ -923,6 +927,18 @@ fn decide(slot: u32, settings: &SlotSettings, way: u8, packet: &Packet) -> Decis
     }
 }
 
+/// Whether the peer is in a strict-mode prefix: its traffic must come and
+/// go through the tunnel, never in the clear on an enforced interface.
+#[inline(never)]
+fn unencrypted(slot: u32, settings: &SlotSettings, way: u8, packet: &Packet) -> bool {
+    let peer = if way == direction::INGRESS {
+        &packet.source
+    } else {
+        &packet.destination
+    };
+    lookup(slot, settings, table::STRICT, packet.family, peer).is_some()
+}
+
 /// `ALL` (an L3-only rule) matches every IP protocol; `ANY` matches TCP, UDP
 /// and SCTP, as Cilium's `protocol: ANY` does.
 #[inline(always)]
@@ -964,6 +980,7 @@ fn finish<F: Frame>(
         drop_reason::POLICY_DENIED => Some(Counter::DroppedPolicyDenied),
         drop_reason::PREFILTER => Some(Counter::DroppedPrefilter),
         drop_reason::FRAG_NOT_FOUND => Some(Counter::DroppedFragment),
+        drop_reason::UNENCRYPTED_TRAFFIC => Some(Counter::DroppedUnencrypted),
         // Counted as CtInsertFailed where it happened.
         drop_reason::CT_MAP_INSERTION_FAILED => None,
         _ => Some(Counter::DroppedInvalid),

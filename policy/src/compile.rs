@@ -113,6 +113,10 @@ pub struct CompiledTable {
     pub audit: bool,
     /// Names of the policies that select this node.
     pub policies: Vec<String>,
+    /// Peers whose traffic must not be seen unencrypted (WireGuard strict
+    /// mode); checked before any rule, both ways, tracked packets too.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub strict: Vec<IpNet>,
 }
 
 impl CompiledTable {
@@ -195,6 +199,7 @@ pub const FQDN_AUDIT_HINT: &str = "set `fqdn_audit = true` under [policy] in pal
 pub fn compile(policies: &[Policy], node: &NodeContext) -> Result<CompiledTable, CompileError> {
     let mut table = CompiledTable {
         audit: node.audit_mode,
+        strict: node.strict_prefixes.iter().map(IpNet::trunc).collect(),
         ..CompiledTable::default()
     };
     // Default deny asked for by policies in audit mode, per direction.

@@ -44,7 +44,8 @@ pub struct Verdict {
 /// Evaluates one new connection in `direction` against `table`. The peer is
 /// the source on ingress and the destination on egress. On ingress the
 /// prefilter comes first: the longest matching prefilter prefix drops (the
-/// lowest rule id among equal prefixes is reported).
+/// lowest rule id among equal prefixes is reported). Then a peer in a
+/// strict-mode prefix is dropped as unencrypted, before any rule.
 pub fn evaluate(table: &CompiledTable, direction: Direction, connection: &Connection) -> Verdict {
     let peer = match direction {
         Direction::Ingress => connection.source,
@@ -64,6 +65,18 @@ pub fn evaluate(table: &CompiledTable, direction: Direction, connection: &Connec
             };
         }
     }
+    let would_drop = |reason, rule_id| Verdict {
+        verdict: if table.audit {
+            verdict::AUDIT
+        } else {
+            verdict::DROPPED
+        },
+        drop_reason: reason,
+        rule_id,
+    };
+    if table.strict.iter().any(|prefix| prefix.contains(&peer)) {
+        return would_drop(drop_reason::UNENCRYPTED_TRAFFIC, NO_RULE);
+    }
     let rows = table.direction(direction);
     let matching = |wanted: u8| {
         rows.entries
@@ -73,15 +86,6 @@ pub fn evaluate(table: &CompiledTable, direction: Direction, connection: &Connec
             .filter(|entry| entry.action == wanted && entry_matches(entry, connection))
             .map(|entry| entry.rule_id)
             .min()
-    };
-    let would_drop = |reason, rule_id| Verdict {
-        verdict: if table.audit {
-            verdict::AUDIT
-        } else {
-            verdict::DROPPED
-        },
-        drop_reason: reason,
-        rule_id,
     };
     let audited = |reason, rule_id| Verdict {
         verdict: verdict::AUDIT,

@@ -30,6 +30,10 @@ pub struct NodeContext {
     pub addresses: Vec<IpNet>,
     /// The rest of the cluster.
     pub cluster: ClusterContext,
+    /// Prefixes whose traffic must go through the WireGuard tunnel (the
+    /// nodes' `allowed_ips` in strict mode): seen unencrypted on an enforced
+    /// interface, it is dropped as `UNENCRYPTED_TRAFFIC`. Empty: no strict mode.
+    pub strict_prefixes: Vec<IpNet>,
 }
 
 /// What this node knows about its cluster.

@@ -165,6 +165,23 @@ pub fn start_palisade(
     peer_public: &str,
     dir: &Path,
 ) -> anyhow::Result<Daemon> {
+    start_palisade_with(node, interface, private, peer, peer_public, dir, false)
+}
+
+/// [`start_palisade`], in WireGuard strict mode when `strict`.
+///
+/// # Errors
+///
+/// When the files cannot be written or palisaded does not come up.
+pub fn start_palisade_with(
+    node: &Node,
+    interface: &str,
+    private: &str,
+    peer: &Node,
+    peer_public: &str,
+    dir: &Path,
+    strict: bool,
+) -> anyhow::Result<Daemon> {
     std::fs::create_dir_all(dir)?;
     let policies = dir.join("policies.d");
     std::fs::create_dir_all(&policies)?;
@@ -174,7 +191,7 @@ pub fn start_palisade(
     std::fs::write(
         &config,
         format!(
-            "[datapath]\ninterfaces = [\"eth0\"]\n\n[encryption]\nmode = \"wireguard\"\n\n[wireguard]\ninterface = \"{interface}\"\nprivate_key_file = \"{}\"\n\n[[nodes]]\nname = \"peer\"\nendpoint = \"{}:{PORT}\"\npublic_key = \"{peer_public}\"\nallowed_ips = [\"{}\"]\n",
+            "[datapath]\ninterfaces = [\"eth0\"]\n\n[encryption]\nmode = \"wireguard\"\n\n[wireguard]\ninterface = \"{interface}\"\nprivate_key_file = \"{}\"\nstrict = {strict}\n\n[[nodes]]\nname = \"peer\"\nendpoint = \"{}:{PORT}\"\npublic_key = \"{peer_public}\"\nallowed_ips = [\"{}\"]\n",
             key_file.display(),
             peer.underlay,
             peer.pod_prefix

@@ -335,3 +335,56 @@ fn a_rotated_key_is_saved_and_reaches_the_other_node_by_reload() {
     assert_eq!(refused.status.code(), Some(3), "{refused:?}");
     assert!(a.pings(&b), "the tunnel stays as it was");
 }
+
+#[test]
+fn strict_mode_drops_a_peers_traffic_seen_unencrypted_and_says_why() {
+    let test = "strict_mode_drops_a_peers_traffic_seen_unencrypted_and_says_why";
+    if !have_root(test) || !have_tools(test, &["wg", "ping"]) {
+        return;
+    }
+    let (a, b) = nodes().expect("two nodes");
+    let work = TempDir::new("wgstrict").expect("workdir");
+    let (a_private, a_public) = key_pair().expect("a key pair");
+    let (b_private, b_public) = key_pair().expect("a key pair");
+    let a_daemon = palisade_e2e::mesh::start_palisade_with(
+        &a,
+        &interface("a"),
+        &a_private,
+        &b,
+        &b_public,
+        &work.path().join("a"),
+        true,
+    )
+    .expect("palisaded starts");
+    let mut b_daemon = start_palisade(
+        &b,
+        &interface("b"),
+        &b_private,
+        &a,
+        &a_public,
+        &work.path().join("b"),
+    )
+    .expect("palisaded starts");
+    // Through the tunnel: only UDP between the endpoints is on the wire.
+    wait_for_ping(&a, &b, &|| a_daemon.log());
+
+    // B's tunnel goes away and B sends to A's pods in the clear.
+    b_daemon.stop();
+    b.netns
+        .ip(&["route", "replace", a.pod_prefix, "via", a.underlay])
+        .expect("route in the clear");
+    assert!(!b.pings(&a), "unencrypted traffic must not pass");
+    let flows = a_daemon.flows(&["--verdict", "DROPPED"]).expect("flows");
+    assert!(
+        flows.iter().any(
+            |flow| flow.drop_reason_desc.as_deref() == Some("UNENCRYPTED_TRAFFIC")
+                && flow.ip.source == b.pod_address
+        ),
+        "{flows:?}"
+    );
+    let counters = a_daemon.status().expect("status").counters;
+    assert!(
+        counters.ingress.dropped_unencrypted.packets > 0,
+        "{counters:?}"
+    );
+}

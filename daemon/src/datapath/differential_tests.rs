@@ -171,15 +171,21 @@ fn check_fixture(name: &str, policy_text: &str, audit_mode: bool) {
 /// Installs the policies in `texts` together and checks
 /// `PACKETS_PER_FIXTURE` packets each way.
 fn check_policies(name: &str, texts: &[&str], audit_mode: bool) {
-    let policies: Vec<_> = texts
-        .iter()
-        .map(|text| policy_from_toml(name, text).expect("fixture parses"))
-        .collect();
     let node = NodeContext {
         audit_mode,
         ..NodeContext::default()
     };
-    let table = compile(&policies, &node).expect("fixture compiles");
+    check_on_node(name, texts, &node);
+}
+
+/// Installs the policies in `texts` compiled for `node` and checks
+/// `PACKETS_PER_FIXTURE` packets each way.
+fn check_on_node(name: &str, texts: &[&str], node: &NodeContext) {
+    let policies: Vec<_> = texts
+        .iter()
+        .map(|text| policy_from_toml(name, text).expect("fixture parses"))
+        .collect();
+    let table = compile(&policies, node).expect("fixture compiles");
     for direction in [Direction::Ingress, Direction::Egress] {
         check_direction(name, &table, direction);
     }
@@ -411,6 +417,21 @@ fn a_policy_in_audit_mode_beside_an_enforced_one_matches_the_evaluator() {
     .expect("compiles");
     assert!(table.egress.default_deny_audited && !table.ingress.default_deny_audited);
     check_policies("audited", &[&audited, ENFORCED_BESIDE_AUDITED], false);
+}
+
+#[test]
+fn wireguard_strict_mode_matches_the_evaluator() {
+    if !have_root("wireguard_strict_mode_matches_the_evaluator") {
+        return;
+    }
+    let node = NodeContext {
+        strict_prefixes: vec![
+            "10.1.0.0/16".parse().expect("a prefix"),
+            "2001:db8:1::/48".parse().expect("a prefix"),
+        ],
+        ..NodeContext::default()
+    };
+    check_on_node("strict", &[LAYERED], &node);
 }
 
 #[test]

@@ -314,11 +314,13 @@ impl EbpfDatapath {
                 .and_modify(|existing: &mut u32| *existing = (*existing).min(rule_id))
                 .or_insert(rule_id);
         }
+        for prefix in &table.strict {
+            keys.insert(prefix_key(table::STRICT, prefix), NO_RULE);
+        }
         Ok(keys)
     }
 }
 
-/// The distinct prefix lengths per table and family, longest first.
 /// The datapath's code for a direction's default deny.
 fn default_deny_code(rows: &DirectionTable) -> u8 {
     match (rows.default_deny, rows.default_deny_audited) {
@@ -328,6 +330,7 @@ fn default_deny_code(rows: &DirectionTable) -> u8 {
     }
 }
 
+/// The distinct prefix lengths per table and family, longest first.
 fn prefix_lengths<'a>(
     keys: impl Iterator<Item = &'a PrefixKey>,
 ) -> [PrefixLengths; table::COUNT * 2] {
@@ -405,6 +408,7 @@ impl Datapath for EbpfDatapath {
             ingress_default_deny: default_deny_code(&table.ingress),
             egress_default_deny: default_deny_code(&table.egress),
             audit: u8::from(table.audit),
+            strict: u8::from(!table.strict.is_empty()),
             lengths: prefix_lengths(self.written_keys[index].iter()),
             ..self.template
         };
@@ -482,6 +486,7 @@ impl Datapath for EbpfDatapath {
                 dropped_prefilter: get(Counter::DroppedPrefilter)?,
                 dropped_invalid: get(Counter::DroppedInvalid)?,
                 dropped_fragment: get(Counter::DroppedFragment)?,
+                dropped_unencrypted: get(Counter::DroppedUnencrypted)?,
                 audited_policy_denied: get(Counter::AuditedPolicyDenied)?,
                 audited_policy_deny: get(Counter::AuditedPolicyDeny)?,
                 ct_insert_failed: get(Counter::CtInsertFailed)?,

@@ -117,6 +117,7 @@ pub fn node_for(policies: &[Policy]) -> NodeContext {
             ],
             cidr_groups: Vec::new(),
         },
+        strict_prefixes: Vec::new(),
     }
 }
 
