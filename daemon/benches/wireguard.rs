@@ -6,19 +6,15 @@
 //!
 //! Writes `target/bench/wireguard.json`.
 
-use std::{
-    process::{Command, Stdio},
-    thread,
-    time::Duration,
-};
+use std::{process::Stdio, thread, time::Duration};
 
 mod support;
 
 use anyhow::{Context as _, bail};
 use palisade_e2e::{
     ChildGuard, TempDir,
-    mesh::{Node, WireGuardGo, interface, key_pair, nodes, start_palisade},
-    run,
+    mesh::{Node, PalisadePair, WireGuardGo, interface, key_pair, nodes},
+    on_path, run,
 };
 
 /// Runs per tunnel; the median is reported.
@@ -65,27 +61,9 @@ fn throughput(from: &Node, to: &Node) -> anyhow::Result<f64> {
 }
 
 fn palisade() -> anyhow::Result<f64> {
-    let (a, b) = nodes()?;
     let work = TempDir::new("wgbench")?;
-    let (a_private, a_public) = key_pair()?;
-    let (b_private, b_public) = key_pair()?;
-    let _a = start_palisade(
-        &a,
-        &interface("a"),
-        &a_private,
-        &b,
-        &b_public,
-        &work.path().join("a"),
-    )?;
-    let _b = start_palisade(
-        &b,
-        &interface("b"),
-        &b_private,
-        &a,
-        &a_public,
-        &work.path().join("b"),
-    )?;
-    throughput(&a, &b)
+    let pair = PalisadePair::start(work.path(), false)?;
+    throughput(&pair.a, &pair.b)
 }
 
 fn wireguard_go() -> anyhow::Result<f64> {
@@ -101,12 +79,7 @@ fn wireguard_go() -> anyhow::Result<f64> {
 fn main() -> anyhow::Result<()> {
     support::require_root("wireguard")?;
     for tool in ["iperf3", "wg", "wireguard-go", "ping"] {
-        let found = Command::new("sh")
-            .args(["-c", &format!("command -v {tool}")])
-            .stdout(Stdio::null())
-            .status()
-            .is_ok_and(|status| status.success());
-        if !found {
+        if !on_path(tool) {
             bail!("{tool} is missing: `cargo xtask setup` installs it");
         }
     }

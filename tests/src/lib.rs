@@ -47,6 +47,32 @@ pub fn have_root(test: &str) -> bool {
     false
 }
 
+/// Whether `tool` is on the PATH.
+pub fn on_path(tool: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {tool}")])
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|status| status.success())
+}
+
+/// Whether every one of `tools` is on the PATH; if not, prints why `test`
+/// is skipped, except under `CI=true` (where `cargo xtask setup` installs
+/// them), where a missing tool is a failure.
+pub fn have_tools(test: &str, tools: &[&str]) -> bool {
+    for tool in tools {
+        if !on_path(tool) {
+            assert!(
+                std::env::var("CI").as_deref() != Ok("true"),
+                "{test} needs {tool}; `cargo xtask setup` installs it"
+            );
+            eprintln!("SKIPPED {test}: {tool} is not installed");
+            return false;
+        }
+    }
+    true
+}
+
 /// Runs a command to completion, failing with its stderr when it fails.
 pub fn run(command: &mut Command) -> anyhow::Result<String> {
     let output = command

@@ -200,6 +200,66 @@ pub fn start_palisade_with(
     Daemon::start(&node.netns, &config, &policies, dir)
 }
 
+/// Two nodes joined by palisaded's tunnel.
+#[derive(Debug)]
+pub struct PalisadePair {
+    /// Node A (192.0.2.1, pods 10.99.1.0/24).
+    pub a: Node,
+    /// Node B (192.0.2.2, pods 10.99.2.0/24).
+    pub b: Node,
+    /// palisaded on A.
+    pub a_daemon: Daemon,
+    /// palisaded on B.
+    pub b_daemon: Daemon,
+    /// A's key pair (private, public).
+    pub a_keys: (String, String),
+    /// B's key pair (private, public).
+    pub b_keys: (String, String),
+    /// A's tunnel interface.
+    pub a_interface: String,
+    /// B's tunnel interface.
+    pub b_interface: String,
+}
+
+impl PalisadePair {
+    /// Makes the nodes and starts palisaded on both, with their files in
+    /// `dir/a` and `dir/b`; A in strict mode when `a_strict`.
+    ///
+    /// # Errors
+    ///
+    /// When a node, a key or a daemon cannot be made.
+    pub fn start(dir: &Path, a_strict: bool) -> anyhow::Result<Self> {
+        let (a, b) = nodes()?;
+        let (a_keys, b_keys) = (key_pair()?, key_pair()?);
+        let (a_interface, b_interface) = (interface("a"), interface("b"));
+        let a_daemon = start_palisade_with(
+            &a,
+            &a_interface,
+            &a_keys.0,
+            &b,
+            &b_keys.1,
+            &dir.join("a"),
+            a_strict,
+        )?;
+        let b_daemon = start_palisade(&b, &b_interface, &b_keys.0, &a, &a_keys.1, &dir.join("b"))?;
+        Ok(Self {
+            a,
+            b,
+            a_daemon,
+            b_daemon,
+            a_keys,
+            b_keys,
+            a_interface,
+            b_interface,
+        })
+    }
+
+    /// Both daemons' logs.
+    pub fn logs(&self) -> String {
+        format!("A:\n{}\nB:\n{}", self.a_daemon.log(), self.b_daemon.log())
+    }
+}
+
 /// Stock wireguard-go on `node`, configured with `wg` and `ip` as an
 /// operator would; stopped (and its socket removed) on drop.
 #[derive(Debug)]

@@ -19,7 +19,7 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
-use palisade_e2e::{ChildGuard, Netns, have_root, repo, run};
+use palisade_e2e::{ChildGuard, Netns, have_root, have_tools, repo, run};
 
 /// Where `cargo xtask package` puts the packages.
 fn packages_dir() -> PathBuf {
@@ -49,24 +49,6 @@ fn packages(test: &str) -> Option<(PathBuf, PathBuf)> {
     }
 }
 
-/// Whether `tool` is on the PATH; if not, prints why `test` is skipped
-/// (a failure under `CI=true`, where `cargo xtask setup` installs it).
-fn have_tool(test: &str, tool: &str) -> bool {
-    let found = Command::new("sh")
-        .args(["-c", &format!("command -v {tool}")])
-        .stdout(Stdio::null())
-        .status()
-        .is_ok_and(|status| status.success());
-    if !found {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "{test} needs {tool}; `cargo xtask setup` installs it"
-        );
-        eprintln!("SKIPPED {test}: {tool} is not installed");
-    }
-    found
-}
-
 fn rpm_query(rpm: &Path, args: &[&str]) -> String {
     run(Command::new("rpm").arg("-qp").args(args).arg(rpm)).expect("rpm -qp")
 }
@@ -77,7 +59,7 @@ fn the_rpm_has_its_files_scriptlets_and_noreplace_conffiles() {
     let Some((_, rpm)) = packages(test) else {
         return;
     };
-    if !have_tool(test, "rpm") {
+    if !have_tools(test, &["rpm"]) {
         return;
     }
     let files = rpm_query(&rpm, &["-l"]);
@@ -165,7 +147,7 @@ fn lintian_and_rpmlint_report_no_errors() {
     let Some((deb, rpm)) = packages(test) else {
         return;
     };
-    if !have_tool(test, "lintian") || !have_tool(test, "rpmlint") {
+    if !have_tools(test, &["lintian", "rpmlint"]) {
         return;
     }
     let lintian = Command::new("lintian")
@@ -397,10 +379,11 @@ fn the_deb_installs_runs_upgrades_and_purges_in_a_booted_debian() {
     let Some((deb, _)) = packages(test) else {
         return;
     };
-    for tool in ["debootstrap", "systemd-nspawn", "nsenter", "dpkg-deb"] {
-        if !have_tool(test, tool) {
-            return;
-        }
+    if !have_tools(
+        test,
+        &["debootstrap", "systemd-nspawn", "nsenter", "dpkg-deb"],
+    ) {
+        return;
     }
     let template = debian_root().expect("a Debian root from debootstrap");
     // The container's network: a veth pair of its own, in a test namespace.

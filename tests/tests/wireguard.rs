@@ -11,29 +11,12 @@ use std::{
 };
 
 use palisade_e2e::{
-    TempDir, have_root,
-    mesh::{Node, UAPI_DIRECTORY, WireGuardGo, interface, key_pair, nodes, start_palisade},
+    TempDir, have_root, have_tools,
+    mesh::{
+        Node, PalisadePair, UAPI_DIRECTORY, WireGuardGo, interface, key_pair, nodes, start_palisade,
+    },
     run,
 };
-
-fn have_tools(test: &str, tools: &[&str]) -> bool {
-    for tool in tools {
-        let found = Command::new("sh")
-            .args(["-c", &format!("command -v {tool}")])
-            .stdout(Stdio::null())
-            .status()
-            .is_ok_and(|status| status.success());
-        if !found {
-            assert!(
-                std::env::var("CI").as_deref() != Ok("true"),
-                "{test} needs {tool}; `cargo xtask setup` installs it"
-            );
-            eprintln!("SKIPPED {test}: {tool} is not installed");
-            return false;
-        }
-    }
-    true
-}
 
 /// Waits for a ping from `from` to `to`, failing with the daemons' logs.
 fn wait_for_ping(from: &Node, to: &Node, logs: &dyn Fn() -> String) {
@@ -48,36 +31,23 @@ fn two_nodes_form_a_mesh_and_only_wireguard_crosses_the_wire() {
     if !have_root(test) || !have_tools(test, &["wg", "tcpdump", "ping"]) {
         return;
     }
-    let (a, b) = nodes().expect("two nodes");
     let work = TempDir::new("wg").expect("workdir");
-    let (a_private, a_public) = key_pair().expect("a key pair");
-    let (b_private, b_public) = key_pair().expect("a key pair");
-    let (a_interface, b_interface) = (interface("a"), interface("b"));
-    let mut daemons = [
-        start_palisade(
-            &a,
-            &a_interface,
-            &a_private,
-            &b,
-            &b_public,
-            &work.path().join("a"),
-        )
-        .expect("palisaded starts"),
-        start_palisade(
-            &b,
-            &b_interface,
-            &b_private,
-            &a,
-            &a_public,
-            &work.path().join("b"),
-        )
-        .expect("palisaded starts"),
-    ];
+    let mut pair = PalisadePair::start(work.path(), false).expect("two palisaded nodes");
+    let PalisadePair {
+        a,
+        b,
+        a_keys,
+        b_keys,
+        a_interface,
+        b_interface,
+        ..
+    } = &pair;
+    let (a_private, a_public) = (a_keys.0.clone(), a_keys.1.clone());
+    let b_public = b_keys.1.clone();
+    let (a_interface, b_interface) = (a_interface.clone(), b_interface.clone());
 
     // Traffic between the pod prefixes goes through the tunnel and passes.
-    wait_for_ping(&a, &b, &|| {
-        format!("{}\n{}", daemons[0].log(), daemons[1].log())
-    });
+    wait_for_ping(a, b, &|| pair.logs());
     // On the wire: only UDP to and from the WireGuard port.
     let capture = b
         .netns
@@ -90,7 +60,7 @@ fn two_nodes_form_a_mesh_and_only_wireguard_crosses_the_wire() {
     let mut capture = palisade_e2e::ChildGuard::new(capture);
     thread::sleep(Duration::from_millis(500));
     for _ in 0..3 {
-        assert!(a.pings(&b), "ping through the tunnel");
+        assert!(a.pings(b), "ping through the tunnel");
     }
     thread::sleep(Duration::from_millis(300));
     capture.stop();
@@ -109,7 +79,8 @@ fn two_nodes_form_a_mesh_and_only_wireguard_crosses_the_wire() {
     }
 
     // Status, as palisadectl shows it.
-    let output = daemons[0]
+    let output = pair
+        .a_daemon
         .ctl(&["wireguard", "status", "-o", "json"])
         .expect("palisadectl");
     assert!(output.status.success(), "{output:?}");
@@ -129,7 +100,8 @@ fn two_nodes_form_a_mesh_and_only_wireguard_crosses_the_wire() {
         "{status}"
     );
     assert!(peer["tx_bytes"].as_u64().unwrap_or(0) > 0, "{status}");
-    let table = daemons[0]
+    let table = pair
+        .a_daemon
         .ctl(&["wireguard", "status"])
         .expect("palisadectl");
     let table = String::from_utf8_lossy(&table.stdout);
@@ -146,12 +118,16 @@ fn two_nodes_form_a_mesh_and_only_wireguard_crosses_the_wire() {
     let wg = run(a.netns.command("wg").args(["show", &a_interface])).expect("wg show");
     assert!(wg.contains(&b_public), "{wg}");
     assert!(
-        !daemons[0].log().contains(&a_private),
+        !pair.a_daemon.log().contains(&a_private),
         "the private key is never logged"
     );
+    let a_netns = a.netns.name().to_owned();
 
     // Stopping palisaded takes its tunnel down: interface and UAPI socket.
-    for (daemon, name) in daemons.iter_mut().zip([&a_interface, &b_interface]) {
+    for (daemon, name) in [
+        (&mut pair.a_daemon, &a_interface),
+        (&mut pair.b_daemon, &b_interface),
+    ] {
         daemon.stop();
         let socket = Path::new(UAPI_DIRECTORY).join(format!("{name}.sock"));
         assert!(
@@ -161,7 +137,11 @@ fn two_nodes_form_a_mesh_and_only_wireguard_crosses_the_wire() {
             daemon.log()
         );
     }
-    assert!(a.netns.ip(&["link", "show", &a_interface]).is_err());
+    let link = Command::new("ip")
+        .args(["-n", &a_netns, "link", "show", &a_interface])
+        .output()
+        .expect("ip");
+    assert!(!link.status.success(), "the tunnel interface is gone");
 }
 
 #[test]
@@ -205,33 +185,14 @@ fn a_node_killed_and_restarted_rejoins_the_mesh_with_its_key() {
     if !have_root(test) || !have_tools(test, &["wg", "ping"]) {
         return;
     }
-    let (a, b) = nodes().expect("two nodes");
     let work = TempDir::new("wgre").expect("workdir");
-    let (a_private, a_public) = key_pair().expect("a key pair");
-    let (b_private, b_public) = key_pair().expect("a key pair");
-    let mut a_daemon = start_palisade(
-        &a,
-        &interface("a"),
-        &a_private,
-        &b,
-        &b_public,
-        &work.path().join("a"),
-    )
-    .expect("palisaded starts");
-    let b_daemon = start_palisade(
-        &b,
-        &interface("b"),
-        &b_private,
-        &a,
-        &a_public,
-        &work.path().join("b"),
-    )
-    .expect("palisaded starts");
-    wait_for_ping(&a, &b, &|| a_daemon.log());
-    a_daemon.kill_and_restart().expect("palisaded restarts");
-    wait_for_ping(&a, &b, &|| {
-        format!("{}\n{}", a_daemon.log(), b_daemon.log())
-    });
+    let mut pair = PalisadePair::start(work.path(), false).expect("two palisaded nodes");
+    wait_for_ping(&pair.a, &pair.b, &|| pair.logs());
+    pair.a_daemon
+        .kill_and_restart()
+        .expect("palisaded restarts");
+    wait_for_ping(&pair.a, &pair.b, &|| pair.logs());
+    let (a_daemon, a_public) = (&pair.a_daemon, &pair.a_keys.1);
     let output = a_daemon
         .ctl(&["wireguard", "status", "-o", "json"])
         .expect("palisadectl");
@@ -268,29 +229,18 @@ fn a_rotated_key_is_saved_and_reaches_the_other_node_by_reload() {
         return;
     }
     use std::os::unix::fs::PermissionsExt as _;
-    let (a, b) = nodes().expect("two nodes");
     let work = TempDir::new("wgrot").expect("workdir");
-    let (a_private, a_public) = key_pair().expect("a key pair");
-    let (b_private, b_public) = key_pair().expect("a key pair");
-    let a_daemon = start_palisade(
-        &a,
-        &interface("a"),
-        &a_private,
-        &b,
-        &b_public,
-        &work.path().join("a"),
-    )
-    .expect("palisaded starts");
-    let b_daemon = start_palisade(
-        &b,
-        &interface("b"),
-        &b_private,
-        &a,
-        &a_public,
-        &work.path().join("b"),
-    )
-    .expect("palisaded starts");
-    wait_for_ping(&a, &b, &|| a_daemon.log());
+    let pair = PalisadePair::start(work.path(), false).expect("two palisaded nodes");
+    let PalisadePair {
+        a,
+        b,
+        a_daemon,
+        b_daemon,
+        a_keys,
+        ..
+    } = &pair;
+    let (a_private, a_public) = (a_keys.0.clone(), a_keys.1.clone());
+    wait_for_ping(a, b, &|| pair.logs());
 
     let output = a_daemon
         .ctl(&["wireguard", "rotate-key", "-o", "json"])
@@ -320,9 +270,7 @@ fn a_rotated_key_is_saved_and_reaches_the_other_node_by_reload() {
     std::fs::write(&b_config, text.replace(&a_public, &new_public)).expect("b's config");
     let reloaded = b_daemon.ctl(&["reload"]).expect("palisadectl");
     assert!(reloaded.status.success(), "{reloaded:?}");
-    wait_for_ping(&a, &b, &|| {
-        format!("{}\n{}", a_daemon.log(), b_daemon.log())
-    });
+    wait_for_ping(a, b, &|| format!("{}\n{}", a_daemon.log(), b_daemon.log()));
     let status = b_daemon
         .ctl(&["wireguard", "status", "-o", "json"])
         .expect("palisadectl");
@@ -333,7 +281,7 @@ fn a_rotated_key_is_saved_and_reaches_the_other_node_by_reload() {
     std::fs::write(&b_config, "[[nodes]]\nname = 1\n").expect("bad config");
     let refused = b_daemon.ctl(&["reload"]).expect("palisadectl");
     assert_eq!(refused.status.code(), Some(3), "{refused:?}");
-    assert!(a.pings(&b), "the tunnel stays as it was");
+    assert!(a.pings(b), "the tunnel stays as it was");
 }
 
 #[test]
@@ -342,38 +290,17 @@ fn strict_mode_drops_a_peers_traffic_seen_unencrypted_and_says_why() {
     if !have_root(test) || !have_tools(test, &["wg", "ping"]) {
         return;
     }
-    let (a, b) = nodes().expect("two nodes");
     let work = TempDir::new("wgstrict").expect("workdir");
-    let (a_private, a_public) = key_pair().expect("a key pair");
-    let (b_private, b_public) = key_pair().expect("a key pair");
-    let a_daemon = palisade_e2e::mesh::start_palisade_with(
-        &a,
-        &interface("a"),
-        &a_private,
-        &b,
-        &b_public,
-        &work.path().join("a"),
-        true,
-    )
-    .expect("palisaded starts");
-    let mut b_daemon = start_palisade(
-        &b,
-        &interface("b"),
-        &b_private,
-        &a,
-        &a_public,
-        &work.path().join("b"),
-    )
-    .expect("palisaded starts");
-    // Through the tunnel: only UDP between the endpoints is on the wire.
-    wait_for_ping(&a, &b, &|| a_daemon.log());
+    let mut pair = PalisadePair::start(work.path(), true).expect("two palisaded nodes");
+    wait_for_ping(&pair.a, &pair.b, &|| pair.logs());
 
     // B's tunnel goes away and B sends to A's pods in the clear.
-    b_daemon.stop();
+    pair.b_daemon.stop();
+    let PalisadePair { a, b, a_daemon, .. } = &pair;
     b.netns
         .ip(&["route", "replace", a.pod_prefix, "via", a.underlay])
         .expect("route in the clear");
-    assert!(!b.pings(&a), "unencrypted traffic must not pass");
+    assert!(!b.pings(a), "unencrypted traffic must not pass");
     let flows = a_daemon.flows(&["--verdict", "DROPPED"]).expect("flows");
     assert!(
         flows.iter().any(
