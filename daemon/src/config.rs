@@ -44,6 +44,21 @@ pub struct Config {
     pub nodes: Vec<PeerNode>,
 }
 
+impl Config {
+    /// The prefixes WireGuard strict mode keeps off the wire unencrypted:
+    /// every node's `allowed_ips` when WireGuard runs in strict mode, else
+    /// none.
+    pub fn strict_prefixes(&self) -> Vec<ipnet::IpNet> {
+        if self.encryption.mode != EncryptionMode::Wireguard || !self.wireguard.strict {
+            return Vec::new();
+        }
+        self.nodes
+            .iter()
+            .flat_map(|node| node.allowed_ips.iter().copied())
+            .collect()
+    }
+}
+
 /// `[encryption]`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]

@@ -260,9 +260,9 @@ async fn delete(
 async fn reload(State(state): State<ControlState>) -> Response {
     // The tunnel's nodes come from the configuration file: a file that no
     // longer parses refuses the whole reload.
-    let nodes = match &state.wireguard {
+    let loaded = match &state.wireguard {
         Some(_) => match Config::load(&state.config_path) {
-            Ok(config) => Some(config.nodes),
+            Ok(config) => Some(config),
             Err(ConfigError::Invalid(diagnostics)) => {
                 return self::error(
                     StatusCode::UNPROCESSABLE_ENTITY,
@@ -280,15 +280,17 @@ async fn reload(State(state): State<ControlState>) -> Response {
         None => None,
     };
     let mut engine = state.engine.lock().await;
-    let result = engine.reload();
-    if let (Some(tunnel), Some(nodes), Ok(_)) = (&state.wireguard, nodes, &result)
-        && let Err(e) = tunnel.reconcile(&nodes)
-    {
-        return message(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            format!("policies reloaded, but the WireGuard nodes were refused: {e:#}"),
-        );
+    if let (Some(tunnel), Some(config)) = (&state.wireguard, &loaded) {
+        if let Err(e) = tunnel.reconcile(&config.nodes) {
+            return message(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                format!("the WireGuard nodes were refused; nothing was changed: {e:#}"),
+            );
+        }
+        // Strict mode follows the nodes; the reload below installs it.
+        engine.set_strict_prefixes(config.strict_prefixes());
     }
+    let result = engine.reload();
     changed(&state.engine, &engine, result)
 }
 

@@ -157,6 +157,12 @@ impl Engine {
         }
     }
 
+    /// Sets the prefixes WireGuard strict mode protects; the next install
+    /// (a reload or an apply) puts them in force.
+    pub fn set_strict_prefixes(&mut self, prefixes: Vec<ipnet::IpNet>) {
+        self.settings.node.strict_prefixes = prefixes;
+    }
+
     /// Reads the policy directory and the saved policies (a saved policy
     /// replaces a directory one of the same name) and installs them.
     ///

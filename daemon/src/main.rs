@@ -115,7 +115,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             fqdn_audit: config.policy.fqdn_audit,
             addresses: config.node.addresses.clone(),
             cluster: config.cluster.clone(),
-            strict_prefixes: strict_prefixes(&config),
+            strict_prefixes: config.strict_prefixes(),
         },
         node_name: node_name.clone(),
         directory: config.policy.directory.clone(),
@@ -230,10 +230,14 @@ fn spawn_reload_on_hangup(
     tokio::spawn(async move {
         while hangups.recv().await.is_some() {
             systemd::reloading();
+            let mut engine = engine.lock().await;
             if let Some(tunnel) = &wireguard {
                 match Config::load(&config_path) {
                     Ok(config) => match tunnel.reconcile(&config.nodes) {
-                        Ok(()) => info!("SIGHUP: WireGuard nodes reloaded"),
+                        Ok(()) => {
+                            engine.set_strict_prefixes(config.strict_prefixes());
+                            info!("SIGHUP: WireGuard nodes reloaded");
+                        }
                         Err(e) => error!(
                             "SIGHUP: WireGuard nodes refused, the tunnel is unchanged: {e:#}"
                         ),
@@ -243,7 +247,6 @@ fn spawn_reload_on_hangup(
                     ),
                 }
             }
-            let mut engine = engine.lock().await;
             match engine.reload() {
                 Ok(response) => info!(
                     generation = response.generation,
@@ -256,19 +259,6 @@ fn spawn_reload_on_hangup(
         }
     });
     Ok(())
-}
-
-/// The prefixes strict mode keeps off the wire unencrypted: every node's
-/// `allowed_ips`, when WireGuard runs in strict mode.
-fn strict_prefixes(config: &Config) -> Vec<ipnet::IpNet> {
-    if config.encryption.mode != EncryptionMode::Wireguard || !config.wireguard.strict {
-        return Vec::new();
-    }
-    config
-        .nodes
-        .iter()
-        .flat_map(|node| node.allowed_ips.iter().copied())
-        .collect()
 }
 
 /// The failsafe services as status shows them.

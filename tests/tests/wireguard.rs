@@ -314,4 +314,20 @@ fn strict_mode_drops_a_peers_traffic_seen_unencrypted_and_says_why() {
         counters.ingress.dropped_unencrypted.packets > 0,
         "{counters:?}"
     );
+
+    // Strict mode follows the configuration on reload.
+    let a_config = work.path().join("a/palisade.toml");
+    let text = std::fs::read_to_string(&a_config).expect("A's config");
+    assert!(text.contains("strict = true"), "{text}");
+    std::fs::write(&a_config, text.replace("strict = true", "strict = false")).expect("config");
+    let reloaded = a_daemon.ctl(&["reload"]).expect("palisadectl");
+    assert!(reloaded.status.success(), "{reloaded:?}");
+    let before = counters.ingress.dropped_unencrypted.packets;
+    let _ = b.pings(a);
+    let after = a_daemon.status().expect("status").counters;
+
+    assert_eq!(
+        after.ingress.dropped_unencrypted.packets, before,
+        "no strict drops once strict mode is off"
+    );
 }
