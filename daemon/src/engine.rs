@@ -602,6 +602,7 @@ impl Engine {
             rules: self.table.rules.len(),
             generation: self.generation,
             maps: self.datapath.map_usage(),
+            wireguard: None,
         })
     }
 

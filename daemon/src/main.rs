@@ -165,7 +165,13 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let engine = Arc::new(Mutex::new(engine));
     let metrics = Arc::new(Metrics::new());
     if let Some(listen) = config.metrics.listen {
-        metrics::serve(listen, Arc::clone(&engine), Arc::clone(&metrics)).await?;
+        metrics::serve(
+            listen,
+            Arc::clone(&engine),
+            Arc::clone(&metrics),
+            wireguard.clone(),
+        )
+        .await?;
     }
     let state = ControlState {
         engine: Arc::clone(&engine),

@@ -22,7 +22,7 @@ use prometheus_client::{
 use tokio::sync::Mutex;
 use tracing::{error, info};
 
-use crate::{datapath::MapUsage, engine::Engine};
+use crate::{datapath::MapUsage, engine::Engine, wireguard::Tunnel};
 
 /// How an apply ended, for `palisade_policy_apply_total{outcome}`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, EncodeLabelSet)]
@@ -45,6 +45,8 @@ pub struct Snapshot {
     pub maps: Vec<MapUsage>,
     /// New connections each rule of the table in force decided.
     pub rule_hits: Vec<RuleHits>,
+    /// The WireGuard tunnel, when encryption is on and it could be read.
+    pub wireguard: Option<palisade_api::WireGuardStatus>,
 }
 
 /// What one compiled rule has decided since it was installed.
@@ -277,6 +279,9 @@ impl Collector for SnapshotCollector {
                 ])?
                 .encode_counter::<NoLabelSet, _, u64>(&hits.count.packets, None)?;
         }
+        if let Some(tunnel) = &snapshot.wireguard {
+            encode_wireguard(&mut encoder, tunnel)?;
+        }
         let events_lost = snapshot.counters.events_lost();
         let mut lost = encoder.encode_descriptor(
             "flow_events_lost",
@@ -327,10 +332,74 @@ impl Collector for SnapshotCollector {
 struct MetricsState {
     engine: Arc<Mutex<Engine>>,
     metrics: Arc<Metrics>,
+    wireguard: Option<Arc<Tunnel>>,
+}
+
+/// The tunnel's peers: transfer and handshake age per node.
+fn encode_wireguard(
+    encoder: &mut DescriptorEncoder<'_>,
+    tunnel: &palisade_api::WireGuardStatus,
+) -> Result<(), std::fmt::Error> {
+    gauge(
+        encoder,
+        "wireguard_peers",
+        "Nodes configured as WireGuard peers",
+        i64::try_from(tunnel.peers.len()).unwrap_or(i64::MAX),
+    )?;
+    for (name, help, pick) in [
+        (
+            "wireguard_peer_receive_bytes",
+            "Bytes received through the tunnel from each node",
+            (|peer: &palisade_api::WireGuardPeerStatus| peer.rx_bytes) as fn(&_) -> u64,
+        ),
+        (
+            "wireguard_peer_transmit_bytes",
+            "Bytes sent through the tunnel to each node",
+            |peer: &palisade_api::WireGuardPeerStatus| peer.tx_bytes,
+        ),
+    ] {
+        let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+        for peer in &tunnel.peers {
+            family
+                .encode_family(&[("node", peer.name.as_str())])?
+                .encode_counter::<NoLabelSet, _, u64>(&pick(peer), None)?;
+        }
+    }
+    let mut ages = encoder.encode_descriptor(
+        "wireguard_peer_handshake_age_seconds",
+        "Seconds since the latest handshake with each node (absent before the first)",
+        None,
+        MetricType::Gauge,
+    )?;
+    for peer in &tunnel.peers {
+        if let Some(age) = peer.latest_handshake_seconds_ago {
+            ages.encode_family(&[("node", peer.name.as_str())])?
+                .encode_gauge(&i64::try_from(age).unwrap_or(i64::MAX))?;
+        }
+    }
+    Ok(())
 }
 
 async fn scrape(State(state): State<MetricsState>) -> impl IntoResponse {
-    let snapshot = state.engine.lock().await.metrics_snapshot();
+    let wireguard = match &state.wireguard {
+        Some(tunnel) => {
+            let tunnel = Arc::clone(tunnel);
+            tokio::task::spawn_blocking(move || tunnel.status().ok())
+                .await
+                .ok()
+                .flatten()
+        }
+        None => None,
+    };
+    let snapshot = state
+        .engine
+        .lock()
+        .await
+        .metrics_snapshot()
+        .map(|snapshot| Snapshot {
+            wireguard,
+            ..snapshot
+        });
     let body = match snapshot {
         Ok(snapshot) => state.metrics.render(snapshot),
         Err(e) => {
@@ -360,6 +429,7 @@ pub async fn serve(
     listen: SocketAddr,
     engine: Arc<Mutex<Engine>>,
     metrics: Arc<Metrics>,
+    wireguard: Option<Arc<Tunnel>>,
 ) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(listen)
         .await
@@ -367,7 +437,11 @@ pub async fn serve(
     info!(%listen, "serving Prometheus metrics on /metrics");
     let router = Router::new()
         .route("/metrics", get(scrape))
-        .with_state(MetricsState { engine, metrics });
+        .with_state(MetricsState {
+            engine,
+            metrics,
+            wireguard,
+        });
     tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, router).await {
             error!(%e, "the metrics listener failed");

@@ -47,6 +47,30 @@ pub fn have_root(test: &str) -> bool {
     false
 }
 
+/// `GET path` over HTTP/1.0 to `address` from inside `netns`: the whole
+/// response, head and body.
+///
+/// # Errors
+///
+/// When the namespace cannot be entered or the request fails.
+pub fn http_get(netns: &Netns, address: &str, path: &str) -> anyhow::Result<String> {
+    let (address, request) = (
+        address.to_owned(),
+        format!("GET {path} HTTP/1.0\r\nHost: palisade\r\n\r\n"),
+    );
+    netns
+        .spawn(move || -> anyhow::Result<String> {
+            let mut stream = std::net::TcpStream::connect(&address)
+                .with_context(|| format!("connecting to {address}"))?;
+            stream.write_all(request.as_bytes())?;
+            let mut response = String::new();
+            stream.read_to_string(&mut response)?;
+            Ok(response)
+        })?
+        .join()
+        .map_err(|_| anyhow!("the request thread panicked"))?
+}
+
 /// Whether `tool` is on the PATH.
 pub fn on_path(tool: &str) -> bool {
     Command::new("sh")

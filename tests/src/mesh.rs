@@ -21,6 +21,9 @@ pub const UAPI_DIRECTORY: &str = "/var/run/wireguard";
 /// The WireGuard port every node listens on.
 pub const PORT: u16 = 51871;
 
+/// Where each palisaded of the mesh serves `/metrics`, inside its namespace.
+pub const METRICS: &str = "127.0.0.1:9964";
+
 /// One node of the mesh.
 #[derive(Debug)]
 pub struct Node {
@@ -191,7 +194,7 @@ pub fn start_palisade_with(
     std::fs::write(
         &config,
         format!(
-            "[datapath]\ninterfaces = [\"eth0\"]\n\n[encryption]\nmode = \"wireguard\"\n\n[wireguard]\ninterface = \"{interface}\"\nprivate_key_file = \"{}\"\nstrict = {strict}\n\n[[nodes]]\nname = \"peer\"\nendpoint = \"{}:{PORT}\"\npublic_key = \"{peer_public}\"\nallowed_ips = [\"{}\"]\n",
+            "[datapath]\ninterfaces = [\"eth0\"]\n\n[metrics]\nlisten = \"{METRICS}\"\n\n[encryption]\nmode = \"wireguard\"\n\n[wireguard]\ninterface = \"{interface}\"\nprivate_key_file = \"{}\"\nstrict = {strict}\n\n[[nodes]]\nname = \"peer\"\nendpoint = \"{}:{PORT}\"\npublic_key = \"{peer_public}\"\nallowed_ips = [\"{}\"]\n",
             key_file.display(),
             peer.underlay,
             peer.pod_prefix

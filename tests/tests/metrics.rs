@@ -2,32 +2,21 @@
 //! with the traffic sent and the applies made.
 
 use std::{
-    io::{Read as _, Write as _},
-    net::{IpAddr, SocketAddr, TcpStream},
+    net::{IpAddr, SocketAddr},
     path::Path,
     time::Duration,
 };
 
-use palisade_e2e::{Daemon, Netns, TempDir, Topology, allow_from_policy, have_root, tcp_connect};
+use palisade_e2e::{
+    Daemon, Netns, TempDir, Topology, allow_from_policy, have_root, http_get, tcp_connect,
+};
 use prometheus_parse::{Scrape, Value};
 
 const LISTEN: &str = "127.0.0.1:9964";
 
 /// GET /metrics from inside the node's namespace, parsed.
 fn scrape(netns: &Netns) -> Scrape {
-    let body = netns
-        .spawn(|| {
-            let mut stream = TcpStream::connect(LISTEN).expect("metrics listener");
-            stream
-                .write_all(b"GET /metrics HTTP/1.0\r\nHost: palisade\r\n\r\n")
-                .expect("request");
-            let mut response = String::new();
-            stream.read_to_string(&mut response).expect("response");
-            response
-        })
-        .expect("enter namespace")
-        .join()
-        .expect("scrape thread");
+    let body = http_get(netns, LISTEN, "/metrics").expect("metrics listener");
     let (head, body) = body.split_once("\r\n\r\n").expect("an HTTP response");
     assert!(
         head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200"),

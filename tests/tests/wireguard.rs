@@ -114,6 +114,18 @@ fn two_nodes_form_a_mesh_and_only_wireguard_crosses_the_wire() {
         "the private key is never shown"
     );
 
+    // Tunnel metrics, per node.
+    let metrics =
+        palisade_e2e::http_get(&a.netns, palisade_e2e::mesh::METRICS, "/metrics").expect("metrics");
+    assert!(metrics.contains("palisade_wireguard_peers 1"), "{metrics}");
+    for metric in [
+        "palisade_wireguard_peer_transmit_bytes_total{node=\"peer\"}",
+        "palisade_wireguard_peer_receive_bytes_total{node=\"peer\"}",
+        "palisade_wireguard_peer_handshake_age_seconds{node=\"peer\"}",
+    ] {
+        assert!(metrics.contains(metric), "{metric} missing:\n{metrics}");
+    }
+
     // The standard tools see it too (UAPI).
     let wg = run(a.netns.command("wg").args(["show", &a_interface])).expect("wg show");
     assert!(wg.contains(&b_public), "{wg}");
