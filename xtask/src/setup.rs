@@ -22,8 +22,8 @@ const BPF_LINKER_VERSION: &str = "0.13.0";
 const LLVM_PREFIX: &str = "/opt/rustllvm";
 /// iproute2, nftables and bpftool for the namespace tests; binutils to
 /// lintian, debootstrap and systemd-container for the package tests (lint,
-/// and a booted Debian root); wg, tcpdump and ping for the WireGuard mesh
-/// test.
+/// and a booted Debian root); wg, wireguard-go, tcpdump and ping for the
+/// WireGuard tests, iperf3 for the WireGuard benchmark.
 const APT_PACKAGES: &[&str] = &[
     "iproute2",
     "nftables",
@@ -35,8 +35,10 @@ const APT_PACKAGES: &[&str] = &[
     "debootstrap",
     "systemd-container",
     "wireguard-tools",
+    "wireguard-go",
     "tcpdump",
     "iputils-ping",
+    "iperf3",
 ];
 
 /// Runs every step.
