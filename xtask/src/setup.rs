@@ -20,9 +20,9 @@ const EBPF_TOOLCHAIN: &str = "nightly-2026-08-01";
 const BPF_LINKER_VERSION: &str = "0.13.0";
 /// Where the nightly's libLLVM is linked for bpf-linker's build and run.
 const LLVM_PREFIX: &str = "/opt/rustllvm";
-/// iproute2, nftables and bpftool for the namespace tests; binutils to
-/// lintian, debootstrap and systemd-container for the package tests (lint,
-/// and a booted Debian root); wg, wireguard-go, tcpdump and ping for the
+/// iproute2, nftables and bpftool for the namespace tests; binutils (strip),
+/// lintian, rpmlint, rpm, debootstrap and systemd-container for the package
+/// tests (lint, and a booted Debian root); wg, wireguard-go, tcpdump and ping for the
 /// WireGuard tests, iperf3 for the WireGuard benchmark.
 const APT_PACKAGES: &[&str] = &[
     "iproute2",
