@@ -352,10 +352,6 @@ pub struct SlotSettings {
     /// 1 if a packet whose conntrack entry cannot be created is dropped;
     /// 0 if it is forwarded untracked. Counted either way.
     pub ct_full_drop: u8,
-    /// 1 if the [`table::STRICT`] prefixes are enforced (WireGuard strict mode).
-    pub strict: u8,
-    /// Explicit padding; always zero.
-    pub pad: [u8; 3],
     /// Prefix lengths per table and family, see [`lengths_index`].
     pub lengths: [PrefixLengths; table::COUNT * 2],
 }
@@ -564,7 +560,7 @@ pub struct FlowEvent {
 
 // The layouts have no implicit padding: each size is the sum of its fields.
 const _: () = {
-    assert!(core::mem::size_of::<SlotSettings>() == 12 + 16 + 4 + 4 + 256 * 8);
+    assert!(core::mem::size_of::<SlotSettings>() == 12 + 16 + 4 + 256 * 8);
     assert!(core::mem::size_of::<PrefixKey>() == 20);
     assert!(core::mem::size_of::<CtKey>() == 40);
     assert!(core::mem::size_of::<CtEntry>() == 16);

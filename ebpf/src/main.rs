@@ -330,7 +330,7 @@ fn firewall(ctx: &TcContext, way: u8) -> i32 {
         let decision = drop_or_audit(settings, drop_reason::FRAG_NOT_FOUND, NO_RULE);
         return tc_action(finish(ctx, way, &packet, &decision, settings));
     }
-    if settings.strict != 0 && unencrypted(slot, settings, way, &packet) {
+    if strict_mode(settings, packet.family) && unencrypted(slot, settings, way, &packet) {
         let decision = drop_or_audit(settings, drop_reason::UNENCRYPTED_TRAFFIC, NO_RULE);
         return tc_action(finish(ctx, way, &packet, &decision, settings));
     }
@@ -925,6 +925,16 @@ fn decide(slot: u32, settings: &SlotSettings, way: u8, packet: &Packet) -> Decis
             rule_id: NO_RULE,
         }
     }
+}
+
+/// Whether the slot holds strict-mode prefixes of this family (WireGuard
+/// strict mode is on): one load, so the lookup is only called when it is.
+#[inline(always)]
+fn strict_mode(settings: &SlotSettings, address_family: u8) -> bool {
+    settings
+        .lengths
+        .get(lengths_index(table::STRICT, address_family))
+        .is_some_and(|lengths| lengths.count != 0)
 }
 
 /// Whether the peer is in a strict-mode prefix: its traffic must come and

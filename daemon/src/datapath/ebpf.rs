@@ -408,7 +408,6 @@ impl Datapath for EbpfDatapath {
             ingress_default_deny: default_deny_code(&table.ingress),
             egress_default_deny: default_deny_code(&table.egress),
             audit: u8::from(table.audit),
-            strict: u8::from(!table.strict.is_empty()),
             lengths: prefix_lengths(self.written_keys[index].iter()),
             ..self.template
         };
