@@ -124,16 +124,24 @@ trait Frame {
     fn ifindex(&self) -> u32;
 }
 
+/// A `T` at `offset` of the packet between `start` and `end` (the context's
+/// data pointers), when all of it lies there.
+#[inline(always)]
+fn read_direct<T: Copy>(start: usize, end: usize, offset: usize) -> Option<T> {
+    if start + offset + core::mem::size_of::<T>() > end {
+        return None;
+    }
+    // SAFETY: the bytes lie between data and data_end, checked just above.
+    Some(unsafe { core::ptr::read_unaligned((start + offset) as *const T) })
+}
+
 impl Frame for XdpContext {
     /// Straight from the packet when the bytes are in the first buffer, else
     /// through `bpf_xdp_load_bytes` (multi-buffer frames).
     #[inline(always)]
     fn read<T: Copy>(&self, offset: usize) -> Result<T, ()> {
-        let start = self.data();
-        let end = self.data_end();
-        if start + offset + core::mem::size_of::<T>() <= end {
-            // SAFETY: the bytes lie between data and data_end, checked just above.
-            return Ok(unsafe { core::ptr::read_unaligned((start + offset) as *const T) });
+        if let Some(value) = read_direct(self.data(), self.data_end(), offset) {
+            return Ok(value);
         }
         let mut value = core::mem::MaybeUninit::<T>::uninit();
         // SAFETY: the helper writes exactly size_of::<T>() bytes or fails.
@@ -170,11 +178,8 @@ impl Frame for TcContext {
     /// headers nearly always are), else through `bpf_skb_load_bytes`.
     #[inline(always)]
     fn read<T: Copy>(&self, offset: usize) -> Result<T, ()> {
-        let start = self.data();
-        let end = self.data_end();
-        if start + offset + core::mem::size_of::<T>() <= end {
-            // SAFETY: the bytes lie between data and data_end, checked just above.
-            return Ok(unsafe { core::ptr::read_unaligned((start + offset) as *const T) });
+        if let Some(value) = read_direct(self.data(), self.data_end(), offset) {
+            return Ok(value);
         }
         self.load::<T>(offset).map_err(|_| ())
     }
@@ -897,11 +902,7 @@ fn decide(slot: u32, settings: &SlotSettings, way: u8, packet: &Packet) -> Decis
             }
             return match entry.action {
                 action::DENY => drop_or_audit(settings, drop_reason::POLICY_DENY, entry.rule_id),
-                action::AUDIT_DENY => Decision {
-                    verdict: verdict::AUDIT,
-                    drop_reason: drop_reason::POLICY_DENY,
-                    rule_id: entry.rule_id,
-                },
+                action::AUDIT_DENY => audited(drop_reason::POLICY_DENY, entry.rule_id),
                 _ => Decision {
                     verdict: verdict::FORWARDED,
                     drop_reason: drop_reason::NONE,
@@ -911,11 +912,7 @@ fn decide(slot: u32, settings: &SlotSettings, way: u8, packet: &Packet) -> Decis
         }
     }
     if default_deny == default_deny::AUDIT {
-        Decision {
-            verdict: verdict::AUDIT,
-            drop_reason: drop_reason::POLICY_DENIED,
-            rule_id: NO_RULE,
-        }
+        audited(drop_reason::POLICY_DENIED, NO_RULE)
     } else if default_deny != default_deny::OFF {
         drop_or_audit(settings, drop_reason::POLICY_DENIED, NO_RULE)
     } else {
@@ -957,6 +954,16 @@ fn protocol_matches(entry: u8, packet: u8) -> bool {
         || entry == protocol::ALL
         || (entry == protocol::ANY
             && (packet == protocol::TCP || packet == protocol::UDP || packet == protocol::SCTP))
+}
+
+/// Forwarded and reported as AUDIT: what a policy in audit mode would drop.
+#[inline(always)]
+fn audited(reason: u8, rule_id: u32) -> Decision {
+    Decision {
+        verdict: verdict::AUDIT,
+        drop_reason: reason,
+        rule_id,
+    }
 }
 
 #[inline(always)]
