@@ -2,6 +2,7 @@
 //! engine, flows, the control socket, metrics and systemd integration. The
 //! `palisaded` binary wires them together; benchmarks drive them directly.
 
+pub mod atomic_file;
 pub mod audit_trail;
 pub mod authz;
 pub mod clock;

@@ -6,12 +6,13 @@
 use std::{
     collections::BTreeMap,
     fs::File,
-    io::Write as _,
     path::{Path, PathBuf},
 };
 
 use anyhow::Context as _;
 use palisade_api::PolicyFile;
+
+use crate::atomic_file::write_atomically;
 
 /// The saved policies.
 #[derive(Debug, Clone)]
@@ -56,7 +57,7 @@ impl PolicyStore {
             if std::fs::read_to_string(&path).is_ok_and(|old| old == *content) {
                 continue;
             }
-            self.write_atomically(&path, content)?;
+            write_atomically(&path, content, 0o666)?;
         }
         for entry in std::fs::read_dir(&self.directory)
             .with_context(|| format!("reading {}", self.directory.display()))?
@@ -88,17 +89,6 @@ impl PolicyStore {
             "policy name {name:?} cannot be saved as a file name (use lower-case letters, digits, '-' and '.')"
         );
         Ok(self.directory.join(format!("{name}.toml")))
-    }
-
-    fn write_atomically(&self, path: &Path, content: &str) -> anyhow::Result<()> {
-        let temporary = path.with_extension("toml.new");
-        let mut file = File::create(&temporary)
-            .with_context(|| format!("creating {}", temporary.display()))?;
-        file.write_all(content.as_bytes())
-            .and_then(|()| file.sync_all())
-            .with_context(|| format!("writing {}", temporary.display()))?;
-        std::fs::rename(&temporary, path)
-            .with_context(|| format!("renaming {} to {}", temporary.display(), path.display()))
     }
 
     fn sync_directory(&self) -> anyhow::Result<()> {

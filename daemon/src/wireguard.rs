@@ -11,7 +11,7 @@
 use std::{
     collections::BTreeSet,
     io::Write as _,
-    os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _},
+    os::unix::fs::PermissionsExt as _,
     path::{Path, PathBuf},
     sync::Mutex,
     time::SystemTime,
@@ -25,7 +25,10 @@ use defguard_wireguard_rs::{
 use palisade_api::{WireGuardPeerStatus, WireGuardStatus};
 use tracing::{info, warn};
 
-use crate::config::{PeerNode, WireGuardConfig};
+use crate::{
+    atomic_file::write_atomically,
+    config::{PeerNode, WireGuardConfig},
+};
 
 /// Where userspace WireGuard implementations serve their UAPI sockets.
 const UAPI_DIRECTORY: &str = "/var/run/wireguard";
@@ -358,20 +361,9 @@ fn create_interface(config: &WireGuardConfig) -> anyhow::Result<(Backend, String
     ))
 }
 
-/// Writes `key` to `path` with mode 0600, atomically (a temporary file
-/// beside it, fsynced, renamed over it).
+/// Writes `key` to `path` with mode 0600, atomically.
 fn save_key(path: &Path, key: &Key) -> anyhow::Result<()> {
-    let temporary = path.with_extension("key.new");
-    let _ = std::fs::remove_file(&temporary);
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&temporary)
-        .with_context(|| format!("creating {}", temporary.display()))?;
-    writeln!(file, "{key}").with_context(|| format!("writing {}", temporary.display()))?;
-    file.sync_all()?;
-    std::fs::rename(&temporary, path).with_context(|| format!("replacing {}", path.display()))
+    write_atomically(path, &format!("{key}\n"), 0o600)
 }
 
 /// Writes the public key beside the private one (`wireguard.pub` for
