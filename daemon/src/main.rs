@@ -181,7 +181,6 @@ async fn run(args: Args) -> anyhow::Result<()> {
         wireguard: wireguard.clone(),
         config_path: Arc::new(args.config.clone()),
     };
-    let wireguard_for_shutdown = wireguard;
     systemd::spawn_watchdog(Arc::clone(&engine));
     spawn_reload_on_hangup(engine, state.wireguard.clone(), args.config.clone())?;
     info!(socket = %config.control.socket.display(), "palisaded ready");
@@ -190,7 +189,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         listener,
         control::router(state).into_make_service_with_connect_info::<Peer>(),
     )
-    .with_graceful_shutdown(shutdown_signal(wireguard_for_shutdown))
+    .with_graceful_shutdown(shutdown_signal(wireguard))
     .await;
     systemd::stopping();
     // Best effort: a stale socket is replaced on the next start anyway.

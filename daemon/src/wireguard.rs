@@ -262,7 +262,10 @@ impl Drop for Tunnel {
 }
 
 /// Whether a UAPI socket answers a `get` within a second (a stopped
-/// boringtun keeps its socket open but no longer reads it).
+/// boringtun keeps its socket open but no longer reads it). Not the
+/// backend's `read_interface_data`: the blocking read would hold the
+/// `Tunnel` for up to its 3-second timeout, so a shutdown could exit before
+/// the tunnel is dropped and leave its interface and socket behind.
 fn uapi_answers(socket: &Path) -> bool {
     use std::io::{BufRead as _, BufReader};
     let Ok(mut stream) = std::os::unix::net::UnixStream::connect(socket) else {
