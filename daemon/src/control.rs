@@ -280,18 +280,29 @@ async fn reload(State(state): State<ControlState>) -> Response {
         None => None,
     };
     let mut engine = state.engine.lock().await;
-    if let (Some(tunnel), Some(config)) = (&state.wireguard, &loaded) {
-        if let Err(e) = tunnel.reconcile(&config.nodes) {
-            return message(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                format!("the WireGuard nodes were refused; nothing was changed: {e:#}"),
-            );
-        }
-        // Strict mode follows the nodes; the reload below installs it.
-        engine.set_strict_prefixes(config.strict_prefixes());
+    if let (Some(tunnel), Some(config)) = (&state.wireguard, &loaded)
+        && let Err(e) = reload_tunnel(tunnel, &mut engine, config)
+    {
+        return message(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!("the WireGuard nodes were refused; nothing was changed: {e:#}"),
+        );
     }
     let result = engine.reload();
     changed(&state.engine, &engine, result)
+}
+
+/// Puts the nodes of a reloaded configuration in force in the tunnel and,
+/// for the engine's next install, in strict mode (SIGHUP and
+/// `POST /v1/reload`).
+///
+/// # Errors
+///
+/// When the tunnel refuses the nodes; nothing changed then.
+pub fn reload_tunnel(tunnel: &Tunnel, engine: &mut Engine, config: &Config) -> anyhow::Result<()> {
+    tunnel.reconcile(&config.nodes)?;
+    engine.set_strict_prefixes(config.strict_prefixes());
+    Ok(())
 }
 
 async fn rotate_wireguard_key(State(state): State<ControlState>) -> Response {

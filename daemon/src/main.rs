@@ -238,11 +238,8 @@ fn spawn_reload_on_hangup(
             let mut engine = engine.lock().await;
             if let Some(tunnel) = &wireguard {
                 match Config::load(&config_path) {
-                    Ok(config) => match tunnel.reconcile(&config.nodes) {
-                        Ok(()) => {
-                            engine.set_strict_prefixes(config.strict_prefixes());
-                            info!("SIGHUP: WireGuard nodes reloaded");
-                        }
+                    Ok(config) => match control::reload_tunnel(tunnel, &mut engine, &config) {
+                        Ok(()) => info!("SIGHUP: WireGuard nodes reloaded"),
                         Err(e) => error!(
                             "SIGHUP: WireGuard nodes refused, the tunnel is unchanged: {e:#}"
                         ),
