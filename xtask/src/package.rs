@@ -13,7 +13,7 @@ use std::{
 
 use anyhow::{Context as _, bail};
 
-use crate::{cargo, docs, workspace};
+use crate::{cargo, docs, setup::check, workspace};
 
 /// Tools the packages are made with, pinned so the packages do not change
 /// under us.
@@ -48,16 +48,13 @@ pub fn run() -> anyhow::Result<Vec<PathBuf>> {
     let bin = staging.join("bin");
     std::fs::create_dir_all(&bin)?;
     for name in ["palisaded", "palisadectl"] {
-        let status = Command::new("strip")
-            .arg("--strip-unneeded")
-            .arg("-o")
-            .arg(bin.join(name))
-            .arg(root.join("target/release").join(name))
-            .status()
-            .context("running strip")?;
-        if !status.success() {
-            bail!("strip {name} failed ({status})");
-        }
+        check(
+            Command::new("strip")
+                .arg("--strip-unneeded")
+                .arg("-o")
+                .arg(bin.join(name))
+                .arg(root.join("target/release").join(name)),
+        )?;
     }
     let out = root.join("target/packages");
     if out.exists() {
@@ -142,15 +139,7 @@ fn gzip_all(directory: &Path) -> anyhow::Result<()> {
     for entry in
         std::fs::read_dir(directory).with_context(|| format!("reading {}", directory.display()))?
     {
-        let path = entry?.path();
-        let status = Command::new("gzip")
-            .args(["-9nf"])
-            .arg(&path)
-            .status()
-            .context("running gzip")?;
-        if !status.success() {
-            bail!("gzip {} failed ({status})", path.display());
-        }
+        check(Command::new("gzip").args(["-9nf"]).arg(entry?.path()))?;
     }
     Ok(())
 }

@@ -56,7 +56,8 @@ fn succeeds(command: &mut Command) -> bool {
         .is_ok_and(|status| status.success())
 }
 
-fn check(command: &mut Command) -> anyhow::Result<()> {
+/// Runs `command` (echoing it), failing unless it succeeds.
+pub fn check(command: &mut Command) -> anyhow::Result<()> {
     eprintln!("+ {command:?}");
     let status = command
         .status()
