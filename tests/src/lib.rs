@@ -152,6 +152,20 @@ impl Netns {
         ip(&all)
     }
 
+    /// Joins this namespace to `peer` by a veth pair named `eth0` on both
+    /// sides. Created inside this namespace with its peer inside the other:
+    /// the veth never exists in the root namespace.
+    ///
+    /// # Errors
+    ///
+    /// When `ip link add` fails.
+    pub fn add_veth_to(&self, peer: &Netns) -> anyhow::Result<()> {
+        self.ip(&[
+            "link", "add", "eth0", "type", "veth", "peer", "name", "eth0", "netns", &peer.name,
+        ])?;
+        Ok(())
+    }
+
     /// A command that runs `program` inside this namespace.
     pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
         let mut command = Command::new("ip");
@@ -251,20 +265,7 @@ impl Topology {
             node: Netns::new("node")?,
             client: Netns::new("client")?,
         };
-        // Created inside the node namespace with its peer inside the client's:
-        // the veth never exists in the root namespace.
-        topology.node.ip(&[
-            "link",
-            "add",
-            "eth0",
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "eth0",
-            "netns",
-            topology.client.name(),
-        ])?;
+        topology.node.add_veth_to(&topology.client)?;
         topology
             .node
             .ip(&["addr", "add", &format!("{}/24", Self::NODE), "dev", "eth0"])?;

@@ -88,18 +88,7 @@ pub fn nodes() -> anyhow::Result<(Node, Node)> {
         pod_address: "10.99.2.1",
         pod_prefix: "10.99.2.0/24",
     };
-    a.netns.ip(&[
-        "link",
-        "add",
-        "eth0",
-        "type",
-        "veth",
-        "peer",
-        "name",
-        "eth0",
-        "netns",
-        b.netns.name(),
-    ])?;
+    a.netns.add_veth_to(&b.netns)?;
     for node in [&a, &b] {
         node.netns.ip(&[
             "addr",
