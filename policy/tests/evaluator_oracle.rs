@@ -18,28 +18,27 @@ use palisade_policy::{
     model::{AUDIT_ANNOTATION, Entity, IcmpFamily, LabelSelector, PeerRule, Protocol, Section},
     policies_from_text, policy_from_toml,
 };
+use proptest::{
+    prelude::{Rng as _, RngExt as _},
+    test_runner::{RngAlgorithm, TestRng},
+};
 use support::{filled_in, fixtures, has_host_rules, node_for};
 
 const PACKETS_PER_DIRECTION: usize = 100_000;
 
-/// A small deterministic generator (xorshift64*), so failures reproduce.
-struct Random(u64);
-
-impl Random {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+/// proptest's deterministic generator, seeded by the fixture's name, so a
+/// failure reproduces.
+fn generator(name: &str) -> TestRng {
+    let mut seed = [0x5a_u8; 16];
+    for (i, byte) in name.bytes().enumerate() {
+        seed[i % seed.len()] ^= byte;
     }
+    TestRng::from_seed(RngAlgorithm::XorShift, &seed)
+}
 
-    fn below(&mut self, n: usize) -> usize {
-        usize::try_from(self.next() % n.max(1) as u64).unwrap_or(0)
-    }
-
-    fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
-        &items[self.below(items.len())]
-    }
+/// One of `items`, which is not empty.
+fn pick<'a, T>(random: &mut TestRng, items: &'a [T]) -> &'a T {
+    &items[random.random_range(0..items.len())]
 }
 
 /// Whether an address is inside any of `prefixes`.
@@ -316,23 +315,23 @@ fn interesting_addresses(prefixes: &[IpNet]) -> Vec<IpAddr> {
 }
 
 fn random_connection(
-    random: &mut Random,
+    random: &mut TestRng,
     addresses: &[IpAddr],
     ports: &[u16],
     direction: Direction,
 ) -> Connection {
-    let peer = if random.below(4) == 0 {
-        if random.below(2) == 0 {
+    let peer = if random.random_range(0..4) == 0 {
+        if random.random_range(0..2) == 0 {
             IpAddr::V4(Ipv4Addr::from(
-                u32::try_from(random.next() >> 32).unwrap_or(0),
+                u32::try_from(random.next_u64() >> 32).unwrap_or(0),
             ))
         } else {
             IpAddr::V6(Ipv6Addr::from(
-                u128::from(random.next()) << 64 | u128::from(random.next()),
+                u128::from(random.next_u64()) << 64 | u128::from(random.next_u64()),
             ))
         }
     } else {
-        *random.pick(addresses)
+        *pick(random, addresses)
     };
     let protocols = [
         protocol::TCP,
@@ -342,13 +341,13 @@ fn random_connection(
         protocol::ICMPV6,
         112,
         47,
-        u8::try_from(random.next() & 0xff).unwrap_or(0),
+        u8::try_from(random.next_u64() & 0xff).unwrap_or(0),
     ];
-    let chosen = *random.pick(&protocols);
-    let port = if random.below(3) == 0 {
-        u16::try_from(random.next() & 0xffff).unwrap_or(0)
+    let chosen = *pick(random, &protocols);
+    let port = if random.random_range(0..3) == 0 {
+        u16::try_from(random.next_u64() & 0xffff).unwrap_or(0)
     } else {
-        *random.pick(ports)
+        *pick(random, ports)
     };
     let port = match chosen {
         protocol::ICMP | protocol::ICMPV6 => port & 0xff,
@@ -399,7 +398,7 @@ fn agree(name: &str, policies: &[Policy], packets: usize) {
         })
         .collect();
     ports.push(0);
-    let mut random = Random(0x9e37_79b9_7f4a_7c15 ^ name.len() as u64);
+    let mut random = generator(name);
     for direction in [Direction::Ingress, Direction::Egress] {
         for _ in 0..packets {
             let connection = random_connection(&mut random, &addresses, &ports, direction);
