@@ -28,7 +28,8 @@ enum Task {
     /// Run the firewall on its example config in network namespaces it creates,
     /// send allowed and denied traffic, and show the flows.
     Demo,
-    /// fmt check, clippy -D warnings, and every test (unit and end to end).
+    /// fmt check, clippy -D warnings, the packages, and every test (unit
+    /// and end to end, the package tests among them).
     Test,
     /// Generate the man pages and shell completions into target/assets/
     /// (man/man1, man/man8 and completions/).
