@@ -63,7 +63,8 @@ enum Command {
     Diff(policies::DiffArgs),
     /// Keep the rules of an `apply --confirm` before they roll back.
     Confirm,
-    /// Re-read the policy directory and the saved policies (as SIGHUP does).
+    /// Re-read the policy directory and the saved policies, and the
+    /// WireGuard nodes from the configuration (as SIGHUP does).
     Reload,
     /// List, show, delete, validate or explain policies.
     #[command(subcommand)]
