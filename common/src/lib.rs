@@ -15,8 +15,12 @@ pub const TC_EGRESS_PROGRAM: &str = "palisade_tc_egress";
 pub const ACTIVE_SLOT_MAP: &str = "ACTIVE_SLOT";
 /// Name of the map that holds one [`SlotSettings`] per table slot.
 pub const SLOT_SETTINGS_MAP: &str = "SLOT_SETTINGS";
-/// Names of the per-slot hash maps from [`PrefixKey`] to rule-set index.
+/// Names of the per-slot hash maps from an IPv6 [`PrefixKey`] to rule-set
+/// index (or rule id, for the prefilter).
 pub const PREFIX_MAPS: [&str; 2] = ["PREFIXES_0", "PREFIXES_1"];
+/// Names of the per-slot hash maps from a [`PrefixKeyV4`] to rule-set index:
+/// IPv4 has its own maps so that each probe hashes 8 bytes, not 20.
+pub const PREFIX_V4_MAPS: [&str; 2] = ["PREFIXES_V4_0", "PREFIXES_V4_1"];
 /// Names of the per-slot arrays of [`RuleSet`]s.
 pub const RULE_SET_MAPS: [&str; 2] = ["RULE_SETS_0", "RULE_SETS_1"];
 /// Names of the per-slot, per-CPU arrays of per-rule [`CounterValue`]s.
@@ -373,10 +377,44 @@ pub struct PrefixKey {
     pub address: Address,
 }
 
-/// A connection as conntrack keys it: the 5-tuple in the direction of the
-/// packet that opened it. ICMP echo uses the identifier as the source port of
-/// a request and the destination port of a reply, so a reply's reversed tuple
-/// is its request's.
+/// An IPv4 [`PrefixKey`]: the same fields in 8 bytes.
+#[repr(C, align(4))]
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PrefixKeyV4 {
+    /// One of the [`table`] codes.
+    pub table: u8,
+    /// Prefix length (0-32).
+    pub prefix_len: u8,
+    /// Explicit padding; always zero.
+    pub pad: u16,
+    /// The prefix's address with host bits cleared.
+    pub address: [u8; 4],
+}
+
+impl PrefixKeyV4 {
+    /// The IPv4 key of an IPv4 [`PrefixKey`] (its address in the first 4 bytes).
+    #[must_use]
+    pub const fn from_key(key: &PrefixKey) -> Self {
+        Self {
+            table: key.table,
+            prefix_len: key.prefix_len,
+            pad: 0,
+            address: [
+                key.address[0],
+                key.address[1],
+                key.address[2],
+                key.address[3],
+            ],
+        }
+    }
+}
+
+/// A connection as conntrack keys it: its 5-tuple in one canonical order, the
+/// same for both directions (see [`CtKey::canonical`]), so each packet needs
+/// one lookup; [`ct_flag::KEY_REVERSED`] says whether that order is the
+/// opener's. ICMP echo uses the identifier as the source port of a request
+/// and the destination port of a reply, so a reply's reversed tuple is its
+/// request's.
 #[repr(C, align(8))]
 #[derive(Copy, Clone, Debug, Default, PartialEq, Eq, Hash)]
 pub struct CtKey {
@@ -396,6 +434,52 @@ pub struct CtKey {
     pub pad_wide: u16,
 }
 
+impl CtKey {
+    /// The same connection seen from the other side.
+    #[must_use]
+    pub const fn reversed(&self) -> Self {
+        Self {
+            source: self.destination,
+            destination: self.source,
+            source_port: self.destination_port,
+            destination_port: self.source_port,
+            protocol: self.protocol,
+            pad: 0,
+            pad_wide: 0,
+        }
+    }
+
+    /// Whether this tuple is stored reversed: the canonical order puts the
+    /// lower (address, port) end first, comparing the addresses as two
+    /// native-endian words, last word first (the words that differ between
+    /// IPv4-mapped addresses).
+    #[must_use]
+    pub fn reverses(&self) -> bool {
+        let words = |address: &Address| {
+            let mut high = [0u8; 8];
+            let mut low = [0u8; 8];
+            high.copy_from_slice(&address[..8]);
+            low.copy_from_slice(&address[8..]);
+            (u64::from_ne_bytes(low), u64::from_ne_bytes(high))
+        };
+        let (source_low, source_high) = words(&self.source);
+        let (destination_low, destination_high) = words(&self.destination);
+        (source_low, source_high, self.source_port)
+            > (destination_low, destination_high, self.destination_port)
+    }
+
+    /// The key conntrack stores this tuple under, and whether it is the
+    /// tuple reversed.
+    #[must_use]
+    pub fn canonical(&self) -> (Self, bool) {
+        if self.reverses() {
+            (self.reversed(), true)
+        } else {
+            (*self, false)
+        }
+    }
+}
+
 /// Conntrack flags.
 pub mod ct_flag {
     /// A packet went the reply way.
@@ -406,6 +490,8 @@ pub mod ct_flag {
     pub const FIN_REPLY: u8 = 0x04;
     /// Either side sent RST.
     pub const RST: u8 = 0x08;
+    /// The key holds the opener's tuple reversed ([`super::CtKey::canonical`]).
+    pub const KEY_REVERSED: u8 = 0x10;
 }
 
 /// One tracked connection.
@@ -562,6 +648,7 @@ pub struct FlowEvent {
 const _: () = {
     assert!(core::mem::size_of::<SlotSettings>() == 12 + 16 + 4 + 256 * 8);
     assert!(core::mem::size_of::<PrefixKey>() == 20);
+    assert!(core::mem::size_of::<PrefixKeyV4>() == 8);
     assert!(core::mem::size_of::<CtKey>() == 40);
     assert!(core::mem::size_of::<CtEntry>() == 16);
     assert!(core::mem::size_of::<FragmentKey>() == 40);
@@ -579,6 +666,7 @@ mod pod {
     unsafe impl aya::Pod for super::FlowEvent {}
     unsafe impl aya::Pod for super::CounterValue {}
     unsafe impl aya::Pod for super::PrefixKey {}
+    unsafe impl aya::Pod for super::PrefixKeyV4 {}
     unsafe impl aya::Pod for super::CtKey {}
     unsafe impl aya::Pod for super::CtEntry {}
     unsafe impl aya::Pod for super::FragmentKey {}

@@ -194,7 +194,8 @@ pub struct DatapathConfig {
     /// Source prefixes the XDP prefilter drops on every interface, also in
     /// audit mode (failsafe services excepted).
     pub prefilter: Vec<ipnet::IpNet>,
-    /// Most prefixes all tables of one policy generation may hold.
+    /// Most prefixes of each address family all tables of one policy
+    /// generation may hold.
     pub policy_map_max: u32,
     /// Most TCP connections tracked at once (least recently used go first).
     pub ct_tcp_max: u32,

@@ -36,9 +36,9 @@ use palisade_common::{
     DEFAULT_CT_ANY_CAPACITY, DEFAULT_CT_TCP_CAPACITY, DEFAULT_PREFIX_CAPACITY,
     DEFAULT_RULE_CAPACITY, DEFAULT_RULE_SET_CAPACITY, EventBudget, FAILSAFE_CAPACITY,
     FAILSAFE_RULE, FLOW_RING_BYTES, FRAGMENT_CAPACITY, FailsafeKey, FlowEvent, FragmentKey,
-    FragmentPorts, MAX_ENTRIES_PER_RULE_SET, MAX_PREFIX_LENGTHS, NO_RULE, PrefixKey, RuleSet,
-    SLOT_COUNT, SlotSettings, action, ct_flag, default_deny, direction, drop_reason, family,
-    lengths_index, protocol, table, verdict,
+    FragmentPorts, MAX_ENTRIES_PER_RULE_SET, MAX_PREFIX_LENGTHS, NO_RULE, PrefixKey, PrefixKeyV4,
+    PrefixLengths, RuleSet, SLOT_COUNT, SlotSettings, action, ct_flag, default_deny, direction,
+    drop_reason, family, lengths_index, protocol, table, verdict,
 };
 
 #[map]
@@ -52,6 +52,14 @@ static PREFIXES_0: HashMap<PrefixKey, u32> = HashMap::with_max_entries(DEFAULT_P
 
 #[map]
 static PREFIXES_1: HashMap<PrefixKey, u32> = HashMap::with_max_entries(DEFAULT_PREFIX_CAPACITY, 0);
+
+#[map]
+static PREFIXES_V4_0: HashMap<PrefixKeyV4, u32> =
+    HashMap::with_max_entries(DEFAULT_PREFIX_CAPACITY, 0);
+
+#[map]
+static PREFIXES_V4_1: HashMap<PrefixKeyV4, u32> =
+    HashMap::with_max_entries(DEFAULT_PREFIX_CAPACITY, 0);
 
 #[map]
 static RULE_SETS_0: Array<RuleSet> = Array::with_max_entries(DEFAULT_RULE_SET_CAPACITY, 0);
@@ -313,62 +321,86 @@ fn prefilter(ctx: &XdpContext) -> Result<u32, ()> {
     Ok(xdp_action::XDP_DROP)
 }
 
+/// The TC program. Every function call and return costs here (retpolines
+/// and return thunks on CPUs that need them), so the hot path is inlined
+/// into one body; `finish` stays a call, made from one place.
+#[inline(always)]
 fn firewall(ctx: &TcContext, way: u8) -> i32 {
     let slot = active_slot();
     let Some(settings) = SLOT_SETTINGS.get(slot) else {
         return TC_ACT_UNSPEC;
     };
     let mut packet = empty_packet();
-    match parse(ctx, &mut packet) {
-        Parsed::Ip => {}
+    let Some(decision) = judge(ctx, way, slot, settings, &mut packet) else {
+        return TC_ACT_UNSPEC;
+    };
+    if finish(ctx, way, &packet, &decision, settings) {
+        TC_ACT_SHOT as i32
+    } else {
+        TC_ACT_UNSPEC
+    }
+}
+
+/// The verdict on a packet, or `None` when it is not ours to judge (not IP,
+/// always allowed) or belongs to a tracked connection (counted here).
+#[inline(always)]
+fn judge(
+    ctx: &TcContext,
+    way: u8,
+    slot: u32,
+    settings: &SlotSettings,
+    packet: &mut Packet,
+) -> Option<Decision> {
+    match parse_headers(ctx, packet) {
+        Ok(true) => {}
         // Not IP (ARP, LLDP, ...): not ours to judge.
-        Parsed::NotIp => return TC_ACT_UNSPEC,
-        Parsed::Malformed => {
-            let decision = drop_or_audit(settings, drop_reason::INVALID_PACKET, NO_RULE);
-            return tc_action(finish(ctx, way, &packet, &decision, settings));
+        Ok(false) => return None,
+        Err(()) => {
+            return Some(drop_or_audit(
+                settings,
+                drop_reason::INVALID_PACKET,
+                NO_RULE,
+            ));
         }
     }
     if packet.bypass {
-        return TC_ACT_UNSPEC;
+        return None;
     }
-    if !follow_fragment(&mut packet) {
-        let decision = drop_or_audit(settings, drop_reason::FRAG_NOT_FOUND, NO_RULE);
-        return tc_action(finish(ctx, way, &packet, &decision, settings));
+    if !follow_fragment(packet) {
+        return Some(drop_or_audit(
+            settings,
+            drop_reason::FRAG_NOT_FOUND,
+            NO_RULE,
+        ));
     }
-    if strict_mode(settings, packet.family) && unencrypted(slot, settings, way, &packet) {
-        let decision = drop_or_audit(settings, drop_reason::UNENCRYPTED_TRAFFIC, NO_RULE);
-        return tc_action(finish(ctx, way, &packet, &decision, settings));
+    if strict_mode(settings, packet.family) && unencrypted(slot, settings, way, packet) {
+        return Some(drop_or_audit(
+            settings,
+            drop_reason::UNENCRYPTED_TRAFFIC,
+            NO_RULE,
+        ));
     }
-    if track(ctx, &packet, settings) == Tracked::Known {
+    if track(ctx, packet, settings) == Tracked::Known {
         bump(way, Counter::Established, ctx.length());
-        return TC_ACT_UNSPEC;
+        return None;
     }
-    let mut decision = if is_failsafe(way, &packet) {
+    let mut decision = if is_failsafe(way, packet) {
         Decision {
             verdict: verdict::FORWARDED,
             drop_reason: drop_reason::NONE,
             rule_id: FAILSAFE_RULE,
         }
     } else {
-        decide(slot, settings, way, &packet)
+        decide(slot, settings, way, packet)
     };
-    if decision.verdict != verdict::DROPPED && !open_connection(&packet, way, &decision, settings) {
+    if decision.verdict != verdict::DROPPED && !open_connection(packet, way, &decision, settings) {
         bump(way, Counter::CtInsertFailed, ctx.length());
         if settings.ct_full_drop != 0 {
             decision = drop_or_audit(settings, drop_reason::CT_MAP_INSERTION_FAILED, NO_RULE);
         }
     }
     count_rule(slot, decision.rule_id, ctx.length());
-    tc_action(finish(ctx, way, &packet, &decision, settings))
-}
-
-#[inline(always)]
-fn tc_action(dropped: bool) -> i32 {
-    if dropped {
-        TC_ACT_SHOT as i32
-    } else {
-        TC_ACT_UNSPEC
-    }
+    Some(decision)
 }
 
 #[inline(always)]
@@ -401,7 +433,9 @@ enum Parsed {
     Malformed,
 }
 
-/// Parses the frame into `packet`.
+/// Parses the frame into `packet` (the XDP prefilter's parser; TC inlines
+/// [`parse_headers`]: in the XDP program, inlining it makes LLVM store an
+/// uninitialised register, which the verifier refuses).
 #[inline(never)]
 fn parse<F: Frame>(frame: &F, packet: &mut Packet) -> Parsed {
     match parse_headers(frame, packet) {
@@ -524,7 +558,7 @@ fn mapped_v4(octets: [u8; 4]) -> Address {
 
 /// Records a first fragment's ports, or gives a later fragment the ports of
 /// its first. False for a later fragment whose first was never seen.
-#[inline(never)]
+#[inline(always)]
 fn follow_fragment(packet: &mut Packet) -> bool {
     let id = match packet.fragment {
         Fragment::Whole => return true,
@@ -583,19 +617,6 @@ fn ct_key(packet: &Packet) -> CtKey {
 }
 
 #[inline(always)]
-fn reversed(key: &CtKey) -> CtKey {
-    CtKey {
-        source: key.destination,
-        destination: key.source,
-        source_port: key.destination_port,
-        destination_port: key.source_port,
-        protocol: key.protocol,
-        pad: 0,
-        pad_wide: 0,
-    }
-}
-
-#[inline(always)]
 fn ct_table(protocol_number: u8) -> &'static LruHashMap<CtKey, CtEntry> {
     if protocol_number == protocol::TCP {
         &CT_TCP
@@ -604,19 +625,15 @@ fn ct_table(protocol_number: u8) -> &'static LruHashMap<CtKey, CtEntry> {
     }
 }
 
-/// Looks the packet up in conntrack, refreshing the entry it belongs to.
-#[inline(never)]
+/// Looks the packet up in conntrack (one lookup: both directions share the
+/// canonical key), refreshing the entry it belongs to.
+#[inline(always)]
 fn track<F: Frame>(frame: &F, packet: &Packet, settings: &SlotSettings) -> Tracked {
-    let now = unsafe { bpf_ktime_get_coarse_ns() };
-    let key = ct_key(packet);
-    let map = ct_table(packet.protocol);
-    if let Some(entry) = map.get_ptr_mut(&key) {
-        if refresh(entry, packet, true, now, settings) {
-            return Tracked::Known;
-        }
-    }
-    if let Some(entry) = map.get_ptr_mut(&reversed(&key)) {
-        if refresh(entry, packet, false, now, settings) {
+    let (key, reversed) = ct_key(packet).canonical();
+    if let Some(entry) = ct_table(packet.protocol).get_ptr_mut(&key) {
+        // The clock is read only for a hit: a new connection needs none here.
+        let now = unsafe { bpf_ktime_get_coarse_ns() };
+        if refresh(entry, packet, reversed, now, settings) {
             return Tracked::Known;
         }
     }
@@ -625,7 +642,7 @@ fn track<F: Frame>(frame: &F, packet: &Packet, settings: &SlotSettings) -> Track
             packet.icmp_type,
             ICMP_DEST_UNREACHABLE | ICMP_TIME_EXCEEDED | ICMP_PARAMETER_PROBLEM
         )
-        && related_error(frame, packet, now)
+        && related_error(frame, packet)
     {
         return Tracked::Known;
     }
@@ -637,7 +654,7 @@ fn track<F: Frame>(frame: &F, packet: &Packet, settings: &SlotSettings) -> Track
 fn refresh(
     entry: *mut CtEntry,
     packet: &Packet,
-    original: bool,
+    key_reversed: bool,
     now: u64,
     settings: &SlotSettings,
 ) -> bool {
@@ -648,6 +665,8 @@ fn refresh(
         return false;
     }
     let mut flags = entry.flags;
+    // The packet goes the opener's way when its tuple needed the same turn.
+    let original = key_reversed == (flags & ct_flag::KEY_REVERSED != 0);
     if !original {
         flags |= ct_flag::SEEN_REPLY;
     }
@@ -689,7 +708,7 @@ fn refresh(
 /// An ICMPv4 error about a tracked connection: the quoted header is the
 /// connection's packet going the other way.
 #[inline(never)]
-fn related_error<F: Frame>(frame: &F, packet: &Packet, now: u64) -> bool {
+fn related_error<F: Frame>(frame: &F, packet: &Packet) -> bool {
     let quoted = packet.l4_offset + 8;
     let Ok(header) = frame.read::<[u8; 20]>(quoted) else {
         return false;
@@ -710,12 +729,11 @@ fn related_error<F: Frame>(frame: &F, packet: &Packet, now: u64) -> bool {
         pad: 0,
         pad_wide: 0,
     };
-    let map = ct_table(key.protocol);
-    let live = |entry: Option<*mut CtEntry>| {
-        // SAFETY: read-only look at an entry returned by a lookup.
-        entry.is_some_and(|entry| unsafe { (*entry).expires_ns } >= now)
+    let Some(entry) = ct_table(key.protocol).get_ptr_mut(&key.canonical().0) else {
+        return false;
     };
-    live(map.get_ptr_mut(&key)) || live(map.get_ptr_mut(&reversed(&key)))
+    // SAFETY: read-only look at an entry returned by a lookup.
+    unsafe { (*entry).expires_ns >= bpf_ktime_get_coarse_ns() }
 }
 
 /// Tracks a connection that was just let through; false if the table refused.
@@ -732,16 +750,15 @@ fn open_connection(packet: &Packet, way: u8, decision: &Decision, settings: &Slo
     } else {
         settings.ct_timeouts.other
     };
+    let (key, reversed) = ct_key(packet).canonical();
     let entry = CtEntry {
         expires_ns: unsafe { bpf_ktime_get_coarse_ns() } + u64::from(lifetime) * NS_PER_SECOND,
         rule_id: decision.rule_id,
-        flags: 0,
+        flags: if reversed { ct_flag::KEY_REVERSED } else { 0 },
         direction: way,
         pad: 0,
     };
-    ct_table(packet.protocol)
-        .insert(&ct_key(packet), &entry, 0)
-        .is_ok()
+    ct_table(packet.protocol).insert(&key, &entry, 0).is_ok()
 }
 
 #[inline(always)]
@@ -769,8 +786,9 @@ struct Probe {
 }
 
 /// The longest prefix of `table_code` containing `address`: one hash probe
-/// per prefix length in use, longest first. The probes run under `bpf_loop`,
-/// so the verifier checks one probe, not one per possible length.
+/// per prefix length in use, longest first. IPv4 probes in a bounded loop
+/// ([`lookup_v4`]); IPv6, with up to 129 lengths, under `bpf_loop`, so the
+/// verifier checks one probe, not one per possible length.
 #[inline(always)]
 fn lookup(
     slot: u32,
@@ -784,6 +802,14 @@ fn lookup(
     if count == 0 {
         return None;
     }
+    if address_family == family::IPV4 {
+        return lookup_v4(
+            slot,
+            settings.lengths.get(lengths_index)?,
+            table_code,
+            address,
+        );
+    }
     let mut probe = Probe {
         key: PrefixKey {
             table: table_code,
@@ -794,7 +820,7 @@ fn lookup(
             // a byte-by-byte memset call in BPF.
             address: *address,
         },
-        words: address_words(address_family, address),
+        words: address_words(address),
         slot,
         lengths_index: lengths_index as u32,
         value: 0,
@@ -810,6 +836,45 @@ fn lookup(
         );
     }
     (probe.hit != 0).then_some(probe.value)
+}
+
+/// [`lookup`] for IPv4: at most 33 lengths, probed in a bounded loop (a
+/// `bpf_loop` callback costs a call and a return per probe, which on this
+/// kind of CPU cost as much as the hash lookup itself).
+#[inline(always)]
+fn lookup_v4(slot: u32, lengths: &PrefixLengths, table_code: u8, address: &Address) -> Option<u32> {
+    let word = u32::from_be_bytes([address[12], address[13], address[14], address[15]]);
+    let mut key = PrefixKeyV4 {
+        table: table_code,
+        prefix_len: 0,
+        pad: 0,
+        address: [0; 4],
+    };
+    for i in 0..=32usize {
+        if i >= usize::from(lengths.count) {
+            break;
+        }
+        let length = lengths.lengths[i];
+        let mask = match length {
+            0 => 0,
+            1..=32 => u32::MAX << (32 - u32::from(length)),
+            _ => return None,
+        };
+        key.prefix_len = length;
+        key.address = (word & mask).to_be_bytes();
+        // SAFETY: the value is copied out at once.
+        let found = unsafe {
+            if slot == 0 {
+                PREFIXES_V4_0.get(&key)
+            } else {
+                PREFIXES_V4_1.get(&key)
+            }
+        };
+        if let Some(value) = found {
+            return Some(*value);
+        }
+    }
+    None
 }
 
 /// One probe of [`lookup`]: the `index`-th longest length. Returns 1 to stop.
@@ -854,19 +919,15 @@ extern "C" fn probe_length(index: u32, context: *mut c_void) -> i64 {
     }
 }
 
-/// The address as four big-endian words, IPv4 in the first.
+/// An IPv6 address as four big-endian words.
 #[inline(always)]
-fn address_words(address_family: u8, address: &Address) -> [u32; 4] {
+fn address_words(address: &Address) -> [u32; 4] {
     let word =
         |i: usize| u32::from_be_bytes([address[i], address[i + 1], address[i + 2], address[i + 3]]);
-    if address_family == family::IPV4 {
-        [word(12), 0, 0, 0]
-    } else {
-        [word(0), word(4), word(8), word(12)]
-    }
+    [word(0), word(4), word(8), word(12)]
 }
 
-#[inline(never)]
+#[inline(always)]
 fn decide(slot: u32, settings: &SlotSettings, way: u8, packet: &Packet) -> Decision {
     let (table_code, peer, default_deny) = if way == direction::INGRESS {
         (

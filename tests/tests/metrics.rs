@@ -123,7 +123,7 @@ fn counters_move_with_the_traffic_sent() {
     let pressure = value(
         &after,
         "palisade_bpf_map_pressure_ratio",
-        &[("map", "prefixes")],
+        &[("map", "prefixes_ipv4")],
     );
     assert!(pressure > 0.0 && pressure < 0.01, "{pressure}");
 

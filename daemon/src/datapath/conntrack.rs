@@ -10,9 +10,15 @@ use palisade_policy::Direction;
 
 use super::{ConnectionState, TrackedConnection};
 
-/// The connection `key`/`entry` describe, or `None` once it has expired.
+/// The connection `key`/`entry` describe, in its opener's direction, or
+/// `None` once it has expired.
 pub fn tracked(key: &CtKey, entry: &CtEntry, now: Duration) -> Option<TrackedConnection> {
     let expires_in = Duration::from_nanos(entry.expires_ns).checked_sub(now)?;
+    let key = if entry.flags & ct_flag::KEY_REVERSED != 0 {
+        key.reversed()
+    } else {
+        *key
+    };
     let state = if entry.flags & ct_flag::RST != 0
         || entry.flags & (ct_flag::FIN_ORIGINAL | ct_flag::FIN_REPLY)
             == ct_flag::FIN_ORIGINAL | ct_flag::FIN_REPLY
@@ -80,5 +86,58 @@ mod tests {
         );
         assert_eq!(closed.unwrap().state, ConnectionState::Closing);
         assert!(tracked(&key, &entry(0), Duration::from_secs(6)).is_none());
+    }
+
+    fn v4_key(source: [u8; 4], source_port: u16, destination: [u8; 4], port: u16) -> CtKey {
+        let mapped = |octets: [u8; 4]| {
+            let mut address = [0u8; 16];
+            address[10..12].copy_from_slice(&[0xff, 0xff]);
+            address[12..].copy_from_slice(&octets);
+            address
+        };
+        CtKey {
+            source: mapped(source),
+            destination: mapped(destination),
+            source_port,
+            destination_port: port,
+            protocol: 6,
+            ..CtKey::default()
+        }
+    }
+
+    #[test]
+    fn both_directions_of_a_connection_share_one_canonical_key() {
+        let cases = [
+            v4_key([10, 0, 0, 1], 40000, [10, 0, 0, 2], 443),
+            v4_key([10, 0, 0, 2], 40000, [10, 0, 0, 1], 443),
+            v4_key([192, 0, 2, 1], 22, [10, 0, 0, 1], 22),
+            // Same addresses: the ports decide.
+            v4_key([10, 0, 0, 1], 1, [10, 0, 0, 1], 2),
+            v4_key([10, 0, 0, 1], 2, [10, 0, 0, 1], 1),
+        ];
+        for key in cases {
+            let (forward, forward_reversed) = key.canonical();
+            let (backward, backward_reversed) = key.reversed().canonical();
+            assert_eq!(forward, backward, "{key:?}");
+            assert_ne!(forward_reversed, backward_reversed, "{key:?}");
+        }
+    }
+
+    #[test]
+    fn a_reversed_key_is_listed_in_the_openers_direction() {
+        let opener = v4_key([10, 0, 0, 9], 40000, [10, 0, 0, 1], 443);
+        let (stored, reversed) = opener.canonical();
+        assert!(reversed, "10.0.0.9 sorts after 10.0.0.1");
+        let entry = CtEntry {
+            expires_ns: 5_000_000_000,
+            flags: ct_flag::KEY_REVERSED,
+            direction: direction::INGRESS,
+            ..CtEntry::default()
+        };
+        let listed = tracked(&stored, &entry, Duration::ZERO).unwrap();
+        assert_eq!(listed.source, IpAddr::from([10, 0, 0, 9]));
+        assert_eq!(listed.source_port, 40000);
+        assert_eq!(listed.destination, IpAddr::from([10, 0, 0, 1]));
+        assert_eq!(listed.destination_port, 443);
     }
 }

@@ -22,9 +22,10 @@ use palisade_common::{
     ACTIVE_SLOT_MAP, COUNTER_COUNT, COUNTERS_MAP, CT_ANY_MAP, CT_TCP_MAP, Counter, CounterValue,
     CtEntry, CtKey, CtTimeouts, DEFAULT_RULE_CAPACITY, DEFAULT_RULE_SET_CAPACITY, FAILSAFE_MAP,
     FLOW_EVENTS_MAP, FailsafeKey, MAX_ENTRIES_PER_RULE_SET, NO_RULE, PREFIX_MAPS, PREFIX_MASKS_MAP,
-    PortEntry, PrefixKey, PrefixLengths, RULE_COUNTER_MAPS, RULE_SET_MAPS, RuleSet,
-    SLOT_SETTINGS_MAP, SlotSettings, TC_EGRESS_PROGRAM, TC_INGRESS_PROGRAM, XDP_PREFILTER_PROGRAM,
-    default_deny, direction, family, lengths_index, prefix_mask, table,
+    PREFIX_V4_MAPS, PortEntry, PrefixKey, PrefixKeyV4, PrefixLengths, RULE_COUNTER_MAPS,
+    RULE_SET_MAPS, RuleSet, SLOT_SETTINGS_MAP, SlotSettings, TC_EGRESS_PROGRAM, TC_INGRESS_PROGRAM,
+    XDP_PREFILTER_PROGRAM, ct_flag, default_deny, direction, family, lengths_index, prefix_mask,
+    table,
 };
 use palisade_policy::{CompiledTable, compile::DirectionTable};
 use tracing::{info, warn};
@@ -48,6 +49,7 @@ pub struct EbpfDatapath {
     active_slot: Array<MapData, u32>,
     slot_settings: Array<MapData, SlotSettings>,
     prefixes: [HashMap<MapData, PrefixKey, u32>; 2],
+    prefixes_v4: [HashMap<MapData, PrefixKeyV4, u32>; 2],
     rule_sets: [Array<MapData, RuleSet>; 2],
     rule_counters: [PerCpuArray<MapData, CounterValue>; 2],
     counters: PerCpuArray<MapData, CounterValue>,
@@ -96,6 +98,8 @@ impl EbpfDatapath {
             .default_map_pin_directory(&datapath.pin_path)
             .map_max_entries(PREFIX_MAPS[0], policy_map_max)
             .map_max_entries(PREFIX_MAPS[1], policy_map_max)
+            .map_max_entries(PREFIX_V4_MAPS[0], policy_map_max)
+            .map_max_entries(PREFIX_V4_MAPS[1], policy_map_max)
             .map_max_entries(CT_TCP_MAP, capacity("ct_tcp_max", datapath.ct_tcp_max)?)
             .map_max_entries(CT_ANY_MAP, capacity("ct_any_max", datapath.ct_any_max)?);
         let mut ebpf = loader.load(PROGRAMS).map_err(|error| match error {
@@ -149,12 +153,16 @@ impl EbpfDatapath {
             ct_full_drop: u8::from(datapath.ct_full == CtFullAction::Drop),
             ..SlotSettings::default()
         };
-        let datapath = Self {
+        let mut datapath = Self {
             active_slot: Array::try_from(take(ACTIVE_SLOT_MAP)?)?,
             slot_settings: Array::try_from(take(SLOT_SETTINGS_MAP)?)?,
             prefixes: [
                 HashMap::try_from(take(PREFIX_MAPS[0])?)?,
                 HashMap::try_from(take(PREFIX_MAPS[1])?)?,
+            ],
+            prefixes_v4: [
+                HashMap::try_from(take(PREFIX_V4_MAPS[0])?)?,
+                HashMap::try_from(take(PREFIX_V4_MAPS[1])?)?,
             ],
             rule_sets: [
                 Array::try_from(take(RULE_SET_MAPS[0])?)?,
@@ -181,7 +189,40 @@ impl EbpfDatapath {
             interfaces: Vec::new(),
             ebpf,
         };
+        let migrated = datapath.canonicalize_connections()?;
+        if migrated > 0 {
+            info!(
+                connections = migrated,
+                "rewrote pinned conntrack entries of an earlier version under their canonical keys"
+            );
+        }
         Ok((datapath, flow_events))
+    }
+
+    /// Moves conntrack entries pinned by a version that keyed connections in
+    /// the opener's order to their canonical key ([`CtKey::canonical`]), so
+    /// an upgrade keeps tracked connections. A canonical key never needs
+    /// reversing, so an entry whose key does is of the old kind.
+    fn canonicalize_connections(&mut self) -> anyhow::Result<usize> {
+        let mut moved = 0;
+        for table in &mut self.connections {
+            let old: Vec<(CtKey, CtEntry)> = table
+                .iter()
+                .map_while(Result::ok)
+                .filter(|(key, entry)| key.reverses() && entry.flags & ct_flag::KEY_REVERSED == 0)
+                .collect();
+            for (key, mut entry) in old {
+                entry.flags |= ct_flag::KEY_REVERSED;
+                table
+                    .insert(&key.reversed(), &entry, 0)
+                    .context("rewriting a pinned conntrack entry")?;
+                match table.remove(&key) {
+                    Ok(()) | Err(MapError::KeyNotFound) => moved += 1,
+                    Err(error) => return Err(error).context("removing a pinned conntrack entry"),
+                }
+            }
+        }
+        Ok(moved)
     }
 
     /// The XDP prefilter, for `BPF_PROG_TEST_RUN` (tests, benchmarks).
@@ -359,12 +400,14 @@ impl Datapath for EbpfDatapath {
         let slot = 1 - self.active;
         let index = slot as usize;
         let keys = self.keys(table)?;
-        if keys.len() > self.policy_map_max as usize {
-            return Err(anyhow!(
-                "the policies need {} prefix entries, more than datapath.policy_map_max = {}; raise it or merge prefixes",
-                keys.len(),
-                self.policy_map_max
-            ));
+        let v4 = keys.keys().filter(|key| key.family == family::IPV4).count();
+        for (family_name, count) in [("IPv4", v4), ("IPv6", keys.len() - v4)] {
+            if count > self.policy_map_max as usize {
+                return Err(anyhow!(
+                    "the policies need {count} {family_name} prefix entries, more than datapath.policy_map_max = {}; raise it or merge prefixes",
+                    self.policy_map_max
+                ));
+            }
         }
         let rule_set_count = table.ingress.rule_sets.len() + table.egress.rule_sets.len();
         if rule_set_count > DEFAULT_RULE_SET_CAPACITY as usize {
@@ -377,7 +420,11 @@ impl Datapath for EbpfDatapath {
         }
         for key in &self.written_keys[index] {
             if !keys.contains_key(key) {
-                self.prefixes[index].remove(key)?;
+                if key.family == family::IPV4 {
+                    self.prefixes_v4[index].remove(&PrefixKeyV4::from_key(key))?;
+                } else {
+                    self.prefixes[index].remove(key)?;
+                }
             }
         }
         // Egress rule sets follow the ingress ones in the same array.
@@ -390,9 +437,12 @@ impl Datapath for EbpfDatapath {
             self.rule_sets[index].set(u32::try_from(i)?, &rule_set(entries)?, 0)?;
         }
         for (key, value) in &keys {
-            self.prefixes[index]
-                .insert(key, value, 0)
-                .context("writing a prefix (raise datapath.policy_map_max)")?;
+            if key.family == family::IPV4 {
+                self.prefixes_v4[index].insert(&PrefixKeyV4::from_key(key), value, 0)
+            } else {
+                self.prefixes[index].insert(key, value, 0)
+            }
+            .context("writing a prefix (raise datapath.policy_map_max)")?;
         }
         let cpus = usize::try_from(nr_cpus().map_err(|(_, e)| e)?.get())?;
         let rules = table.rules.len().min(DEFAULT_RULE_CAPACITY as usize);
@@ -541,10 +591,19 @@ impl Datapath for EbpfDatapath {
 
     fn map_usage(&self) -> Vec<MapUsage> {
         let active = self.active as usize;
+        let v4 = self.written_keys[active]
+            .iter()
+            .filter(|key| key.family == family::IPV4)
+            .count();
         vec![
             MapUsage {
-                map: "prefixes",
-                entries: self.written_keys[active].len(),
+                map: "prefixes_ipv4",
+                entries: v4,
+                capacity: self.policy_map_max as usize,
+            },
+            MapUsage {
+                map: "prefixes_ipv6",
+                entries: self.written_keys[active].len() - v4,
                 capacity: self.policy_map_max as usize,
             },
             MapUsage {
@@ -559,6 +618,95 @@ impl Datapath for EbpfDatapath {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::datapath::{
+        differential_tests::{TC_DROP, TC_PASS, TestPins, test_config},
+        test_packet::{TCP_SYN_ACK, frame_with_flags},
+    };
+    use aya::{TestRun as _, TestRunOptions};
+    use palisade_common::protocol;
+    use palisade_policy::{Connection, Direction, NodeContext, compile, policy_from_toml};
+    use std::net::IpAddr;
+
+    /// Only egress is allowed: replies come in by conntrack alone.
+    const EGRESS_ONLY: &str = r#"
+kind = "CiliumClusterwideNetworkPolicy"
+metadata = { name = "egress-only" }
+[spec]
+nodeSelector = {}
+[[spec.egress]]
+toCIDR = ["10.0.0.0/8"]
+[[spec.ingress]]
+fromCIDR = ["192.0.2.1/32"]
+"#;
+
+    #[test]
+    fn an_upgrade_keeps_connections_pinned_in_the_openers_order() {
+        if !palisade_e2e::have_root("an_upgrade_keeps_connections_pinned_in_the_openers_order") {
+            return;
+        }
+        let pins = TestPins::new("ct-upgrade");
+        let config = test_config(&pins);
+        let policy = policy_from_toml("egress-only.toml", EGRESS_ONLY).unwrap();
+        let table = compile(&[policy], &NodeContext::default()).unwrap();
+        // This node (10.0.0.9) opened 10.0.0.9:40000 -> 10.0.0.1:443; an
+        // earlier version stored that tuple as it was, without the flag.
+        let mut opener = CtKey {
+            source_port: 40000,
+            destination_port: 443,
+            protocol: protocol::TCP,
+            ..CtKey::default()
+        };
+        opener.source[10..].copy_from_slice(&[0xff, 0xff, 10, 0, 0, 9]);
+        opener.destination[10..].copy_from_slice(&[0xff, 0xff, 10, 0, 0, 1]);
+        assert!(
+            opener.reverses(),
+            "the test needs a tuple stored reversed now"
+        );
+        let reply = frame_with_flags(
+            &Connection {
+                protocol: protocol::TCP,
+                source: "10.0.0.1".parse().unwrap(),
+                destination: "10.0.0.9".parse().unwrap(),
+                destination_port: 40000,
+            },
+            443,
+            TCP_SYN_ACK,
+        );
+        let run = |datapath: &EbpfDatapath| {
+            let program = datapath.tc_program(Direction::Ingress).unwrap();
+            program
+                .test_run(TestRunOptions {
+                    data_in: Some(&reply),
+                    ..TestRunOptions::default()
+                })
+                .unwrap()
+                .return_value
+        };
+        {
+            let (mut datapath, _ring) = EbpfDatapath::load(&config).unwrap();
+            datapath.install(&table, 1).unwrap();
+            assert_eq!(run(&datapath), TC_DROP, "no connection yet: default deny");
+            let entry = CtEntry {
+                expires_ns: u64::MAX / 2,
+                direction: direction::EGRESS,
+                ..CtEntry::default()
+            };
+            datapath.connections[0].insert(&opener, &entry, 0).unwrap();
+            assert_eq!(run(&datapath), TC_DROP, "the old key is not found");
+        }
+        // The next daemon adopts the pinned table and rewrites the entry.
+        let (mut datapath, _ring) = EbpfDatapath::load(&config).unwrap();
+        datapath.install(&table, 2).unwrap();
+        assert_eq!(
+            run(&datapath),
+            TC_PASS,
+            "the reply belongs to the connection"
+        );
+        let listed = datapath.connections().unwrap();
+        assert_eq!(listed.len(), 1);
+        assert_eq!(listed[0].source, IpAddr::from([10, 0, 0, 9]));
+        assert_eq!(listed[0].destination_port, 443);
+    }
 
     #[test]
     fn keys_are_per_family_and_masked() {
