@@ -25,7 +25,7 @@ pub const PREFIX_V4_MAPS: [&str; 2] = ["PREFIXES_V4_0", "PREFIXES_V4_1"];
 pub const RULE_SET_MAPS: [&str; 2] = ["RULE_SETS_0", "RULE_SETS_1"];
 /// Names of the per-slot, per-CPU arrays of per-rule [`CounterValue`]s.
 pub const RULE_COUNTER_MAPS: [&str; 2] = ["RULE_COUNTERS_0", "RULE_COUNTERS_1"];
-/// Name of the hash map of always-allowed [`FailsafeKey`]s.
+/// Name of the bitmap array of always-allowed services ([`failsafe_bit`]).
 pub const FAILSAFE_MAP: &str = "FAILSAFE";
 /// Name of the LRU conntrack table for TCP.
 pub const CT_TCP_MAP: &str = "CT_TCP";
@@ -61,8 +61,10 @@ pub const DEFAULT_CT_TCP_CAPACITY: u32 = 524_288;
 pub const DEFAULT_CT_ANY_CAPACITY: u32 = 262_144;
 /// Capacity of the fragment table (datagrams being reassembled at once).
 pub const FRAGMENT_CAPACITY: u32 = 8_192;
-/// Capacity of the failsafe map.
-pub const FAILSAFE_CAPACITY: u32 = 256;
+/// Words of the failsafe bitmap per direction and protocol: a bit per port.
+pub const FAILSAFE_WORDS_PER_LIST: u32 = 65_536 / 64;
+/// Words of the failsafe bitmap: 2 directions x 3 protocols ([`failsafe_bit`]).
+pub const FAILSAFE_WORDS: u32 = 6 * FAILSAFE_WORDS_PER_LIST;
 /// Default size of the flow-event ring buffer in bytes.
 pub const FLOW_RING_BYTES: u32 = 256 * 1024;
 /// Rule id carried by a verdict no rule decided (default deny, default allow).
@@ -539,17 +541,26 @@ pub struct FragmentPorts {
     pub destination_port: u16,
 }
 
-/// An always-allowed (failsafe) service: new connections in `direction` to
-/// `port` over `protocol` pass whatever the policy says.
-#[repr(C)]
-#[derive(Copy, Clone, Debug, Default, PartialEq, Eq, Hash)]
-pub struct FailsafeKey {
-    /// One of the [`direction`] codes.
-    pub direction: u8,
-    /// IP protocol number (TCP, UDP or SCTP).
-    pub protocol: u8,
-    /// Destination port.
-    pub port: u16,
+/// Where the bit of an always-allowed (failsafe) service sits in the
+/// [`FAILSAFE_MAP`] bitmap: new connections in `direction` to `port` over
+/// `protocol` pass whatever the policy says. One bit per port, per protocol
+/// (TCP, UDP, SCTP) and direction; other protocols have no failsafe bit.
+/// Returns the array index and the bit within that word.
+#[must_use]
+pub const fn failsafe_bit(direction: u8, protocol: u8, port: u16) -> Option<(u32, u64)> {
+    let protocol_index = match protocol {
+        protocol::TCP => 0,
+        protocol::UDP => 1,
+        protocol::SCTP => 2,
+        _ => return None,
+    };
+    let direction_index = match direction {
+        direction::INGRESS => 0,
+        direction::EGRESS => 1,
+        _ => return None,
+    };
+    let index = (direction_index * 3 + protocol_index) * FAILSAFE_WORDS_PER_LIST + port as u32 / 64;
+    Some((index, 1 << (port % 64)))
 }
 
 /// Per-CPU state of the flow-event rate limit and the forward sampler.
@@ -562,7 +573,18 @@ pub struct EventBudget {
     pub sent: u32,
     /// Forwarded new connections seen (for 1-in-N sampling).
     pub forwards: u32,
+    /// Events suppressed since the clock was last read (over budget, the
+    /// clock is read once per [`BUDGET_CLOCK_STRIDE`] suppressed events).
+    pub suppressed: u32,
+    /// Explicit padding; always zero.
+    pub pad: u32,
 }
+
+/// Over its budget, a CPU reads the clock once per this many suppressed
+/// events to see whether a new one-second window began: a flood costs no
+/// clock read per packet, and a new window is noticed at most this many
+/// events late.
+pub const BUDGET_CLOCK_STRIDE: u32 = 64;
 
 /// One rule-set entry: a protocol and port range with the action that applies.
 #[repr(C)]
@@ -671,5 +693,4 @@ mod pod {
     unsafe impl aya::Pod for super::CtEntry {}
     unsafe impl aya::Pod for super::FragmentKey {}
     unsafe impl aya::Pod for super::FragmentPorts {}
-    unsafe impl aya::Pod for super::FailsafeKey {}
 }

@@ -23,22 +23,19 @@ use aya_ebpf::{
     EbpfContext as _,
     bindings::{__sk_buff, TC_ACT_SHOT, TC_ACT_UNSPEC, xdp_action},
     cty::c_void,
-    helpers::{
-        bpf_ktime_get_coarse_ns, bpf_ktime_get_ns, bpf_loop, bpf_xdp_get_buff_len,
-        bpf_xdp_load_bytes,
-    },
+    helpers::{bpf_ktime_get_coarse_ns, bpf_ktime_get_ns, bpf_loop, bpf_xdp_load_bytes},
     macros::{classifier, map, xdp},
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
     programs::{TcContext, XdpContext},
 };
 use palisade_common::{
-    Address, COUNTED_DIRECTIONS, COUNTER_COUNT, Counter, CounterValue, CtEntry, CtKey,
-    DEFAULT_CT_ANY_CAPACITY, DEFAULT_CT_TCP_CAPACITY, DEFAULT_PREFIX_CAPACITY,
-    DEFAULT_RULE_CAPACITY, DEFAULT_RULE_SET_CAPACITY, EventBudget, FAILSAFE_CAPACITY,
-    FAILSAFE_RULE, FLOW_RING_BYTES, FRAGMENT_CAPACITY, FailsafeKey, FlowEvent, FragmentKey,
-    FragmentPorts, MAX_ENTRIES_PER_RULE_SET, MAX_PREFIX_LENGTHS, NO_RULE, PrefixKey, PrefixKeyV4,
-    PrefixLengths, RuleSet, SLOT_COUNT, SlotSettings, action, ct_flag, default_deny, direction,
-    drop_reason, family, lengths_index, protocol, table, verdict,
+    Address, BUDGET_CLOCK_STRIDE, COUNTED_DIRECTIONS, COUNTER_COUNT, Counter, CounterValue,
+    CtEntry, CtKey, DEFAULT_CT_ANY_CAPACITY, DEFAULT_CT_TCP_CAPACITY, DEFAULT_PREFIX_CAPACITY,
+    DEFAULT_RULE_CAPACITY, DEFAULT_RULE_SET_CAPACITY, EventBudget, FAILSAFE_RULE, FAILSAFE_WORDS,
+    FLOW_RING_BYTES, FRAGMENT_CAPACITY, FlowEvent, FragmentKey, FragmentPorts,
+    MAX_ENTRIES_PER_RULE_SET, MAX_PREFIX_LENGTHS, NO_RULE, PrefixKey, PrefixKeyV4, PrefixLengths,
+    RuleSet, SLOT_COUNT, SlotSettings, action, ct_flag, default_deny, direction, drop_reason,
+    failsafe_bit, family, lengths_index, protocol, table, verdict,
 };
 
 #[map]
@@ -76,7 +73,7 @@ static RULE_COUNTERS_1: PerCpuArray<CounterValue> =
     PerCpuArray::with_max_entries(DEFAULT_RULE_CAPACITY, 0);
 
 #[map]
-static FAILSAFE: HashMap<FailsafeKey, u8> = HashMap::with_max_entries(FAILSAFE_CAPACITY, 0);
+static FAILSAFE: Array<u64> = Array::with_max_entries(FAILSAFE_WORDS, 0);
 
 #[map]
 static CT_TCP: LruHashMap<CtKey, CtEntry> = LruHashMap::pinned(DEFAULT_CT_TCP_CAPACITY, 0);
@@ -168,10 +165,12 @@ impl Frame for XdpContext {
         Ok(unsafe { value.assume_init() })
     }
 
+    /// The program is loaded without XDP multi-buffer support (section
+    /// `xdp`, not `xdp.frags`), so the kernel only hands it frames that sit
+    /// in one buffer: its length is `data_end - data`, no helper call needed.
     #[inline(always)]
     fn length(&self) -> u32 {
-        // SAFETY: the context points at the kernel's xdp_md for this program.
-        unsafe { bpf_xdp_get_buff_len(self.ctx) as u32 }
+        (self.data_end() - self.data()) as u32
     }
 
     #[inline(always)]
@@ -204,15 +203,38 @@ impl Frame for TcContext {
     }
 }
 
-/// Where a packet sits in a fragmented datagram.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Fragment {
+/// Where a packet sits in a fragmented datagram. Plain fields rather than
+/// an enum with data: storing a data-less variant copies its undefined
+/// payload, which the verifier refuses as a read of an uninitialised
+/// register. The place is computed without branches, so the verifier does
+/// not follow one path per place through the rest of the program.
+#[derive(Clone, Copy)]
+struct Fragment {
+    /// One of [`Fragment::WHOLE`], [`Fragment::FIRST`], [`Fragment::LATER`].
+    place: u8,
+    /// The datagram's identification (meaningless when whole).
+    id: u32,
+}
+
+impl Fragment {
     /// Not fragmented.
-    Whole,
+    const WHOLE: u8 = 0;
     /// The first fragment: it carries the L4 header.
-    First(u32),
+    const FIRST: u8 = 1;
     /// A later fragment: no L4 header.
-    Later(u32),
+    const LATER: u8 = 2;
+
+    /// The place given by a fragment offset and the more-fragments flag (0 or 1).
+    #[inline(always)]
+    fn new(offset: u16, more_fragments: u16, id: u32) -> Self {
+        // 1 when the offset is not zero.
+        let later = (u32::from(offset) + 0xffff) >> 16;
+        let first = u32::from(more_fragments & 1) & (later ^ 1);
+        Self {
+            place: ((later << 1) | first) as u8,
+            id,
+        }
+    }
 }
 
 /// What the parser learned about one packet. Aligned so that the addresses
@@ -291,34 +313,86 @@ fn active_slot() -> u32 {
     }
 }
 
+/// The XDP prefilter. IPv4 is judged from its IP header alone (the source,
+/// and for the failsafe check the protocol and destination port); the full
+/// parser runs for IPv6 and for the few drops that are reported.
 fn prefilter(ctx: &XdpContext) -> Result<u32, ()> {
-    let mut packet = empty_packet();
-    if parse(ctx, &mut packet) != Parsed::Ip {
-        return Ok(xdp_action::XDP_PASS);
-    }
     let slot = active_slot();
     let Some(settings) = SLOT_SETTINGS.get(slot) else {
         return Ok(xdp_action::XDP_PASS);
     };
-    let Some(rule_id) = lookup(
-        slot,
-        settings,
-        table::PREFILTER,
-        packet.family,
-        &packet.source,
-    ) else {
+    let ether_type = u16::from_be(ctx.read::<u16>(12)?);
+    let rule_id = if ether_type == ETH_P_IPV4 {
+        prefilter_v4(ctx, slot, settings)?
+    } else {
+        let mut packet = empty_packet();
+        if parse(ctx, &mut packet) != Parsed::Ip {
+            return Ok(xdp_action::XDP_PASS);
+        }
+        lookup(
+            slot,
+            settings,
+            table::PREFILTER,
+            packet.family,
+            &packet.source,
+        )
+        .filter(|_| !is_failsafe(direction::INGRESS, packet.protocol, packet.destination_port))
+    };
+    let Some(rule_id) = rule_id else {
         return Ok(xdp_action::XDP_PASS);
     };
-    if is_failsafe(direction::INGRESS, &packet) {
-        return Ok(xdp_action::XDP_PASS);
+    bump(direction::INGRESS, Counter::DroppedPrefilter, ctx.length());
+    if may_report(direction::INGRESS, settings, false) {
+        let mut packet = empty_packet();
+        if parse(ctx, &mut packet) == Parsed::Ip {
+            let decision = Decision {
+                verdict: verdict::DROPPED,
+                drop_reason: drop_reason::PREFILTER,
+                rule_id,
+            };
+            report(
+                ctx,
+                direction::INGRESS,
+                &packet,
+                &decision,
+                settings.generation,
+            );
+        }
     }
-    let decision = Decision {
-        verdict: verdict::DROPPED,
-        drop_reason: drop_reason::PREFILTER,
-        rule_id,
-    };
-    finish(ctx, direction::INGRESS, &packet, &decision, settings);
     Ok(xdp_action::XDP_DROP)
+}
+
+/// The prefilter rule an IPv4 packet's source falls in, unless the packet is
+/// malformed (left to TC, which drops and reports it) or goes to a failsafe
+/// service.
+#[inline(always)]
+fn prefilter_v4(ctx: &XdpContext, slot: u32, settings: &SlotSettings) -> Result<Option<u32>, ()> {
+    let lengths = settings
+        .lengths
+        .get(lengths_index(table::PREFILTER, family::IPV4))
+        .ok_or(())?;
+    if lengths.count == 0 {
+        return Ok(None);
+    }
+    let header: [u8; 20] = ctx.read(ETH_HLEN)?;
+    let header_len = usize::from(header[0] & 0x0f) * 4;
+    if header[0] >> 4 != 4 || header_len < 20 {
+        return Ok(None);
+    }
+    let source = u32::from_be_bytes([header[12], header[13], header[14], header[15]]);
+    let Some(rule_id) = lookup_v4(slot, lengths, table::PREFILTER, source) else {
+        return Ok(None);
+    };
+    let protocol = header[9];
+    let later_fragment = u16::from_be_bytes([header[6], header[7]]) & 0x1fff != 0;
+    let port = if !later_fragment
+        && (protocol == protocol::TCP || protocol == protocol::UDP || protocol == protocol::SCTP)
+    {
+        u16::from_be(ctx.read::<u16>(ETH_HLEN + header_len + 2)?)
+    } else {
+        0
+    };
+    Ok((!is_failsafe(direction::INGRESS, protocol, port)).then_some(rule_id))
 }
 
 /// The TC program. Every function call and return costs here (retpolines
@@ -384,7 +458,7 @@ fn judge(
         bump(way, Counter::Established, ctx.length());
         return None;
     }
-    let mut decision = if is_failsafe(way, packet) {
+    let mut decision = if is_failsafe(way, packet.protocol, packet.destination_port) {
         Decision {
             verdict: verdict::FORWARDED,
             drop_reason: drop_reason::NONE,
@@ -416,7 +490,10 @@ fn empty_packet() -> Packet {
         icmp_type: 0,
         icmp_code: 0,
         icmp_id: 0,
-        fragment: Fragment::Whole,
+        fragment: Fragment {
+            place: Fragment::WHOLE,
+            id: 0,
+        },
         l4_offset: 0,
         bypass: false,
     }
@@ -460,13 +537,7 @@ fn parse_headers<F: Frame>(frame: &F, packet: &mut Packet) -> Result<bool, ()> {
         packet.destination = mapped_v4([header[16], header[17], header[18], header[19]]);
         let id = u32::from(u16::from_be_bytes([header[4], header[5]]));
         let fragment = u16::from_be_bytes([header[6], header[7]]);
-        packet.fragment = if fragment & 0x1fff != 0 {
-            Fragment::Later(id)
-        } else if fragment & 0x2000 != 0 {
-            Fragment::First(id)
-        } else {
-            Fragment::Whole
-        };
+        packet.fragment = Fragment::new(fragment & 0x1fff, fragment >> 13, id);
         packet.l4_offset = ETH_HLEN + header_len;
     } else if ether_type == ETH_P_IPV6 {
         let header: [u8; 8] = frame.read(ETH_HLEN)?;
@@ -492,13 +563,7 @@ fn parse_headers<F: Frame>(frame: &F, packet: &mut Packet) -> Result<bool, ()> {
                     let id =
                         u32::from_be_bytes([fragment[4], fragment[5], fragment[6], fragment[7]]);
                     let offset_and_more = u16::from_be_bytes([fragment[2], fragment[3]]);
-                    packet.fragment = if offset_and_more & 0xfff8 != 0 {
-                        Fragment::Later(id)
-                    } else if offset_and_more & 1 != 0 {
-                        Fragment::First(id)
-                    } else {
-                        Fragment::Whole
-                    };
+                    packet.fragment = Fragment::new(offset_and_more & 0xfff8, offset_and_more, id);
                     offset += 8;
                 }
                 _ => break,
@@ -509,7 +574,7 @@ fn parse_headers<F: Frame>(frame: &F, packet: &mut Packet) -> Result<bool, ()> {
     } else {
         return Ok(false);
     }
-    if let Fragment::Later(_) = packet.fragment {
+    if packet.fragment.place == Fragment::LATER {
         // No L4 header: the ports come from the first fragment.
         return Ok(true);
     }
@@ -560,10 +625,10 @@ fn mapped_v4(octets: [u8; 4]) -> Address {
 /// its first. False for a later fragment whose first was never seen.
 #[inline(always)]
 fn follow_fragment(packet: &mut Packet) -> bool {
-    let id = match packet.fragment {
-        Fragment::Whole => return true,
-        Fragment::First(id) | Fragment::Later(id) => id,
-    };
+    if packet.fragment.place == Fragment::WHOLE {
+        return true;
+    }
+    let id = packet.fragment.id;
     let key = FragmentKey {
         source: packet.source,
         destination: packet.destination,
@@ -572,7 +637,7 @@ fn follow_fragment(packet: &mut Packet) -> bool {
         pad: 0,
         pad_wide: 0,
     };
-    if let Fragment::First(_) = packet.fragment {
+    if packet.fragment.place == Fragment::FIRST {
         let ports = FragmentPorts {
             source_port: packet.source_port,
             destination_port: packet.destination_port,
@@ -740,7 +805,7 @@ fn related_error<F: Frame>(frame: &F, packet: &Packet) -> bool {
 #[inline(never)]
 fn open_connection(packet: &Packet, way: u8, decision: &Decision, settings: &SlotSettings) -> bool {
     // A later fragment or a reset opens nothing.
-    if matches!(packet.fragment, Fragment::Later(_))
+    if packet.fragment.place == Fragment::LATER
         || (packet.protocol == protocol::TCP && packet.tcp_flags & TCP_FLAG_RST != 0)
     {
         return true;
@@ -762,14 +827,11 @@ fn open_connection(packet: &Packet, way: u8, decision: &Decision, settings: &Slo
 }
 
 #[inline(always)]
-fn is_failsafe(way: u8, packet: &Packet) -> bool {
-    let key = FailsafeKey {
-        direction: way,
-        protocol: packet.protocol,
-        port: packet.destination_port,
+fn is_failsafe(way: u8, protocol: u8, port: u16) -> bool {
+    let Some((index, bit)) = failsafe_bit(way, protocol, port) else {
+        return false;
     };
-    // SAFETY: only presence is read.
-    unsafe { FAILSAFE.get(&key) }.is_some()
+    FAILSAFE.get(index).is_some_and(|word| word & bit != 0)
 }
 
 /// The state of one longest-prefix lookup, shared with [`probe_length`].
@@ -803,12 +865,8 @@ fn lookup(
         return None;
     }
     if address_family == family::IPV4 {
-        return lookup_v4(
-            slot,
-            settings.lengths.get(lengths_index)?,
-            table_code,
-            address,
-        );
+        let word = u32::from_be_bytes([address[12], address[13], address[14], address[15]]);
+        return lookup_v4(slot, settings.lengths.get(lengths_index)?, table_code, word);
     }
     let mut probe = Probe {
         key: PrefixKey {
@@ -842,8 +900,7 @@ fn lookup(
 /// `bpf_loop` callback costs a call and a return per probe, which on this
 /// kind of CPU cost as much as the hash lookup itself).
 #[inline(always)]
-fn lookup_v4(slot: u32, lengths: &PrefixLengths, table_code: u8, address: &Address) -> Option<u32> {
-    let word = u32::from_be_bytes([address[12], address[13], address[14], address[15]]);
+fn lookup_v4(slot: u32, lengths: &PrefixLengths, table_code: u8, word: u32) -> Option<u32> {
     let mut key = PrefixKeyV4 {
         table: table_code,
         prefix_len: 0,
@@ -1123,6 +1180,13 @@ fn may_report(way: u8, settings: &SlotSettings, forward: bool) -> bool {
     }
     let limit = settings.events_per_second;
     if limit != 0 {
+        if budget.sent >= limit {
+            budget.suppressed = budget.suppressed.wrapping_add(1);
+            if budget.suppressed % BUDGET_CLOCK_STRIDE != 0 {
+                bump(way, Counter::EventsSuppressed, 0);
+                return false;
+            }
+        }
         let now = unsafe { bpf_ktime_get_coarse_ns() };
         if now.wrapping_sub(budget.window_start_ns) >= NS_PER_SECOND {
             budget.window_start_ns = now;

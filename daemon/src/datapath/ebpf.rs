@@ -21,11 +21,11 @@ use palisade_api::{Counters, DirectionCounters, InterfaceStatus, PacketCount};
 use palisade_common::{
     ACTIVE_SLOT_MAP, COUNTER_COUNT, COUNTERS_MAP, CT_ANY_MAP, CT_TCP_MAP, Counter, CounterValue,
     CtEntry, CtKey, CtTimeouts, DEFAULT_RULE_CAPACITY, DEFAULT_RULE_SET_CAPACITY, FAILSAFE_MAP,
-    FLOW_EVENTS_MAP, FailsafeKey, MAX_ENTRIES_PER_RULE_SET, NO_RULE, PREFIX_MAPS, PREFIX_MASKS_MAP,
+    FLOW_EVENTS_MAP, MAX_ENTRIES_PER_RULE_SET, NO_RULE, PREFIX_MAPS, PREFIX_MASKS_MAP,
     PREFIX_V4_MAPS, PortEntry, PrefixKey, PrefixKeyV4, PrefixLengths, RULE_COUNTER_MAPS,
     RULE_SET_MAPS, RuleSet, SLOT_SETTINGS_MAP, SlotSettings, TC_EGRESS_PROGRAM, TC_INGRESS_PROGRAM,
-    XDP_PREFILTER_PROGRAM, ct_flag, default_deny, direction, family, lengths_index, prefix_mask,
-    table,
+    XDP_PREFILTER_PROGRAM, ct_flag, default_deny, direction, failsafe_bit, family, lengths_index,
+    prefix_mask, table,
 };
 use palisade_policy::{CompiledTable, compile::DirectionTable};
 use tracing::{info, warn};
@@ -128,21 +128,18 @@ impl EbpfDatapath {
         for length in 0..=128u32 {
             masks.set(length, &prefix_mask(length), 0)?;
         }
-        let mut failsafe: HashMap<MapData, FailsafeKey, u8> =
-            HashMap::try_from(take(FAILSAFE_MAP)?)?;
+        let mut failsafe: Array<MapData, u64> = Array::try_from(take(FAILSAFE_MAP)?)?;
         let services = [
             (direction::INGRESS, &config.failsafe.inbound),
             (direction::EGRESS, &config.failsafe.outbound),
         ];
         for (way, list) in services {
             for service in list {
-                let key = FailsafeKey {
-                    direction: way,
-                    protocol: service.protocol.code(),
-                    port: service.port,
-                };
+                let (index, bit) = failsafe_bit(way, service.protocol.code(), service.port)
+                    .with_context(|| format!("failsafe service {service}: not TCP, UDP or SCTP"))?;
+                let word = failsafe.get(&index, 0)?;
                 failsafe
-                    .insert(&key, &1, 0)
+                    .set(index, &(word | bit), 0)
                     .with_context(|| format!("writing failsafe service {service}"))?;
             }
         }
