@@ -441,7 +441,9 @@ pub struct FlowsConfig {
     /// Drops and audits are not sampled.
     pub forward_sample_rate: u32,
     /// Flow events each CPU may send per second; the rest are counted.
-    /// 0: no limit.
+    /// 0: no limit. Over the limit a CPU reads the clock once per
+    /// `BUDGET_CLOCK_STRIDE` held-back events (no clock read per packet of a
+    /// flood), so a new second is noticed up to that many events late.
     pub events_per_second: u32,
 }
 

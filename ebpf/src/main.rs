@@ -91,6 +91,14 @@ static FLOW_EVENTS: RingBuf = RingBuf::with_byte_size(FLOW_RING_BYTES, 0);
 static COUNTERS: PerCpuArray<CounterValue> =
     PerCpuArray::with_max_entries(COUNTER_COUNT * COUNTED_DIRECTIONS, 0);
 
+/// Per-CPU scratch space for the packet being judged, one entry per
+/// [`direction`] code. Kept in a map rather than on the stack: the verifier
+/// does not track what a map value holds, so the paths through the parser
+/// meet again afterwards instead of each walking the rest of the program
+/// with its own constants (and the 512-byte stack has room to spare).
+#[map]
+static PACKETS: PerCpuArray<Packet> = PerCpuArray::with_max_entries(COUNTED_DIRECTIONS + 1, 0);
+
 #[map]
 static EVENT_BUDGET: PerCpuArray<EventBudget> = PerCpuArray::with_max_entries(1, 0);
 
@@ -120,6 +128,9 @@ const ICMP_PARAMETER_PROBLEM: u8 = 12;
 const ICMPV6_ECHO_REQUEST: u8 = 128;
 const ICMPV6_ECHO_REPLY: u8 = 129;
 const NS_PER_SECOND: u64 = 1_000_000_000;
+/// The farthest into a frame a header is read (Ethernet, IPv6 with its
+/// extension headers, L4, an ICMP error's quoted header).
+const MAX_HEADER_OFFSET: usize = 1024;
 
 /// A packet the programs can read: XDP reads the frame directly, TC through
 /// `bpf_skb_load_bytes` (headers of an skb need not be linear).
@@ -133,7 +144,9 @@ trait Frame {
 /// data pointers), when all of it lies there.
 #[inline(always)]
 fn read_direct<T: Copy>(start: usize, end: usize, offset: usize) -> Option<T> {
-    if start + offset + core::mem::size_of::<T>() > end {
+    // Bounded for the verifier, which refuses packet pointer arithmetic with
+    // an offset it cannot bound (one read back from a map, say).
+    if offset > MAX_HEADER_OFFSET || start + offset + core::mem::size_of::<T>() > end {
         return None;
     }
     // SAFETY: the bytes lie between data and data_end, checked just above.
@@ -404,11 +417,17 @@ fn firewall(ctx: &TcContext, way: u8) -> i32 {
     let Some(settings) = SLOT_SETTINGS.get(slot) else {
         return TC_ACT_UNSPEC;
     };
-    let mut packet = empty_packet();
-    let Some(decision) = judge(ctx, way, slot, settings, &mut packet) else {
+    let Some(packet) = PACKETS.get_ptr_mut(u32::from(way)) else {
         return TC_ACT_UNSPEC;
     };
-    if finish(ctx, way, &packet, &decision, settings) {
+    // SAFETY: this CPU's scratch entry for this direction; nothing else runs
+    // on this CPU in between (TC runs with bottom halves disabled).
+    let packet = unsafe { &mut *packet };
+    *packet = empty_packet();
+    let Some(decision) = judge(ctx, way, slot, settings, packet) else {
+        return TC_ACT_UNSPEC;
+    };
+    if finish(ctx, way, packet, &decision, settings) {
         TC_ACT_SHOT as i32
     } else {
         TC_ACT_UNSPEC
