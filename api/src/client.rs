@@ -12,8 +12,8 @@ use tokio::net::UnixStream;
 
 use crate::{
     ApplyRequest, ApplyResponse, ConfirmResponse, ConntrackEntry, ConntrackFlush, Counters,
-    DiffResponse, ErrorBody, Flow, FlowQuery, PolicyDocument, PolicyList, RotatedKey, Status,
-    WireGuardStatus, paths,
+    DiffResponse, ErrorBody, Flow, FlowQuery, PolicyDocument, PolicyList, RotateKeyRequest,
+    RotatedKey, Status, WireGuardStatus, paths,
 };
 
 /// Why a request failed.
@@ -167,13 +167,15 @@ impl Client {
         self.call(Method::GET, paths::WIREGUARD, None::<&()>).await
     }
 
-    /// Makes a new WireGuard key pair and switches the tunnel to it.
+    /// Switches the tunnel to a new WireGuard key pair (the staged one if
+    /// there is one), or with `stage` only makes and publishes the next pair.
     ///
     /// # Errors
     ///
     /// See [`ClientError`]; refused (404) when encryption is off.
-    pub async fn rotate_wireguard_key(&self) -> Result<RotatedKey, ClientError> {
-        self.call(Method::POST, paths::WIREGUARD_ROTATE_KEY, None::<&()>)
+    pub async fn rotate_wireguard_key(&self, stage: bool) -> Result<RotatedKey, ClientError> {
+        let request = RotateKeyRequest { stage };
+        self.call(Method::POST, paths::WIREGUARD_ROTATE_KEY, Some(&request))
             .await
     }
 

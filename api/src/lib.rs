@@ -47,15 +47,29 @@ pub mod paths {
     pub const FLOWS: &str = "/v1/flows";
     /// `GET`: [`super::WireGuardStatus`]; 404 when encryption is off.
     pub const WIREGUARD: &str = "/v1/wireguard";
-    /// `POST`: a new WireGuard key pair ([`super::RotatedKey`]).
+    /// `POST` ([`super::RotateKeyRequest`]): a new WireGuard key pair,
+    /// switched to or staged ([`super::RotatedKey`]).
     pub const WIREGUARD_ROTATE_KEY: &str = "/v1/wireguard/rotate-key";
+}
+
+/// The body of `POST /v1/wireguard/rotate-key` (optional: no body switches).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RotateKeyRequest {
+    /// Only make the next key pair and publish its public key; the tunnel
+    /// keeps the current one until the next rotation without `stage`.
+    #[serde(default)]
+    pub stage: bool,
 }
 
 /// What `POST /v1/wireguard/rotate-key` made.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RotatedKey {
-    /// The node's new public key (base64): give it to the other nodes.
+    /// The node's new public key (base64): give it to the other nodes, as
+    /// `public_key`, or as `next_public_key` when it is only staged.
     pub public_key: String,
+    /// Whether the key is only staged (the tunnel still uses the old one).
+    #[serde(default)]
+    pub staged: bool,
 }
 
 /// The WireGuard tunnel, as `wg show` shows it, with the nodes' names.
@@ -69,6 +83,10 @@ pub struct WireGuardStatus {
     pub backend_reason: String,
     /// This node's public key (base64).
     pub public_key: String,
+    /// The public key staged by `rotate-key --stage`, used from the next
+    /// `rotate-key`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub staged_public_key: Option<String>,
     /// UDP port the tunnel listens on.
     pub listen_port: u16,
     /// One entry per configured node.
@@ -80,8 +98,11 @@ pub struct WireGuardStatus {
 pub struct WireGuardPeerStatus {
     /// The node's name (`[[nodes]] name`).
     pub name: String,
-    /// Its public key (base64).
+    /// Its public key in force (base64).
     pub public_key: String,
+    /// Its `next_public_key`, while that waits for its first handshake.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_public_key: Option<String>,
     /// Where its tunnel is reached (the last address it spoke from).
     pub endpoint: String,
     /// Prefixes routed to it through the tunnel.

@@ -16,10 +16,19 @@ pub enum WireGuardCommand {
         #[arg(short, long, value_enum, default_value_t = Format::Table)]
         output: Format,
     },
-    /// Make a new key pair and switch the tunnel to it. Prints the new
-    /// public key (also written beside the private key file): put it in the
-    /// other nodes' `[[nodes]]` and reload them.
+    /// Switch the tunnel to a new key pair and print its public key (also
+    /// written beside the private key file). Without a staged key the other
+    /// nodes cannot reach this one until their `[[nodes]]` have the new key
+    /// and they are reloaded; to rotate without that gap, run it with
+    /// `--stage` first.
     RotateKey {
+        /// Only make the next key pair and print its public key (also in
+        /// `wireguard.pub.next`); the tunnel keeps its key. Put it as
+        /// `next_public_key` in the other nodes' `[[nodes]]` entry for this
+        /// node and reload them, then run `rotate-key` again: they switch
+        /// at the new key's first handshake.
+        #[arg(long)]
+        stage: bool,
         /// Output format.
         #[arg(short, long, value_enum, default_value_t = Format::Table)]
         output: Format,
@@ -37,10 +46,17 @@ pub async fn run(client: &Client, command: WireGuardCommand) -> anyhow::Result<(
             let status = client.wireguard().await?;
             print(output, &status, |status| print!("{}", text(status)))
         }
-        WireGuardCommand::RotateKey { output } => {
-            let rotated = client.rotate_wireguard_key().await?;
+        WireGuardCommand::RotateKey { stage, output } => {
+            let rotated = client.rotate_wireguard_key(stage).await?;
             print(output, &rotated, |rotated| {
-                println!("new public key: {}", rotated.public_key);
+                if rotated.staged {
+                    println!(
+                        "next public key: {}\nput it as next_public_key in the other nodes' [[nodes]] entry for this node, reload them, then run `palisadectl wireguard rotate-key`",
+                        rotated.public_key
+                    );
+                } else {
+                    println!("new public key: {}", rotated.public_key);
+                }
             })
         }
     }
@@ -49,20 +65,26 @@ pub async fn run(client: &Client, command: WireGuardCommand) -> anyhow::Result<(
 /// The `wg show` layout.
 fn text(status: &WireGuardStatus) -> String {
     let mut out = format!(
-        "interface: {}\n  backend: {} ({})\n  public key: {}\n  listening port: {}\n",
-        status.interface,
-        status.backend,
-        status.backend_reason,
-        status.public_key,
-        status.listen_port
+        "interface: {}\n  backend: {} ({})\n  public key: {}\n",
+        status.interface, status.backend, status.backend_reason, status.public_key,
     );
+    if let Some(staged) = &status.staged_public_key {
+        out.push_str(&format!("  staged public key: {staged}\n"));
+    }
+    out.push_str(&format!("  listening port: {}\n", status.listen_port));
     for peer in &status.peers {
         let handshake = peer.latest_handshake_seconds_ago.map_or_else(
             || "none yet".to_owned(),
             |seconds| format!("{seconds} seconds ago"),
         );
+        let next = peer
+            .next_public_key
+            .as_ref()
+            .map_or_else(String::new, |next| {
+                format!("  next public key: {next} (no handshake yet)\n")
+            });
         out.push_str(&format!(
-            "\nnode: {}\n  public key: {}\n  endpoint: {}\n  allowed ips: {}\n  latest handshake: {handshake}\n  transfer: {} B received, {} B sent\n",
+            "\nnode: {}\n  public key: {}\n{next}  endpoint: {}\n  allowed ips: {}\n  latest handshake: {handshake}\n  transfer: {} B received, {} B sent\n",
             peer.name,
             peer.public_key,
             peer.endpoint,

@@ -120,6 +120,11 @@ pub struct PeerNode {
     pub endpoint: std::net::SocketAddr,
     /// Its WireGuard public key (base64, as `wg pubkey` prints it).
     pub public_key: WireGuardKey,
+    /// The key it will switch to (what its `palisadectl wireguard rotate-key
+    /// --stage` printed): accepted beside `public_key`, and in force from
+    /// that key's first handshake, so the switch costs at most a handshake.
+    #[serde(default)]
+    pub next_public_key: Option<WireGuardKey>,
     /// The prefixes reached through it (its pod CIDR, its tunnel address).
     pub allowed_ips: Vec<ipnet::IpNet>,
 }

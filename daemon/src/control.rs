@@ -19,8 +19,8 @@ use axum::{
 };
 use futures_util::{StreamExt as _, stream};
 use palisade_api::{
-    ApplyRequest, ApplyResponse, ConfirmResponse, ConntrackFlush, ErrorBody, FlowQuery, RotatedKey,
-    paths,
+    ApplyRequest, ApplyResponse, ConfirmResponse, ConntrackFlush, ErrorBody, FlowQuery,
+    RotateKeyRequest, RotatedKey, paths,
 };
 use tokio::{net::UnixListener, sync::Mutex};
 use tokio_stream::wrappers::{BroadcastStream, errors::BroadcastStreamRecvError};
@@ -305,12 +305,20 @@ pub fn reload_tunnel(tunnel: &Tunnel, engine: &mut Engine, config: &Config) -> a
     Ok(())
 }
 
-async fn rotate_wireguard_key(State(state): State<ControlState>) -> Response {
+async fn rotate_wireguard_key(
+    State(state): State<ControlState>,
+    request: Option<Json<RotateKeyRequest>>,
+) -> Response {
     let Some(tunnel) = &state.wireguard else {
         return message(StatusCode::NOT_FOUND, ENCRYPTION_OFF.to_owned());
     };
-    match tunnel.rotate_key() {
-        Ok(public_key) => Json(RotatedKey { public_key }).into_response(),
+    let stage = request.is_some_and(|Json(request)| request.stage);
+    match tunnel.rotate_key(stage) {
+        Ok(public_key) => Json(RotatedKey {
+            public_key,
+            staged: stage,
+        })
+        .into_response(),
         Err(e) => message(StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}")),
     }
 }

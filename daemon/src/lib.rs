@@ -12,6 +12,7 @@ pub mod datapath;
 pub mod engine;
 pub mod flows;
 pub mod impact;
+pub mod link;
 pub mod logging;
 pub mod metrics;
 pub mod store;

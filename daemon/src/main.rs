@@ -17,7 +17,7 @@ use palisade_daemon::{
     metrics::{self, Metrics},
     store::PolicyStore,
     systemd,
-    wireguard::Tunnel,
+    wireguard::{Tunnel, spawn_promotions},
 };
 use palisade_policy::NodeContext;
 use tokio::{signal::unix::SignalKind, sync::Mutex};
@@ -152,6 +152,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 .context("setting up the WireGuard tunnel")?,
         )),
     };
+    if let Some(tunnel) = &wireguard {
+        spawn_promotions(tunnel);
+    }
 
     let authorizer = Authorizer::new(&config.control);
     for group in authorizer.missing_groups() {

@@ -234,6 +234,136 @@ fn bad_keys_endpoints_and_prefixes_stop_palisaded_with_their_position() {
     );
 }
 
+/// Pings `to` from `from`'s pods ten times a second for `seconds`; returns
+/// how many of the pings got no answer.
+fn pings_lost(from: &Node, to: &Node, seconds: u32) -> std::thread::JoinHandle<u32> {
+    let count = (seconds * 10).to_string();
+    let mut ping = from.netns.command("ping");
+    ping.args(["-n", "-q", "-i", "0.1", "-W", "1", "-c", &count])
+        .args(["-I", from.pod_address, to.pod_address])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    let sent: u32 = seconds * 10;
+    thread::spawn(move || {
+        let output = ping.output().expect("ping runs");
+        let text = String::from_utf8_lossy(&output.stdout);
+        let received = text
+            .split(", ")
+            .find_map(|part| part.strip_suffix(" received"))
+            .and_then(|number| number.trim().parse::<u32>().ok())
+            .unwrap_or_else(|| panic!("no ping summary in {text}"));
+        sent - received
+    })
+}
+
+#[test]
+fn a_staged_rotation_switches_the_other_node_at_the_first_handshake() {
+    let test = "a_staged_rotation_switches_the_other_node_at_the_first_handshake";
+    if !have_root(test) || !have_tools(test, &["wg", "ping"]) {
+        return;
+    }
+    use std::os::unix::fs::PermissionsExt as _;
+    let work = TempDir::new("wgstage").expect("workdir");
+    let pair = PalisadePair::start(work.path(), false).expect("two palisaded nodes");
+    let PalisadePair {
+        a,
+        b,
+        a_daemon,
+        b_daemon,
+        a_keys,
+        ..
+    } = &pair;
+    let a_public = a_keys.1.clone();
+    wait_for_ping(a, b, &|| pair.logs());
+    let status = |daemon: &palisade_e2e::Daemon| -> serde_json::Value {
+        let output = daemon
+            .ctl(&["wireguard", "status", "-o", "json"])
+            .expect("palisadectl");
+        assert!(output.status.success(), "{output:?}");
+        serde_json::from_slice(&output.stdout).expect("JSON")
+    };
+
+    // 1. A stages its next key; the tunnel keeps the current one.
+    let output = a_daemon
+        .ctl(&["wireguard", "rotate-key", "--stage", "-o", "json"])
+        .expect("palisadectl");
+    assert!(output.status.success(), "{output:?}");
+    let staged: serde_json::Value = serde_json::from_slice(&output.stdout).expect("JSON");
+    assert_eq!(staged["staged"], true);
+    let next = staged["public_key"].as_str().expect("a key").to_owned();
+    assert_ne!(next, a_public);
+    let published = std::fs::read_to_string(work.path().join("a/wireguard.pub.next"));
+    assert_eq!(published.expect("pub.next").trim(), next);
+    let staged_file = work.path().join("a/wireguard.key.next");
+    let mode = std::fs::metadata(&staged_file)
+        .expect("key.next")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+    let a_status = status(a_daemon);
+    assert_eq!(a_status["public_key"], a_public.as_str());
+    assert_eq!(a_status["staged_public_key"], next.as_str());
+    assert!(a.pings(b), "staging changes nothing on the wire");
+
+    // 2. B lists it as A's next key: a standby peer, nothing else changes.
+    let b_config = work.path().join("b/palisade.toml");
+    let text = std::fs::read_to_string(&b_config).expect("b's config");
+    let current_line = format!("public_key = \"{a_public}\"");
+    assert!(text.contains(&current_line), "{text}");
+    let with_next = text.replace(
+        &current_line,
+        &format!("{current_line}\nnext_public_key = \"{next}\""),
+    );
+    std::fs::write(&b_config, &with_next).expect("b's config");
+    let reloaded = b_daemon.ctl(&["reload"]).expect("palisadectl");
+    assert!(reloaded.status.success(), "{reloaded:?}");
+    // At once: the reload only added a peer, A's session went on.
+    assert!(a.pings(b), "the reload broke the tunnel:\n{}", pair.logs());
+    let b_status = status(b_daemon);
+    assert_eq!(b_status["peers"][0]["public_key"], a_public.as_str());
+    assert_eq!(b_status["peers"][0]["next_public_key"], next.as_str());
+
+    // 3. A switches under a steady ping: B moves A's prefixes to the new key
+    // at its first handshake.
+    let lost = pings_lost(a, b, 6);
+    thread::sleep(Duration::from_secs(1));
+    let output = a_daemon
+        .ctl(&["wireguard", "rotate-key", "-o", "json"])
+        .expect("palisadectl");
+    assert!(output.status.success(), "{output:?}");
+    let rotated: serde_json::Value = serde_json::from_slice(&output.stdout).expect("JSON");
+    assert_eq!(
+        rotated["public_key"],
+        next.as_str(),
+        "the staged key is used"
+    );
+    assert_eq!(rotated["staged"], false);
+    let lost = lost.join().expect("ping thread");
+    eprintln!("{test}: {lost} of 60 pings lost across the switch");
+    assert!(
+        lost <= 10,
+        "{lost} pings (100 ms apart) lost across the switch:\n{}",
+        pair.logs()
+    );
+    let b_status = status(b_daemon);
+    assert_eq!(b_status["peers"][0]["public_key"], next.as_str());
+    assert!(b_status["peers"][0].get("next_public_key").is_none());
+    assert!(!staged_file.exists(), "the used staged key is removed");
+    assert!(
+        b_daemon
+            .log()
+            .contains("node switched to its next WireGuard key")
+    );
+
+    // 4. B's configuration catches up; the reload changes nothing.
+    let caught_up = text.replace(&current_line, &format!("public_key = \"{next}\""));
+    std::fs::write(&b_config, caught_up).expect("b's config");
+    let reloaded = b_daemon.ctl(&["reload"]).expect("palisadectl");
+    assert!(reloaded.status.success(), "{reloaded:?}");
+    assert!(a.pings(b), "the tunnel stays up");
+    assert_eq!(status(b_daemon)["peers"][0]["public_key"], next.as_str());
+}
+
 #[test]
 fn a_rotated_key_is_saved_and_reaches_the_other_node_by_reload() {
     let test = "a_rotated_key_is_saved_and_reaches_the_other_node_by_reload";

@@ -1,0 +1,37 @@
+//! Bringing a network interface up over rtnetlink (`ip link set NAME up`).
+
+use netlink_packet_core::{NLM_F_ACK, NLM_F_REQUEST, NetlinkMessage, NetlinkPayload};
+use netlink_packet_route::{
+    RouteNetlinkMessage,
+    link::{LinkFlags, LinkMessage},
+};
+use netlink_sys::{Socket, SocketAddr, constants::NETLINK_ROUTE};
+
+/// Sets interface `name` up.
+///
+/// # Errors
+///
+/// When there is no such interface or the kernel refuses.
+pub fn set_up(name: &str) -> std::io::Result<()> {
+    let index = nix::net::if_::if_nametoindex(name).map_err(std::io::Error::from)?;
+    let mut message = LinkMessage::default();
+    message.header.index = index;
+    message.header.flags = LinkFlags::Up;
+    message.header.change_mask = LinkFlags::Up;
+    let mut request = NetlinkMessage::from(RouteNetlinkMessage::SetLink(message));
+    request.header.flags = NLM_F_REQUEST | NLM_F_ACK;
+    request.finalize();
+    let mut buffer = vec![0; request.buffer_len()];
+    request.serialize(&mut buffer);
+    let socket = Socket::new(NETLINK_ROUTE)?;
+    socket.connect(&SocketAddr::new(0, 0))?;
+    socket.send(&buffer, 0)?;
+    let mut reply = vec![0; 4096];
+    let length = socket.recv(&mut &mut reply[..], 0)?;
+    let answer = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&reply[..length])
+        .map_err(|error| std::io::Error::new(std::io::ErrorKind::InvalidData, error))?;
+    match answer.payload {
+        NetlinkPayload::Error(error) if error.code.is_some() => Err(error.to_io()),
+        _ => Ok(()),
+    }
+}
