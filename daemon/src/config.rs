@@ -92,6 +92,9 @@ pub struct WireGuardConfig {
     /// Use the in-process userspace WireGuard when the kernel has no
     /// WireGuard module (Cilium's `enable-wireguard-userspace-fallback`).
     pub userspace_fallback: bool,
+    /// Worker threads of the userspace WireGuard; unset: half the CPUs, 1 to
+    /// 4 (threads beyond the cores the host can spare make it slower).
+    pub userspace_threads: Option<std::num::NonZeroUsize>,
     /// Strict mode: traffic of the nodes' `allowed_ips` seen unencrypted on
     /// an enforced interface (`datapath.interfaces`) is dropped as
     /// `UNENCRYPTED_TRAFFIC` (Cilium's `encryption-strict-mode`).
@@ -105,6 +108,7 @@ impl Default for WireGuardConfig {
             listen_port: 51871,
             private_key_file: PathBuf::from("/var/lib/palisade/wireguard.key"),
             userspace_fallback: true,
+            userspace_threads: None,
             strict: false,
         }
     }
@@ -603,6 +607,24 @@ mod tests {
             let error = from_toml::<Config>("c.toml", &node(field)).unwrap_err();
             assert_eq!(error.to_string(), expected, "{field}");
         }
+        let next = node(
+            "public_key = \"TDC1nJ5eZctCPhtpgG8II00ItlhsYcrVKYG5K8OW4kY=\"\nnext_public_key = \"short\"",
+        );
+        let error = from_toml::<Config>("c.toml", &next).unwrap_err();
+        assert!(
+            error.to_string().starts_with(
+                "c.toml:7:19: nodes[0].next_public_key: invalid WireGuard key \"short\""
+            ),
+            "{error}"
+        );
+        let threads =
+            from_toml::<Config>("c.toml", "[wireguard]\nuserspace_threads = 0\n").unwrap_err();
+        assert!(
+            threads
+                .to_string()
+                .starts_with("c.toml:2:21: wireguard.userspace_threads: "),
+            "{threads}"
+        );
         let ipsec = from_toml::<Config>("c.toml", "[encryption]\nmode = \"ipsec\"\n").unwrap_err();
         assert!(
             ipsec

@@ -582,7 +582,15 @@ fn create_interface(config: &WireGuardConfig) -> anyhow::Result<(Backend, String
             "the kernel has no WireGuard ({kernel_error}) and wireguard.userspace_fallback is off"
         );
     }
-    let device = start_userspace_device(&config.interface)
+    let threads = config.userspace_threads.map_or_else(
+        || {
+            std::thread::available_parallelism()
+                .map_or(1, |cpus| cpus.get() / 2)
+                .clamp(1, 4)
+        },
+        std::num::NonZeroUsize::get,
+    );
+    let device = start_userspace_device(&config.interface, threads)
         .with_context(|| format!("the kernel has no WireGuard: {kernel_error}"))?;
     let userspace = WGApi::<Userspace>::new(config.interface.clone())?;
     Ok((
@@ -590,11 +598,14 @@ fn create_interface(config: &WireGuardConfig) -> anyhow::Result<(Backend, String
             api: userspace,
             _device: device,
         },
-        format!("the kernel has no WireGuard ({kernel_error}); userspace fallback"),
+        format!(
+            "the kernel has no WireGuard ({kernel_error}); userspace fallback, {threads} thread(s)"
+        ),
     ))
 }
 
-/// Starts boringtun on a new interface `name` and sets it up.
+/// Starts boringtun with `threads` workers on a new interface `name` and
+/// sets it up.
 ///
 /// All peers share the one listening socket (`use_connected_socket` off):
 /// by default boringtun gives each peer a UDP socket connected to its
@@ -604,9 +615,10 @@ fn create_interface(config: &WireGuardConfig) -> anyhow::Result<(Backend, String
 /// SIGTERM and SIGINT in the thread that creates the device (and the threads
 /// it starts) to read them from a signalfd; palisaded's threads keep them
 /// unblocked, so that palisaded, not the tunnel, owns shutdown.
-fn start_userspace_device(name: &str) -> anyhow::Result<DeviceHandle> {
+fn start_userspace_device(name: &str, threads: usize) -> anyhow::Result<DeviceHandle> {
     let config = DeviceConfig {
         use_connected_socket: false,
+        n_threads: threads,
         ..DeviceConfig::default()
     };
     let interface = name.to_owned();
