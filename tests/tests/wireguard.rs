@@ -18,6 +18,25 @@ use palisade_e2e::{
     run,
 };
 
+/// `palisadectl wireguard status -o json` of `daemon`.
+fn wireguard_status(daemon: &palisade_e2e::Daemon) -> serde_json::Value {
+    let output = daemon
+        .ctl(&["wireguard", "status", "-o", "json"])
+        .expect("palisadectl");
+    assert!(output.status.success(), "{output:?}");
+    serde_json::from_slice(&output.stdout).expect("JSON")
+}
+
+/// The permission bits of `path`.
+fn file_mode(path: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::metadata(path)
+        .unwrap_or_else(|error| panic!("{}: {error}", path.display()))
+        .permissions()
+        .mode()
+        & 0o777
+}
+
 /// Waits for a ping from `from` to `to`, failing with the daemons' logs.
 fn wait_for_ping(from: &Node, to: &Node, logs: &dyn Fn() -> String) {
     if let Err(error) = from.wait_for_ping(to) {
@@ -79,12 +98,7 @@ fn two_nodes_form_a_mesh_and_only_wireguard_crosses_the_wire() {
     }
 
     // Status, as palisadectl shows it.
-    let output = pair
-        .a_daemon
-        .ctl(&["wireguard", "status", "-o", "json"])
-        .expect("palisadectl");
-    assert!(output.status.success(), "{output:?}");
-    let status: serde_json::Value = serde_json::from_slice(&output.stdout).expect("JSON");
+    let status = wireguard_status(&pair.a_daemon);
     assert_eq!(status["public_key"], a_public.as_str());
     assert_eq!(status["listen_port"], 51871);
     assert_eq!(
@@ -205,10 +219,7 @@ fn a_node_killed_and_restarted_rejoins_the_mesh_with_its_key() {
         .expect("palisaded restarts");
     wait_for_ping(&pair.a, &pair.b, &|| pair.logs());
     let (a_daemon, a_public) = (&pair.a_daemon, &pair.a_keys.1);
-    let output = a_daemon
-        .ctl(&["wireguard", "status", "-o", "json"])
-        .expect("palisadectl");
-    let status: serde_json::Value = serde_json::from_slice(&output.stdout).expect("JSON");
+    let status = wireguard_status(a_daemon);
     assert_eq!(status["public_key"], a_public.as_str(), "the key is kept");
 }
 
@@ -262,7 +273,6 @@ fn a_staged_rotation_switches_the_other_node_at_the_first_handshake() {
     if !have_root(test) || !have_tools(test, &["wg", "ping"]) {
         return;
     }
-    use std::os::unix::fs::PermissionsExt as _;
     let work = TempDir::new("wgstage").expect("workdir");
     let pair = PalisadePair::start(work.path(), false).expect("two palisaded nodes");
     let PalisadePair {
@@ -275,13 +285,6 @@ fn a_staged_rotation_switches_the_other_node_at_the_first_handshake() {
     } = &pair;
     let a_public = a_keys.1.clone();
     wait_for_ping(a, b, &|| pair.logs());
-    let status = |daemon: &palisade_e2e::Daemon| -> serde_json::Value {
-        let output = daemon
-            .ctl(&["wireguard", "status", "-o", "json"])
-            .expect("palisadectl");
-        assert!(output.status.success(), "{output:?}");
-        serde_json::from_slice(&output.stdout).expect("JSON")
-    };
 
     // 1. A stages its next key; the tunnel keeps the current one.
     let output = a_daemon
@@ -295,12 +298,8 @@ fn a_staged_rotation_switches_the_other_node_at_the_first_handshake() {
     let published = std::fs::read_to_string(work.path().join("a/wireguard.pub.next"));
     assert_eq!(published.expect("pub.next").trim(), next);
     let staged_file = work.path().join("a/wireguard.key.next");
-    let mode = std::fs::metadata(&staged_file)
-        .expect("key.next")
-        .permissions()
-        .mode();
-    assert_eq!(mode & 0o777, 0o600);
-    let a_status = status(a_daemon);
+    assert_eq!(file_mode(&staged_file), 0o600);
+    let a_status = wireguard_status(a_daemon);
     assert_eq!(a_status["public_key"], a_public.as_str());
     assert_eq!(a_status["staged_public_key"], next.as_str());
     assert!(a.pings(b), "staging changes nothing on the wire");
@@ -319,7 +318,7 @@ fn a_staged_rotation_switches_the_other_node_at_the_first_handshake() {
     assert!(reloaded.status.success(), "{reloaded:?}");
     // At once: the reload only added a peer, A's session went on.
     assert!(a.pings(b), "the reload broke the tunnel:\n{}", pair.logs());
-    let b_status = status(b_daemon);
+    let b_status = wireguard_status(b_daemon);
     assert_eq!(b_status["peers"][0]["public_key"], a_public.as_str());
     assert_eq!(b_status["peers"][0]["next_public_key"], next.as_str());
 
@@ -345,7 +344,7 @@ fn a_staged_rotation_switches_the_other_node_at_the_first_handshake() {
         "{lost} pings (100 ms apart) lost across the switch:\n{}",
         pair.logs()
     );
-    let b_status = status(b_daemon);
+    let b_status = wireguard_status(b_daemon);
     assert_eq!(b_status["peers"][0]["public_key"], next.as_str());
     assert!(b_status["peers"][0].get("next_public_key").is_none());
     assert!(!staged_file.exists(), "the used staged key is removed");
@@ -361,7 +360,10 @@ fn a_staged_rotation_switches_the_other_node_at_the_first_handshake() {
     let reloaded = b_daemon.ctl(&["reload"]).expect("palisadectl");
     assert!(reloaded.status.success(), "{reloaded:?}");
     assert!(a.pings(b), "the tunnel stays up");
-    assert_eq!(status(b_daemon)["peers"][0]["public_key"], next.as_str());
+    assert_eq!(
+        wireguard_status(b_daemon)["peers"][0]["public_key"],
+        next.as_str()
+    );
 }
 
 #[test]
@@ -370,7 +372,6 @@ fn a_rotated_key_is_saved_and_reaches_the_other_node_by_reload() {
     if !have_root(test) || !have_tools(test, &["wg", "ping"]) {
         return;
     }
-    use std::os::unix::fs::PermissionsExt as _;
     let work = TempDir::new("wgrot").expect("workdir");
     let pair = PalisadePair::start(work.path(), false).expect("two palisaded nodes");
     let PalisadePair {
@@ -394,11 +395,7 @@ fn a_rotated_key_is_saved_and_reaches_the_other_node_by_reload() {
     let key_file = work.path().join("a/wireguard.key");
     let saved = std::fs::read_to_string(&key_file).expect("key file");
     assert_ne!(saved.trim(), a_private, "the new key is saved");
-    let mode = std::fs::metadata(&key_file)
-        .expect("key file")
-        .permissions()
-        .mode();
-    assert_eq!(mode & 0o777, 0o600);
+    assert_eq!(file_mode(&key_file), 0o600);
     let published = std::fs::read_to_string(work.path().join("a/wireguard.pub")).expect("pub");
     assert_eq!(published.trim(), new_public);
     assert!(
@@ -413,10 +410,7 @@ fn a_rotated_key_is_saved_and_reaches_the_other_node_by_reload() {
     let reloaded = b_daemon.ctl(&["reload"]).expect("palisadectl");
     assert!(reloaded.status.success(), "{reloaded:?}");
     wait_for_ping(a, b, &|| format!("{}\n{}", a_daemon.log(), b_daemon.log()));
-    let status = b_daemon
-        .ctl(&["wireguard", "status", "-o", "json"])
-        .expect("palisadectl");
-    let status: serde_json::Value = serde_json::from_slice(&status.stdout).expect("JSON");
+    let status = wireguard_status(b_daemon);
     assert_eq!(status["peers"][0]["public_key"], new_public.as_str());
 
     // A configuration that no longer parses refuses the reload.
