@@ -206,7 +206,9 @@ impl Tunnel {
             info!(interface = %self.interface, next_public_key = %public_key, "WireGuard key staged");
             return Ok(public_key.to_string());
         }
-        let private_key = state.staged_key.take().unwrap_or_else(Key::generate);
+        let staged = state.staged_key.take();
+        let was_staged = staged.is_some();
+        let private_key = staged.unwrap_or_else(Key::generate);
         save_key(&self.key_file, &private_key)?;
         let public_key = private_key.public_key();
         publish_public_key(&self.key_file, &public_key)?;
@@ -214,7 +216,10 @@ impl Tunnel {
         if let Err(error) = self.apply(&state) {
             save_key(&self.key_file, &previous)?;
             publish_public_key(&self.key_file, &previous.public_key())?;
-            state.staged_key = Some(std::mem::replace(&mut state.private_key, previous));
+            let refused = std::mem::replace(&mut state.private_key, previous);
+            if was_staged {
+                state.staged_key = Some(refused);
+            }
             return Err(error);
         }
         // Handshakes now, not at the next packet: nodes that hold this key
@@ -238,9 +243,9 @@ impl Tunnel {
     }
 
     /// Moves each node whose `next_public_key` has made its first handshake
-    /// over to that key: the standby peer gets the node's prefixes (taking
-    /// them from the old peer) and the old peer goes. Cheap when no node
-    /// has a standby key (nothing is read).
+    /// over to that key: the old peer goes and the next key takes the node's
+    /// endpoint and prefixes. Cheap when no node has a standby key (nothing
+    /// is read).
     ///
     /// # Errors
     ///
@@ -308,6 +313,7 @@ impl Tunnel {
             return Ok(());
         }
         let before = state.peers();
+        let previous = (state.nodes.clone(), state.promoted.clone());
         state.nodes = nodes.to_vec();
         // A switch stays in force while the node still lists that key next.
         state.promoted.retain(|name, key| {
@@ -339,9 +345,10 @@ impl Tunnel {
                 .with_context(|| format!("routing the nodes' prefixes through {}", self.interface))
         })();
         if let Err(error) = result {
-            // Back to a known state: the whole configuration again.
+            // Back to the nodes as they were, written whole.
+            (state.nodes, state.promoted) = previous;
             if let Err(again) = self.apply(&state) {
-                warn!(interface = %self.interface, error = %format!("{again:#}"), "rewriting the WireGuard configuration");
+                warn!(interface = %self.interface, error = %format!("{again:#}"), "restoring the WireGuard configuration");
             }
             return Err(error);
         }
@@ -489,9 +496,9 @@ fn uapi_answers(socket: &Path) -> bool {
 
 /// A peer for one node under `key`: the node itself, or (`standby`) its next
 /// key, which may answer the node's handshake but carries nothing yet. A
-/// standby peer has no endpoint either: userspace WireGuard gives each peer
-/// with an endpoint a UDP socket connected to it, and two sockets connected
-/// to the node's one endpoint would take each other's packets.
+/// standby peer has no endpoint either, so this side never starts a
+/// handshake with a key the node does not use yet; the node's first
+/// handshake with it brings the endpoint.
 fn peer(node: &PeerNode, key: [u8; 32], standby: bool) -> Peer {
     let mut peer = Peer::new(Key::new(key));
     if !standby {
