@@ -879,13 +879,14 @@ fn lookup(
     address: &Address,
 ) -> Option<u32> {
     let lengths_index = lengths_index(table_code, address_family);
-    let count = settings.lengths.get(lengths_index)?.count;
+    let lengths = settings.lengths.get(lengths_index)?;
+    let count = lengths.count;
     if count == 0 {
         return None;
     }
     if address_family == family::IPV4 {
         let word = u32::from_be_bytes([address[12], address[13], address[14], address[15]]);
-        return lookup_v4(slot, settings.lengths.get(lengths_index)?, table_code, word);
+        return lookup_v4(slot, lengths, table_code, word);
     }
     let mut probe = Probe {
         key: PrefixKey {

@@ -80,6 +80,11 @@ fn capacity(name: &str, value: u32) -> anyhow::Result<u32> {
     Ok(value)
 }
 
+/// A directory in the pin path (bpffs holds no plain files) saying that its
+/// conntrack tables hold canonical keys ([`CtKey::canonical`]); an earlier
+/// version's pin path lacks it.
+const CANONICAL_CONNTRACK_MARKER: &str = "conntrack-canonical";
+
 impl EbpfDatapath {
     /// Loads the programs (attached nowhere yet), reusing the connection
     /// state pinned under `datapath.pin_path` by an earlier run, and hands
@@ -186,12 +191,19 @@ impl EbpfDatapath {
             interfaces: Vec::new(),
             ebpf,
         };
-        let migrated = datapath.canonicalize_connections()?;
-        if migrated > 0 {
-            info!(
-                connections = migrated,
-                "rewrote pinned conntrack entries of an earlier version under their canonical keys"
-            );
+        // Once per pin directory: the tables pinned from then on are
+        // canonical, so later starts do not walk them again.
+        let marker = datapath.pin_path.join(CANONICAL_CONNTRACK_MARKER);
+        if !marker.exists() {
+            let migrated = datapath.canonicalize_connections()?;
+            if migrated > 0 {
+                info!(
+                    connections = migrated,
+                    "rewrote pinned conntrack entries of an earlier version under their canonical keys"
+                );
+            }
+            std::fs::create_dir(&marker)
+                .with_context(|| format!("creating {}", marker.display()))?;
         }
         Ok((datapath, flow_events))
     }
@@ -691,7 +703,9 @@ fromCIDR = ["192.0.2.1/32"]
             datapath.connections[0].insert(&opener, &entry, 0).unwrap();
             assert_eq!(run(&datapath), TC_DROP, "the old key is not found");
         }
-        // The next daemon adopts the pinned table and rewrites the entry.
+        // The next daemon adopts the pinned table and rewrites the entry; an
+        // earlier version's pin path has no marker.
+        std::fs::remove_dir(pins.0.join(CANONICAL_CONNTRACK_MARKER)).unwrap();
         let (mut datapath, _ring) = EbpfDatapath::load(&config).unwrap();
         datapath.install(&table, 2).unwrap();
         assert_eq!(
