@@ -261,7 +261,10 @@ ports = [{ port = "22", protocol = "TCP" }]
     fn parses_a_host_policy() {
         let policy = policy_from_toml("p.toml", GOOD).unwrap();
         let rule = policy.spec.unwrap();
-        assert_eq!(rule.ingress[0].from_cidr[0].to_string(), "192.0.2.0/24");
+        assert_eq!(
+            rule.ingress[0].from_cidr.as_deref().unwrap_or_default()[0].to_string(),
+            "192.0.2.0/24"
+        );
         assert_eq!(
             rule.ingress[0].to_ports[0].ports[0].port,
             Some(crate::model::Port::Number(22))

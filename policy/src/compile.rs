@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 pub use crate::model::Section;
 pub use crate::resolve::NodeContext;
 use crate::{
-    model::{PeerRule, Policy},
+    model::{PeerRule, PeerSelection, Policy},
     select::{SelectedRule, rules_for_node},
 };
 
@@ -68,6 +68,18 @@ pub struct PrefixEntry {
     pub rule_set: u32,
 }
 
+/// An entry that selects no peer (Cilium's `ingress: [{}]`, or a peer
+/// list written empty): it changes no verdict but default deny.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct EmptyEntry {
+    /// The direction of its section.
+    pub direction: Direction,
+    /// Where it is.
+    pub origin: RuleOrigin,
+    /// Why it selects nothing.
+    pub reason: String,
+}
+
 /// A source prefix the XDP prefilter drops, and the deny rule it came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct PrefilterEntry {
@@ -109,6 +121,9 @@ pub struct CompiledTable {
     pub prefilter: Vec<PrefilterEntry>,
     /// Rule id → where it came from.
     pub rules: Vec<RuleOrigin>,
+    /// Entries that select no peer, for `explain` and `diff`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub empty_entries: Vec<EmptyEntry>,
     /// Whether would-be drops are forwarded as AUDIT.
     pub audit: bool,
     /// Names of the policies that select this node.
@@ -240,7 +255,7 @@ pub fn compile(policies: &[Policy], node: &NodeContext) -> Result<CompiledTable,
                 } else {
                     &mut table.egress.entries
                 };
-                let prefixes = node.peers(&peer_rule.peers);
+                let prefixes = node.peers(peer_rule);
                 add_rows(rows, &prefixes, peer_rule, verdict, rule_id, &rule_path)?;
                 if verdict == action::DENY
                     && section == Section::IngressDeny
@@ -257,11 +272,23 @@ pub fn compile(policies: &[Policy], node: &NodeContext) -> Result<CompiledTable,
                             }),
                     );
                 }
-                table.rules.push(RuleOrigin {
+                let origin = RuleOrigin {
                     policy: policy.metadata.name.clone(),
                     path: rule_path,
                     section,
-                });
+                };
+                if let PeerSelection::Nothing(reason) = peer_rule.selection() {
+                    table.empty_entries.push(EmptyEntry {
+                        direction: if section.is_ingress() {
+                            Direction::Ingress
+                        } else {
+                            Direction::Egress
+                        },
+                        origin: origin.clone(),
+                        reason: reason.to_string(),
+                    });
+                }
+                table.rules.push(origin);
             }
         }
     }

@@ -6,9 +6,11 @@ use palisade_common::{action, protocol};
 use crate::compile::{CompiledTable, Direction, TableEntry};
 
 /// The rows of `table`, ingress then egress, each as
-/// `ingress allow 10.0.0.0/8 tcp/22 (policy spec.ingress[0])`.
+/// `ingress allow 10.0.0.0/8 tcp/22 (policy spec.ingress[0])`, then the
+/// entries that select no peer, each as `ingress selects nothing (policy
+/// spec.ingress[1]): <why>`.
 pub fn rule_lines(table: &CompiledTable) -> Vec<String> {
-    [Direction::Ingress, Direction::Egress]
+    let rows = [Direction::Ingress, Direction::Egress]
         .into_iter()
         .flat_map(|direction| {
             table
@@ -16,15 +18,27 @@ pub fn rule_lines(table: &CompiledTable) -> Vec<String> {
                 .entries
                 .iter()
                 .map(move |entry| rule_line(table, direction, entry))
-        })
-        .collect()
+        });
+    let empty = table.empty_entries.iter().map(|entry| {
+        format!(
+            "{} selects nothing ({}): {}",
+            direction_name(entry.direction),
+            entry.origin,
+            entry.reason
+        )
+    });
+    rows.chain(empty).collect()
+}
+
+fn direction_name(direction: Direction) -> &'static str {
+    match direction {
+        Direction::Ingress => "ingress",
+        Direction::Egress => "egress",
+    }
 }
 
 fn rule_line(table: &CompiledTable, direction: Direction, entry: &TableEntry) -> String {
-    let direction = match direction {
-        Direction::Ingress => "ingress",
-        Direction::Egress => "egress",
-    };
+    let direction = direction_name(direction);
     let verdict = match entry.port.action {
         action::DENY => "deny",
         action::AUDIT_DENY => "audit-deny",
@@ -78,8 +92,11 @@ nodeSelector = {}
 [[spec.ingress]]
 fromCIDR = ["10.0.0.0/8"]
 toPorts = [{ ports = [{ port = "22", protocol = "TCP" }, { port = "8000", endPort = 8080, protocol = "UDP" }] }]
+[[spec.ingress]]
 [[spec.egressDeny]]
 toCIDR = ["192.0.2.1/32"]
+[[spec.egress]]
+toEntities = []
 "#,
         )
         .unwrap();
@@ -90,6 +107,8 @@ toCIDR = ["192.0.2.1/32"]
                 "ingress allow 10.0.0.0/8 tcp/22 (p spec.ingress[0])",
                 "ingress allow 10.0.0.0/8 udp/8000-8080 (p spec.ingress[0])",
                 "egress deny 192.0.2.1/32 all (p spec.egressDeny[0])",
+                "ingress selects nothing (p spec.ingress[1]): an entry without peers, toPorts or icmps selects no peer (it only turns default deny on)",
+                "egress selects nothing (p spec.egress[0]): toEntities is an empty list, which selects no peer",
             ]
         );
     }

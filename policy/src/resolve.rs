@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use serde::{Deserialize, Serialize};
 
-use crate::model::{CidrRule, Entity, LabelSelector, Peers};
+use crate::model::{CidrRule, Entity, LabelSelector, PeerRule, PeerSelection, Peers};
 
 /// What the compiler needs to know about this node and its cluster.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -208,12 +208,20 @@ impl NodeContext {
         subtract_all(&bases, &holes)
     }
 
-    /// Every prefix the peers of one entry stand for; both whole address
-    /// spaces when the entry names no peer. Sorted, without duplicates.
-    pub fn peers(&self, peers: &Peers<'_>) -> Vec<IpNet> {
-        if peers.is_wildcard() {
-            return everything().to_vec();
+    /// Every prefix the peers of one entry stand for, as Cilium reads the
+    /// entry ([`PeerRule::selection`]): none when it selects nothing, both
+    /// whole address spaces when it selects every peer. Sorted, without
+    /// duplicates.
+    pub fn peers(&self, rule: &PeerRule<'_>) -> Vec<IpNet> {
+        match rule.selection() {
+            PeerSelection::Nothing(_) => Vec::new(),
+            PeerSelection::Every => everything().to_vec(),
+            PeerSelection::Named => self.named_peers(&rule.peers),
         }
+    }
+
+    /// The prefixes of the peers an entry names.
+    fn named_peers(&self, peers: &Peers<'_>) -> Vec<IpNet> {
         let mut prefixes: Vec<IpNet> = peers.cidr.iter().map(|cidr| cidr.0).collect();
         for rule in peers.cidr_set {
             prefixes.extend(self.cidr_rule(rule));

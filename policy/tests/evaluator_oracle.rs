@@ -122,8 +122,15 @@ impl Naive<'_> {
 
     fn peer(&self, rule: &PeerRule<'_>, address: IpAddr) -> bool {
         let peers = &rule.peers;
+        // Cilium pkg/policy/utils/utils.go mergeEndpointSelectors: a peer
+        // list written empty selects no identity.
+        if peers.written_empty.is_some() {
+            return false;
+        }
+        // pkg/policy/rule.go mergeIngress/mergeEgress: no peer at all is the
+        // wildcard beside toPorts or icmps, and nothing on its own.
         if peers.is_wildcard() {
-            return true;
+            return !(rule.to_ports.is_empty() && rule.icmps.is_empty());
         }
         peers.cidr.iter().any(|cidr| cidr.0.contains(&address))
             || peers.cidr_set.iter().any(|set| {

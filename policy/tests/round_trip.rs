@@ -93,37 +93,46 @@ fn entity() -> impl Strategy<Value = Entity> {
     proptest::sample::select(Entity::all().collect::<Vec<_>>())
 }
 
-/// One peer kind at most, as Cilium requires.
+/// One peer kind at most, as Cilium requires; a list may be written empty
+/// (`fromEntities: []`), which must survive the round trip.
 #[derive(Debug, Clone, Default)]
 struct Peer {
-    cidr: Vec<Cidr>,
-    cidr_set: Vec<CidrRule>,
-    entities: Vec<Entity>,
-    endpoints: Vec<LabelSelector>,
-    nodes: Vec<LabelSelector>,
+    cidr: Option<Vec<Cidr>>,
+    cidr_set: Option<Vec<CidrRule>>,
+    entities: Option<Vec<Entity>>,
+    endpoints: Option<Vec<LabelSelector>>,
+    nodes: Option<Vec<LabelSelector>>,
 }
 
 fn peer() -> impl Strategy<Value = Peer> {
     prop_oneof![
         Just(Peer::default()),
+        Just(Peer {
+            entities: Some(Vec::new()),
+            ..Peer::default()
+        }),
+        Just(Peer {
+            cidr: Some(Vec::new()),
+            ..Peer::default()
+        }),
         proptest::collection::vec(cidr(), 1..3).prop_map(|cidr| Peer {
-            cidr,
+            cidr: Some(cidr),
             ..Peer::default()
         }),
         proptest::collection::vec(cidr_rule(), 1..3).prop_map(|cidr_set| Peer {
-            cidr_set,
+            cidr_set: Some(cidr_set),
             ..Peer::default()
         }),
         proptest::collection::vec(entity(), 1..3).prop_map(|entities| Peer {
-            entities,
+            entities: Some(entities),
             ..Peer::default()
         }),
         proptest::collection::vec(selector(), 1..3).prop_map(|endpoints| Peer {
-            endpoints,
+            endpoints: Some(endpoints),
             ..Peer::default()
         }),
         proptest::collection::vec(selector(), 1..3).prop_map(|nodes| Peer {
-            nodes,
+            nodes: Some(nodes),
             ..Peer::default()
         }),
     ]
@@ -248,11 +257,11 @@ fn egress(endpoint: bool, deny: bool) -> impl Strategy<Value = EgressRule> {
                 ..EgressRule::default()
             };
             // toFQDNs: endpoint allow rules only, and as their only peer.
-            let bare = rule.to_cidr.is_empty()
-                && rule.to_cidr_set.is_empty()
-                && rule.to_entities.is_empty()
-                && rule.to_endpoints.is_empty()
-                && rule.to_nodes.is_empty();
+            let bare = rule.to_cidr.is_none()
+                && rule.to_cidr_set.is_none()
+                && rule.to_entities.is_none()
+                && rule.to_endpoints.is_none()
+                && rule.to_nodes.is_none();
             if endpoint && !deny && bare {
                 rule.to_fqdns = names
                     .into_iter()

@@ -503,3 +503,56 @@ fromCIDR = ["::/0", "198.51.100.0/24"]
 "#;
     check_fixture("v6-only", text, false);
 }
+
+#[path = "../../../policy/tests/support/cilium_cases.rs"]
+mod cilium_cases;
+
+/// The programs against verdicts taken from Cilium's own sources
+/// (policy/tests/cilium_cases.toml), not from the evaluator: the XDP
+/// prefilter and the TC program of the packet's direction together must
+/// forward or drop each packet as Cilium does, and report that verdict.
+#[test]
+fn the_programs_give_cilium_s_verdicts() {
+    if !have_root("the_programs_give_cilium_s_verdicts") {
+        return;
+    }
+    let mut failures = Vec::new();
+    for case in cilium_cases::cases() {
+        let table = compile(&case.policies, &NodeContext::default())
+            .unwrap_or_else(|error| panic!("{}: {error}", case.name));
+        let pins = TestPins::new(&format!("cilium-{}", case.name));
+        let (mut datapath, mut ring) = EbpfDatapath::load(&test_config(&pins)).expect("eBPF loads");
+        datapath.install(&table, 7).expect("table installs");
+        let xdp = datapath.xdp_program().expect("XDP program");
+        for (i, packet) in case.packets.iter().enumerate() {
+            let data = frame(&packet.connection, 40_000 + u16::try_from(i).unwrap_or(0));
+            let options = || TestRunOptions {
+                data_in: Some(&data),
+                ..TestRunOptions::default()
+            };
+            let prefiltered = packet.direction == Direction::Ingress
+                && xdp.test_run(options()).expect("XDP test run").return_value == XDP_DROP;
+            let action = if prefiltered {
+                TC_DROP
+            } else {
+                let tc = datapath.tc_program(packet.direction).expect("TC program");
+                tc.test_run(options()).expect("TC test run").return_value
+            };
+            let events = drain(&mut ring);
+            let reported = events.first().map(|event| event.verdict);
+            let dropped = action == TC_DROP;
+            if dropped != (packet.verdict == verdict::DROPPED) || reported != Some(packet.verdict) {
+                failures.push(format!(
+                    "{}: {:?} {:?}: Cilium says {}, the programs {} (flow events {events:?})\n  source: {}",
+                    case.name,
+                    packet.direction,
+                    packet.connection,
+                    verdict::name(packet.verdict),
+                    if dropped { "dropped it" } else { "passed it" },
+                    case.source
+                ));
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}

@@ -21,7 +21,8 @@ pub use cidr::Cidr;
 pub use icmp::{IcmpFamily, IcmpField, IcmpRule, IcmpType};
 pub use peer::{
     Authentication, AuthenticationMode, AwsGroup, CidrRule, EgressRule, Entity, FqdnSelector,
-    Groups, IngressRule, K8sService, K8sServiceSelector, PeerRule, Peers, Service,
+    Groups, IngressRule, K8sService, K8sServiceSelector, NothingSelected, PeerRule, PeerSelection,
+    Peers, Service,
 };
 pub use port::{
     EnvoyConfigRef, HeaderMatch, HttpRule, KafkaRule, L7Rules, Listener, Port, PortProtocol,

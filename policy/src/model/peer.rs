@@ -8,8 +8,12 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer, de};
 use super::{Cidr, IcmpRule, LabelSelector, PortRule};
 
 /// One `ingress` or `ingressDeny` entry: peers, ports and ICMP types.
-/// No peer means every peer; neither ports nor ICMP types means every
-/// protocol and port (Cilium's L3-only rule).
+/// What the entry selects is [`PeerRule::selection`]: a peer list written
+/// empty (`fromEntities: []`) selects nothing; no peer at all selects every
+/// peer only beside `toPorts` or `icmps` (`ingress: [{}]` selects nothing);
+/// neither ports nor ICMP types means every protocol and port (Cilium's
+/// L3-only rule). The five lists Cilium tells absent from empty are
+/// `Option`s for that reason.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct IngressRule {
@@ -17,9 +21,9 @@ pub struct IngressRule {
     #[serde(
         rename = "fromEndpoints",
         default,
-        skip_serializing_if = "Vec::is_empty"
+        skip_serializing_if = "Option::is_none"
     )]
-    pub from_endpoints: Vec<LabelSelector>,
+    pub from_endpoints: Option<Vec<LabelSelector>>,
     /// Labels every peer must also have (deprecated in Cilium; refused here).
     #[serde(
         rename = "fromRequires",
@@ -28,24 +32,28 @@ pub struct IngressRule {
     )]
     pub from_requires: Vec<LabelSelector>,
     /// Source prefixes.
-    #[serde(rename = "fromCIDR", default, skip_serializing_if = "Vec::is_empty")]
-    pub from_cidr: Vec<Cidr>,
+    #[serde(rename = "fromCIDR", default, skip_serializing_if = "Option::is_none")]
+    pub from_cidr: Option<Vec<Cidr>>,
     /// Source prefixes with exceptions, or CIDR groups.
-    #[serde(rename = "fromCIDRSet", default, skip_serializing_if = "Vec::is_empty")]
-    pub from_cidr_set: Vec<CidrRule>,
+    #[serde(
+        rename = "fromCIDRSet",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub from_cidr_set: Option<Vec<CidrRule>>,
     /// Source entities (`world`, `cluster`, `host`, ...).
     #[serde(
         rename = "fromEntities",
         default,
-        skip_serializing_if = "Vec::is_empty"
+        skip_serializing_if = "Option::is_none"
     )]
-    pub from_entities: Vec<Entity>,
+    pub from_entities: Option<Vec<Entity>>,
     /// Cloud security groups.
     #[serde(rename = "fromGroups", default, skip_serializing_if = "Vec::is_empty")]
     pub from_groups: Vec<Groups>,
     /// Nodes by node label.
-    #[serde(rename = "fromNodes", default, skip_serializing_if = "Vec::is_empty")]
-    pub from_nodes: Vec<LabelSelector>,
+    #[serde(rename = "fromNodes", default, skip_serializing_if = "Option::is_none")]
+    pub from_nodes: Option<Vec<LabelSelector>>,
     /// Destination ports (and L7 rules).
     #[serde(rename = "toPorts", default, skip_serializing_if = "Vec::is_empty")]
     pub to_ports: Vec<PortRule>,
@@ -62,20 +70,28 @@ pub struct IngressRule {
 #[serde(deny_unknown_fields)]
 pub struct EgressRule {
     /// Pods (and reserved identities) by label.
-    #[serde(rename = "toEndpoints", default, skip_serializing_if = "Vec::is_empty")]
-    pub to_endpoints: Vec<LabelSelector>,
+    #[serde(
+        rename = "toEndpoints",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub to_endpoints: Option<Vec<LabelSelector>>,
     /// Labels every peer must also have (deprecated in Cilium; refused here).
     #[serde(rename = "toRequires", default, skip_serializing_if = "Vec::is_empty")]
     pub to_requires: Vec<LabelSelector>,
     /// Destination prefixes.
-    #[serde(rename = "toCIDR", default, skip_serializing_if = "Vec::is_empty")]
-    pub to_cidr: Vec<Cidr>,
+    #[serde(rename = "toCIDR", default, skip_serializing_if = "Option::is_none")]
+    pub to_cidr: Option<Vec<Cidr>>,
     /// Destination prefixes with exceptions, or CIDR groups.
-    #[serde(rename = "toCIDRSet", default, skip_serializing_if = "Vec::is_empty")]
-    pub to_cidr_set: Vec<CidrRule>,
+    #[serde(rename = "toCIDRSet", default, skip_serializing_if = "Option::is_none")]
+    pub to_cidr_set: Option<Vec<CidrRule>>,
     /// Destination entities.
-    #[serde(rename = "toEntities", default, skip_serializing_if = "Vec::is_empty")]
-    pub to_entities: Vec<Entity>,
+    #[serde(
+        rename = "toEntities",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub to_entities: Option<Vec<Entity>>,
     /// Kubernetes services.
     #[serde(rename = "toServices", default, skip_serializing_if = "Vec::is_empty")]
     pub to_services: Vec<Service>,
@@ -83,8 +99,8 @@ pub struct EgressRule {
     #[serde(rename = "toGroups", default, skip_serializing_if = "Vec::is_empty")]
     pub to_groups: Vec<Groups>,
     /// Nodes by node label.
-    #[serde(rename = "toNodes", default, skip_serializing_if = "Vec::is_empty")]
-    pub to_nodes: Vec<LabelSelector>,
+    #[serde(rename = "toNodes", default, skip_serializing_if = "Option::is_none")]
+    pub to_nodes: Option<Vec<LabelSelector>>,
     /// DNS names (resolved through a DNS proxy in Cilium).
     #[serde(rename = "toFQDNs", default, skip_serializing_if = "Vec::is_empty")]
     pub to_fqdns: Vec<FqdnSelector>,
@@ -359,6 +375,10 @@ pub struct Peers<'a> {
     pub services: &'a [Service],
     /// `toFQDNs` (egress only).
     pub fqdns: &'a [FqdnSelector],
+    /// The first of the lists Cilium tells apart from absent (`Endpoints`,
+    /// `Nodes`, `Entities`, `CIDR`, `CIDRSet`) that is written empty, by
+    /// kind name as [`Peers::field`] takes it.
+    pub written_empty: Option<&'static str>,
 }
 
 impl Peers<'_> {
@@ -393,6 +413,51 @@ impl Peers<'_> {
     }
 }
 
+/// What the peers of one entry select, as Cilium reads an entry
+/// (pkg/policy/utils/utils.go `mergeEndpointSelectors`: "Explicitly check
+/// for empty non-nil slices, it should not result in any identity being
+/// selected"; pkg/policy/rule.go `mergeIngress`/`mergeEgress`: a nil peer
+/// slice short-circuits, an L3-only rule needs at least one peer, and with
+/// `toPorts`/`icmps` an empty peer slice becomes the wildcard selector).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PeerSelection {
+    /// No peer: the entry only turns default deny on for its direction.
+    Nothing(NothingSelected),
+    /// Every peer (no peer named, beside ports or ICMP types).
+    Every,
+    /// The peers the entry names.
+    Named,
+}
+
+/// Why an entry selects no peer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NothingSelected {
+    /// A peer list is written empty.
+    EmptyList {
+        /// Its kind (`Entities`, `CIDR`, ...).
+        kind: &'static str,
+        /// Whether the entry is an ingress one (`from...`).
+        ingress: bool,
+    },
+    /// Neither a peer nor `toPorts`/`icmps` (`ingress: [{}]`, Cilium's
+    /// deny-all idiom).
+    EmptyEntry,
+}
+
+impl fmt::Display for NothingSelected {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::EmptyList { kind, ingress } => {
+                let prefix = if *ingress { "from" } else { "to" };
+                write!(f, "{prefix}{kind} is an empty list, which selects no peer")
+            }
+            Self::EmptyEntry => f.write_str(
+                "an entry without peers, toPorts or icmps selects no peer (it only turns default deny on)",
+            ),
+        }
+    }
+}
+
 /// An `ingress` or `egress` entry seen without its direction.
 #[derive(Debug, Clone, Copy)]
 pub struct PeerRule<'a> {
@@ -406,20 +471,65 @@ pub struct PeerRule<'a> {
     pub authentication: Option<&'a Authentication>,
 }
 
+impl PeerRule<'_> {
+    /// What this entry's peers select (see [`PeerSelection`]).
+    pub fn selection(&self) -> PeerSelection {
+        if let Some(kind) = self.peers.written_empty {
+            return PeerSelection::Nothing(NothingSelected::EmptyList {
+                kind,
+                ingress: self.peers.ingress,
+            });
+        }
+        if !self.peers.is_wildcard() {
+            PeerSelection::Named
+        } else if self.to_ports.is_empty() && self.icmps.is_empty() {
+            PeerSelection::Nothing(NothingSelected::EmptyEntry)
+        } else {
+            PeerSelection::Every
+        }
+    }
+}
+
+/// The first list written empty, in Cilium's `mergeEndpointSelectors` order.
+fn written_empty<A, B, C, D, E>(
+    endpoints: Option<&Vec<A>>,
+    nodes: Option<&Vec<B>>,
+    entities: Option<&Vec<C>>,
+    cidr: Option<&Vec<D>>,
+    cidr_set: Option<&Vec<E>>,
+) -> Option<&'static str> {
+    [
+        ("Endpoints", endpoints.is_some_and(Vec::is_empty)),
+        ("Nodes", nodes.is_some_and(Vec::is_empty)),
+        ("Entities", entities.is_some_and(Vec::is_empty)),
+        ("CIDR", cidr.is_some_and(Vec::is_empty)),
+        ("CIDRSet", cidr_set.is_some_and(Vec::is_empty)),
+    ]
+    .into_iter()
+    .find_map(|(kind, empty)| empty.then_some(kind))
+}
+
 impl<'a> From<&'a IngressRule> for PeerRule<'a> {
     fn from(rule: &'a IngressRule) -> Self {
         Self {
             peers: Peers {
                 ingress: true,
-                endpoints: &rule.from_endpoints,
+                endpoints: rule.from_endpoints.as_deref().unwrap_or_default(),
                 requires: &rule.from_requires,
-                cidr: &rule.from_cidr,
-                cidr_set: &rule.from_cidr_set,
-                entities: &rule.from_entities,
+                cidr: rule.from_cidr.as_deref().unwrap_or_default(),
+                cidr_set: rule.from_cidr_set.as_deref().unwrap_or_default(),
+                entities: rule.from_entities.as_deref().unwrap_or_default(),
                 groups: &rule.from_groups,
-                nodes: &rule.from_nodes,
+                nodes: rule.from_nodes.as_deref().unwrap_or_default(),
                 services: &[],
                 fqdns: &[],
+                written_empty: written_empty(
+                    rule.from_endpoints.as_ref(),
+                    rule.from_nodes.as_ref(),
+                    rule.from_entities.as_ref(),
+                    rule.from_cidr.as_ref(),
+                    rule.from_cidr_set.as_ref(),
+                ),
             },
             to_ports: &rule.to_ports,
             icmps: &rule.icmps,
@@ -433,15 +543,22 @@ impl<'a> From<&'a EgressRule> for PeerRule<'a> {
         Self {
             peers: Peers {
                 ingress: false,
-                endpoints: &rule.to_endpoints,
+                endpoints: rule.to_endpoints.as_deref().unwrap_or_default(),
                 requires: &rule.to_requires,
-                cidr: &rule.to_cidr,
-                cidr_set: &rule.to_cidr_set,
-                entities: &rule.to_entities,
+                cidr: rule.to_cidr.as_deref().unwrap_or_default(),
+                cidr_set: rule.to_cidr_set.as_deref().unwrap_or_default(),
+                entities: rule.to_entities.as_deref().unwrap_or_default(),
                 groups: &rule.to_groups,
-                nodes: &rule.to_nodes,
+                nodes: rule.to_nodes.as_deref().unwrap_or_default(),
                 services: &rule.to_services,
                 fqdns: &rule.to_fqdns,
+                written_empty: written_empty(
+                    rule.to_endpoints.as_ref(),
+                    rule.to_nodes.as_ref(),
+                    rule.to_entities.as_ref(),
+                    rule.to_cidr.as_ref(),
+                    rule.to_cidr_set.as_ref(),
+                ),
             },
             to_ports: &rule.to_ports,
             icmps: &rule.icmps,
