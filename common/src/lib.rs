@@ -63,7 +63,9 @@ pub const DEFAULT_CT_ANY_CAPACITY: u32 = 262_144;
 pub const FRAGMENT_CAPACITY: u32 = 8_192;
 /// Words of the failsafe bitmap per direction and protocol: a bit per port.
 pub const FAILSAFE_WORDS_PER_LIST: u32 = 65_536 / 64;
-/// Words of the failsafe bitmap: 2 directions x 3 protocols ([`failsafe_bit`]).
+/// Words of one slot's failsafe bitmap: 2 directions x 3 protocols
+/// ([`failsafe_bit`]). The map holds one bitmap per slot, slot 1's after
+/// slot 0's, so a reload switches failsafe services with the rule table.
 pub const FAILSAFE_WORDS: u32 = 6 * FAILSAFE_WORDS_PER_LIST;
 /// Default size of the flow-event ring buffer in bytes.
 pub const FLOW_RING_BYTES: u32 = 256 * 1024;
@@ -541,11 +543,12 @@ pub struct FragmentPorts {
     pub destination_port: u16,
 }
 
-/// Where the bit of an always-allowed (failsafe) service sits in the
+/// Where the bit of an always-allowed (failsafe) service sits in a slot's
 /// [`FAILSAFE_MAP`] bitmap: new connections in `direction` to `port` over
 /// `protocol` pass whatever the policy says. One bit per port, per protocol
 /// (TCP, UDP, SCTP) and direction; other protocols have no failsafe bit.
-/// Returns the array index and the bit within that word.
+/// Returns the index within the slot's bitmap (add `slot *`
+/// [`FAILSAFE_WORDS`] for the array index) and the bit within that word.
 #[must_use]
 pub const fn failsafe_bit(direction: u8, protocol: u8, port: u16) -> Option<(u32, u64)> {
     let protocol_index = match protocol {

@@ -63,8 +63,9 @@ enum Command {
     Diff(policies::DiffArgs),
     /// Keep the rules of an `apply --confirm` before they roll back.
     Confirm,
-    /// Re-read the policy directory and the saved policies, and the
-    /// WireGuard nodes from the configuration (as SIGHUP does).
+    /// Re-read the configuration, the policy directory and the saved
+    /// policies and put them in force together, as SIGHUP does; a changed
+    /// setting that needs a restart is refused by name.
     Reload,
     /// List, show, delete, validate or explain policies.
     #[command(subcommand)]

@@ -479,23 +479,65 @@ pub enum ConfigError {
         #[source]
         source: std::io::Error,
     },
+    /// A file named with `--config` does not exist.
+    #[error(
+        "{}: no such configuration file (named with --config; without it palisaded reads {DEFAULT_CONFIG}, or runs on the built-in defaults if that is missing)",
+        path.display()
+    )]
+    Missing {
+        /// The file.
+        path: PathBuf,
+    },
     /// The file is not a valid configuration.
     #[error(transparent)]
     Invalid(#[from] Diagnostics),
 }
 
-impl Config {
-    /// Reads `path`; a missing file gives the defaults.
+/// Where palisaded reads its configuration, at start and on every reload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigFile {
+    path: PathBuf,
+    /// Named with `--config`: it must exist. The default path may be
+    /// missing (the built-in defaults then).
+    named: bool,
+}
+
+impl ConfigFile {
+    /// The file named with `--config`, or the default path when `None`.
+    pub fn new(named: Option<PathBuf>) -> Self {
+        match named {
+            Some(path) => Self { path, named: true },
+            None => Self {
+                path: PathBuf::from(DEFAULT_CONFIG),
+                named: false,
+            },
+        }
+    }
+
+    /// The file's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Reads the configuration.
     ///
     /// # Errors
     ///
-    /// [`ConfigError`] when the file cannot be read or is invalid.
-    pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        match std::fs::read_to_string(path) {
-            Ok(text) => Ok(from_toml(&path.display().to_string(), &text)?),
-            Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(Self::default()),
+    /// [`ConfigError`] when the file cannot be read or is invalid, or when a
+    /// file named with `--config` does not exist.
+    pub fn load(&self) -> Result<Config, ConfigError> {
+        match std::fs::read_to_string(&self.path) {
+            Ok(text) => Ok(from_toml(&self.path.display().to_string(), &text)?),
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound && !self.named => {
+                Ok(Config::default())
+            }
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+                Err(ConfigError::Missing {
+                    path: self.path.clone(),
+                })
+            }
             Err(source) => Err(ConfigError::Read {
-                path: path.to_owned(),
+                path: self.path.clone(),
                 source,
             }),
         }
@@ -535,9 +577,18 @@ mod tests {
     }
 
     #[test]
-    fn missing_file_means_defaults() {
-        let config = Config::load(Path::new("/nonexistent/palisade.toml")).unwrap();
-        assert_eq!(config, Config::default());
+    fn a_missing_default_file_means_defaults_a_missing_named_file_is_an_error() {
+        let default = ConfigFile {
+            path: PathBuf::from("/nonexistent/palisade.toml"),
+            named: false,
+        };
+        assert_eq!(default.load().unwrap(), Config::default());
+        let named = ConfigFile::new(Some(PathBuf::from("/etc/palisade/palsade.toml")));
+        let error = named.load().unwrap_err().to_string();
+        assert!(
+            error.starts_with("/etc/palisade/palsade.toml: no such configuration file"),
+            "{error}"
+        );
     }
 
     #[test]

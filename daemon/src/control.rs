@@ -2,7 +2,7 @@
 
 use std::{
     convert::Infallible,
-    path::{Path, PathBuf},
+    path::Path,
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -28,10 +28,11 @@ use tracing::{error, warn};
 
 use crate::{
     authz::{Access, Authorizer, Peer},
-    config::{Config, ConfigError},
+    config::ConfigError,
     engine::{ApplyError, Engine},
     flows::FlowHub,
     metrics::Metrics,
+    reload::{ReloadError, Reloader},
     systemd,
     wireguard::Tunnel,
 };
@@ -58,8 +59,9 @@ pub struct ControlState {
     pub authorizer: Arc<Authorizer>,
     /// The WireGuard tunnel, when encryption is on.
     pub wireguard: Option<Arc<Tunnel>>,
-    /// The configuration file, re-read on reload for the tunnel's nodes.
-    pub config_path: Arc<PathBuf>,
+    /// The running configuration, read again on reload (lock it after
+    /// the engine, as SIGHUP does).
+    pub reloader: Arc<std::sync::Mutex<Reloader>>,
 }
 
 /// Binds the control socket, replacing a stale one: mode 0660, group `group`
@@ -258,51 +260,46 @@ async fn delete(
 }
 
 async fn reload(State(state): State<ControlState>) -> Response {
-    // The tunnel's nodes come from the configuration file: a file that no
-    // longer parses refuses the whole reload.
-    let loaded = match &state.wireguard {
-        Some(_) => match Config::load(&state.config_path) {
-            Ok(config) => Some(config),
-            Err(ConfigError::Invalid(diagnostics)) => {
-                return self::error(
-                    StatusCode::UNPROCESSABLE_ENTITY,
-                    ErrorBody {
-                        error: format!(
-                            "{} problem(s) in the configuration; nothing was changed",
-                            diagnostics.0.len()
-                        ),
-                        diagnostics: diagnostics.0,
-                    },
-                );
-            }
-            Err(e) => return message(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
-        },
-        None => None,
-    };
     let mut engine = state.engine.lock().await;
-    if let (Some(tunnel), Some(config)) = (&state.wireguard, &loaded)
-        && let Err(e) = reload_tunnel(tunnel, &mut engine, config)
-    {
-        return message(
+    let result = reload_configuration(&state.reloader, &mut engine, state.wireguard.as_deref());
+    match result {
+        Ok(response) => changed(&state.engine, &engine, Ok(response)),
+        Err(ReloadError::Apply(error)) => refusal(error),
+        Err(ReloadError::Config(ConfigError::Invalid(diagnostics))) => self::error(
             StatusCode::UNPROCESSABLE_ENTITY,
-            format!("the WireGuard nodes were refused; nothing was changed: {e:#}"),
-        );
+            ErrorBody {
+                error: format!(
+                    "{} problem(s) in the configuration; nothing was changed",
+                    diagnostics.0.len()
+                ),
+                diagnostics: diagnostics.0,
+            },
+        ),
+        Err(error @ ReloadError::Config(_)) => {
+            message(StatusCode::INTERNAL_SERVER_ERROR, error.to_string())
+        }
+        Err(error @ (ReloadError::NeedsRestart { .. } | ReloadError::Tunnel(_))) => {
+            message(StatusCode::UNPROCESSABLE_ENTITY, error.to_string())
+        }
     }
-    let result = engine.reload();
-    changed(&state.engine, &engine, result)
 }
 
-/// Puts the nodes of a reloaded configuration in force in the tunnel and,
-/// for the engine's next install, in strict mode (SIGHUP and
-/// `POST /v1/reload`).
+/// The one reload of SIGHUP and `POST /v1/reload`: the configuration and the
+/// policies, put in force together with the tunnel's nodes, or nothing.
 ///
 /// # Errors
 ///
-/// When the tunnel refuses the nodes; nothing changed then.
-pub fn reload_tunnel(tunnel: &Tunnel, engine: &mut Engine, config: &Config) -> anyhow::Result<()> {
-    tunnel.reconcile(&config.nodes)?;
-    engine.set_strict_prefixes(config.strict_prefixes());
-    Ok(())
+/// [`ReloadError`]; nothing changed then.
+pub fn reload_configuration(
+    reloader: &std::sync::Mutex<Reloader>,
+    engine: &mut Engine,
+    tunnel: Option<&Tunnel>,
+) -> Result<ApplyResponse, ReloadError> {
+    // A reload that panicked left the running configuration as it was.
+    let mut reloader = reloader
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    reloader.reload(engine, tunnel)
 }
 
 async fn rotate_wireguard_key(

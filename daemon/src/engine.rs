@@ -25,7 +25,7 @@ use tracing::{info, warn};
 
 use crate::{
     config::DatapathConfig,
-    datapath::{ConnectionState, Datapath, pinning},
+    datapath::{ConnectionState, Datapath, EnforcementSettings, pinning},
     flows::FlowHub,
     impact,
     metrics::{RuleHits, Snapshot},
@@ -78,6 +78,22 @@ pub struct EngineSettings {
     pub store: PolicyStore,
     /// The failsafe services, for status.
     pub failsafe: Failsafe,
+    /// What the datapath enforces besides the table (staged in it).
+    pub enforcement: EnforcementSettings,
+}
+
+/// What a reload of the configuration changes in a running engine: this
+/// node's policy context (labels, addresses, audit mode, `[cluster]`,
+/// strict-mode prefixes), the failsafe services and the datapath's other
+/// settings. [`Engine::reconfigure`] puts it in force with the policies.
+#[derive(Debug, Clone)]
+pub struct Reconfiguration {
+    /// This node's policy context.
+    pub node: NodeContext,
+    /// The failsafe services, for status.
+    pub failsafe: Failsafe,
+    /// What the datapath enforces besides the table.
+    pub enforcement: EnforcementSettings,
 }
 
 /// A policy in force and where it came from.
@@ -157,10 +173,35 @@ impl Engine {
         }
     }
 
-    /// Sets the prefixes WireGuard strict mode protects; the next install
-    /// (a reload or an apply) puts them in force.
-    pub fn set_strict_prefixes(&mut self, prefixes: Vec<ipnet::IpNet>) {
-        self.settings.node.strict_prefixes = prefixes;
+    /// Puts `update` in force together with the policies, read again from
+    /// the directory and the store: one new generation, or nothing changed.
+    ///
+    /// # Errors
+    ///
+    /// [`ApplyError`]; the rules and settings in force are unchanged then.
+    pub fn reconfigure(&mut self, update: Reconfiguration) -> Result<ApplyResponse, ApplyError> {
+        self.refuse_while_pending()?;
+        self.datapath
+            .stage(&update.enforcement)
+            .map_err(ApplyError::Datapath)?;
+        let previous = Reconfiguration {
+            node: std::mem::replace(&mut self.settings.node, update.node),
+            failsafe: std::mem::replace(&mut self.settings.failsafe, update.failsafe),
+            enforcement: std::mem::replace(&mut self.settings.enforcement, update.enforcement),
+        };
+        let result = self.reload();
+        if result.is_err() {
+            if let Err(error) = self.datapath.stage(&previous.enforcement) {
+                warn!(
+                    error = format!("{error:#}"),
+                    "cannot stage the previous datapath settings again"
+                );
+            }
+            self.settings.node = previous.node;
+            self.settings.failsafe = previous.failsafe;
+            self.settings.enforcement = previous.enforcement;
+        }
+        result
     }
 
     /// Reads the policy directory and the saved policies (a saved policy

@@ -15,6 +15,7 @@ pub mod impact;
 pub mod link;
 pub mod logging;
 pub mod metrics;
+pub mod reload;
 pub mod store;
 pub mod systemd;
 pub mod wireguard;

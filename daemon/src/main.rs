@@ -5,30 +5,30 @@ use std::{path::PathBuf, process::ExitCode, sync::Arc};
 
 use anyhow::Context as _;
 use clap::Parser;
-use palisade_api::Failsafe;
 use palisade_daemon::{
     authz::{Authorizer, Peer},
-    config::{Config, DEFAULT_CONFIG, EncryptionMode, Service},
+    config::{ConfigFile, EncryptionMode},
     control::{self, ControlState},
     datapath::{ebpf::EbpfDatapath, pinning},
     engine::{Engine, EngineSettings},
     flows::{self, FlowHub},
     logging,
     metrics::{self, Metrics},
+    reload::{Overrides, Reloader, reconfiguration},
     store::PolicyStore,
     systemd,
     wireguard::{Tunnel, spawn_promotions},
 };
-use palisade_policy::NodeContext;
 use tokio::{signal::unix::SignalKind, sync::Mutex};
 use tracing::{error, info, warn};
 
 /// What `palisaded --help` and its man page say after the options.
 const AFTER_HELP: &str = "\
 Signals:
-  SIGHUP   re-read the policy directory and the saved policies (what
-           `systemctl reload palisade` sends); an invalid set is refused and
-           the rules in force stay
+  SIGHUP   re-read the configuration, the policy directory and the saved
+           policies and put them in force together (what `systemctl reload
+           palisade` sends); an invalid set, or a changed setting that needs
+           a restart, is refused and everything in force stays
   SIGTERM  stop; the programs stay attached and keep enforcing (pinned)
 
 Files:
@@ -43,9 +43,10 @@ Files:
 #[derive(Debug, Parser)]
 #[command(name = "palisaded", version, about, after_help = AFTER_HELP)]
 struct Args {
-    /// Configuration file; a missing file means the built-in defaults.
-    #[arg(long, default_value = DEFAULT_CONFIG)]
-    config: PathBuf,
+    /// Configuration file [default: /etc/palisade/palisade.toml, whose
+    /// absence means the built-in defaults]; a file named here must exist.
+    #[arg(long)]
+    config: Option<PathBuf>,
     /// Control socket path (overrides `control.socket`).
     #[arg(long)]
     socket: Option<PathBuf>,
@@ -88,16 +89,14 @@ async fn main() -> ExitCode {
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
-    let mut config = Config::load(&args.config)?;
-    if let Some(socket) = args.socket {
-        config.control.socket = socket;
-    }
-    if let Some(directory) = args.policy_dir {
-        config.policy.directory = directory;
-    }
-    if let Some(directory) = args.state_dir {
-        config.policy.state_directory = directory;
-    }
+    let config_file = ConfigFile::new(args.config);
+    let mut config = config_file.load()?;
+    let overrides = Overrides {
+        socket: args.socket,
+        policy_dir: args.policy_dir,
+        state_dir: args.state_dir,
+    };
+    overrides.apply(&mut config);
     if args.cleanup {
         let pin_path = &config.datapath.pin_path;
         if pinning::cleanup(pin_path)? {
@@ -108,19 +107,14 @@ async fn run(args: Args) -> anyhow::Result<()> {
         return Ok(());
     }
     let node_name = config.node.name.clone().unwrap_or_else(host_name);
+    let reconfigured = reconfiguration(&config);
     let settings = EngineSettings {
-        node: NodeContext {
-            labels: config.node.labels.clone(),
-            audit_mode: config.policy.audit_mode,
-            fqdn_audit: config.policy.fqdn_audit,
-            addresses: config.node.addresses.clone(),
-            cluster: config.cluster.clone(),
-            strict_prefixes: config.strict_prefixes(),
-        },
+        node: reconfigured.node,
         node_name: node_name.clone(),
         directory: config.policy.directory.clone(),
         store: PolicyStore::new(&config.policy.state_directory),
-        failsafe: failsafe_status(&config),
+        failsafe: reconfigured.failsafe,
+        enforcement: reconfigured.enforcement,
     };
 
     let (datapath, flow_events) = EbpfDatapath::load(&config)?;
@@ -176,17 +170,23 @@ async fn run(args: Args) -> anyhow::Result<()> {
         )
         .await?;
     }
+    let socket = config.control.socket.clone();
+    let reloader = Arc::new(std::sync::Mutex::new(Reloader::new(
+        config_file,
+        overrides,
+        config,
+    )));
     let state = ControlState {
         engine: Arc::clone(&engine),
         hub,
         metrics,
         authorizer: Arc::new(authorizer),
         wireguard: wireguard.clone(),
-        config_path: Arc::new(args.config.clone()),
+        reloader: Arc::clone(&reloader),
     };
     systemd::spawn_watchdog(Arc::clone(&engine));
-    spawn_reload_on_hangup(engine, state.wireguard.clone(), args.config.clone())?;
-    info!(socket = %config.control.socket.display(), "palisaded ready");
+    spawn_reload_on_hangup(engine, state.wireguard.clone(), reloader)?;
+    info!(socket = %socket.display(), "palisaded ready");
     systemd::ready(&summary);
     let served = axum::serve(
         listener,
@@ -196,7 +196,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     .await;
     systemd::stopping();
     // Best effort: a stale socket is replaced on the next start anyway.
-    let _ = std::fs::remove_file(&config.control.socket);
+    let _ = std::fs::remove_file(&socket);
     served.context("serving the control socket")?;
     info!("palisaded stopped");
     Ok(())
@@ -227,11 +227,12 @@ async fn shutdown_signal(wireguard: Option<Arc<Tunnel>>) {
     }
 }
 
-/// Reloads the policies on each SIGHUP (`systemctl reload palisade`).
+/// Reloads the configuration and the policies on each SIGHUP (`systemctl
+/// reload palisade`), as `palisadectl reload` does.
 fn spawn_reload_on_hangup(
     engine: Arc<Mutex<Engine>>,
     wireguard: Option<Arc<Tunnel>>,
-    config_path: PathBuf,
+    reloader: Arc<std::sync::Mutex<Reloader>>,
 ) -> anyhow::Result<()> {
     let mut hangups =
         tokio::signal::unix::signal(SignalKind::hangup()).context("listening for SIGHUP")?;
@@ -239,45 +240,18 @@ fn spawn_reload_on_hangup(
         while hangups.recv().await.is_some() {
             systemd::reloading();
             let mut engine = engine.lock().await;
-            if let Some(tunnel) = &wireguard {
-                match Config::load(&config_path) {
-                    Ok(config) => match control::reload_tunnel(tunnel, &mut engine, &config) {
-                        Ok(()) => info!("SIGHUP: WireGuard nodes reloaded"),
-                        Err(e) => error!(
-                            "SIGHUP: WireGuard nodes refused, the tunnel is unchanged: {e:#}"
-                        ),
-                    },
-                    Err(e) => error!(
-                        "SIGHUP: the configuration does not load, the tunnel is unchanged: {e}"
-                    ),
-                }
-            }
-            match engine.reload() {
+            match control::reload_configuration(&reloader, &mut engine, wireguard.as_deref()) {
                 Ok(response) => info!(
                     generation = response.generation,
                     policy = response.policies.join(","),
-                    "SIGHUP: policies reloaded"
+                    "SIGHUP: configuration and policies reloaded"
                 ),
-                Err(e) => error!("SIGHUP: reload refused, the rules in force are unchanged: {e}"),
+                Err(e) => error!("SIGHUP: reload refused, everything in force is unchanged: {e}"),
             }
             systemd::ready(&engine.summary());
         }
     });
     Ok(())
-}
-
-/// The failsafe services as status shows them.
-fn failsafe_status(config: &Config) -> Failsafe {
-    let names = |services: &[Service]| services.iter().map(ToString::to_string).collect();
-    Failsafe {
-        inbound: names(&config.failsafe.inbound),
-        outbound: names(&config.failsafe.outbound),
-        always: vec![
-            "arp".to_owned(),
-            "icmpv6 neighbour discovery and other RFC 4890 control messages".to_owned(),
-            "non-IP frames".to_owned(),
-        ],
-    }
 }
 
 fn host_name() -> String {

@@ -73,7 +73,7 @@ static RULE_COUNTERS_1: PerCpuArray<CounterValue> =
     PerCpuArray::with_max_entries(DEFAULT_RULE_CAPACITY, 0);
 
 #[map]
-static FAILSAFE: Array<u64> = Array::with_max_entries(FAILSAFE_WORDS, 0);
+static FAILSAFE: Array<u64> = Array::with_max_entries(FAILSAFE_WORDS * SLOT_COUNT, 0);
 
 #[map]
 static CT_TCP: LruHashMap<CtKey, CtEntry> = LruHashMap::pinned(DEFAULT_CT_TCP_CAPACITY, 0);
@@ -349,7 +349,14 @@ fn prefilter(ctx: &XdpContext) -> Result<u32, ()> {
             packet.family,
             &packet.source,
         )
-        .filter(|_| !is_failsafe(direction::INGRESS, packet.protocol, packet.destination_port))
+        .filter(|_| {
+            !is_failsafe(
+                slot,
+                direction::INGRESS,
+                packet.protocol,
+                packet.destination_port,
+            )
+        })
     };
     let Some(rule_id) = rule_id else {
         return Ok(xdp_action::XDP_PASS);
@@ -405,7 +412,7 @@ fn prefilter_v4(ctx: &XdpContext, slot: u32, settings: &SlotSettings) -> Result<
     } else {
         0
     };
-    Ok((!is_failsafe(direction::INGRESS, protocol, port)).then_some(rule_id))
+    Ok((!is_failsafe(slot, direction::INGRESS, protocol, port)).then_some(rule_id))
 }
 
 /// The TC program. Every function call and return costs here (retpolines
@@ -477,7 +484,7 @@ fn judge(
         bump(way, Counter::Established, ctx.length());
         return None;
     }
-    let mut decision = if is_failsafe(way, packet.protocol, packet.destination_port) {
+    let mut decision = if is_failsafe(slot, way, packet.protocol, packet.destination_port) {
         Decision {
             verdict: verdict::FORWARDED,
             drop_reason: drop_reason::NONE,
@@ -845,12 +852,16 @@ fn open_connection(packet: &Packet, way: u8, decision: &Decision, settings: &Slo
     ct_table(packet.protocol).insert(&key, &entry, 0).is_ok()
 }
 
+/// Whether the live slot's failsafe list lets a new connection to `port`
+/// through, whatever the policy says.
 #[inline(always)]
-fn is_failsafe(way: u8, protocol: u8, port: u16) -> bool {
+fn is_failsafe(slot: u32, way: u8, protocol: u8, port: u16) -> bool {
     let Some((index, bit)) = failsafe_bit(way, protocol, port) else {
         return false;
     };
-    FAILSAFE.get(index).is_some_and(|word| word & bit != 0)
+    FAILSAFE
+        .get(slot * FAILSAFE_WORDS + index)
+        .is_some_and(|word| word & bit != 0)
 }
 
 /// The state of one longest-prefix lookup, shared with [`probe_length`].

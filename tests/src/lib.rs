@@ -468,6 +468,7 @@ pub struct Daemon {
     socket: PathBuf,
     log: PathBuf,
     pin_path: PathBuf,
+    config: PathBuf,
 }
 
 impl Daemon {
@@ -506,7 +507,7 @@ impl Daemon {
         command.push(binary("palisaded")?.into());
         command.extend([
             "--config".into(),
-            config.into_os_string(),
+            config.clone().into_os_string(),
             "--policy-dir".into(),
             policy_dir.as_os_str().to_owned(),
             "--socket".into(),
@@ -526,6 +527,7 @@ impl Daemon {
             socket,
             log,
             pin_path,
+            config,
         };
         daemon.wait_until_up()?;
         Ok(daemon)
@@ -564,6 +566,20 @@ impl Daemon {
     /// The bpffs directory this daemon pins its programs and state under.
     pub fn pin_path(&self) -> &Path {
         &self.pin_path
+    }
+
+    /// Changes the daemon's configuration file (its own copy) with `edit`,
+    /// as an operator edits palisade.toml before a reload.
+    ///
+    /// # Errors
+    ///
+    /// When the file cannot be read, parsed or written.
+    pub fn edit_config(&self, edit: impl FnOnce(&mut toml::Table)) -> anyhow::Result<()> {
+        let text = std::fs::read_to_string(&self.config)?;
+        let mut table: toml::Table = toml::from_str(&text)?;
+        edit(&mut table);
+        std::fs::write(&self.config, toml::to_string(&table)?)?;
+        Ok(())
     }
 
     /// The control socket.

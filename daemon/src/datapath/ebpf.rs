@@ -21,17 +21,17 @@ use palisade_api::{Counters, DirectionCounters, InterfaceStatus, PacketCount};
 use palisade_common::{
     ACTIVE_SLOT_MAP, COUNTER_COUNT, COUNTERS_MAP, CT_ANY_MAP, CT_TCP_MAP, Counter, CounterValue,
     CtEntry, CtKey, CtTimeouts, DEFAULT_RULE_CAPACITY, DEFAULT_RULE_SET_CAPACITY, FAILSAFE_MAP,
-    FLOW_EVENTS_MAP, MAX_ENTRIES_PER_RULE_SET, NO_RULE, PREFIX_MAPS, PREFIX_MASKS_MAP,
-    PREFIX_V4_MAPS, PortEntry, PrefixKey, PrefixKeyV4, PrefixLengths, RULE_COUNTER_MAPS,
-    RULE_SET_MAPS, RuleSet, SLOT_SETTINGS_MAP, SlotSettings, TC_EGRESS_PROGRAM, TC_INGRESS_PROGRAM,
-    XDP_PREFILTER_PROGRAM, ct_flag, default_deny, direction, failsafe_bit, family, lengths_index,
-    prefix_mask, table,
+    FAILSAFE_WORDS, FLOW_EVENTS_MAP, MAX_ENTRIES_PER_RULE_SET, NO_RULE, PREFIX_MAPS,
+    PREFIX_MASKS_MAP, PREFIX_V4_MAPS, PortEntry, PrefixKey, PrefixKeyV4, PrefixLengths,
+    RULE_COUNTER_MAPS, RULE_SET_MAPS, RuleSet, SLOT_SETTINGS_MAP, SlotSettings, TC_EGRESS_PROGRAM,
+    TC_INGRESS_PROGRAM, XDP_PREFILTER_PROGRAM, ct_flag, default_deny, direction, failsafe_bit,
+    family, lengths_index, prefix_mask, table,
 };
 use palisade_policy::{CompiledTable, compile::DirectionTable};
 use tracing::{info, warn};
 
 use super::{
-    Datapath, MapUsage, TrackedConnection, conntrack,
+    Datapath, EnforcementSettings, MapUsage, TrackedConnection, conntrack,
     pinning::{self, LinkPins},
 };
 use crate::config::{Config, CtFullAction, DatapathConfig};
@@ -61,10 +61,16 @@ pub struct EbpfDatapath {
     /// Rule sets and rules written to each slot by the last install there.
     rule_sets_written: [usize; 2],
     rules_written: [usize; 2],
-    /// What every slot carries besides the policy.
+    /// What every slot carries besides the policy (staged settings).
     template: SlotSettings,
-    /// Prefixes the config's prefilter list adds to every table.
+    /// Prefixes the config's prefilter list adds to every table (staged).
     config_prefilter: Vec<IpNet>,
+    /// Each slot's failsafe bitmap ([`FAILSAFE_WORDS`] words a slot).
+    failsafe: Array<MapData, u64>,
+    /// The staged failsafe bitmap: its non-zero words by index.
+    failsafe_words: BTreeMap<u32, u64>,
+    /// Indexes of the non-zero words the last install wrote to each slot.
+    failsafe_written: [Vec<u32>; 2],
     policy_map_max: u32,
     active: u32,
     /// Whether `active` has ever been switched (then the idle slot may still
@@ -133,28 +139,7 @@ impl EbpfDatapath {
         for length in 0..=128u32 {
             masks.set(length, &prefix_mask(length), 0)?;
         }
-        let mut failsafe: Array<MapData, u64> = Array::try_from(take(FAILSAFE_MAP)?)?;
-        let services = [
-            (direction::INGRESS, &config.failsafe.inbound),
-            (direction::EGRESS, &config.failsafe.outbound),
-        ];
-        for (way, list) in services {
-            for service in list {
-                let (index, bit) = failsafe_bit(way, service.protocol.code(), service.port)
-                    .with_context(|| format!("failsafe service {service}: not TCP, UDP or SCTP"))?;
-                let word = failsafe.get(&index, 0)?;
-                failsafe
-                    .set(index, &(word | bit), 0)
-                    .with_context(|| format!("writing failsafe service {service}"))?;
-            }
-        }
-        let template = SlotSettings {
-            forward_sample_rate: config.flows.forward_sample_rate,
-            events_per_second: config.flows.events_per_second,
-            ct_timeouts: CtTimeouts::from(datapath.ct_timeouts),
-            ct_full_drop: u8::from(datapath.ct_full == CtFullAction::Drop),
-            ..SlotSettings::default()
-        };
+        let failsafe = Array::try_from(take(FAILSAFE_MAP)?)?;
         let mut datapath = Self {
             active_slot: Array::try_from(take(ACTIVE_SLOT_MAP)?)?,
             slot_settings: Array::try_from(take(SLOT_SETTINGS_MAP)?)?,
@@ -182,8 +167,11 @@ impl EbpfDatapath {
             written_keys: [Vec::new(), Vec::new()],
             rule_sets_written: [0, 0],
             rules_written: [0, 0],
-            template,
-            config_prefilter: datapath.prefilter.clone(),
+            template: SlotSettings::default(),
+            config_prefilter: Vec::new(),
+            failsafe,
+            failsafe_words: BTreeMap::new(),
+            failsafe_written: [Vec::new(), Vec::new()],
             policy_map_max,
             active: 0,
             switched: false,
@@ -191,6 +179,7 @@ impl EbpfDatapath {
             interfaces: Vec::new(),
             ebpf,
         };
+        datapath.stage(&EnforcementSettings::from_config(config))?;
         // Once per pin directory: the tables pinned from then on are
         // canonical, so later starts do not walk them again.
         let marker = datapath.pin_path.join(CANONICAL_CONNTRACK_MARKER);
@@ -405,6 +394,31 @@ impl Datapath for EbpfDatapath {
         "ebpf"
     }
 
+    fn stage(&mut self, settings: &EnforcementSettings) -> anyhow::Result<()> {
+        let mut words = BTreeMap::new();
+        let services = [
+            (direction::INGRESS, &settings.failsafe_inbound),
+            (direction::EGRESS, &settings.failsafe_outbound),
+        ];
+        for (way, list) in services {
+            for service in list {
+                let (index, bit) = failsafe_bit(way, service.protocol.code(), service.port)
+                    .with_context(|| format!("failsafe service {service}: not TCP, UDP or SCTP"))?;
+                *words.entry(index).or_insert(0) |= bit;
+            }
+        }
+        self.failsafe_words = words;
+        self.config_prefilter.clone_from(&settings.prefilter);
+        self.template = SlotSettings {
+            forward_sample_rate: settings.forward_sample_rate,
+            events_per_second: settings.events_per_second,
+            ct_timeouts: CtTimeouts::from(settings.ct_timeouts),
+            ct_full_drop: u8::from(settings.ct_full == CtFullAction::Drop),
+            ..SlotSettings::default()
+        };
+        Ok(())
+    }
+
     fn install(&mut self, table: &CompiledTable, generation: u32) -> anyhow::Result<()> {
         let slot = 1 - self.active;
         let index = slot as usize;
@@ -459,6 +473,18 @@ impl Datapath for EbpfDatapath {
             let zero = PerCpuValues::try_from(vec![CounterValue::default(); cpus])?;
             self.rule_counters[index].set(u32::try_from(rule)?, zero, 0)?;
         }
+        let failsafe_base = slot * FAILSAFE_WORDS;
+        for word in &self.failsafe_written[index] {
+            if !self.failsafe_words.contains_key(word) {
+                self.failsafe.set(failsafe_base + word, &0, 0)?;
+            }
+        }
+        for (word, bits) in &self.failsafe_words {
+            self.failsafe
+                .set(failsafe_base + word, bits, 0)
+                .context("writing the failsafe services")?;
+        }
+        self.failsafe_written[index] = self.failsafe_words.keys().copied().collect();
         self.written_keys[index] = keys.into_keys().collect();
         self.rule_sets_written[index] = rule_set_count;
         self.rules_written[index] = rules;

@@ -10,7 +10,44 @@ use std::{net::IpAddr, time::Duration};
 use palisade_api::{Counters, InterfaceStatus, PacketCount};
 use palisade_policy::{CompiledTable, Direction};
 
-use crate::config::DatapathConfig;
+use crate::config::{Config, CtFullAction, CtTimeoutsConfig, DatapathConfig, Service};
+
+/// What a backend enforces besides the compiled rule table, as the
+/// configuration says: it may change on reload, and
+/// [`Datapath::stage`] hands it over so that the next
+/// [`Datapath::install`] puts it in force together with its table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EnforcementSettings {
+    /// Services new connections reach whatever the policies say, inbound.
+    pub failsafe_inbound: Vec<Service>,
+    /// The same, outbound.
+    pub failsafe_outbound: Vec<Service>,
+    /// Source prefixes always dropped first on ingress (`datapath.prefilter`).
+    pub prefilter: Vec<ipnet::IpNet>,
+    /// One forwarded new connection in N is reported (`flows.forward_sample_rate`).
+    pub forward_sample_rate: u32,
+    /// Flow events per second and CPU at most (`flows.events_per_second`).
+    pub events_per_second: u32,
+    /// Connection-tracking timeouts.
+    pub ct_timeouts: CtTimeoutsConfig,
+    /// What a full connection table does to a new connection.
+    pub ct_full: CtFullAction,
+}
+
+impl EnforcementSettings {
+    /// The settings `config` asks for.
+    pub fn from_config(config: &Config) -> Self {
+        Self {
+            failsafe_inbound: config.failsafe.inbound.clone(),
+            failsafe_outbound: config.failsafe.outbound.clone(),
+            prefilter: config.datapath.prefilter.clone(),
+            forward_sample_rate: config.flows.forward_sample_rate,
+            events_per_second: config.flows.events_per_second,
+            ct_timeouts: config.datapath.ct_timeouts,
+            ct_full: config.datapath.ct_full,
+        }
+    }
+}
 
 /// How full one datapath table is.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -63,8 +100,17 @@ pub trait Datapath: Send {
     /// Short name shown in status, such as `ebpf`.
     fn name(&self) -> &'static str;
 
-    /// Makes `table` the one in force, atomically: packets see either the old
-    /// table or the new one, never a mix. On error the old table stays in force.
+    /// Sets what the next [`Datapath::install`] enforces besides its table;
+    /// nothing changes in the kernel until then.
+    ///
+    /// # Errors
+    ///
+    /// When the backend cannot enforce a setting; nothing was staged then.
+    fn stage(&mut self, settings: &EnforcementSettings) -> anyhow::Result<()>;
+
+    /// Makes `table`, with the settings staged last, the one in force,
+    /// atomically: packets see either the old table and settings or the new
+    /// ones, never a mix. On error the old table stays in force.
     ///
     /// # Errors
     ///

@@ -1,0 +1,271 @@
+//! End to end: reload puts the whole configuration in force with the
+//! policies (SIGHUP and `palisadectl reload` alike), refuses by name what
+//! needs a restart, and a mistyped `--config` stops palisaded at once.
+
+use std::{
+    process::Stdio,
+    time::{Duration, Instant},
+};
+
+use palisade_e2e::{
+    Connect, Daemon, Listener, Netns, TempDir, Topology, address, binary, have_root, repo,
+    tcp_connect,
+};
+
+const SSH: u16 = 22;
+const CONNECT_TIMEOUT: Duration = Duration::from_millis(700);
+
+fn connect(topology: &Topology, source: &str) -> Connect {
+    tcp_connect(
+        &topology.client,
+        address(source),
+        Topology::node_port(SSH),
+        CONNECT_TIMEOUT,
+    )
+    .expect("connect attempt")
+}
+
+/// Sets `[section] key = value` in a configuration table.
+fn set(table: &mut toml::Table, section: &str, key: &str, value: toml::Value) {
+    let entry = table
+        .entry(section)
+        .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+    if let toml::Value::Table(section) = entry {
+        section.insert(key.to_owned(), value);
+    }
+}
+
+/// Waits until `status` says the generation moved past `before`.
+fn wait_for_generation(daemon: &Daemon, before: u32) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while daemon.status().expect("status").generation <= before {
+        assert!(
+            Instant::now() < deadline,
+            "no new generation after the reload:\n{}",
+            daemon.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The README's steps to go from the package's audit mode to enforcing:
+/// interfaces named, `audit_mode = true` (nothing dropped, AUDIT flows),
+/// then `audit_mode = false` and `systemctl reload palisade` (SIGHUP).
+#[test]
+fn the_readme_steps_go_from_audit_to_enforcing_by_reload() {
+    if !have_root("the_readme_steps_go_from_audit_to_enforcing_by_reload") {
+        return;
+    }
+    let topology = Topology::new().expect("namespaces");
+    let workdir = TempDir::new("reload-audit").expect("workdir");
+    let config = workdir.path().join("audit.toml");
+    let mut table: toml::Table =
+        toml::from_str(&std::fs::read_to_string(repo().join("etc/palisade.toml")).expect("config"))
+            .expect("the example config");
+    set(
+        &mut table,
+        "policy",
+        "audit_mode",
+        toml::Value::Boolean(true),
+    );
+    std::fs::write(&config, toml::to_string(&table).expect("toml")).expect("config written");
+    let _listener = Listener::start(&topology.node, Topology::node_port(SSH)).expect("listener");
+    let daemon = Daemon::start(
+        &topology.node,
+        &config,
+        &repo().join("etc/policies.d"),
+        workdir.path(),
+    )
+    .expect("palisaded starts");
+
+    assert!(daemon.status().expect("status").audit_mode);
+    assert_eq!(connect(&topology, Topology::OUTSIDER), Connect::Established);
+    let audited = daemon
+        .flows_until(|flows| flows.iter().any(|f| f.verdict == "AUDIT"))
+        .expect("observe");
+    assert!(
+        audited
+            .iter()
+            .any(|f| f.verdict == "AUDIT" && f.ip.source == Topology::OUTSIDER),
+        "no AUDIT flow for the outsider: {audited:#?}"
+    );
+
+    let before = daemon.status().expect("status").generation;
+    daemon
+        .edit_config(|table| set(table, "policy", "audit_mode", toml::Value::Boolean(false)))
+        .expect("config edited");
+    daemon.hang_up().expect("SIGHUP");
+    wait_for_generation(&daemon, before);
+    let status = daemon.status().expect("status");
+    assert!(!status.audit_mode, "status still says audit mode");
+    assert_eq!(connect(&topology, Topology::OUTSIDER), Connect::TimedOut);
+    assert_eq!(connect(&topology, Topology::BASTION), Connect::Established);
+}
+
+/// Node labels, failsafe services and the prefilter list change by
+/// `palisadectl reload`; a setting that needs a restart is refused by name
+/// and nothing changes.
+#[test]
+fn reload_puts_labels_failsafe_and_prefilter_in_force_and_names_restart_settings() {
+    if !have_root("reload_puts_labels_failsafe_and_prefilter_in_force_and_names_restart_settings") {
+        return;
+    }
+    let topology = Topology::new().expect("namespaces");
+    let workdir = TempDir::new("reload-keys").expect("workdir");
+    let policies = workdir.path().join("policies.d");
+    std::fs::create_dir(&policies).expect("policy dir");
+    std::fs::write(
+        policies.join("edge.yaml"),
+        r#"
+apiVersion: cilium.io/v2
+kind: CiliumClusterwideNetworkPolicy
+metadata:
+  name: edge-ssh-from-bastion
+spec:
+  nodeSelector:
+    matchLabels:
+      role: edge
+  ingress:
+    - fromCIDR: ["10.200.0.8/29"]
+      toPorts: [{ ports: [{ port: "22", protocol: TCP }] }]
+"#,
+    )
+    .expect("policy written");
+    let config = workdir.path().join("config.toml");
+    std::fs::write(
+        &config,
+        "[node]\nlabels = { role = \"edge\" }\n[datapath]\ninterfaces = [\"eth0\"]\n",
+    )
+    .expect("config written");
+    let _listener = Listener::start(&topology.node, Topology::node_port(SSH)).expect("listener");
+    let daemon = Daemon::start(&topology.node, &config, &policies, workdir.path())
+        .expect("palisaded starts");
+    assert_eq!(connect(&topology, Topology::OUTSIDER), Connect::TimedOut);
+
+    // The failsafe list: SSH from anywhere, whatever the policy says.
+    daemon
+        .edit_config(|table| {
+            set(
+                table,
+                "failsafe",
+                "inbound",
+                toml::Value::Array(vec![toml::Value::String("tcp:22".into())]),
+            );
+        })
+        .expect("config edited");
+    let reloaded = daemon.ctl(&["reload"]).expect("palisadectl");
+    assert!(reloaded.status.success(), "{reloaded:?}\n{}", daemon.log());
+    assert_eq!(
+        daemon.status().expect("status").failsafe.inbound,
+        ["tcp:22"]
+    );
+    assert_eq!(connect(&topology, Topology::OUTSIDER), Connect::Established);
+
+    // Back without it, and the node relabelled out of the policy's nodeSelector.
+    daemon
+        .edit_config(|table| {
+            set(table, "failsafe", "inbound", toml::Value::Array(Vec::new()));
+            set(
+                table,
+                "node",
+                "labels",
+                toml::Value::Table(toml::Table::from_iter([(
+                    "role".to_owned(),
+                    toml::Value::String("core".into()),
+                )])),
+            );
+        })
+        .expect("config edited");
+    let reloaded = daemon.ctl(&["reload"]).expect("palisadectl");
+    assert!(reloaded.status.success(), "{reloaded:?}\n{}", daemon.log());
+    let status = daemon.status().expect("status");
+    assert!(status.policies.is_empty(), "{:?}", status.policies);
+    assert_eq!(connect(&topology, Topology::OUTSIDER), Connect::Established);
+
+    // The prefilter list drops the outsider again, without a policy.
+    daemon
+        .edit_config(|table| {
+            set(
+                table,
+                "datapath",
+                "prefilter",
+                toml::Value::Array(vec![toml::Value::String("10.200.0.100/32".into())]),
+            );
+        })
+        .expect("config edited");
+    let reloaded = daemon.ctl(&["reload"]).expect("palisadectl");
+    assert!(reloaded.status.success(), "{reloaded:?}\n{}", daemon.log());
+    assert_eq!(connect(&topology, Topology::OUTSIDER), Connect::TimedOut);
+
+    // A setting that needs a restart: refused by name, nothing changed
+    // (the prefilter removal in the same edit is not put in force).
+    let generation = daemon.status().expect("status").generation;
+    daemon
+        .edit_config(|table| {
+            set(table, "datapath", "ct_tcp_max", toml::Value::Integer(1024));
+            set(
+                table,
+                "datapath",
+                "prefilter",
+                toml::Value::Array(Vec::new()),
+            );
+        })
+        .expect("config edited");
+    let refused = daemon.ctl(&["reload"]).expect("palisadectl");
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success(), "{refused:?}");
+    assert!(
+        stderr.contains("datapath.ct_tcp_max") && stderr.contains("restart"),
+        "{stderr}"
+    );
+    assert_eq!(daemon.status().expect("status").generation, generation);
+    assert_eq!(connect(&topology, Topology::OUTSIDER), Connect::TimedOut);
+}
+
+/// `palisaded --config` naming a file that does not exist stops at once
+/// with the file's name, instead of running on the built-in defaults.
+#[test]
+fn a_mistyped_config_path_stops_palisaded_with_its_name() {
+    if !have_root("a_mistyped_config_path_stops_palisaded_with_its_name") {
+        return;
+    }
+    // In a namespace of its own: were the file ignored, palisaded would run
+    // there on the defaults (its bpffs private to it), not on this host.
+    let netns = Netns::new("mistyped").expect("namespace");
+    let workdir = TempDir::new("mistyped").expect("workdir");
+    let missing = workdir.path().join("palsade.toml");
+    let mut child = netns
+        .command(binary("palisaded").expect("palisaded"))
+        .arg("--config")
+        .arg(&missing)
+        .arg("--socket")
+        .arg(workdir.path().join("palisade.sock"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("palisaded runs");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("palisaded kept running on a configuration file that does not exist");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(child.stderr.as_mut().expect("stderr"), &mut stderr)
+        .expect("stderr read");
+    assert!(!status.success());
+    assert!(
+        stderr.contains(&format!(
+            "{}: no such configuration file",
+            missing.display()
+        )),
+        "{stderr}"
+    );
+}
