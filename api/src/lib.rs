@@ -145,6 +145,25 @@ pub struct Status {
     pub pending_confirm: Option<PendingConfirm>,
     /// Packet counters since the datapath was loaded.
     pub counters: Counters,
+    /// How full the connection-tracking tables are (counted every few
+    /// seconds; empty until the first count).
+    #[serde(default)]
+    pub conntrack: Vec<ConntrackFill>,
+}
+
+/// How full one connection-tracking table is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConntrackFill {
+    /// `tcp` or `other`.
+    pub table: String,
+    /// Connections tracked (not expired).
+    pub entries: usize,
+    /// Connections it holds at most (`datapath.ct_tcp_max`, `ct_any_max`).
+    pub capacity: usize,
+    /// About how many it holds before the kernel evicts the least recently
+    /// used entries to make room (the capacity less a per-CPU reserve).
+    #[serde(default)]
+    pub evicting_from: usize,
 }
 
 /// The failsafe services in force (`[failsafe]` in the configuration).
@@ -178,6 +197,20 @@ pub struct InterfaceStatus {
     pub ifindex: u32,
     /// XDP attach mode in use: `native` or `generic`.
     pub xdp_mode: String,
+    /// Whether the programs are on it now.
+    #[serde(default)]
+    pub state: InterfaceState,
+}
+
+/// Whether a configured interface is enforced on.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum InterfaceState {
+    /// The programs are attached.
+    #[default]
+    Enforcing,
+    /// The interface is gone: nothing is enforced on it until it is back.
+    Missing,
 }
 
 /// Datapath counters, summed over CPUs, since the datapath was loaded.

@@ -1,6 +1,6 @@
 //! `palisadectl status`.
 
-use palisade_api::{Client, Status};
+use palisade_api::{Client, InterfaceState, Status};
 
 use crate::output::{Format, print};
 
@@ -29,9 +29,29 @@ fn table(status: &Status) {
         println!("Interfaces:     none (nothing is enforced)");
     }
     for interface in &status.interfaces {
+        match interface.state {
+            InterfaceState::Enforcing => println!(
+                "Interface:      {} (ifindex {}, XDP {})",
+                interface.name, interface.ifindex, interface.xdp_mode
+            ),
+            InterfaceState::Missing => println!(
+                "Interface:      {} MISSING: the interface is gone, nothing is enforced on it until it is back",
+                interface.name
+            ),
+        }
+    }
+    for fill in &status.conntrack {
         println!(
-            "Interface:      {} (ifindex {}, XDP {})",
-            interface.name, interface.ifindex, interface.xdp_mode
+            "Conntrack:      {} {} / {} ({} %{})",
+            fill.table,
+            fill.entries,
+            fill.capacity,
+            fill.entries.saturating_mul(100) / fill.capacity.max(1),
+            if fill.entries.saturating_mul(10) >= fill.evicting_from.saturating_mul(9) {
+                ", nearly full: from about this many the least recently used connections are evicted"
+            } else {
+                ""
+            }
         );
     }
     println!("Generation:     {}", status.generation);

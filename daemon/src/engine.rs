@@ -11,9 +11,9 @@ use std::{
 
 use anyhow::Context as _;
 use palisade_api::{
-    ApplyRequest, ApplyResponse, ConntrackEntry, DiffResponse, Failsafe, FlowFilter,
-    KernelFeatures, PendingConfirm, PolicyDocument, PolicyFile, PolicyList, PolicySource,
-    PolicySummary, Status,
+    ApplyRequest, ApplyResponse, ConntrackEntry, ConntrackFill, DiffResponse, Failsafe, FlowFilter,
+    InterfaceState, KernelFeatures, PendingConfirm, PolicyDocument, PolicyFile, PolicyList,
+    PolicySource, PolicySummary, Status,
 };
 use palisade_common::{FAILSAFE_RULE, protocol};
 use palisade_policy::{
@@ -25,7 +25,10 @@ use tracing::{info, warn};
 
 use crate::{
     config::DatapathConfig,
-    datapath::{ConnectionState, Datapath, EnforcementSettings, pinning},
+    datapath::{
+        ConnectionCounter, ConnectionState, Datapath, EnforcementSettings, Repair, TableFill,
+        pinning,
+    },
     flows::FlowHub,
     impact,
     metrics::{RuleHits, Snapshot},
@@ -140,6 +143,8 @@ pub struct Engine {
     kernel: KernelFeatures,
     datapath: Box<dyn Datapath>,
     hub: Arc<FlowHub>,
+    /// The connection tables' fill, as last counted.
+    conntrack_fill: Vec<TableFill>,
 }
 
 impl Engine {
@@ -154,7 +159,14 @@ impl Engine {
             kernel: kernel_features(),
             datapath,
             hub,
+            conntrack_fill: Vec::new(),
         }
+    }
+
+    /// Checks the datapath's attachments and pins against the kernel and
+    /// mends what it can ([`Datapath::repair`]).
+    pub fn repair(&mut self) -> Vec<Repair> {
+        self.datapath.repair()
     }
 
     /// Starts enforcing on the configured interfaces (after the first install).
@@ -644,6 +656,13 @@ impl Engine {
             generation: self.generation,
             maps: self.datapath.map_usage(),
             wireguard: None,
+            conntrack: self.conntrack_fill.clone(),
+            interfaces_unenforced: self
+                .datapath
+                .interfaces()
+                .iter()
+                .filter(|interface| interface.state != InterfaceState::Enforcing)
+                .count(),
         })
     }
 
@@ -676,7 +695,31 @@ impl Engine {
             failsafe: self.settings.failsafe.clone(),
             pending_confirm: self.pending.as_ref().map(Pending::describe),
             counters: self.datapath.counters()?,
+            conntrack: self
+                .conntrack_fill
+                .iter()
+                .map(|fill| ConntrackFill {
+                    table: fill.table.to_owned(),
+                    entries: fill.entries,
+                    capacity: fill.capacity,
+                    evicting_from: fill.evicting_from,
+                })
+                .collect(),
         })
+    }
+
+    /// A counter of the connection tables' fill, for a task of its own.
+    ///
+    /// # Errors
+    ///
+    /// When the datapath cannot open its tables.
+    pub fn connection_counter(&self) -> anyhow::Result<Box<dyn ConnectionCounter>> {
+        self.datapath.connection_counter()
+    }
+
+    /// Records the connection tables' fill, as last counted.
+    pub fn set_conntrack_fill(&mut self, fill: Vec<TableFill>) {
+        self.conntrack_fill = fill;
     }
 }
 

@@ -8,11 +8,12 @@ use clap::Parser;
 use palisade_daemon::{
     authz::{Authorizer, Peer},
     config::{ConfigFile, EncryptionMode},
+    conntrack_watch,
     control::{self, ControlState},
     datapath::{ebpf::EbpfDatapath, pinning},
     engine::{Engine, EngineSettings},
     flows::{self, FlowHub},
-    logging,
+    guard, logging,
     metrics::{self, Metrics},
     reload::{Overrides, Reloader, reconfiguration},
     store::PolicyStore,
@@ -185,6 +186,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
         reloader: Arc::clone(&reloader),
     };
     systemd::spawn_watchdog(Arc::clone(&engine));
+    guard::spawn(Arc::clone(&engine)).context("starting the enforcement guard")?;
+    conntrack_watch::spawn(Arc::clone(&engine))
+        .await
+        .context("watching the connection tables")?;
     spawn_reload_on_hangup(engine, state.wireguard.clone(), reloader)?;
     info!(socket = %socket.display(), "palisaded ready");
     systemd::ready(&summary);

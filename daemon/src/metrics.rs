@@ -22,7 +22,11 @@ use prometheus_client::{
 use tokio::sync::Mutex;
 use tracing::{error, info};
 
-use crate::{datapath::MapUsage, engine::Engine, wireguard::Tunnel};
+use crate::{
+    datapath::{MapUsage, TableFill},
+    engine::Engine,
+    wireguard::Tunnel,
+};
 
 /// How an apply ended, for `palisade_policy_apply_total{outcome}`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, EncodeLabelSet)]
@@ -47,6 +51,10 @@ pub struct Snapshot {
     pub rule_hits: Vec<RuleHits>,
     /// The WireGuard tunnel, when encryption is on and it could be read.
     pub wireguard: Option<palisade_api::WireGuardStatus>,
+    /// Configured interfaces nothing is enforced on now (gone).
+    pub interfaces_unenforced: usize,
+    /// The connection tables' fill, as last counted.
+    pub conntrack: Vec<TableFill>,
 }
 
 /// What one compiled rule has decided since it was installed.
@@ -301,6 +309,31 @@ impl Collector for SnapshotCollector {
             "policy_rules",
             "Compiled rules in force",
             i64::try_from(snapshot.rules).unwrap_or(i64::MAX),
+        )?;
+        for (name, help, pick) in [
+            (
+                "conntrack_entries",
+                "Connections tracked (not expired), by table; counted every few seconds",
+                (|fill: &TableFill| fill.entries) as fn(&TableFill) -> usize,
+            ),
+            (
+                "conntrack_capacity",
+                "Connections a table holds at most; when full the least recently used entry is evicted",
+                |fill: &TableFill| fill.capacity,
+            ),
+        ] {
+            let mut family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+            for fill in &snapshot.conntrack {
+                family
+                    .encode_family(&[("table", fill.table)])?
+                    .encode_gauge(&i64::try_from(pick(fill)).unwrap_or(i64::MAX))?;
+            }
+        }
+        gauge(
+            &mut encoder,
+            "interfaces_unenforced",
+            "Configured interfaces nothing is enforced on now (the interface is gone)",
+            i64::try_from(snapshot.interfaces_unenforced).unwrap_or(i64::MAX),
         )?;
         gauge(
             &mut encoder,

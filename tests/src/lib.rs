@@ -265,18 +265,27 @@ impl Topology {
             node: Netns::new("node")?,
             client: Netns::new("client")?,
         };
-        topology.node.add_veth_to(&topology.client)?;
-        topology
-            .node
+        topology.join()?;
+        Ok(topology)
+    }
+
+    /// Makes the veth pair between the namespaces with its addresses, up;
+    /// again after `ip link del eth0` (a NIC reset, a veth re-created).
+    ///
+    /// # Errors
+    ///
+    /// When any `ip` command fails.
+    pub fn join(&self) -> anyhow::Result<()> {
+        self.node.add_veth_to(&self.client)?;
+        self.node
             .ip(&["addr", "add", &format!("{}/24", Self::NODE), "dev", "eth0"])?;
         for address in [Self::BASTION, Self::OUTSIDER] {
-            topology
-                .client
+            self.client
                 .ip(&["addr", "add", &format!("{address}/24"), "dev", "eth0"])?;
         }
-        topology.node.ip(&["link", "set", "eth0", "up"])?;
-        topology.client.ip(&["link", "set", "eth0", "up"])?;
-        Ok(topology)
+        self.node.ip(&["link", "set", "eth0", "up"])?;
+        self.client.ip(&["link", "set", "eth0", "up"])?;
+        Ok(())
     }
 }
 
@@ -557,7 +566,22 @@ impl Daemon {
     ///
     /// When the new process does not come up.
     pub fn kill_and_restart(&mut self) -> anyhow::Result<()> {
+        self.kill();
+        self.restart()
+    }
+
+    /// Kills the daemon with SIGKILL: no cleanup of any kind runs.
+    pub fn kill(&mut self) {
         self.process.kill();
+    }
+
+    /// Starts the daemon again with the same arguments (after [`Daemon::kill`])
+    /// and waits until it answers.
+    ///
+    /// # Errors
+    ///
+    /// When the new process does not come up.
+    pub fn restart(&mut self) -> anyhow::Result<()> {
         let _ = std::fs::remove_file(&self.socket);
         self.process = spawn_daemon(&self.netns, &self.command, &self.env, &self.log)?;
         self.wait_until_up()

@@ -12,12 +12,12 @@ use std::{collections::BTreeMap, ffi::CString, path::PathBuf};
 use anyhow::{Context as _, anyhow};
 use aya::{
     Ebpf, EbpfError, EbpfLoader,
-    maps::{Array, HashMap, MapData, MapError, PerCpuArray, PerCpuValues, RingBuf},
+    maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray, PerCpuValues, RingBuf},
     programs::{SchedClassifier, TcAttachType, Xdp},
     util::nr_cpus,
 };
 use ipnet::IpNet;
-use palisade_api::{Counters, DirectionCounters, InterfaceStatus, PacketCount};
+use palisade_api::{Counters, DirectionCounters, InterfaceState, InterfaceStatus, PacketCount};
 use palisade_common::{
     ACTIVE_SLOT_MAP, COUNTER_COUNT, COUNTERS_MAP, CT_ANY_MAP, CT_TCP_MAP, Counter, CounterValue,
     CtEntry, CtKey, CtTimeouts, DEFAULT_RULE_CAPACITY, DEFAULT_RULE_SET_CAPACITY, FAILSAFE_MAP,
@@ -31,10 +31,11 @@ use palisade_policy::{CompiledTable, compile::DirectionTable};
 use tracing::{info, warn};
 
 use super::{
-    Datapath, EnforcementSettings, MapUsage, TrackedConnection, conntrack,
-    pinning::{self, LinkPins},
+    ConnectionCounter, Datapath, EnforcementSettings, MapUsage, Repair, TableFill,
+    TrackedConnection, conntrack,
+    pinning::{self, HeldLink, LinkPins, ObjectKind},
 };
-use crate::config::{Config, CtFullAction, DatapathConfig};
+use crate::config::{Config, CtFullAction, DatapathConfig, XdpModeConfig};
 
 /// The compiled eBPF object, built by build.rs.
 static PROGRAMS: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/palisade"));
@@ -45,7 +46,14 @@ pub struct EbpfDatapath {
     /// enforcement in place).
     ebpf: Ebpf,
     pin_path: PathBuf,
-    interfaces: Vec<InterfaceStatus>,
+    /// The configured interfaces and their links.
+    attachments: Vec<Attachment>,
+    /// How XDP is attached (`datapath.xdp_mode`), for re-attaching.
+    xdp_mode: XdpModeConfig,
+    /// Map ids of the pinned connection tables, to pin them again.
+    pinned_maps: Vec<(PathBuf, u32)>,
+    /// Capacities of the connection tables (TCP, other).
+    connections_capacity: [usize; 2],
     active_slot: Array<MapData, u32>,
     slot_settings: Array<MapData, SlotSettings>,
     prefixes: [HashMap<MapData, PrefixKey, u32>; 2],
@@ -76,6 +84,51 @@ pub struct EbpfDatapath {
     /// Whether `active` has ever been switched (then the idle slot may still
     /// be read by programs that started before the switch).
     switched: bool,
+}
+
+/// Counts live conntrack entries on handles of its own.
+struct EbpfConnectionCounter {
+    tables: Vec<(&'static str, usize, HashMap<MapData, CtKey, CtEntry>)>,
+}
+
+impl ConnectionCounter for EbpfConnectionCounter {
+    fn count(&self) -> anyhow::Result<Vec<TableFill>> {
+        let now = crate::clock::monotonic();
+        let cpus = usize::try_from(nr_cpus().map_err(|(_, e)| e)?.get())?;
+        Ok(self
+            .tables
+            .iter()
+            .map(|(table, capacity, map)| TableFill {
+                table,
+                capacity: *capacity,
+                evicting_from: super::lru_evicting_from(*capacity, cpus),
+                // An entry the LRU evicts mid-walk ends the walk early.
+                entries: map
+                    .iter()
+                    .map_while(Result::ok)
+                    .filter(|(key, entry)| conntrack::tracked(key, entry, now).is_some())
+                    .count(),
+            })
+            .collect())
+    }
+}
+
+/// One configured interface and the links palisaded holds on it (none
+/// while the interface is gone).
+struct Attachment {
+    name: String,
+    /// Its index when the links were made.
+    ifindex: u32,
+    xdp_mode: &'static str,
+    links: Vec<HeldLink>,
+}
+
+/// The index of interface `name`; 0 when there is none.
+fn interface_index(name: &str) -> anyhow::Result<u32> {
+    let c_name = CString::new(name)
+        .with_context(|| format!("interface name {name:?} contains a NUL byte"))?;
+    // SAFETY: c_name is a valid NUL-terminated string.
+    Ok(unsafe { libc::if_nametoindex(c_name.as_ptr()) })
 }
 
 /// A prefix map or conntrack capacity that the kernel needs at least 1 of.
@@ -176,10 +229,21 @@ impl EbpfDatapath {
             active: 0,
             switched: false,
             pin_path: datapath.pin_path.clone(),
-            interfaces: Vec::new(),
+            attachments: Vec::new(),
+            xdp_mode: XdpModeConfig::default(),
+            pinned_maps: Vec::new(),
+            connections_capacity: [datapath.ct_tcp_max as usize, datapath.ct_any_max as usize],
             ebpf,
         };
         datapath.stage(&EnforcementSettings::from_config(config))?;
+        for name in [CT_TCP_MAP, CT_ANY_MAP] {
+            let path = datapath.pin_path.join(name);
+            let id = MapData::from_pin(&path)
+                .and_then(|map| map.info())
+                .with_context(|| format!("reading the id of {}", path.display()))?
+                .id();
+            datapath.pinned_maps.push((path, id));
+        }
         // Once per pin directory: the tables pinned from then on are
         // canonical, so later starts do not walk them again.
         let marker = datapath.pin_path.join(CANONICAL_CONNTRACK_MARKER);
@@ -221,6 +285,35 @@ impl EbpfDatapath {
             }
         }
         Ok(moved)
+    }
+
+    /// Attaches the TC programs and the XDP prefilter to one interface
+    /// (adopting pinned links), holding the links.
+    fn attach_interface(&mut self, name: &str, ifindex: u32) -> anyhow::Result<Attachment> {
+        let pins = LinkPins::new(&self.pin_path);
+        // TC first: it enforces everything; XDP only drops earlier.
+        let mut links = Vec::new();
+        for (program, attach_type) in [
+            (TC_INGRESS_PROGRAM, TcAttachType::Ingress),
+            (TC_EGRESS_PROGRAM, TcAttachType::Egress),
+        ] {
+            let program = program_mut::<SchedClassifier>(&mut self.ebpf, program)?;
+            links.push(
+                pins.attach_tc(program, name, ifindex, attach_type)
+                    .with_context(|| format!("attaching TC to {name}"))?,
+            );
+        }
+        let xdp = program_mut::<Xdp>(&mut self.ebpf, XDP_PREFILTER_PROGRAM)?;
+        let (xdp_mode, link) = pins
+            .attach_xdp(xdp, name, ifindex, self.xdp_mode)
+            .with_context(|| format!("attaching XDP to {name}"))?;
+        links.push(link);
+        Ok(Attachment {
+            name: name.to_owned(),
+            ifindex,
+            xdp_mode,
+            links,
+        })
     }
 
     /// The XDP prefilter, for `BPF_PROG_TEST_RUN` (tests, benchmarks).
@@ -505,55 +598,117 @@ impl Datapath for EbpfDatapath {
     }
 
     fn attach(&mut self, config: &DatapathConfig) -> anyhow::Result<()> {
-        let pins = LinkPins::new(&self.pin_path);
+        self.xdp_mode = config.xdp_mode;
         for name in &config.interfaces {
             if name == "lo" {
                 return Err(anyhow!(
                     "`datapath.interfaces` lists lo: loopback is always allowed and never enforced on; remove it"
                 ));
             }
-            let c_name = CString::new(name.as_str())
-                .with_context(|| format!("interface name {name:?} contains a NUL byte"))?;
-            // SAFETY: c_name is a valid NUL-terminated string.
-            let ifindex = unsafe { libc::if_nametoindex(c_name.as_ptr()) };
+            let ifindex = interface_index(name)?;
             if ifindex == 0 {
                 return Err(anyhow!(
                     "interface {name:?} does not exist; fix `datapath.interfaces` in the config"
                 ));
             }
-            // TC first: it enforces everything; XDP only drops earlier.
-            let mut adopted = 0;
-            for (program, attach_type) in [
-                (TC_INGRESS_PROGRAM, TcAttachType::Ingress),
-                (TC_EGRESS_PROGRAM, TcAttachType::Egress),
-            ] {
-                let program = program_mut::<SchedClassifier>(&mut self.ebpf, program)?;
-                adopted += usize::from(
-                    pins.attach_tc(program, name, ifindex, attach_type)
-                        .with_context(|| format!("attaching TC to {name}"))?,
-                );
-            }
-            let xdp = program_mut::<Xdp>(&mut self.ebpf, XDP_PREFILTER_PROGRAM)?;
-            let (mode, xdp_adopted) = pins
-                .attach_xdp(xdp, name, ifindex, config.xdp_mode)
-                .with_context(|| format!("attaching XDP to {name}"))?;
-            adopted += usize::from(xdp_adopted);
-            info!(interface = %name, ifindex, xdp_mode = mode, adopted_links = adopted, "enforcing");
-            self.interfaces.push(InterfaceStatus {
-                name: name.clone(),
-                ifindex,
-                xdp_mode: mode.to_owned(),
-            });
+            let attachment = self.attach_interface(name, ifindex)?;
+            let adopted = attachment.links.iter().filter(|link| link.adopted).count();
+            info!(interface = %name, ifindex, xdp_mode = attachment.xdp_mode, adopted_links = adopted, "enforcing");
+            self.attachments.push(attachment);
         }
-        pins.remove_others(&config.interfaces)?;
-        if self.interfaces.is_empty() {
+        LinkPins::new(&self.pin_path).remove_others(&config.interfaces)?;
+        if self.attachments.is_empty() {
             warn!("no interfaces configured in `datapath.interfaces`: nothing is enforced");
         }
         Ok(())
     }
 
     fn interfaces(&self) -> Vec<InterfaceStatus> {
-        self.interfaces.clone()
+        self.attachments
+            .iter()
+            .map(|attachment| InterfaceStatus {
+                name: attachment.name.clone(),
+                ifindex: attachment.ifindex,
+                xdp_mode: attachment.xdp_mode.to_owned(),
+                state: if attachment.links.is_empty() {
+                    InterfaceState::Missing
+                } else {
+                    InterfaceState::Enforcing
+                },
+            })
+            .collect()
+    }
+
+    fn repair(&mut self) -> Vec<Repair> {
+        let mut repairs = Vec::new();
+        for index in 0..self.attachments.len() {
+            let name = self.attachments[index].name.clone();
+            let ifindex = match interface_index(&name) {
+                Ok(ifindex) => ifindex,
+                Err(error) => {
+                    repairs.push(Repair::Failed {
+                        interface: name,
+                        error: format!("{error:#}"),
+                    });
+                    continue;
+                }
+            };
+            let attachment = &mut self.attachments[index];
+            if ifindex == 0 {
+                if !attachment.links.is_empty() {
+                    // The kernel detached the links with the interface.
+                    attachment.links.clear();
+                    repairs.push(Repair::Vanished { interface: name });
+                }
+                continue;
+            }
+            if ifindex != attachment.ifindex || attachment.links.is_empty() {
+                let previous = attachment.ifindex;
+                match self.attach_interface(&name, ifindex) {
+                    Ok(attached) => {
+                        self.attachments[index] = attached;
+                        repairs.push(Repair::Reattached {
+                            interface: name,
+                            previous_ifindex: previous,
+                            ifindex,
+                        });
+                    }
+                    Err(error) => repairs.push(Repair::Failed {
+                        interface: name,
+                        error: format!("{error:#}"),
+                    }),
+                }
+                continue;
+            }
+            let unpinned: Vec<&HeldLink> = attachment
+                .links
+                .iter()
+                .filter(|link| !link.is_pinned())
+                .collect();
+            if !unpinned.is_empty() {
+                let result: anyhow::Result<()> = unpinned.iter().try_for_each(|link| link.repin());
+                repairs.push(match result {
+                    Ok(()) => Repair::Repinned { interface: name },
+                    Err(error) => Repair::Failed {
+                        interface: name,
+                        error: format!("{error:#}"),
+                    },
+                });
+            }
+        }
+        for (path, id) in &self.pinned_maps {
+            if !path.exists() {
+                let result = pinning::prepare(&self.pin_path)
+                    .and_then(|()| pinning::pin_object_by_id(ObjectKind::Map, *id, path));
+                if let Err(error) = result {
+                    repairs.push(Repair::Failed {
+                        interface: String::new(),
+                        error: format!("{error:#}"),
+                    });
+                }
+            }
+        }
+        repairs
     }
 
     fn counters(&self) -> anyhow::Result<Counters> {
@@ -606,6 +761,19 @@ impl Datapath for EbpfDatapath {
             }
         }
         Ok(found)
+    }
+
+    fn connection_counter(&self) -> anyhow::Result<Box<dyn ConnectionCounter>> {
+        let mut tables = Vec::new();
+        for ((path, _), (table, capacity)) in self.pinned_maps.iter().zip([
+            ("tcp", self.connections_capacity[0]),
+            ("other", self.connections_capacity[1]),
+        ]) {
+            let map =
+                MapData::from_pin(path).with_context(|| format!("opening {}", path.display()))?;
+            tables.push((table, capacity, HashMap::try_from(Map::LruHashMap(map))?));
+        }
+        Ok(Box::new(EbpfConnectionCounter { tables }))
     }
 
     fn flush_connections(&mut self) -> anyhow::Result<usize> {

@@ -12,6 +12,77 @@ use palisade_policy::{CompiledTable, Direction};
 
 use crate::config::{Config, CtFullAction, CtTimeoutsConfig, DatapathConfig, Service};
 
+/// How full one connection-tracking table is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TableFill {
+    /// `tcp` or `other`.
+    pub table: &'static str,
+    /// Entries of connections that have not expired.
+    pub entries: usize,
+    /// Entries it holds at most (`datapath.ct_tcp_max`, `ct_any_max`).
+    pub capacity: usize,
+    /// About how many entries it holds before the kernel starts evicting
+    /// the least recently used ones: the capacity less the free entries
+    /// the kernel's LRU keeps aside for each CPU.
+    pub evicting_from: usize,
+}
+
+/// Free entries a kernel LRU hash map keeps aside per CPU
+/// (`LOCAL_FREE_TARGET` in kernel/bpf/bpf_lru_list.h).
+pub const LRU_FREE_PER_CPU: usize = 128;
+
+/// About how many entries an LRU table of `capacity` holds on `cpus` CPUs
+/// before it evicts (at least half the capacity).
+pub fn lru_evicting_from(capacity: usize, cpus: usize) -> usize {
+    capacity
+        .saturating_sub(LRU_FREE_PER_CPU.saturating_mul(cpus))
+        .max(capacity / 2)
+}
+
+/// Counts the live entries of the connection tables on its own handles, so
+/// a count (a walk of up to `capacity` entries) never holds the engine.
+pub trait ConnectionCounter: Send {
+    /// The fill of each connection table.
+    ///
+    /// # Errors
+    ///
+    /// When a table cannot be read.
+    fn count(&self) -> anyhow::Result<Vec<TableFill>>;
+}
+
+/// What [`Datapath::repair`] found and did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Repair {
+    /// An enforced interface is gone: nothing is enforced on it until it
+    /// comes back.
+    Vanished {
+        /// Its name.
+        interface: String,
+    },
+    /// An interface of a configured name appeared (again) and is enforced.
+    Reattached {
+        /// Its name.
+        interface: String,
+        /// Its index before (0: never attached).
+        previous_ifindex: u32,
+        /// Its index now.
+        ifindex: u32,
+    },
+    /// The pins of an interface's links were removed while palisaded ran;
+    /// the links stayed attached (palisaded holds them) and are pinned again.
+    Repinned {
+        /// Its name.
+        interface: String,
+    },
+    /// Something could not be mended (empty interface: the pinned state).
+    Failed {
+        /// The interface.
+        interface: String,
+        /// Why.
+        error: String,
+    },
+}
+
 /// What a backend enforces besides the compiled rule table, as the
 /// configuration says: it may change on reload, and
 /// [`Datapath::stage`] hands it over so that the next
@@ -125,8 +196,14 @@ pub trait Datapath: Send {
     /// When an interface is missing or refuses the attachment.
     fn attach(&mut self, config: &DatapathConfig) -> anyhow::Result<()>;
 
-    /// The interfaces enforced on.
+    /// The configured interfaces and whether each is enforced on.
     fn interfaces(&self) -> Vec<InterfaceStatus>;
+
+    /// Checks the attachments against the kernel and mends what it can: an
+    /// interface that came back (a NIC reset, a veth or VLAN re-created) is
+    /// attached anew, pins removed under a running palisaded are put back.
+    /// Returns what it found; empty when all is in order.
+    fn repair(&mut self) -> Vec<Repair>;
 
     /// How full each of the backend's tables is.
     fn map_usage(&self) -> Vec<MapUsage>;
@@ -145,6 +222,13 @@ pub trait Datapath: Send {
     ///
     /// When the counters cannot be read.
     fn rule_counters(&self) -> anyhow::Result<Vec<PacketCount>>;
+
+    /// A counter of the connection tables' fill, for a task of its own.
+    ///
+    /// # Errors
+    ///
+    /// When the tables cannot be opened.
+    fn connection_counter(&self) -> anyhow::Result<Box<dyn ConnectionCounter>>;
 
     /// The tracked connections that have not expired.
     ///

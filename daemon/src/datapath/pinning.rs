@@ -42,7 +42,14 @@ pub const BPF_FS_ROOT: &str = "/sys/fs/bpf";
 pub fn prepare(pin_path: &Path) -> anyhow::Result<()> {
     if !is_bpffs(Path::new(BPF_FS_ROOT))? && pin_path.starts_with(BPF_FS_ROOT) {
         mount_bpffs(Path::new(BPF_FS_ROOT))?;
-        info!(path = BPF_FS_ROOT, "mounted bpffs");
+        if in_host_mount_namespace() == Some(true) {
+            info!(path = BPF_FS_ROOT, "mounted bpffs");
+        } else {
+            warn!(
+                path = BPF_FS_ROOT,
+                "mounted bpffs inside palisaded's own mount namespace (started by `ip netns exec`, unshare or a sandbox while the host has no bpffs at /sys/fs/bpf): the pins die with palisaded, so a crash or kill -9 detaches every program and the node is open until it starts again; mount bpffs in the host's mount namespace (`mount -t bpf bpf /sys/fs/bpf`, as systemd and Cilium do) for enforcement that survives a restart"
+            );
+        }
     }
     std::fs::create_dir_all(pin_path.join("links"))
         .with_context(|| format!("creating {}", pin_path.display()))?;
@@ -53,6 +60,14 @@ pub fn prepare(pin_path: &Path) -> anyhow::Result<()> {
         ));
     }
     Ok(())
+}
+
+/// Whether palisaded runs in the mount namespace of pid 1 (`None`: cannot
+/// tell, e.g. /proc/1 hidden).
+fn in_host_mount_namespace() -> Option<bool> {
+    let own = std::fs::read_link("/proc/self/ns/mnt").ok()?;
+    let host = std::fs::read_link("/proc/1/ns/mnt").ok()?;
+    Some(own == host)
 }
 
 fn c_path(path: &Path) -> anyhow::Result<CString> {
@@ -122,7 +137,8 @@ impl LinkPins {
 
     /// Puts `program` on `interface`'s TC hook: into the pinned link when
     /// there is one (atomic replacement), else through a new pinned link.
-    /// Returns whether a running link was adopted.
+    /// Returns the link (the caller holds it, so removing the pin does not
+    /// detach it) and whether a running link was adopted.
     ///
     /// # Errors
     ///
@@ -133,7 +149,7 @@ impl LinkPins {
         interface: &str,
         ifindex: u32,
         attach_type: TcAttachType,
-    ) -> anyhow::Result<bool> {
+    ) -> anyhow::Result<HeldLink> {
         let kind = match attach_type {
             TcAttachType::Egress => "tc-egress",
             _ => "tc-ingress",
@@ -141,7 +157,15 @@ impl LinkPins {
         let path = self.path(interface, kind);
         if let Some(link) = open_pinned(&path)? {
             match SchedClassifierLink::try_from(link).map(|link| program.attach_to_link(link)) {
-                Ok(Ok(_)) => return Ok(true),
+                Ok(Ok(id)) => {
+                    let link = FdLink::try_from(program.take_link(id)?)
+                        .map_err(|_| anyhow!("the adopted TC link on {interface} has no fd"))?;
+                    return Ok(HeldLink {
+                        path,
+                        link,
+                        adopted: true,
+                    });
+                }
                 Ok(Err(error)) => {
                     warn!(%error, path = %path.display(), "cannot adopt pinned link; attaching anew")
                 }
@@ -155,14 +179,12 @@ impl LinkPins {
         let link = FdLink::try_from(program.take_link(id)?).map_err(|_| {
             anyhow!("TC on {interface} is not attached through a bpf_link (kernel < 6.6?)")
         })?;
-        link.pin(&path)
-            .with_context(|| format!("pinning {}", path.display()))?;
-        Ok(false)
+        HeldLink::pinned(link, path)
     }
 
     /// Puts `program` on `interface`'s XDP hook, adopting a pinned link whose
-    /// mode fits `mode`. Returns the mode in force and whether a link was
-    /// adopted.
+    /// mode fits `mode`. Returns the mode in force and the link (held by the
+    /// caller).
     ///
     /// # Errors
     ///
@@ -173,7 +195,7 @@ impl LinkPins {
         interface: &str,
         ifindex: u32,
         mode: XdpModeConfig,
-    ) -> anyhow::Result<(&'static str, bool)> {
+    ) -> anyhow::Result<(&'static str, HeldLink)> {
         for pinned_mode in ["native", "generic"] {
             let path = self.path(interface, &format!("xdp-{pinned_mode}"));
             let Some(link) = open_pinned(&path)? else {
@@ -186,7 +208,19 @@ impl LinkPins {
             };
             if fits {
                 match XdpLink::try_from(link).map(|link| program.attach_to_link(link)) {
-                    Ok(Ok(_)) => return Ok((pinned_mode, true)),
+                    Ok(Ok(id)) => {
+                        let link = FdLink::try_from(program.take_link(id)?).map_err(|_| {
+                            anyhow!("the adopted XDP link on {interface} has no fd")
+                        })?;
+                        return Ok((
+                            pinned_mode,
+                            HeldLink {
+                                path,
+                                link,
+                                adopted: true,
+                            },
+                        ));
+                    }
                     Ok(Err(error)) => {
                         warn!(%error, path = %path.display(), "cannot adopt pinned XDP link; attaching anew")
                     }
@@ -211,9 +245,7 @@ impl LinkPins {
         let link = FdLink::try_from(program.take_link(id)?)
             .map_err(|_| anyhow!("XDP on {interface} is not attached through a bpf_link"))?;
         let path = self.path(interface, &format!("xdp-{attached_mode}"));
-        link.pin(&path)
-            .with_context(|| format!("pinning {}", path.display()))?;
-        Ok((attached_mode, false))
+        Ok((attached_mode, HeldLink::pinned(link, path)?))
     }
 
     /// Detaches the pinned links of interfaces not in `keep`.
@@ -238,6 +270,106 @@ impl LinkPins {
         }
         Ok(())
     }
+}
+
+/// A link palisaded holds open beside its pin: removing the pin (`rm -rf`
+/// of the pin path, a second `palisaded --cleanup`) does not detach it
+/// while palisaded runs, and [`HeldLink::repin`] puts the pin back.
+#[derive(Debug)]
+pub struct HeldLink {
+    path: PathBuf,
+    link: FdLink,
+    /// Whether it was adopted from an earlier run's pin.
+    pub adopted: bool,
+}
+
+impl HeldLink {
+    /// Pins a new `link` at `path` and keeps it open.
+    fn pinned(link: FdLink, path: PathBuf) -> anyhow::Result<Self> {
+        let pinned = link
+            .pin(&path)
+            .with_context(|| format!("pinning {}", path.display()))?;
+        Ok(Self {
+            link: FdLink::from(pinned),
+            path,
+            adopted: false,
+        })
+    }
+
+    /// Whether its pin is still there.
+    pub fn is_pinned(&self) -> bool {
+        self.path.exists()
+    }
+
+    /// Pins the held link again where its pin was.
+    ///
+    /// # Errors
+    ///
+    /// When the directory cannot be made or the pin fails.
+    pub fn repin(&self) -> anyhow::Result<()> {
+        if let Some(parent) = self.path.parent() {
+            std::fs::create_dir_all(parent)
+                .with_context(|| format!("creating {}", parent.display()))?;
+        }
+        let id = self.link.info().context("reading a held link's id")?.id();
+        pin_object_by_id(ObjectKind::Link, id, &self.path)
+    }
+}
+
+/// What kind of BPF object an id names.
+#[derive(Debug, Clone, Copy)]
+pub enum ObjectKind {
+    /// A map.
+    Map,
+    /// A link.
+    Link,
+}
+
+/// Pins the map or link `id` at `path` (`BPF_*_GET_FD_BY_ID`, then
+/// `BPF_OBJ_PIN`). aya pins a link only by consuming it, which would
+/// detach the link if the pin failed, and a typed map only by value; the
+/// objects palisaded holds are pinned again through a second fd instead.
+///
+/// # Errors
+///
+/// When the object is gone or the pin fails.
+pub fn pin_object_by_id(kind: ObjectKind, id: u32, path: &Path) -> anyhow::Result<()> {
+    const BPF_OBJ_PIN: libc::c_long = 6;
+    const BPF_MAP_GET_FD_BY_ID: libc::c_long = 14;
+    const BPF_LINK_GET_FD_BY_ID: libc::c_long = 30;
+    let command = match kind {
+        ObjectKind::Map => BPF_MAP_GET_FD_BY_ID,
+        ObjectKind::Link => BPF_LINK_GET_FD_BY_ID,
+    };
+    // union bpf_attr, zero beyond the fields a command reads: for the
+    // GET_FD_BY_ID commands the id first; for BPF_OBJ_PIN the path pointer,
+    // then the fd.
+    let mut attr = [0u64; 8];
+    attr[0] = u64::from(id);
+    let size = std::mem::size_of_val(&attr);
+    // SAFETY: attr is a valid, zeroed bpf_attr of `size` bytes.
+    let fd = unsafe { libc::syscall(libc::SYS_bpf, command, attr.as_mut_ptr(), size) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error())
+            .with_context(|| format!("opening BPF object {id} to pin it at {}", path.display()));
+    }
+    let fd = i32::try_from(fd).context("a BPF fd out of range")?;
+    // SAFETY: the kernel just returned this fd to us; OwnedFd closes it.
+    let fd = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    let path_c = c_path(path)?;
+    let mut attr = [0u64; 8];
+    attr[0] = path_c.as_ptr() as u64;
+    attr[1] = u64::from(
+        u32::try_from(std::os::fd::AsRawFd::as_raw_fd(&fd)).context("a BPF fd out of range")?,
+    );
+    // SAFETY: attr holds a NUL-terminated path that outlives the call and
+    // an open fd.
+    let rc = unsafe { libc::syscall(libc::SYS_bpf, BPF_OBJ_PIN, attr.as_mut_ptr(), size) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error())
+            .with_context(|| format!("pinning {}", path.display()));
+    }
+    Ok(())
 }
 
 fn open_pinned(path: &Path) -> anyhow::Result<Option<FdLink>> {

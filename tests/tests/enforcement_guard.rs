@@ -1,0 +1,205 @@
+//! End to end: the firewall is never silently off. An enforced interface
+//! deleted and re-created is enforced again within a second (and reported
+//! missing meanwhile); the pins removed under a running palisaded neither
+//! stop enforcement nor stay removed, so a kill -9 afterwards still leaves
+//! the node protected.
+
+use std::{
+    path::Path,
+    time::{Duration, Instant},
+};
+
+use palisade_api::InterfaceState;
+use palisade_e2e::{
+    Connect, Daemon, Listener, TempDir, Topology, address, have_root, http_get, repo, tcp_connect,
+};
+
+const SSH: u16 = 22;
+const CONNECT_TIMEOUT: Duration = Duration::from_millis(700);
+
+fn connect(topology: &Topology, source: &str) -> Connect {
+    tcp_connect(
+        &topology.client,
+        address(source),
+        Topology::node_port(SSH),
+        CONNECT_TIMEOUT,
+    )
+    .expect("connect attempt")
+}
+
+fn start_example(topology: &Topology, workdir: &TempDir) -> Daemon {
+    Daemon::start(
+        &topology.node,
+        &repo().join("etc/palisade.toml"),
+        &repo().join("etc/policies.d"),
+        workdir.path(),
+    )
+    .expect("palisaded starts")
+}
+
+/// Waits up to `limit` for `done`, panicking with `what` and the log.
+fn wait_for(daemon: &Daemon, limit: Duration, what: &str, done: impl Fn() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !done() {
+        assert!(
+            Instant::now() < deadline,
+            "{what} did not happen within {limit:?}; palisaded's log:\n{}",
+            daemon.log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_deleted_and_recreated_interface_is_enforced_again_within_a_second() {
+    if !have_root("a_deleted_and_recreated_interface_is_enforced_again_within_a_second") {
+        return;
+    }
+    let topology = Topology::new().expect("namespaces");
+    let workdir = TempDir::new("guard-link").expect("workdir");
+    let _listener = Listener::start(&topology.node, Topology::node_port(SSH)).expect("listener");
+    let daemon = start_example(&topology, &workdir);
+    assert_eq!(connect(&topology, Topology::OUTSIDER), Connect::TimedOut);
+    let before = daemon.status().expect("status").interfaces[0].ifindex;
+
+    topology
+        .node
+        .ip(&["link", "del", "eth0"])
+        .expect("veth deleted");
+    wait_for(
+        &daemon,
+        Duration::from_secs(2),
+        "status saying eth0 is missing",
+        || daemon.status().expect("status").interfaces[0].state == InterfaceState::Missing,
+    );
+    let metrics_like = daemon.status().expect("status");
+    assert_eq!(metrics_like.interfaces[0].name, "eth0");
+
+    topology.join().expect("veth re-created");
+    let recreated = Instant::now();
+    wait_for(
+        &daemon,
+        Duration::from_secs(1),
+        "re-attaching to the new eth0",
+        || {
+            let interface = &daemon.status().expect("status").interfaces[0];
+            interface.state == InterfaceState::Enforcing && interface.ifindex != before
+        },
+    );
+    assert!(recreated.elapsed() < Duration::from_secs(1));
+    assert_eq!(connect(&topology, Topology::OUTSIDER), Connect::TimedOut);
+    assert_eq!(connect(&topology, Topology::BASTION), Connect::Established);
+    let log = daemon.log();
+    assert!(log.contains("enforced interface vanished"), "{log}");
+    assert!(log.contains("interface is back"), "{log}");
+}
+
+#[test]
+fn removed_pins_neither_stop_enforcement_nor_stay_removed() {
+    if !have_root("removed_pins_neither_stop_enforcement_nor_stay_removed") {
+        return;
+    }
+    let topology = Topology::new().expect("namespaces");
+    let workdir = TempDir::new("guard-pins").expect("workdir");
+    let _listener = Listener::start(&topology.node, Topology::node_port(SSH)).expect("listener");
+    let mut daemon = start_example(&topology, &workdir);
+    assert_eq!(connect(&topology, Topology::OUTSIDER), Connect::TimedOut);
+
+    // What a second `palisaded --cleanup` or an operator's rm -rf does.
+    std::fs::remove_dir_all(daemon.pin_path()).expect("pins removed");
+    assert_eq!(
+        connect(&topology, Topology::OUTSIDER),
+        Connect::TimedOut,
+        "removing the pins switched the firewall off"
+    );
+    let pins = daemon.pin_path().join("links");
+    let link_pinned = |kind: &str| pins.join(format!("{kind}:eth0")).exists();
+    wait_for(&daemon, Duration::from_secs(3), "the pins put back", || {
+        link_pinned("tc-ingress")
+            && link_pinned("tc-egress")
+            && (link_pinned("xdp-native") || link_pinned("xdp-generic"))
+            && Path::new(daemon.pin_path()).join("CT_TCP").exists()
+    });
+    assert!(
+        daemon.log().contains("pinned again"),
+        "no warning in the journal:\n{}",
+        daemon.log()
+    );
+
+    // The pins are real: kill -9 leaves the programs attached, and the
+    // next start adopts them.
+    daemon.kill();
+    assert_eq!(
+        connect(&topology, Topology::OUTSIDER),
+        Connect::TimedOut,
+        "after kill -9 the node was open"
+    );
+    daemon.restart().expect("restart");
+    assert_eq!(connect(&topology, Topology::OUTSIDER), Connect::TimedOut);
+    assert_eq!(connect(&topology, Topology::BASTION), Connect::Established);
+}
+
+/// A small TCP connection table filled by allowed connections: status and
+/// the metrics show its fill beside its capacity, and the journal warns
+/// near the fill where the kernel's LRU evicts.
+#[test]
+fn a_nearly_full_connection_table_is_shown_and_reported() {
+    if !have_root("a_nearly_full_connection_table_is_shown_and_reported") {
+        return;
+    }
+    let topology = Topology::new().expect("namespaces");
+    let workdir = TempDir::new("guard-ct").expect("workdir");
+    let config = workdir.path().join("config.toml");
+    std::fs::write(
+        &config,
+        "[datapath]\ninterfaces = [\"eth0\"]\nct_tcp_max = 256\n[metrics]\nlisten = \"127.0.0.1:19962\"\n",
+    )
+    .expect("config written");
+    let _listener = Listener::start(&topology.node, Topology::node_port(SSH)).expect("listener");
+    let daemon = Daemon::start(
+        &topology.node,
+        &config,
+        &repo().join("etc/policies.d"),
+        workdir.path(),
+    )
+    .expect("palisaded starts");
+    for _ in 0..300 {
+        assert_eq!(connect(&topology, Topology::BASTION), Connect::Established);
+    }
+    let tcp = |status: &palisade_api::Status| {
+        status
+            .conntrack
+            .iter()
+            .find(|fill| fill.table == "tcp")
+            .cloned()
+    };
+    wait_for(
+        &daemon,
+        Duration::from_secs(6),
+        "a count near eviction",
+        || {
+            tcp(&daemon.status().expect("status"))
+                .is_some_and(|fill| fill.entries * 10 >= fill.evicting_from * 9)
+        },
+    );
+    let fill = tcp(&daemon.status().expect("status")).expect("the tcp table");
+    assert_eq!(fill.capacity, 256);
+    let table = daemon.ctl(&["status"]).expect("palisadectl");
+    let text = String::from_utf8_lossy(&table.stdout);
+    assert!(text.contains("Conntrack:      tcp"), "{text}");
+    wait_for(
+        &daemon,
+        Duration::from_secs(3),
+        "the journal warning",
+        || daemon.log().contains("connection table tcp is"),
+    );
+    let metrics = http_get(&topology.node, "127.0.0.1:19962", "/metrics").expect("metrics");
+    assert!(
+        metrics.contains("palisade_conntrack_capacity{table=\"tcp\"} 256"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("palisade_conntrack_entries{table=\"tcp\"}"),
+        "{metrics}"
+    );
+}
