@@ -15,7 +15,7 @@ pub use flow::{Flow, FlowIp, FlowPolicy, Icmp, Interface, Layer4, PortPair, TcpF
 pub use palisade_policy::Diagnostic;
 pub use policies::{
     ApplyRequest, ApplyResponse, ConfirmResponse, DiffResponse, FlowChange, PendingConfirm,
-    PolicyDocument, PolicyFile, PolicyList, PolicySource, PolicySummary,
+    PolicyDocument, PolicyFile, PolicyList, PolicySource, PolicySummary, UnenforcedRule,
 };
 use serde::{Deserialize, Serialize};
 
@@ -149,6 +149,9 @@ pub struct Status {
     /// seconds; empty until the first count).
     #[serde(default)]
     pub conntrack: Vec<ConntrackFill>,
+    /// Rules in force that enforce nothing on this node, and why.
+    #[serde(default)]
+    pub unenforced: Vec<UnenforcedRule>,
 }
 
 /// How full one connection-tracking table is.

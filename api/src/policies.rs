@@ -49,6 +49,31 @@ pub struct ApplyResponse {
     /// Set when the apply rolls back by itself unless confirmed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pending_confirm: Option<PendingConfirm>,
+    /// Rules of the policies the request added or replaced that put nothing
+    /// in force on this node, and why.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unenforced: Vec<UnenforcedRule>,
+}
+
+/// A rule that is in force and enforces nothing on this node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UnenforcedRule {
+    /// The policy's name.
+    pub policy: String,
+    /// The rule's field path, `spec` or `specs[i]`.
+    pub rule: String,
+    /// Why it enforces nothing here.
+    pub reason: String,
+}
+
+impl std::fmt::Display for UnenforcedRule {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} {} enforces nothing on this node: {}",
+            self.policy, self.rule, self.reason
+        )
+    }
 }
 
 /// An apply waiting for `palisadectl confirm`.

@@ -196,6 +196,7 @@ fn changed(response: &ApplyResponse) {
             "dry run: valid; would have {what} ({} rules in force after); nothing was changed",
             response.rules
         );
+        warn_unenforced(&response.unenforced);
         return;
     }
     println!(
@@ -207,6 +208,14 @@ fn changed(response: &ApplyResponse) {
             "rolls back to generation {} in {} s unless you run `palisadectl confirm`",
             pending.rollback_to, pending.seconds_left
         );
+    }
+    warn_unenforced(&response.unenforced);
+}
+
+/// One warning line (stderr) per rule in force that enforces nothing here.
+fn warn_unenforced(rules: &[palisade_api::UnenforcedRule]) {
+    for rule in rules {
+        eprintln!("warning: {rule}");
     }
 }
 
@@ -278,6 +287,7 @@ pub async fn reload(client: &Client) -> anyhow::Result<()> {
         response.generation,
         response.rules
     );
+    warn_unenforced(&response.unenforced);
     Ok(())
 }
 
@@ -305,6 +315,14 @@ fn validate(paths: &[PathBuf]) -> anyhow::Result<()> {
     for (file, policies) in files::parse(paths)? {
         let names: Vec<&str> = policies.iter().map(|p| p.metadata.name.as_str()).collect();
         println!("{file}: valid (policy {})", names.join(", "));
+        for policy in &policies {
+            for (rule, reason) in palisade_policy::unenforced_rules(policy, None) {
+                eprintln!(
+                    "warning: {file}: {} {rule} would enforce nothing on a node: {reason}",
+                    policy.metadata.name
+                );
+            }
+        }
     }
     Ok(())
 }

@@ -62,6 +62,9 @@ fn table(status: &Status) {
         );
     }
     println!("Policies:       {}", status.policies.join(", "));
+    for rule in &status.unenforced {
+        println!("Not enforced:   {rule}");
+    }
     println!("Rules:          {}", status.rules);
     println!(
         "Ingress:        {}{}",

@@ -276,3 +276,18 @@ fn convert_goes_from_toml_to_yaml_and_back() {
     assert_eq!(refused.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&refused.stderr).contains("TOML holds one policy per file"));
 }
+
+#[test]
+fn validate_warns_of_rules_that_would_enforce_nothing_on_a_node() {
+    let pods = scratch(
+        "pods.yaml",
+        "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata:\n  name: all-ingress-deny\nspec:\n  endpointSelector: {}\n  ingress:\n    - {}\n",
+    );
+    let output = palisadectl(&["policy", "validate", &pods.display().to_string()]);
+    assert!(output.status.success(), "{output:?}");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("all-ingress-deny spec would enforce nothing on a node: it selects pods"),
+        "{stderr}"
+    );
+}

@@ -13,13 +13,13 @@ use anyhow::Context as _;
 use palisade_api::{
     ApplyRequest, ApplyResponse, ConntrackEntry, ConntrackFill, DiffResponse, Failsafe, FlowFilter,
     InterfaceState, KernelFeatures, PendingConfirm, PolicyDocument, PolicyFile, PolicyList,
-    PolicySource, PolicySummary, Status,
+    PolicySource, PolicySummary, Status, UnenforcedRule,
 };
 use palisade_common::{FAILSAFE_RULE, protocol};
 use palisade_policy::{
     CompileError, CompiledTable, Diagnostic, Diagnostics, Direction, NodeContext, Policy,
     ValidateOptions, compile, describe::protocol_name, is_policy_file, policies_from_text_with,
-    policy_to_toml, rule_lines,
+    policy_to_toml, rule_lines, unenforced_rules,
 };
 use tracing::{info, warn};
 
@@ -525,6 +525,7 @@ impl Engine {
     ) -> ApplyResponse {
         ApplyResponse {
             generation,
+            unenforced: self.unenforced(policies, applied.iter()),
             applied,
             removed: self
                 .policies
@@ -705,7 +706,29 @@ impl Engine {
                     evicting_from: fill.evicting_from,
                 })
                 .collect(),
+            unenforced: self.unenforced(&self.policies, self.policies.keys()),
         })
+    }
+
+    /// The rules of the policies of `policies` named in `names` that
+    /// enforce nothing on this node.
+    fn unenforced<'a>(
+        &self,
+        policies: &BTreeMap<String, PolicyEntry>,
+        names: impl Iterator<Item = &'a String>,
+    ) -> Vec<UnenforcedRule> {
+        names
+            .filter_map(|name| policies.get(name))
+            .flat_map(|entry| {
+                unenforced_rules(&entry.policy, Some(&self.settings.node.labels))
+                    .into_iter()
+                    .map(|(rule, reason)| UnenforcedRule {
+                        policy: entry.policy.metadata.name.clone(),
+                        rule,
+                        reason: reason.to_string(),
+                    })
+            })
+            .collect()
     }
 
     /// A counter of the connection tables' fill, for a task of its own.

@@ -24,6 +24,6 @@ pub use diagnostic::{Diagnostic, Diagnostics};
 pub use evaluate::{Connection, Verdict, evaluate};
 pub use model::Policy;
 pub use resolve::{ClusterContext, KnownEndpoint, KnownNode};
-pub use select::{SelectedRule, rules_for_endpoint, rules_for_node};
+pub use select::{SelectedRule, Unenforced, rules_for_endpoint, rules_for_node, unenforced_rules};
 pub use validate::ValidateOptions;
 pub use yaml::{policies_from_yaml, policies_from_yaml_with, policies_to_yaml};

@@ -87,3 +87,99 @@ fn selected(
         })
         .collect()
 }
+
+/// Why a rule puts nothing in force on a node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unenforced {
+    /// It selects pods (`endpointSelector`, or any rule of a
+    /// CiliumNetworkPolicy): palisade enforces host policies only until
+    /// its CNI plugin enforces pods.
+    SelectsPods,
+    /// Its `nodeSelector` does not match the node's labels.
+    OtherNodes,
+}
+
+impl std::fmt::Display for Unenforced {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::SelectsPods => {
+                "it selects pods (endpointSelector); palisade enforces host policies (nodeSelector) only, pods are not enforced yet"
+            }
+            Self::OtherNodes => {
+                "its nodeSelector does not match this node's labels ([node] labels in palisade.toml)"
+            }
+        })
+    }
+}
+
+/// The rules of `policy` that put nothing in force on a node with
+/// `labels` (all labels unknown, `None`: only pod rules are told), each
+/// with its field path and why.
+pub fn unenforced_rules(
+    policy: &Policy,
+    labels: Option<&BTreeMap<String, String>>,
+) -> Vec<(String, Unenforced)> {
+    policy
+        .rules()
+        .filter_map(|(path, rule)| {
+            let host = policy.kind == PolicyKind::CiliumClusterwideNetworkPolicy;
+            match (&rule.node_selector, labels) {
+                (Some(_), _) if !host => Some((path, Unenforced::SelectsPods)),
+                (Some(selector), Some(labels)) if !selector.matches(labels) => {
+                    Some((path, Unenforced::OtherNodes))
+                }
+                (Some(_), _) => None,
+                (None, _) => Some((path, Unenforced::SelectsPods)),
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policies_from_yaml;
+
+    #[test]
+    fn pod_rules_and_rules_for_other_nodes_are_told_apart() {
+        let policies = policies_from_yaml(
+            "p.yaml",
+            r#"
+apiVersion: cilium.io/v2
+kind: CiliumClusterwideNetworkPolicy
+metadata: { name: mixed }
+specs:
+  - nodeSelector: { matchLabels: { role: edge } }
+    ingress: [{}]
+  - nodeSelector: {}
+    ingress: [{}]
+  - endpointSelector: {}
+    ingress: [{}]
+---
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: { name: pods, namespace: default }
+spec:
+  endpointSelector: {}
+  ingress: [{}]
+"#,
+        )
+        .unwrap();
+        let core = BTreeMap::from([("role".to_owned(), "core".to_owned())]);
+        assert_eq!(
+            unenforced_rules(&policies[0], Some(&core)),
+            [
+                ("specs[0]".to_owned(), Unenforced::OtherNodes),
+                ("specs[2]".to_owned(), Unenforced::SelectsPods)
+            ]
+        );
+        assert_eq!(
+            unenforced_rules(&policies[0], None),
+            [("specs[2]".to_owned(), Unenforced::SelectsPods)]
+        );
+        assert_eq!(
+            unenforced_rules(&policies[1], Some(&core)),
+            [("spec".to_owned(), Unenforced::SelectsPods)]
+        );
+    }
+}

@@ -607,3 +607,61 @@ fn the_daemon_stays_up_and_correct_under_ten_thousand_random_requests() {
     assert_eq!(connect(&topology, Topology::BASTION), Connect::Established);
     assert_eq!(connect(&topology, Topology::OUTSIDER), Connect::TimedOut);
 }
+
+fn write_yaml(workdir: &TempDir, name: &str, text: &str) -> String {
+    let path = workdir.path().join(name);
+    std::fs::write(&path, text).expect("policy file");
+    path.display().to_string()
+}
+
+/// A policy that selects pods, or other nodes, applies but enforces nothing
+/// here: apply says so, and status keeps saying it.
+#[test]
+fn apply_and_status_name_policies_that_enforce_nothing_on_this_node() {
+    if !have_root("apply_and_status_name_policies_that_enforce_nothing_on_this_node") {
+        return;
+    }
+    let topology = Topology::new().expect("namespaces");
+    let (workdir, config, policies) = setup("unenforced", "");
+    let daemon = start(&topology, &workdir, &config, &policies);
+    let pods = write_yaml(
+        &workdir,
+        "pods.yaml",
+        "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata:\n  name: all-ingress-deny\nspec:\n  endpointSelector: {}\n  ingress:\n    - {}\n",
+    );
+    let applied = daemon.ctl(&["apply", "-f", &pods]).expect("palisadectl");
+    assert!(applied.status.success(), "{applied:?}");
+    let stderr = String::from_utf8_lossy(&applied.stderr);
+    assert!(
+        stderr.contains(
+            "warning: all-ingress-deny spec enforces nothing on this node: it selects pods"
+        ),
+        "{stderr}"
+    );
+    let elsewhere = write_yaml(
+        &workdir,
+        "edge.yaml",
+        "apiVersion: cilium.io/v2\nkind: CiliumClusterwideNetworkPolicy\nmetadata:\n  name: edge-only\nspec:\n  nodeSelector:\n    matchLabels:\n      role: edge\n  ingress:\n    - {}\n",
+    );
+    let applied = daemon
+        .ctl(&["apply", "-f", &elsewhere])
+        .expect("palisadectl");
+    let stderr = String::from_utf8_lossy(&applied.stderr);
+    assert!(
+        stderr.contains(
+            "edge-only spec enforces nothing on this node: its nodeSelector does not match"
+        ),
+        "{stderr}"
+    );
+    let status = ok(daemon.ctl(&["status"]).expect("palisadectl"));
+    assert!(
+        status.contains("Not enforced:   all-ingress-deny spec"),
+        "{status}"
+    );
+    assert!(
+        status.contains("Not enforced:   edge-only spec"),
+        "{status}"
+    );
+    let json = daemon.status().expect("status");
+    assert_eq!(json.unenforced.len(), 2, "{:?}", json.unenforced);
+}
