@@ -22,6 +22,7 @@ use anyhow::{Context as _, anyhow, bail};
 use nix::sched::{CloneFlags, setns};
 use socket2::{Domain, Socket, Type};
 
+pub mod frames;
 pub mod mesh;
 
 static NEXT_ID: AtomicU32 = AtomicU32::new(0);
@@ -1172,8 +1173,70 @@ pub fn send_icmp_echo(
     sent.join().map_err(|_| anyhow!("send thread panicked"))?
 }
 
+/// Sends `frame` (a whole Ethernet frame) out of `interface` in `netns`
+/// through a packet socket, as a host with a broken or hostile stack would.
+///
+/// # Errors
+///
+/// When the namespace cannot be entered or the socket refuses.
+pub fn send_frame(netns: &Netns, interface: &str, frame: Vec<u8>) -> anyhow::Result<()> {
+    let interface = std::ffi::CString::new(interface)?;
+    let sent = netns.spawn(move || -> anyhow::Result<()> {
+        // SAFETY: plain socket calls on a socket this closure owns; the
+        // address and buffer outlive the calls.
+        unsafe {
+            let ifindex = libc::if_nametoindex(interface.as_ptr());
+            if ifindex == 0 {
+                bail!("no interface {interface:?}");
+            }
+            let fd = libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0);
+            if fd < 0 {
+                return Err(std::io::Error::last_os_error().into());
+            }
+            let socket = <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd);
+            let mut address: libc::sockaddr_ll = std::mem::zeroed();
+            address.sll_family = u16::try_from(libc::AF_PACKET)?;
+            address.sll_ifindex = i32::try_from(ifindex)?;
+            address.sll_halen = 6;
+            address.sll_addr[..6].copy_from_slice(&frame[..6]);
+            let sent = libc::sendto(
+                std::os::fd::AsRawFd::as_raw_fd(&socket),
+                frame.as_ptr().cast(),
+                frame.len(),
+                0,
+                (&raw const address).cast(),
+                u32::try_from(std::mem::size_of::<libc::sockaddr_ll>())?,
+            );
+            if sent < 0 {
+                return Err(std::io::Error::last_os_error().into());
+            }
+        }
+        Ok(())
+    })?;
+    sent.join().map_err(|_| anyhow!("send thread panicked"))?
+}
+
+/// The MAC address of `interface` in `netns`.
+///
+/// # Errors
+///
+/// When `ip link show` fails or prints no address.
+pub fn mac_address(netns: &Netns, interface: &str) -> anyhow::Result<[u8; 6]> {
+    let text = netns.ip(&["link", "show", interface])?;
+    let address = text
+        .split_whitespace()
+        .skip_while(|word| *word != "link/ether")
+        .nth(1)
+        .ok_or_else(|| anyhow!("no MAC address in {text}"))?;
+    let mut mac = [0u8; 6];
+    for (byte, part) in mac.iter_mut().zip(address.split(':')) {
+        *byte = u8::from_str_radix(part, 16)?;
+    }
+    Ok(mac)
+}
+
 /// The RFC 1071 checksum of `bytes`.
-fn internet_checksum(bytes: &[u8]) -> u16 {
+pub(crate) fn internet_checksum(bytes: &[u8]) -> u16 {
     let mut sum: u32 = bytes
         .chunks(2)
         .map(|pair| u32::from(u16::from_be_bytes([pair[0], *pair.get(1).unwrap_or(&0)])))

@@ -17,7 +17,12 @@ use std::{
 use palisade_api::{Flow, Status};
 use palisade_e2e::{
     Connect, Daemon, EchoServer, Launch, Listener, TempDir, Topology, UdpSink, address, binary,
-    echoes, have_root, icmp_answered, send_udp_sized, tcp_connect, tcp_stream,
+    echoes,
+    frames::{
+        frame, orphan_fragment, set_macs, short_ipv4_header, truncated_tcp,
+        with_ipv6_extension_headers,
+    },
+    have_root, icmp_answered, mac_address, send_frame, send_udp_sized, tcp_connect, tcp_stream,
 };
 
 const QUICK: Duration = Duration::from_millis(500);
@@ -502,4 +507,89 @@ fn kill_nine_keeps_enforcement_and_connections_and_cleanup_removes_it() {
     while outsider() != Connect::Established {
         assert!(Instant::now() < deadline, "still enforced after cleanup");
     }
+}
+
+const SSH_V4_AND_V6: &str = r#"
+kind = "CiliumClusterwideNetworkPolicy"
+metadata = { name = "ssh-v4-v6" }
+[spec]
+nodeSelector = {}
+[[spec.ingress]]
+fromCIDR = ["10.200.0.8/29", "2001:db8:200::/48"]
+toPorts = [{ ports = [{ port = 22, protocol = "TCP" }] }]
+"#;
+
+/// Frames a broken or hostile sender puts on the wire, through the veth:
+/// IPv6 extension headers are walked to the TCP port (allowed and denied
+/// by it), a later fragment without its first is dropped as
+/// `FRAG_NOT_FOUND`, malformed IPv4 headers as `INVALID_PACKET_DROPPED`.
+#[test]
+fn extension_headers_orphan_fragments_and_malformed_headers_on_the_wire() {
+    if !have_root("extension_headers_orphan_fragments_and_malformed_headers_on_the_wire") {
+        return;
+    }
+    let topology = Topology::new().expect("namespaces");
+    let (workdir, config, policies) =
+        setup("hostile-frames", INTERFACES, &[("ssh.toml", SSH_V4_AND_V6)]);
+    let daemon = start(&topology, &workdir, &config, &policies);
+    let node_mac = mac_address(&topology.node, "eth0").expect("node MAC");
+    let client_mac = mac_address(&topology.client, "eth0").expect("client MAC");
+    let send = |mut data: Vec<u8>| {
+        set_macs(&mut data, node_mac, client_mac);
+        send_frame(&topology.client, "eth0", data).expect("frame sent");
+    };
+    let ssh = |source: &str, destination: &str| palisade_policy::Connection {
+        protocol: palisade_common::protocol::TCP,
+        source: address(source),
+        destination: address(destination),
+        destination_port: 22,
+    };
+    send(with_ipv6_extension_headers(&frame(
+        &ssh("2001:db8:200::10", "fd00:200::1"),
+        41_001,
+    )));
+    send(with_ipv6_extension_headers(&frame(
+        &ssh("2001:db8:999::10", "fd00:200::1"),
+        41_002,
+    )));
+    send(orphan_fragment(
+        &frame(&ssh(Topology::BASTION, Topology::NODE), 41_003),
+        0x5151,
+    ));
+    send(short_ipv4_header(&frame(
+        &ssh(Topology::BASTION, Topology::NODE),
+        41_004,
+    )));
+    send(truncated_tcp(&frame(
+        &ssh(Topology::BASTION, Topology::NODE),
+        41_005,
+    )));
+    let port_22 = |flow: &Flow| {
+        matches!(
+            flow.l4,
+            Some(palisade_api::Layer4::Tcp {
+                destination_port: 22,
+                ..
+            })
+        )
+    };
+    let allowed = wait_for_flow(&daemon, |flow| {
+        flow.ip.source == "2001:db8:200::10" && flow.verdict == "FORWARDED"
+    });
+    assert!(port_22(&allowed), "{allowed:#?}");
+    let denied = wait_for_flow(&daemon, |flow| {
+        flow.ip.source == "2001:db8:999::10" && flow.verdict == "DROPPED"
+    });
+    assert!(port_22(&denied), "{denied:#?}");
+    assert_eq!(denied.drop_reason_desc.as_deref(), Some("POLICY_DENIED"));
+    let orphan = wait_for_flow(&daemon, |flow| {
+        flow.drop_reason_desc.as_deref() == Some("FRAG_NOT_FOUND")
+    });
+    assert_eq!(orphan.ip.source, Topology::BASTION);
+    wait_for_flow(&daemon, |flow| {
+        flow.drop_reason_desc.as_deref() == Some("INVALID_PACKET_DROPPED")
+    });
+    let counters = status(&daemon).counters;
+    assert_eq!(counters.ingress.dropped_fragment.packets, 1, "{counters:?}");
+    assert_eq!(counters.ingress.dropped_invalid.packets, 2, "{counters:?}");
 }

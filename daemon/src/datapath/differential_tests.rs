@@ -19,7 +19,9 @@ use palisade_policy::{
     CompiledTable, Connection, Direction, NodeContext, compile, evaluate, policy_from_toml,
 };
 
-use super::{Datapath as _, ebpf::EbpfDatapath, test_packet::frame};
+use palisade_e2e::frames::frame;
+
+use super::{Datapath as _, ebpf::EbpfDatapath};
 use crate::{config::Config, flows::decode_event};
 
 const XDP_DROP: u32 = 1;
@@ -555,4 +557,109 @@ fn the_programs_give_cilium_s_verdicts() {
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// Packets the README says the programs handle, crafted as a hostile or
+/// broken sender would: IPv6 extension headers are walked to the transport
+/// header (the verdict is the evaluator's for the connection), a later
+/// fragment without its first is dropped as `FRAG_NOT_FOUND`, malformed
+/// IPv4 headers as `INVALID_PACKET`.
+#[test]
+fn extension_headers_orphan_fragments_and_malformed_headers_get_their_verdicts() {
+    use palisade_e2e::frames::{
+        orphan_fragment, short_ipv4_header, truncated_tcp, with_ipv6_extension_headers,
+    };
+    if !have_root("extension_headers_orphan_fragments_and_malformed_headers_get_their_verdicts") {
+        return;
+    }
+    let policy = r#"
+kind = "CiliumClusterwideNetworkPolicy"
+metadata = { name = "ssh" }
+[spec]
+nodeSelector = {}
+[[spec.ingress]]
+fromCIDR = ["10.0.0.0/8", "2001:db8::/32"]
+toPorts = [{ ports = [{ port = 22, protocol = "TCP" }] }]
+"#;
+    let table = compile(
+        &[policy_from_toml("ssh", policy).expect("parses")],
+        &NodeContext::default(),
+    )
+    .expect("compiles");
+    let pins = TestPins::new("hostile-frames");
+    let (mut datapath, mut ring) = EbpfDatapath::load(&test_config(&pins)).expect("eBPF loads");
+    datapath.install(&table, 7).expect("table installs");
+    let tc = datapath.tc_program(Direction::Ingress).expect("TC program");
+    let node_v4 = IpAddr::V4(Ipv4Addr::new(10, 255, 0, 1));
+    let node_v6 = IpAddr::V6(Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 1));
+    let ssh = |source: &str| {
+        let source: IpAddr = source.parse().expect("an address");
+        Connection {
+            protocol: protocol::TCP,
+            source,
+            destination: if source.is_ipv4() { node_v4 } else { node_v6 },
+            destination_port: 22,
+        }
+    };
+    let evaluated = |connection: &Connection| {
+        let verdict = evaluate(&table, Direction::Ingress, connection);
+        (verdict.verdict, verdict.drop_reason)
+    };
+    let cases: Vec<(&str, Vec<u8>, (u8, u8))> = vec![
+        (
+            "IPv6 Hop-by-Hop + Destination Options, allowed source",
+            with_ipv6_extension_headers(&frame(&ssh("2001:db8::7"), 40_001)),
+            evaluated(&ssh("2001:db8::7")),
+        ),
+        (
+            "IPv6 Hop-by-Hop + Destination Options, other source",
+            with_ipv6_extension_headers(&frame(&ssh("2001:dead::7"), 40_002)),
+            evaluated(&ssh("2001:dead::7")),
+        ),
+        (
+            "IPv4 later fragment without its first",
+            orphan_fragment(&frame(&ssh("10.1.1.1"), 40_003), 0x4242),
+            (verdict::DROPPED, drop_reason::FRAG_NOT_FOUND),
+        ),
+        (
+            "IPv6 later fragment without its first",
+            orphan_fragment(&frame(&ssh("2001:db8::8"), 40_004), 0x4243),
+            (verdict::DROPPED, drop_reason::FRAG_NOT_FOUND),
+        ),
+        (
+            "IPv4 header length 16",
+            short_ipv4_header(&frame(&ssh("10.1.1.2"), 40_005)),
+            (verdict::DROPPED, drop_reason::INVALID_PACKET),
+        ),
+        (
+            "IPv4 TCP header cut short",
+            truncated_tcp(&frame(&ssh("10.1.1.3"), 40_006)),
+            (verdict::DROPPED, drop_reason::INVALID_PACKET),
+        ),
+    ];
+    assert_eq!(cases[0].2.0, verdict::FORWARDED, "the allowed case allows");
+    assert_eq!(cases[1].2, (verdict::DROPPED, drop_reason::POLICY_DENIED));
+    for (name, data, (wanted_verdict, wanted_reason)) in cases {
+        let action = tc
+            .test_run(TestRunOptions {
+                data_in: Some(&data),
+                ..TestRunOptions::default()
+            })
+            .expect("TC test run")
+            .return_value;
+        let events = drain(&mut ring);
+        let wanted_action = if wanted_verdict == verdict::DROPPED {
+            TC_DROP
+        } else {
+            TC_PASS
+        };
+        assert_eq!(action, wanted_action, "{name}: events {events:?}");
+        assert_eq!(events.len(), 1, "{name}: one flow event: {events:?}");
+        assert_eq!(
+            (events[0].verdict, events[0].drop_reason),
+            (wanted_verdict, wanted_reason),
+            "{name}: {:?}",
+            events[0]
+        );
+    }
 }

@@ -821,12 +821,10 @@ impl Datapath for EbpfDatapath {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::datapath::{
-        differential_tests::{TC_DROP, TC_PASS, TestPins, test_config},
-        test_packet::{TCP_SYN_ACK, frame_with_flags},
-    };
+    use crate::datapath::differential_tests::{TC_DROP, TC_PASS, TestPins, test_config};
     use aya::{TestRun as _, TestRunOptions};
     use palisade_common::protocol;
+    use palisade_e2e::frames::{TCP_SYN_ACK, frame_with_flags};
     use palisade_policy::{Connection, Direction, NodeContext, compile, policy_from_toml};
     use std::net::IpAddr;
 

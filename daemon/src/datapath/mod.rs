@@ -3,7 +3,6 @@
 pub mod conntrack;
 pub mod ebpf;
 pub mod pinning;
-pub mod test_packet;
 
 use std::{net::IpAddr, time::Duration};
 

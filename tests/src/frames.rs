@@ -81,3 +81,83 @@ pub fn frame_with_flags(connection: &Connection, source_port: u16, tcp_flags: u8
     packet.extend_from_slice(&l4);
     packet
 }
+
+/// Offset of the IP header in a frame.
+const IP: usize = 14;
+/// `nexthdr` values of the IPv6 extension headers used here.
+const HOP_BY_HOP: u8 = 0;
+const DESTINATION_OPTIONS: u8 = 60;
+const FRAGMENT: u8 = 44;
+
+/// `frame` (IPv6, from [`frame`]) with a Hop-by-Hop and a Destination
+/// Options header (8 bytes each, PadN) between the IPv6 and the transport
+/// header, as a packet walking extension headers meets them.
+pub fn with_ipv6_extension_headers(frame: &[u8]) -> Vec<u8> {
+    let transport = frame[IP + 6];
+    let mut out = frame[..IP + 40].to_vec();
+    out[IP + 6] = HOP_BY_HOP;
+    let payload = u16::from_be_bytes([out[IP + 4], out[IP + 5]]).saturating_add(16);
+    out[IP + 4..IP + 6].copy_from_slice(&payload.to_be_bytes());
+    out.extend_from_slice(&[DESTINATION_OPTIONS, 0, 1, 4, 0, 0, 0, 0]);
+    out.extend_from_slice(&[transport, 0, 1, 4, 0, 0, 0, 0]);
+    out.extend_from_slice(&frame[IP + 40..]);
+    out
+}
+
+/// A later fragment (offset 1480 bytes, the last) of a datagram whose first
+/// fragment was never sent: IPv4 from an IPv4 `frame`, IPv6 (a Fragment
+/// header) from an IPv6 one. It carries payload, no transport header.
+pub fn orphan_fragment(frame: &[u8], id: u32) -> Vec<u8> {
+    let offset_units: u16 = 1480 / 8;
+    if frame[IP] >> 4 == 4 {
+        let mut out = frame.to_vec();
+        out[IP + 4..IP + 6].copy_from_slice(&u16::try_from(id & 0xffff).unwrap_or(0).to_be_bytes());
+        out[IP + 6..IP + 8].copy_from_slice(&offset_units.to_be_bytes());
+        set_ipv4_checksum(&mut out);
+        out
+    } else {
+        let transport = frame[IP + 6];
+        let mut out = frame[..IP + 40].to_vec();
+        out[IP + 6] = FRAGMENT;
+        let payload = u16::from_be_bytes([out[IP + 4], out[IP + 5]]).saturating_add(8);
+        out[IP + 4..IP + 6].copy_from_slice(&payload.to_be_bytes());
+        out.extend_from_slice(&[transport, 0]);
+        out.extend_from_slice(&(offset_units << 3).to_be_bytes());
+        out.extend_from_slice(&id.to_be_bytes());
+        out.extend_from_slice(&frame[IP + 40..]);
+        out
+    }
+}
+
+/// An IPv4 `frame` whose header length field says 16 bytes (less than the
+/// 20 every IPv4 header has).
+pub fn short_ipv4_header(frame: &[u8]) -> Vec<u8> {
+    let mut out = frame.to_vec();
+    out[IP] = 0x44;
+    set_ipv4_checksum(&mut out);
+    out
+}
+
+/// An IPv4 TCP `frame` cut off after 4 bytes of its TCP header.
+pub fn truncated_tcp(frame: &[u8]) -> Vec<u8> {
+    let header_len = usize::from(frame[IP] & 0x0f) * 4;
+    let mut out = frame[..IP + header_len + 4].to_vec();
+    let total = u16::try_from(header_len + 4).unwrap_or(u16::MAX);
+    out[IP + 2..IP + 4].copy_from_slice(&total.to_be_bytes());
+    set_ipv4_checksum(&mut out);
+    out
+}
+
+/// Writes the destination and source MAC addresses of `frame`.
+pub fn set_macs(frame: &mut [u8], destination: [u8; 6], source: [u8; 6]) {
+    frame[..6].copy_from_slice(&destination);
+    frame[6..12].copy_from_slice(&source);
+}
+
+/// Fills in the IPv4 header checksum of an IPv4 `frame`.
+pub fn set_ipv4_checksum(frame: &mut [u8]) {
+    let header_len = (usize::from(frame[IP] & 0x0f) * 4).max(20);
+    frame[IP + 10..IP + 12].copy_from_slice(&[0, 0]);
+    let checksum = crate::internet_checksum(&frame[IP..IP + header_len]);
+    frame[IP + 10..IP + 12].copy_from_slice(&checksum.to_be_bytes());
+}
