@@ -2,19 +2,20 @@
 //! offline, prints the compiled rules and, for one new connection, the
 //! verdict, the deciding policy and rule, and why.
 
-use std::{collections::BTreeMap, net::IpAddr, path::PathBuf};
+use std::{net::IpAddr, path::PathBuf};
 
 use anyhow::{Context as _, bail};
 use clap::{Args, ValueEnum};
 use palisade_common::{drop_reason, protocol, verdict};
+use palisade_config::{Config, ConfigError, ConfigFile, Service};
 use palisade_policy::{
-    CompiledTable, Connection, Direction, NodeContext, Policy, Verdict, compile, evaluate,
-    rule_lines,
+    CompiledTable, Connection, Direction, NodeContext, Policy, ValidateOptions, Verdict, compile,
+    evaluate, rule_lines,
 };
 use serde::Serialize;
 
 use crate::{
-    files,
+    EXIT_REFUSED, Reported, files,
     output::{Format, print},
 };
 
@@ -24,6 +25,12 @@ pub struct ExplainArgs {
     /// Policy file or directory (repeatable).
     #[arg(short, long = "file", required = true)]
     files: Vec<PathBuf>,
+    /// palisaded's configuration (palisade.toml): the node's labels,
+    /// addresses, `[cluster]`, audit mode, `fqdn_audit`, strict-mode
+    /// prefixes and `[failsafe]` services come from it, so the verdict is
+    /// the daemon's; the options below add to it.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
     /// A label of the node, as KEY=VALUE (repeatable).
     #[arg(long = "node-label", value_name = "KEY=VALUE", value_parser = label)]
     node_labels: Vec<(String, String)>,
@@ -120,17 +127,38 @@ struct Explanation {
 /// When a file cannot be read or is invalid (exit 3 then), or the
 /// connection is incomplete.
 pub fn run(args: &ExplainArgs) -> anyhow::Result<()> {
-    let policies: Vec<Policy> = files::parse(&args.files)?
+    let config = match &args.config {
+        Some(path) => match ConfigFile::new(Some(path.clone())).load() {
+            Ok(config) => config,
+            Err(ConfigError::Invalid(diagnostics)) => {
+                for diagnostic in &diagnostics.0 {
+                    eprintln!("{diagnostic}");
+                }
+                return Err(Reported(EXIT_REFUSED).into());
+            }
+            Err(error) => return Err(error.into()),
+        },
+        None => Config::default(),
+    };
+    let mut labels = config.node.labels.clone();
+    labels.extend(args.node_labels.iter().cloned());
+    let mut addresses = config.node.addresses.clone();
+    addresses.extend(args.node_addresses.iter().copied());
+    let node = NodeContext {
+        labels,
+        audit_mode: args.audit_mode || config.policy.audit_mode,
+        fqdn_audit: args.fqdn_audit || config.policy.fqdn_audit,
+        addresses,
+        cluster: config.cluster.clone(),
+        strict_prefixes: config.strict_prefixes(),
+    };
+    let options = ValidateOptions {
+        fqdn_audit: node.fqdn_audit,
+    };
+    let policies: Vec<Policy> = files::parse_with(&args.files, options)?
         .into_iter()
         .flat_map(|(_, policies)| policies)
         .collect();
-    let node = NodeContext {
-        labels: args.node_labels.iter().cloned().collect::<BTreeMap<_, _>>(),
-        audit_mode: args.audit_mode,
-        fqdn_audit: args.fqdn_audit,
-        addresses: args.node_addresses.clone(),
-        ..NodeContext::default()
-    };
     let table = compile(&policies, &node).context("the policies cannot be compiled together")?;
     let mut explanation = Explanation {
         policies: table.policies.clone(),
@@ -145,6 +173,20 @@ pub fn run(args: &ExplainArgs) -> anyhow::Result<()> {
     };
     if let Some((direction, connection)) = connection(args)? {
         let decided = evaluate(&table, direction, &connection);
+        if decided.drop_reason != drop_reason::UNENCRYPTED_TRAFFIC
+            && let Some(service) = failsafe(&config, direction, &connection)
+        {
+            explanation.verdict = Some(verdict::name(verdict::FORWARDED).to_owned());
+            explanation.reason = Some(format!(
+                "{service} is a failsafe service ([failsafe] {} in the configuration): new connections to it pass whatever the policies say",
+                if direction == Direction::Ingress {
+                    "inbound"
+                } else {
+                    "outbound"
+                }
+            ));
+            return print(args.output, &explanation, table_output);
+        }
         let origin = table.rule(decided.rule_id);
         explanation.verdict = Some(verdict::name(decided.verdict).to_owned());
         explanation.drop_reason = drop_reason::name(decided.drop_reason).map(str::to_owned);
@@ -153,6 +195,23 @@ pub fn run(args: &ExplainArgs) -> anyhow::Result<()> {
         explanation.reason = Some(reason(&table, direction, &decided));
     }
     print(args.output, &explanation, table_output)
+}
+
+/// The failsafe service of `config` the connection goes to, if any (the
+/// datapath checks them before the policies).
+fn failsafe<'a>(
+    config: &'a Config,
+    direction: Direction,
+    connection: &Connection,
+) -> Option<&'a Service> {
+    let services = match direction {
+        Direction::Ingress => &config.failsafe.inbound,
+        Direction::Egress => &config.failsafe.outbound,
+    };
+    services.iter().find(|service| {
+        service.protocol.code() == connection.protocol
+            && service.port == connection.destination_port
+    })
 }
 
 fn connection(args: &ExplainArgs) -> anyhow::Result<Option<(Direction, Connection)>> {

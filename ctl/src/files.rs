@@ -5,7 +5,7 @@ use std::{io::Read as _, path::Path};
 
 use anyhow::Context as _;
 use palisade_api::PolicyFile;
-use palisade_policy::Policy;
+use palisade_policy::{Policy, ValidateOptions};
 
 use crate::{EXIT_REFUSED, Reported};
 
@@ -57,10 +57,22 @@ pub fn read(paths: &[impl AsRef<Path>]) -> anyhow::Result<Vec<PolicyFile>> {
 ///
 /// When a path cannot be read, or any file is invalid (exit 3).
 pub fn parse(paths: &[impl AsRef<Path>]) -> anyhow::Result<Vec<(String, Vec<Policy>)>> {
+    parse_with(paths, ValidateOptions::default())
+}
+
+/// [`parse`] with what validation accepts (`fqdn_audit`).
+///
+/// # Errors
+///
+/// As [`parse`].
+pub fn parse_with(
+    paths: &[impl AsRef<Path>],
+    options: ValidateOptions,
+) -> anyhow::Result<Vec<(String, Vec<Policy>)>> {
     let mut parsed = Vec::new();
     let mut invalid = false;
     for file in read(paths)? {
-        match palisade_policy::policies_from_text(&file.name, &file.content) {
+        match palisade_policy::policies_from_text_with(&file.name, &file.content, options) {
             Ok(policies) => parsed.push((file.name, policies)),
             Err(diagnostics) => {
                 invalid = true;

@@ -291,3 +291,86 @@ fn validate_warns_of_rules_that_would_enforce_nothing_on_a_node() {
         "{stderr}"
     );
 }
+
+/// `explain --config` judges as the daemon with that configuration would:
+/// its node labels select the policy, its `[node] addresses` make `host`,
+/// its failsafe services pass, and its `fqdn_audit` lets toFQDNs in.
+#[test]
+fn explain_with_the_daemons_config_gives_the_daemons_verdict() {
+    let policies = scratch(
+        "explain-config.yaml",
+        "apiVersion: cilium.io/v2\nkind: CiliumClusterwideNetworkPolicy\nmetadata:\n  name: edge\nspec:\n  nodeSelector:\n    matchLabels:\n      role: edge\n  ingress:\n    - fromEntities: [host]\n  egress:\n    - toFQDNs: [{ matchName: example.com }]\n",
+    );
+    let config = scratch(
+        "explain-config.toml",
+        "[node]\nlabels = { role = \"edge\" }\naddresses = [\"192.0.2.10/32\"]\n[failsafe]\ninbound = [\"tcp:22\"]\noutbound = []\n[policy]\nfqdn_audit = true\n",
+    );
+    let explain = |with_config: bool, source: &str, port: &str| -> serde_json::Value {
+        let mut args = vec![
+            "policy".to_owned(),
+            "explain".into(),
+            "-f".into(),
+            policies.display().to_string(),
+            "--dir".into(),
+            "ingress".into(),
+            "--proto".into(),
+            "tcp".into(),
+            "--src".into(),
+            source.into(),
+            "--dst".into(),
+            "192.0.2.10".into(),
+            "--dport".into(),
+            port.into(),
+            "-o".into(),
+            "json".into(),
+        ];
+        if with_config {
+            args.push("--config".into());
+            args.push(config.display().to_string());
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let output = palisadectl(&args);
+        serde_json::from_slice(&output.stdout)
+            .unwrap_or_else(|_| panic!("{}", String::from_utf8_lossy(&output.stderr)))
+    };
+    // Without the config the file is refused (toFQDNs without fqdn_audit).
+    let refused = palisadectl(&[
+        "policy",
+        "explain",
+        "-f",
+        &policies.display().to_string(),
+        "--fqdn-audit",
+    ]);
+    assert!(
+        refused.status.success(),
+        "--fqdn-audit lets toFQDNs in: {refused:?}"
+    );
+    // The node itself (`host`) is allowed; another source is dropped.
+    let host = explain(true, "192.0.2.10", "8080");
+    assert_eq!(host["verdict"], "FORWARDED", "{host}");
+    assert_eq!(host["policy"], "edge");
+    assert_eq!(explain(true, "198.51.100.7", "8080")["verdict"], "AUDIT");
+    // SSH is a failsafe service in that config.
+    let ssh = explain(true, "198.51.100.7", "22");
+    assert_eq!(ssh["verdict"], "FORWARDED", "{ssh}");
+    assert!(
+        ssh["reason"]
+            .as_str()
+            .unwrap_or("")
+            .contains("failsafe service"),
+        "{ssh}"
+    );
+    let missing = palisadectl(&[
+        "policy",
+        "explain",
+        "-f",
+        &policies.display().to_string(),
+        "--config",
+        "/nonexistent/palsade.toml",
+    ]);
+    assert!(!missing.status.success());
+    assert!(
+        String::from_utf8_lossy(&missing.stderr).contains("/nonexistent/palsade.toml"),
+        "{missing:?}"
+    );
+}

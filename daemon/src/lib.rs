@@ -6,7 +6,7 @@ pub mod atomic_file;
 pub mod audit_trail;
 pub mod authz;
 pub mod clock;
-pub mod config;
+pub use palisade_config as config;
 pub mod conntrack_watch;
 pub mod control;
 pub mod datapath;

@@ -181,27 +181,32 @@ enum Target {
 
 /// Byte offset of what `path` (such as `spec.ingress[0].fromCIDR[1]`) names:
 /// for a path ending in a key, that key or its value (`target`); for one
-/// ending in an index, the element. `None` when the path is not in the document.
+/// ending in an index, the element. For a field that is absent (a problem
+/// about a missing key), where the innermost enclosing table or array that
+/// is present starts.
 fn locate(document: &Spanned<DeTable<'_>>, path: &str, target: Target) -> Option<usize> {
     let mut offset = document.span().start;
     let mut table = Some(document.get_ref());
     let mut array: Option<&[Spanned<DeValue<'_>>]> = None;
     for segment in path_segments(path) {
-        let value = match segment {
-            Segment::Key(key) => {
-                let (name, value) = table?.iter().find(|(name, _)| name.get_ref() == key)?;
-                offset = match target {
-                    Target::Key => name.span().start,
-                    Target::Value => value.span().start,
-                };
-                value
-            }
-            Segment::Index(index) => {
-                let value = array?.get(index)?;
-                offset = value.span().start;
-                value
-            }
+        let found = match segment {
+            Segment::Key(key) => table
+                .and_then(|table| table.iter().find(|(name, _)| name.get_ref() == key))
+                .map(|(name, value)| {
+                    let at = match target {
+                        Target::Key => name.span().start,
+                        Target::Value => value.span().start,
+                    };
+                    (at, value)
+                }),
+            Segment::Index(index) => array
+                .and_then(|items| items.get(index))
+                .map(|value| (value.span().start, value)),
         };
+        let Some((at, value)) = found else {
+            return Some(offset);
+        };
+        offset = at;
         (table, array) = match value.get_ref() {
             DeValue::Table(inner) => (Some(inner), None),
             DeValue::Array(items) => (None, Some(&items[..])),

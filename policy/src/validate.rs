@@ -356,6 +356,16 @@ fn check_port_rule(
             format!("too many ports, the max is {MAX_PORTS_PER_RULE}"),
         );
     }
+    // L7Rules.sanitize: generic `l7` rules need their parser named.
+    if let Some(rules) = &rule.rules
+        && !rules.l7.is_empty()
+        && rules.l7_proto.is_none()
+    {
+        problems.add(
+            format!("{at}.rules.l7proto"),
+            "'l7' may only be specified when a 'l7proto' is also specified",
+        );
+    }
     let l7 = rule
         .rules
         .as_ref()

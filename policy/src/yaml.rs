@@ -207,12 +207,25 @@ impl Positions {
         Ok(walker.positions)
     }
 
+    /// Where `path` is; for a field that is absent (a problem about a
+    /// missing key), where the innermost enclosing mapping or sequence that
+    /// is present starts.
     fn find(&self, document: usize, path: &str, target: Target) -> Option<(usize, usize)> {
-        let (key, value) = self.documents.get(document)?.get(path)?;
-        match target {
-            Target::Key => key.or(Some(*value)),
-            Target::Value => Some(*value),
+        let fields = self.documents.get(document)?;
+        if let Some((key, value)) = fields.get(path) {
+            return match target {
+                Target::Key => key.or(Some(*value)),
+                Target::Value => Some(*value),
+            };
         }
+        let mut enclosing = path;
+        while let Some(end) = enclosing.rfind(['.', '[']) {
+            enclosing = &enclosing[..end];
+            if let Some((_, value)) = fields.get(enclosing) {
+                return Some(*value);
+            }
+        }
+        fields.get("").map(|(_, value)| *value)
     }
 }
 

@@ -537,3 +537,30 @@ fn toml_problems_point_into_the_toml_text() {
         ]
     );
 }
+
+#[test]
+fn generic_l7_rules_need_their_parser_and_an_absent_field_points_at_its_mapping() {
+    // Cilium L7Rules.sanitize; `l7proto` is absent, so the position is the
+    // enclosing `rules` mapping's (its first key).
+    refused(
+        &endpoint(
+            "  ingress:\n    - toPorts:\n        - ports: [{ port: \"80\", protocol: TCP }]\n          rules:\n            l7:\n              - method: GET\n",
+        ),
+        &[
+            "bad.yaml:12:13: spec.ingress[0].toPorts[0].rules.l7proto: 'l7' may only be specified when a 'l7proto' is also specified",
+        ],
+    );
+    let toml = "kind = \"CiliumClusterwideNetworkPolicy\"\nmetadata = { name = \"bad\" }\n[spec]\nnodeSelector = {}\n[[spec.ingress]]\ntoPorts = [{ ports = [{ port = \"80\" }], rules = { l7 = [{ a = \"b\" }] } }]\n";
+    let problems: Vec<String> = policy_from_toml("bad.toml", toml)
+        .unwrap_err()
+        .0
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert_eq!(
+        problems,
+        [
+            "bad.toml:6:41: spec.ingress[0].toPorts[0].rules.l7proto: 'l7' may only be specified when a 'l7proto' is also specified"
+        ]
+    );
+}

@@ -1,4 +1,5 @@
-//! palisaded's configuration file (`/etc/palisade/palisade.toml`).
+//! palisaded's configuration file (`/etc/palisade/palisade.toml`), read by
+//! palisaded and by palisadectl's offline commands (`policy explain --config`).
 //!
 //! Every key has a default; a missing file means all defaults. `etc/palisade.toml`
 //! in the source tree documents each key and must stay in step with this file
@@ -145,7 +146,8 @@ impl std::fmt::Debug for WireGuardKey {
 
 impl std::fmt::Display for WireGuardKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&defguard_wireguard_rs::key::Key::new(self.0).to_string())
+        use base64::Engine as _;
+        f.write_str(&base64::engine::general_purpose::STANDARD.encode(self.0))
     }
 }
 
@@ -153,12 +155,16 @@ impl std::str::FromStr for WireGuardKey {
     type Err = String;
 
     fn from_str(text: &str) -> Result<Self, String> {
-        let key = defguard_wireguard_rs::key::Key::from_str(text.trim()).map_err(|_| {
+        use base64::Engine as _;
+        let invalid = || {
             format!(
                 "invalid WireGuard key {text:?}: expected 32 bytes in base64 (44 characters, as `wg pubkey` prints)"
             )
-        })?;
-        Ok(Self(key.as_array()))
+        };
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(text.trim())
+            .map_err(|_| invalid())?;
+        Ok(Self(bytes.try_into().map_err(|_| invalid())?))
     }
 }
 
