@@ -7,7 +7,7 @@ use std::{net::IpAddr, path::PathBuf};
 use anyhow::{Context as _, bail};
 use clap::{Args, ValueEnum};
 use palisade_common::{drop_reason, protocol, verdict};
-use palisade_config::{Config, ConfigError, ConfigFile, Service};
+use palisade_config::{ConfigError, ConfigFile, FailsafeConfig, Service};
 use palisade_policy::{
     CompiledTable, Connection, Direction, NodeContext, Policy, ValidateOptions, Verdict, compile,
     evaluate, rule_lines,
@@ -127,9 +127,11 @@ struct Explanation {
 /// When a file cannot be read or is invalid (exit 3 then), or the
 /// connection is incomplete.
 pub fn run(args: &ExplainArgs) -> anyhow::Result<()> {
+    // Without --config: the files alone (no failsafe services, nothing
+    // about the node but the options).
     let config = match &args.config {
         Some(path) => match ConfigFile::new(Some(path.clone())).load() {
-            Ok(config) => config,
+            Ok(config) => Some(config),
             Err(ConfigError::Invalid(diagnostics)) => {
                 for diagnostic in &diagnostics.0 {
                     eprintln!("{diagnostic}");
@@ -138,8 +140,10 @@ pub fn run(args: &ExplainArgs) -> anyhow::Result<()> {
             }
             Err(error) => return Err(error.into()),
         },
-        None => Config::default(),
+        None => None,
     };
+    let failsafe = config.as_ref().map(|config| config.failsafe.clone());
+    let config = config.unwrap_or_default();
     let mut labels = config.node.labels.clone();
     labels.extend(args.node_labels.iter().cloned());
     let mut addresses = config.node.addresses.clone();
@@ -174,7 +178,8 @@ pub fn run(args: &ExplainArgs) -> anyhow::Result<()> {
     if let Some((direction, connection)) = connection(args)? {
         let decided = evaluate(&table, direction, &connection);
         if decided.drop_reason != drop_reason::UNENCRYPTED_TRAFFIC
-            && let Some(service) = failsafe(&config, direction, &connection)
+            && let Some(failsafe) = &failsafe
+            && let Some(service) = failsafe_service(failsafe, direction, &connection)
         {
             explanation.verdict = Some(verdict::name(verdict::FORWARDED).to_owned());
             explanation.reason = Some(format!(
@@ -197,16 +202,16 @@ pub fn run(args: &ExplainArgs) -> anyhow::Result<()> {
     print(args.output, &explanation, table_output)
 }
 
-/// The failsafe service of `config` the connection goes to, if any (the
-/// datapath checks them before the policies).
-fn failsafe<'a>(
-    config: &'a Config,
+/// The failsafe service the connection goes to, if any (the datapath
+/// checks them before the policies).
+fn failsafe_service<'a>(
+    failsafe: &'a FailsafeConfig,
     direction: Direction,
     connection: &Connection,
 ) -> Option<&'a Service> {
     let services = match direction {
-        Direction::Ingress => &config.failsafe.inbound,
-        Direction::Egress => &config.failsafe.outbound,
+        Direction::Ingress => &failsafe.inbound,
+        Direction::Egress => &failsafe.outbound,
     };
     services.iter().find(|service| {
         service.protocol.code() == connection.protocol
