@@ -37,9 +37,11 @@ pub(crate) struct TestPins(pub(crate) std::path::PathBuf);
 
 impl TestPins {
     pub(crate) fn new(name: &str) -> Self {
+        // bpffs refuses names with dots.
         let path = std::path::PathBuf::from(format!(
-            "/sys/fs/bpf/palisade-test-{}-{name}",
-            std::process::id()
+            "/sys/fs/bpf/palisade-test-{}-{}",
+            std::process::id(),
+            name.replace('.', "-")
         ));
         Self(path)
     }
@@ -187,7 +189,13 @@ fn check_on_node(name: &str, texts: &[&str], node: &NodeContext) {
         .iter()
         .map(|text| policy_from_toml(name, text).expect("fixture parses"))
         .collect();
-    let table = compile(&policies, node).expect("fixture compiles");
+    check_policies_on_node(name, &policies, node);
+}
+
+/// Installs `policies` compiled for `node` and checks
+/// `PACKETS_PER_FIXTURE` packets each way.
+fn check_policies_on_node(name: &str, policies: &[palisade_policy::Policy], node: &NodeContext) {
+    let table = compile(policies, node).expect("fixture compiles");
     for direction in [Direction::Ingress, Direction::Egress] {
         check_direction(name, &table, direction);
     }
@@ -218,9 +226,17 @@ fn check_direction(name: &str, table: &CompiledTable, direction: Direction) {
     // Conntrack keys of the connections let through so far: a packet of one
     // of them is known and passes unjudged (without a flow event).
     let mut opened = std::collections::HashSet::new();
+    let rows = &table.direction(direction).entries;
     for i in 0..PACKETS_PER_FIXTURE {
-        let peer = rng.pick(&peers);
-        let mut proto = rng.pick(&protocols);
+        // Half the packets aim at one row (its prefix, protocol and ports),
+        // so a narrow rule among wide defaults is hit too.
+        let aimed = (!rows.is_empty() && rng.below(2) == 0).then(|| rng.pick(rows));
+        let peer = aimed.map_or_else(|| rng.pick(&peers), |row| row.prefix.network());
+        let mut proto = match aimed.map(|row| row.port.protocol) {
+            Some(protocol::ALL) | None => rng.pick(&protocols),
+            Some(protocol::ANY) => rng.pick(&protocols[..3]),
+            Some(code) => code,
+        };
         let local = if peer.is_ipv4() { local_v4 } else { local_v6 };
         if peer.is_ipv6() && proto == protocol::ICMP {
             proto = protocol::ICMPV6;
@@ -229,10 +245,14 @@ fn check_direction(name: &str, table: &CompiledTable, direction: Direction) {
             Direction::Ingress => (peer, local),
             Direction::Egress => (local, peer),
         };
-        let destination_port = match proto {
-            protocol::TCP | protocol::UDP | protocol::SCTP => rng.pick(&ports),
-            protocol::ICMP => rng.pick(&ICMP_TYPES),
-            protocol::ICMPV6 => rng.pick(&ICMPV6_TYPES),
+        let destination_port = match (proto, aimed) {
+            (
+                protocol::TCP | protocol::UDP | protocol::SCTP | protocol::ICMP | protocol::ICMPV6,
+                Some(row),
+            ) if row.port.protocol == proto => row.port.port_lo,
+            (protocol::TCP | protocol::UDP | protocol::SCTP, _) => rng.pick(&ports),
+            (protocol::ICMP, _) => rng.pick(&ICMP_TYPES),
+            (protocol::ICMPV6, _) => rng.pick(&ICMPV6_TYPES),
             _ => 0,
         };
         let connection = Connection {
@@ -662,4 +682,33 @@ toPorts = [{ ports = [{ port = 22, protocol = "TCP" }] }]
             events[0]
         );
     }
+}
+
+#[path = "../../../policy/tests/support/mod.rs"]
+mod cilium_examples;
+
+/// Every host policy among Cilium's own examples (policy/tests/fixtures),
+/// compiled for the node the policy tests use, through the programs: the
+/// same verdicts as the evaluator, packet by packet.
+#[test]
+fn every_host_example_of_cilium_matches_the_evaluator() {
+    if !have_root("every_host_example_of_cilium_matches_the_evaluator") {
+        return;
+    }
+    let mut checked = 0;
+    for fixture in cilium_examples::fixtures() {
+        let Ok(policies) = palisade_policy::policies_from_text(
+            &fixture.name,
+            &cilium_examples::filled_in(&fixture.text),
+        ) else {
+            continue;
+        };
+        if !cilium_examples::has_host_rules(&policies) {
+            continue;
+        }
+        let node = cilium_examples::node_for(&policies);
+        check_policies_on_node(&fixture.name, &policies, &node);
+        checked += 1;
+    }
+    assert_eq!(checked, 14, "every host example checked");
 }

@@ -18,8 +18,10 @@ pub struct Fixture {
 
 /// Every example, in name order.
 pub fn fixtures() -> Vec<Fixture> {
+    // From the workspace root, so the daemon's datapath tests (which
+    // include this module) find them too.
     let directory =
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/cilium-examples");
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../policy/tests/fixtures/cilium-examples");
     let mut names: Vec<_> = std::fs::read_dir(&directory)
         .expect("the examples directory")
         .map(|entry| entry.expect("a directory entry").file_name())
