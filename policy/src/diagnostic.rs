@@ -39,8 +39,26 @@ impl Diagnostic {
             file: file.to_owned(),
             line,
             column,
-            field: field.into(),
-            message: message.into(),
+            field: bounded(field.into()),
+            message: bounded(message.into()),
+            hint: None,
+        }
+    }
+
+    /// A diagnostic at a known line and column (or none), with the field
+    /// path and message cut to [`MAX_TEXT`] characters.
+    pub fn placed(
+        file: &str,
+        position: Option<(usize, usize)>,
+        field: impl Into<String>,
+        message: impl Into<String>,
+    ) -> Self {
+        Self {
+            file: file.to_owned(),
+            line: position.map(|(line, _)| line),
+            column: position.map(|(_, column)| column),
+            field: bounded(field.into()),
+            message: bounded(message.into()),
             hint: None,
         }
     }
@@ -49,6 +67,18 @@ impl Diagnostic {
     #[must_use]
     pub fn with_hint(self, hint: Option<String>) -> Self {
         Self { hint, ..self }
+    }
+}
+
+/// Longest field path or message a diagnostic repeats (characters): a
+/// hostile file's 100 KB key must not come back 100 KB long per problem.
+pub const MAX_TEXT: usize = 512;
+
+/// `text` cut to [`MAX_TEXT`] characters, marked where it was cut.
+fn bounded(text: String) -> String {
+    match text.char_indices().nth(MAX_TEXT) {
+        None => text,
+        Some((cut, _)) => format!("{}… ({} bytes in all)", &text[..cut], text.len()),
     }
 }
 

@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 
 use serde::Deserialize;
 use yaml_rust2::{
-    parser::{Event, MarkedEventReceiver, Parser},
+    parser::{Event, Parser},
     scanner::{Marker, ScanError},
 };
 
@@ -44,12 +44,18 @@ pub fn policies_from_yaml_with(
     options: ValidateOptions,
 ) -> Result<Vec<Policy>, Diagnostics> {
     let positions = Positions::of(text).map_err(|error| {
-        let mark = error.marker();
+        let (mark, message) = match &error {
+            WalkError::Syntax(error) => (*error.marker(), error.info().to_owned()),
+            WalkError::TooDeep(mark) => (
+                *mark,
+                format!("nested deeper than {MAX_DEPTH} levels (a policy needs about 12); refused"),
+            ),
+        };
         Diagnostics(vec![placed(
             file,
             Some((mark.line(), mark.col() + 1)),
             String::new(),
-            error.info(),
+            message,
         )])
     })?;
     let mut policies = Vec::new();
@@ -166,14 +172,7 @@ fn placed(
     field: String,
     message: impl Into<String>,
 ) -> Diagnostic {
-    Diagnostic {
-        file: file.to_owned(),
-        line: position.map(|(line, _)| line),
-        column: position.map(|(_, column)| column),
-        field,
-        message: message.into(),
-        hint: None,
-    }
+    Diagnostic::placed(file, position, field, message)
 }
 
 /// Which part of a `key: value` pair a position should point at.
@@ -189,6 +188,34 @@ type Position = (usize, usize);
 /// Where a field's key (absent for sequence elements and the root) and value start.
 type FieldPositions = (Option<Position>, Position);
 
+/// Deepest nesting of mappings and sequences read. Cilium's policies nest
+/// about 12 deep; the limit keeps hostile input from exhausting the stack
+/// of the deserialiser.
+pub const MAX_DEPTH: usize = 64;
+
+/// Bytes of field paths the positions may hold per byte of input (plus a
+/// fixed allowance): memory stays linear in the input whatever its shape
+/// (long keys over long sequences would otherwise repeat a key per element).
+/// Past the budget, fields are read without positions.
+const PATH_BYTES_PER_INPUT_BYTE: usize = 8;
+const PATH_BYTES_ALLOWANCE: usize = 1 << 20;
+/// What one recorded position costs besides its path.
+const POSITION_OVERHEAD: usize = 64;
+
+/// Why the positions could not be read.
+enum WalkError {
+    /// A YAML syntax error.
+    Syntax(ScanError),
+    /// Nested deeper than [`MAX_DEPTH`], at this mark.
+    TooDeep(Marker),
+}
+
+impl From<ScanError> for WalkError {
+    fn from(error: ScanError) -> Self {
+        Self::Syntax(error)
+    }
+}
+
 /// The positions of each field path, per document.
 #[derive(Default)]
 struct Positions {
@@ -196,15 +223,30 @@ struct Positions {
 }
 
 impl Positions {
-    /// The positions in `text`.
+    /// The positions in `text`, read event by event (without recursion).
     ///
     /// # Errors
     ///
-    /// The first syntax error.
-    fn of(text: &str) -> Result<Self, ScanError> {
-        let mut walker = Walker::default();
-        Parser::new_from_str(text).load(&mut walker, true)?;
-        Ok(walker.positions)
+    /// The first syntax error, or nesting deeper than [`MAX_DEPTH`].
+    fn of(text: &str) -> Result<Self, WalkError> {
+        let mut walker = Walker {
+            budget: text
+                .len()
+                .saturating_mul(PATH_BYTES_PER_INPUT_BYTE)
+                .saturating_add(PATH_BYTES_ALLOWANCE),
+            ..Walker::default()
+        };
+        let mut parser = Parser::new_from_str(text);
+        loop {
+            let (event, mark) = parser.next_token()?;
+            if event == Event::StreamEnd {
+                return Ok(walker.positions);
+            }
+            walker.on_event(event, mark);
+            if walker.stack.len() > MAX_DEPTH {
+                return Err(WalkError::TooDeep(mark));
+            }
+        }
     }
 
     /// Where `path` is; for a field that is absent (a problem about a
@@ -248,6 +290,8 @@ enum Frame {
 struct Walker {
     positions: Positions,
     stack: Vec<Frame>,
+    /// Bytes of paths still to be recorded; at 0 recording stops.
+    budget: usize,
 }
 
 impl Walker {
@@ -285,14 +329,20 @@ impl Walker {
                 (full, None)
             }
         };
+        let cost = path.len().saturating_add(POSITION_OVERHEAD);
+        if self.budget < cost {
+            // Out of budget: from here on nothing is recorded, and paths are
+            // no longer built (children get an empty one).
+            self.budget = 0;
+            return Some(String::new());
+        }
+        self.budget -= cost;
         if let Some(document) = self.positions.documents.last_mut() {
             document.insert(path.clone(), (key_at, at));
         }
         Some(path)
     }
-}
 
-impl MarkedEventReceiver for Walker {
     fn on_event(&mut self, event: Event, mark: Marker) {
         let at = (mark.line(), mark.col() + 1);
         match event {
@@ -372,6 +422,45 @@ fromCIDR = ["192.0.2.0/24"]
 toPorts = [{ ports = [{ port = "22", protocol = "TCP" }] }]
 "#;
         assert_eq!(policies, [policy_from_toml("p.toml", toml).unwrap()]);
+    }
+
+    #[test]
+    fn deep_nesting_is_refused_with_its_position_instead_of_overflowing_the_stack() {
+        // 10 KB that used to overflow the stack of whatever parsed it.
+        let deep = format!("{}x\n", "- ".repeat(5000));
+        let found = errors(&deep);
+        assert_eq!(
+            found,
+            ["p.yaml:1:129: nested deeper than 64 levels (a policy needs about 12); refused"]
+        );
+        // Flow collections: the scanner's own limit, placed too.
+        let flow = format!("{}{}", "[".repeat(5000), "]".repeat(5000));
+        assert_eq!(errors(&flow), ["p.yaml:1:256: recursion limit exceeded"]);
+    }
+
+    #[test]
+    fn positions_stay_linear_in_the_input_whatever_its_shape() {
+        // A 100 KB key over 20,000 elements: one path per element repeating
+        // the key would be 2 GB.
+        let key = "k".repeat(100_000);
+        let text = format!("? {key}\n: [{}]\n", vec!["1"; 20_000].join(","));
+        let Ok(positions) = Positions::of(&text) else {
+            panic!("the walk fails");
+        };
+        let recorded: usize = positions
+            .documents
+            .iter()
+            .flat_map(BTreeMap::keys)
+            .map(|path| path.len() + POSITION_OVERHEAD)
+            .sum();
+        assert!(
+            recorded <= text.len() * PATH_BYTES_PER_INPUT_BYTE + PATH_BYTES_ALLOWANCE,
+            "{recorded} bytes of paths for {} bytes of input",
+            text.len()
+        );
+        // And the problem it gives is short.
+        let found = errors(&text);
+        assert!(found.iter().all(|line| line.len() < 2_000), "{found:?}");
     }
 
     #[test]
