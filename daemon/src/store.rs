@@ -1,18 +1,26 @@
 //! Policies applied through the control socket, saved under
 //! `policy.state_directory/policies/` (one `NAME.toml` per policy) so a
-//! restart restores them. Every write is atomic: write a
-//! temporary file, fsync it, rename it over the old one, fsync the directory.
+//! restart restores them.
+//!
+//! The saved set changes as one transaction: the new set is written whole
+//! into a staging directory beside it (`policies.new`; unchanged files are
+//! hard links), every file and the directory fsynced, then the two
+//! directories are exchanged with one `renameat2(RENAME_EXCHANGE)` and the
+//! old set removed. A failure before the exchange (a full disk, say)
+//! removes the staging directory and leaves the saved set as it was; a
+//! crash leaves either set whole, never a mix.
 
 use std::{
     collections::BTreeMap,
     fs::File,
+    io::Write as _,
+    os::unix::fs::OpenOptionsExt as _,
     path::{Path, PathBuf},
 };
 
 use anyhow::Context as _;
+use nix::fcntl::{AT_FDCWD, RenameFlags, renameat2};
 use palisade_api::PolicyFile;
-
-use crate::atomic_file::write_atomically;
 
 /// The saved policies.
 #[derive(Debug, Clone)]
@@ -33,6 +41,11 @@ impl PolicyStore {
         &self.directory
     }
 
+    /// Where a new set is written before it replaces the saved one.
+    fn staging(&self) -> PathBuf {
+        self.directory.with_file_name("policies.new")
+    }
+
     /// The saved policies, by name (the file stem). None saved: empty.
     ///
     /// # Errors
@@ -42,37 +55,83 @@ impl PolicyStore {
         crate::engine::read_policy_directory(&self.directory)
     }
 
-    /// Makes the saved set exactly `policies` (name → text): writes each one
-    /// that differs and removes the files of names no longer in it.
+    /// Makes the saved set exactly `policies` (name → text), all at once.
     ///
     /// # Errors
     ///
-    /// When a file cannot be written, synced, renamed or removed; what was
-    /// written before the failure stays (each file is whole, old or new).
+    /// When a file cannot be written or synced, or the sets cannot be
+    /// exchanged; the saved set is then the one before the call, and no
+    /// staging files stay behind.
     pub fn save(&self, policies: &BTreeMap<String, String>) -> anyhow::Result<()> {
-        std::fs::create_dir_all(&self.directory)
-            .with_context(|| format!("creating {}", self.directory.display()))?;
+        let parent = self
+            .directory
+            .parent()
+            .context("the policy store has no parent directory")?;
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("creating {}", parent.display()))?;
+        let staging = self.staging();
+        remove_staging(&staging)?;
+        std::fs::create_dir(&staging).with_context(|| format!("creating {}", staging.display()))?;
+        if let Err(error) = self.stage(&staging, policies) {
+            // Best effort: the next save removes it anyway.
+            let _ = std::fs::remove_dir_all(&staging);
+            return Err(error);
+        }
+        if self.directory.exists() {
+            renameat2(
+                AT_FDCWD,
+                &staging,
+                AT_FDCWD,
+                &self.directory,
+                RenameFlags::RENAME_EXCHANGE,
+            )
+            .with_context(|| {
+                format!(
+                    "exchanging {} and {}",
+                    staging.display(),
+                    self.directory.display()
+                )
+            })?;
+            sync_directory(parent)?;
+            // The old set, now under the staging name.
+            std::fs::remove_dir_all(&staging)
+                .with_context(|| format!("removing the old set {}", staging.display()))?;
+        } else {
+            std::fs::rename(&staging, &self.directory).with_context(|| {
+                format!(
+                    "renaming {} to {}",
+                    staging.display(),
+                    self.directory.display()
+                )
+            })?;
+        }
+        sync_directory(parent)
+    }
+
+    /// Writes the whole set into `staging`: a file unchanged since the last
+    /// save is linked, a new or changed one written and fsynced.
+    fn stage(&self, staging: &Path, policies: &BTreeMap<String, String>) -> anyhow::Result<()> {
         for (name, content) in policies {
-            let path = self.path(name)?;
-            if std::fs::read_to_string(&path).is_ok_and(|old| old == *content) {
+            let saved = self.path(name)?;
+            let Some(file_name) = saved.file_name() else {
+                continue;
+            };
+            let target = staging.join(file_name);
+            let unchanged = std::fs::read_to_string(&saved).is_ok_and(|old| old == *content);
+            if unchanged && std::fs::hard_link(&saved, &target).is_ok() {
                 continue;
             }
-            write_atomically(&path, content, 0o666)?;
+            let mut file = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o666)
+                .open(&target)
+                .with_context(|| format!("creating {}", target.display()))?;
+            file.write_all(content.as_bytes())
+                .and_then(|()| file.sync_all())
+                .with_context(|| format!("writing {}", target.display()))?;
         }
-        for entry in std::fs::read_dir(&self.directory)
-            .with_context(|| format!("reading {}", self.directory.display()))?
-        {
-            let path = entry
-                .with_context(|| format!("reading {}", self.directory.display()))?
-                .path();
-            let stem = path.file_stem().and_then(|stem| stem.to_str());
-            let is_policy = path.extension().is_some_and(|ext| ext == "toml");
-            if is_policy && !stem.is_some_and(|stem| policies.contains_key(stem)) {
-                std::fs::remove_file(&path)
-                    .with_context(|| format!("removing {}", path.display()))?;
-            }
-        }
-        self.sync_directory()
+        sync_directory(staging)
     }
 
     /// The file of policy `name`; names that are not plain file names are refused.
@@ -90,12 +149,21 @@ impl PolicyStore {
         );
         Ok(self.directory.join(format!("{name}.toml")))
     }
+}
 
-    fn sync_directory(&self) -> anyhow::Result<()> {
-        File::open(&self.directory)
-            .and_then(|directory| directory.sync_all())
-            .with_context(|| format!("syncing {}", self.directory.display()))
+/// Removes a staging directory left by a failed or interrupted save.
+fn remove_staging(staging: &Path) -> anyhow::Result<()> {
+    match std::fs::remove_dir_all(staging) {
+        Ok(()) => Ok(()),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(error) => Err(error).with_context(|| format!("removing {}", staging.display())),
     }
+}
+
+fn sync_directory(directory: &Path) -> anyhow::Result<()> {
+    File::open(directory)
+        .and_then(|directory| directory.sync_all())
+        .with_context(|| format!("syncing {}", directory.display()))
 }
 
 #[cfg(test)]
@@ -127,6 +195,76 @@ mod tests {
         let leftovers: Vec<_> = std::fs::read_dir(store.directory()).unwrap().collect();
         assert_eq!(leftovers.len(), 1, "no temporary files stay behind");
         std::fs::remove_dir_all(root).unwrap();
+    }
+
+    /// A tmpfs of `size` mounted on a scratch directory, unmounted on drop.
+    struct SmallDisk(PathBuf);
+
+    impl SmallDisk {
+        fn mount(name: &str, size: &str) -> Self {
+            let path = scratch(name);
+            std::fs::create_dir_all(&path).unwrap();
+            nix::mount::mount(
+                Some("tmpfs"),
+                &path,
+                Some("tmpfs"),
+                nix::mount::MsFlags::empty(),
+                Some(format!("size={size}").as_str()),
+            )
+            .expect("tmpfs mounted");
+            Self(path)
+        }
+    }
+
+    impl Drop for SmallDisk {
+        fn drop(&mut self) {
+            let _ = nix::mount::umount(&self.0);
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    /// A set that does not fit changes nothing: the saved set stays as it
+    /// was, whole, and nothing is left behind (the reproduction: a
+    /// small and a large policy on a nearly full disk).
+    #[test]
+    fn a_set_that_does_not_fit_leaves_the_saved_set_as_it_was() {
+        if !palisade_e2e::have_root("a_set_that_does_not_fit_leaves_the_saved_set_as_it_was") {
+            return;
+        }
+        let disk = SmallDisk::mount("full", "64k");
+        let store = PolicyStore::new(&disk.0);
+        // Written in name order: the small one would go first.
+        let before = BTreeMap::from([
+            ("a-small".to_owned(), "old small".to_owned()),
+            ("other".to_owned(), "kept".to_owned()),
+        ]);
+        store.save(&before).unwrap();
+        let after = BTreeMap::from([
+            ("a-small".to_owned(), "new small".to_owned()),
+            ("z-large".to_owned(), "x".repeat(200_000)),
+        ]);
+        assert!(store.save(&after).is_err(), "200 kB fit in 64 kB?");
+        let mut loaded: Vec<(String, String)> = store
+            .load()
+            .unwrap()
+            .into_iter()
+            .map(|file| (file.name, file.content))
+            .collect();
+        loaded.sort();
+        assert_eq!(loaded.len(), 2, "{loaded:?}");
+        assert!(loaded[0].0.ends_with("a-small.toml") && loaded[0].1 == "old small");
+        assert!(loaded[1].0.ends_with("other.toml") && loaded[1].1 == "kept");
+        let names: Vec<_> = std::fs::read_dir(&disk.0)
+            .unwrap()
+            .map(|entry| entry.unwrap().file_name())
+            .collect();
+        assert_eq!(names, ["policies"], "the staging directory is gone");
+        let mut files: Vec<_> = std::fs::read_dir(store.directory())
+            .unwrap()
+            .map(|entry| entry.unwrap().file_name())
+            .collect();
+        files.sort();
+        assert_eq!(files, ["a-small.toml", "other.toml"], "no temporaries");
     }
 
     #[test]
