@@ -477,13 +477,12 @@ impl Default for FlowsConfig {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// The file exists but could not be read.
-    #[error("cannot read {}: {source}", path.display())]
+    #[error("cannot read {}: {error}", path.display())]
     Read {
         /// The file.
         path: PathBuf,
-        /// Why.
-        #[source]
-        source: std::io::Error,
+        /// Why (in the message, not as a source: it would be said twice).
+        error: std::io::Error,
     },
     /// A file named with `--config` does not exist.
     #[error(
@@ -506,6 +505,22 @@ pub struct ConfigFile {
     /// Named with `--config`: it must exist. The default path may be
     /// missing (the built-in defaults then).
     named: bool,
+}
+
+impl Config {
+    /// Settings that cannot work together, each with what is wrong.
+    pub fn conflicts(&self) -> Vec<String> {
+        let mut found = Vec::new();
+        let (policies, state) = (&self.policy.directory, &self.policy.state_directory);
+        if policies.starts_with(state) || state.starts_with(policies) {
+            found.push(format!(
+                "policy.directory ({}) and policy.state_directory ({}) overlap: palisaded would rewrite the operator's policy files as its own; give them separate directories",
+                policies.display(),
+                state.display()
+            ));
+        }
+        found
+    }
 }
 
 impl ConfigFile {
@@ -542,9 +557,9 @@ impl ConfigFile {
                     path: self.path.clone(),
                 })
             }
-            Err(source) => Err(ConfigError::Read {
+            Err(error) => Err(ConfigError::Read {
                 path: self.path.clone(),
-                source,
+                error,
             }),
         }
     }

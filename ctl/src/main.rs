@@ -92,6 +92,13 @@ fn command() -> clap::Command {
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
+    // Output piped into `head` and the like: end quietly when the reader
+    // goes away, as other command-line tools do, instead of panicking on
+    // the broken pipe. SAFETY: setting a signal's disposition to the
+    // default before any other thread runs.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = Cli::parse();
     let client = palisade_api::Client::new(&cli.socket);
     match run(&client, cli.command).await {

@@ -76,11 +76,22 @@ pub fn bind(socket: &Path, group: Option<u32>) -> anyhow::Result<UnixListener> {
         std::fs::create_dir_all(parent)
             .with_context(|| format!("creating {}", parent.display()))?;
     }
-    match std::fs::remove_file(socket) {
-        Ok(()) => {}
+    // Only a stale socket is replaced: anything else at that path is
+    // somebody's file, and palisaded refuses to start rather than delete it.
+    match std::fs::symlink_metadata(socket) {
+        Ok(metadata) if std::os::unix::fs::FileTypeExt::is_socket(&metadata.file_type()) => {
+            std::fs::remove_file(socket)
+                .with_context(|| format!("removing stale {}", socket.display()))?;
+        }
+        Ok(_) => {
+            anyhow::bail!(
+                "{} exists and is not a socket: palisaded will not replace it; remove it or set control.socket to another path",
+                socket.display()
+            );
+        }
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
         Err(error) => {
-            return Err(error).with_context(|| format!("removing stale {}", socket.display()));
+            return Err(error).with_context(|| format!("looking at {}", socket.display()));
         }
     }
     let listener =

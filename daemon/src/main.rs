@@ -98,6 +98,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
         state_dir: args.state_dir,
     };
     overrides.apply(&mut config);
+    if let Some(conflict) = config.conflicts().into_iter().next() {
+        anyhow::bail!("{}: {conflict}", config_file.path().display());
+    }
     if args.cleanup {
         let pin_path = &config.datapath.pin_path;
         if pinning::cleanup(pin_path)? {
@@ -118,6 +121,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
         enforcement: reconfigured.enforcement,
     };
 
+    // A start that fails after this leaves nothing pinned it made itself
+    // (the connection tables alone are ~95 MB of kernel memory); what an
+    // earlier run pinned, and is perhaps enforcing, stays.
+    let mut fresh_pins = FreshPins::new(&config.datapath.pin_path);
     let (datapath, flow_events) = EbpfDatapath::load(&config)?;
     let hub = Arc::new(FlowHub::new(
         node_name,
@@ -191,6 +198,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         .await
         .context("watching the connection tables")?;
     spawn_reload_on_hangup(engine, state.wireguard.clone(), reloader)?;
+    fresh_pins.keep();
     info!(socket = %socket.display(), "palisaded ready");
     systemd::ready(&summary);
     let served = axum::serve(
@@ -257,6 +265,43 @@ fn spawn_reload_on_hangup(
         }
     });
     Ok(())
+}
+
+/// The pin directory of a start that has not finished: removed on drop
+/// unless it held something before the start or [`FreshPins::keep`] was
+/// called.
+struct FreshPins {
+    path: Option<PathBuf>,
+}
+
+impl FreshPins {
+    fn new(path: &std::path::Path) -> Self {
+        let held_something =
+            std::fs::read_dir(path).is_ok_and(|mut entries| entries.next().is_some());
+        Self {
+            path: (!held_something).then(|| path.to_owned()),
+        }
+    }
+
+    fn keep(&mut self) {
+        self.path = None;
+    }
+}
+
+impl Drop for FreshPins {
+    fn drop(&mut self) {
+        if let Some(path) = &self.path {
+            match pinning::cleanup(path) {
+                Ok(true) => {
+                    info!(path = %path.display(), "the start failed: removed what it had pinned")
+                }
+                Ok(false) => {}
+                Err(e) => {
+                    warn!(path = %path.display(), "the start failed and its pins could not be removed: {e:#}")
+                }
+            }
+        }
+    }
 }
 
 fn host_name() -> String {
