@@ -5,9 +5,6 @@
 
 use std::os::fd::{AsRawFd as _, RawFd};
 
-use axum::{extract::connect_info::Connected, serve::IncomingStream};
-use tokio::net::UnixListener;
-
 use crate::config::ControlConfig;
 
 /// The process at the other end of a control connection.
@@ -21,9 +18,9 @@ pub struct Peer {
     pub groups: Vec<u32>,
 }
 
-impl Connected<IncomingStream<'_, UnixListener>> for Peer {
-    fn connect_info(stream: IncomingStream<'_, UnixListener>) -> Self {
-        let io = stream.io();
+impl Peer {
+    /// The peer at the other end of `io`, from its credentials.
+    pub fn of(io: &tokio::net::UnixStream) -> Self {
         let (uid, pid, mut groups) = match io.peer_cred() {
             Ok(credentials) => (
                 Some(credentials.uid()),

@@ -18,6 +18,7 @@ pub mod link;
 pub mod logging;
 pub mod metrics;
 pub mod reload;
+pub mod serve;
 pub mod store;
 pub mod systemd;
 pub mod wireguard;

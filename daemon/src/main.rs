@@ -6,7 +6,7 @@ use std::{path::PathBuf, process::ExitCode, sync::Arc};
 use anyhow::Context as _;
 use clap::Parser;
 use palisade_daemon::{
-    authz::{Authorizer, Peer},
+    authz::Authorizer,
     config::{ConfigFile, EncryptionMode},
     conntrack_watch,
     control::{self, ControlState},
@@ -16,6 +16,7 @@ use palisade_daemon::{
     guard, logging,
     metrics::{self, Metrics},
     reload::{Overrides, Reloader, reconfiguration},
+    serve::{self, ControlLimits},
     store::PolicyStore,
     systemd,
     wireguard::{Tunnel, spawn_promotions},
@@ -90,6 +91,7 @@ async fn main() -> ExitCode {
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
+    raise_file_limit();
     let config_file = ConfigFile::new(args.config);
     let mut config = config_file.load()?;
     let overrides = Overrides {
@@ -201,11 +203,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
     fresh_pins.keep();
     info!(socket = %socket.display(), "palisaded ready");
     systemd::ready(&summary);
-    let served = axum::serve(
+    let served = serve::control(
         listener,
-        control::router(state).into_make_service_with_connect_info::<Peer>(),
+        control::router(state),
+        ControlLimits::default(),
+        shutdown_signal(wireguard),
     )
-    .with_graceful_shutdown(shutdown_signal(wireguard))
     .await;
     systemd::stopping();
     // Best effort: a stale socket is replaced on the next start anyway.
@@ -299,6 +302,30 @@ impl Drop for FreshPins {
                 Err(e) => {
                     warn!(path = %path.display(), "the start failed and its pins could not be removed: {e:#}")
                 }
+            }
+        }
+    }
+}
+
+/// Raises the soft limit on open files to the hard one (`LimitNOFILE=` in
+/// the unit sets both): connections are limited per listener, and the
+/// descriptors must never run out first.
+fn raise_file_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit read or write the struct only.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &raw mut limit) == 0
+            && limit.rlim_cur < limit.rlim_max
+        {
+            limit.rlim_cur = limit.rlim_max;
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raw const limit) != 0 {
+                warn!(
+                    "cannot raise the open-file limit: {}",
+                    std::io::Error::last_os_error()
+                );
             }
         }
     }

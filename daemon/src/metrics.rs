@@ -453,6 +453,9 @@ async fn scrape(State(state): State<MetricsState>) -> impl IntoResponse {
     }
 }
 
+/// Metrics connections served at once; more are closed at once.
+const MAX_SCRAPERS: usize = 32;
+
 /// Serves `GET /metrics` on `listen` until the process ends.
 ///
 /// # Errors
@@ -475,11 +478,9 @@ pub async fn serve(
             metrics,
             wireguard,
         });
-    tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, router).await {
-            error!(%e, "the metrics listener failed");
-        }
-    });
+    // Its own connection budget: a flood of scrapers never reaches the
+    // control socket's.
+    tokio::spawn(crate::serve::tcp(listener, router, MAX_SCRAPERS));
     Ok(())
 }
 

@@ -177,3 +177,101 @@ fn a_policy_directory_inside_the_state_directory_is_refused() {
     assert!(log.contains("overlap"), "{log}");
     assert!(!pins.exists());
 }
+
+/// A member of the read group (uid and gid 65534, `nobody:nogroup`).
+const MEMBER: u32 = 65534;
+
+/// Opens up to `count` connections to `socket` as uid/gid `MEMBER` (on a
+/// thread of its own: raw setresuid changes that thread alone) and holds
+/// them, idle, until `release` is dropped; returns how many it opened.
+fn idle_connections_as_member(
+    socket: PathBuf,
+    count: usize,
+    release: std::sync::mpsc::Receiver<()>,
+) -> std::thread::JoinHandle<usize> {
+    std::thread::spawn(move || {
+        // SAFETY: raw syscalls that change this thread's credentials only.
+        unsafe {
+            assert_eq!(
+                libc::syscall(libc::SYS_setgroups, 0, std::ptr::null::<u32>()),
+                0
+            );
+            assert_eq!(
+                libc::syscall(libc::SYS_setresgid, MEMBER, MEMBER, MEMBER),
+                0
+            );
+            assert_eq!(
+                libc::syscall(libc::SYS_setresuid, MEMBER, MEMBER, MEMBER),
+                0
+            );
+        }
+        let held: Vec<_> = (0..count)
+            .filter_map(|_| std::os::unix::net::UnixStream::connect(&socket).ok())
+            .collect();
+        let opened = held.len();
+        let _ = release.recv();
+        drop(held);
+        opened
+    })
+}
+
+/// Open descriptors of process `pid`.
+fn open_files(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, Iterator::count)
+}
+
+/// 2,000 idle connections from a read-only member on the control socket,
+/// and 2,000 on the metrics listener: root's status still answers at once,
+/// palisaded's descriptors stay few, and the member's own requests are
+/// limited, not the daemon.
+#[test]
+fn idle_connection_floods_on_both_listeners_do_not_starve_root() {
+    if !have_root("idle_connection_floods_on_both_listeners_do_not_starve_root") {
+        return;
+    }
+    let topology = Topology::new().expect("namespaces");
+    let workdir = TempDir::new("hostile-flood").expect("workdir");
+    let config = workdir.path().join("config.toml");
+    std::fs::write(
+        &config,
+        "[datapath]\ninterfaces = [\"eth0\"]\n[control]\ngroup = \"nogroup\"\n[metrics]\nlisten = \"127.0.0.1:19963\"\n",
+    )
+    .expect("config written");
+    let daemon = palisade_e2e::Daemon::start(
+        &topology.node,
+        &config,
+        &repo().join("etc/policies.d"),
+        workdir.path(),
+    )
+    .expect("palisaded starts");
+    let (release, released) = std::sync::mpsc::channel();
+    let member = idle_connections_as_member(daemon.socket().to_owned(), 2_000, released);
+    // The metrics flood, from the node's namespace.
+    let (release_metrics, metrics_released) = std::sync::mpsc::channel::<()>();
+    let scrapers = topology
+        .node
+        .spawn(move || {
+            let held: Vec<_> = (0..2_000)
+                .filter_map(|_| std::net::TcpStream::connect("127.0.0.1:19963").ok())
+                .collect();
+            let _ = metrics_released.recv();
+            held.len()
+        })
+        .expect("namespace entered");
+    std::thread::sleep(Duration::from_millis(500));
+    let started = Instant::now();
+    let status = daemon.ctl(&["status"]).expect("palisadectl");
+    let took = started.elapsed();
+    assert!(status.status.success(), "{status:?}\n{}", daemon.log());
+    assert!(took < Duration::from_secs(1), "root's status took {took:?}");
+    let files = open_files(daemon.pid());
+    assert!(files < 400, "palisaded holds {files} descriptors");
+    release.send(()).expect("release");
+    release_metrics.send(()).expect("release");
+    let opened = member.join().expect("member thread");
+    let scraped = scrapers.join().expect("scraper thread");
+    assert!(
+        opened > 0 && scraped > 0,
+        "the floods connected: {opened} {scraped}"
+    );
+}
