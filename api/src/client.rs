@@ -11,7 +11,7 @@ use serde::{Serialize, de::DeserializeOwned};
 use tokio::net::UnixStream;
 
 use crate::{
-    ApplyRequest, ApplyResponse, ConfirmResponse, ConntrackEntry, ConntrackFlush, Counters,
+    ApplyRequest, ApplyResponse, ConfirmResponse, ConntrackFlush, ConntrackList, Counters,
     DiffResponse, ErrorBody, Flow, FlowQuery, PolicyDocument, PolicyList, RotateKeyRequest,
     RotatedKey, Status, WireGuardStatus, paths,
 };
@@ -149,13 +149,15 @@ impl Client {
         self.call(Method::DELETE, &path, None::<&()>).await
     }
 
-    /// The tracked connections.
+    /// Up to `limit` tracked connections (the daemon caps it at
+    /// [`crate::CONNTRACK_MAX_LIMIT`]) and how many there are.
     ///
     /// # Errors
     ///
     /// See [`ClientError`].
-    pub async fn conntrack(&self) -> Result<Vec<ConntrackEntry>, ClientError> {
-        self.call(Method::GET, paths::CONNTRACK, None::<&()>).await
+    pub async fn conntrack(&self, limit: usize) -> Result<ConntrackList, ClientError> {
+        let path = format!("{}?limit={limit}", paths::CONNTRACK);
+        self.call(Method::GET, &path, None::<&()>).await
     }
 
     /// The WireGuard tunnel's state.

@@ -27,6 +27,22 @@ pub struct ConntrackEntry {
     pub opened_by: String,
 }
 
+/// A page of the table (`GET /v1/conntrack?limit=N`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConntrackList {
+    /// Up to `limit` tracked connections, sorted.
+    pub entries: Vec<ConntrackEntry>,
+    /// Connections tracked in all.
+    pub total: usize,
+    /// Whether `entries` holds fewer than `total`.
+    pub truncated: bool,
+}
+
+/// Entries `GET /v1/conntrack` returns unless asked for fewer.
+pub const CONNTRACK_DEFAULT_LIMIT: usize = 10_000;
+/// Entries one request may ask for at most.
+pub const CONNTRACK_MAX_LIMIT: usize = 50_000;
+
 /// What `DELETE /v1/conntrack` removed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ConntrackFlush {

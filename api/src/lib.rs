@@ -9,7 +9,9 @@ mod flow;
 mod policies;
 
 pub use client::{Client, ClientError};
-pub use conntrack::{ConntrackEntry, ConntrackFlush};
+pub use conntrack::{
+    CONNTRACK_DEFAULT_LIMIT, CONNTRACK_MAX_LIMIT, ConntrackEntry, ConntrackFlush, ConntrackList,
+};
 pub use filter::{EventType, FilterError, FlowFilter, FlowQuery, ProtocolFilter};
 pub use flow::{Flow, FlowIp, FlowPolicy, Icmp, Interface, Layer4, PortPair, TcpFlags};
 pub use palisade_policy::Diagnostic;
@@ -41,7 +43,7 @@ pub mod paths {
     /// `POST`: re-reads the policy directory and the applied state
     /// ([`super::ApplyResponse`]).
     pub const RELOAD: &str = "/v1/reload";
-    /// `GET`: [`super::ConntrackEntry`] list; `DELETE`: [`super::ConntrackFlush`].
+    /// `GET` (`?limit=N`): [`super::ConntrackList`]; `DELETE`: [`super::ConntrackFlush`].
     pub const CONNTRACK: &str = "/v1/conntrack";
     /// `GET` with a [`super::FlowQuery`] as query string: newline-delimited [`super::Flow`]s.
     pub const FLOWS: &str = "/v1/flows";

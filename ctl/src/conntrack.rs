@@ -1,7 +1,7 @@
 //! `palisadectl ct list|flush`.
 
 use clap::Subcommand;
-use palisade_api::{Client, ConntrackEntry};
+use palisade_api::{CONNTRACK_DEFAULT_LIMIT, Client, ConntrackEntry};
 
 use crate::output::{Format, columns, print};
 
@@ -10,6 +10,10 @@ use crate::output::{Format, columns, print};
 pub enum ConntrackCommand {
     /// List the tracked connections.
     List {
+        /// Show at most this many connections (the daemon gives 50,000 at
+        /// most per request); the total is always shown.
+        #[arg(long, default_value_t = CONNTRACK_DEFAULT_LIMIT)]
+        limit: usize,
         /// Output format.
         #[arg(short, long, value_enum, default_value_t = Format::Table)]
         output: Format,
@@ -26,9 +30,18 @@ pub enum ConntrackCommand {
 /// When the daemon is unreachable or refuses.
 pub async fn run(client: &Client, command: ConntrackCommand) -> anyhow::Result<()> {
     match command {
-        ConntrackCommand::List { output } => {
-            let entries = client.conntrack().await?;
-            print(output, &entries, |entries| print!("{}", table(entries)))
+        ConntrackCommand::List { limit, output } => {
+            let list = client.conntrack(limit).await?;
+            print(output, &list, |list| {
+                print!("{}", table(&list.entries));
+                if list.truncated {
+                    println!(
+                        "({} of {} tracked connections shown; --limit shows more)",
+                        list.entries.len(),
+                        list.total
+                    );
+                }
+            })
         }
         ConntrackCommand::Flush => {
             let flushed = client.flush_conntrack().await?;

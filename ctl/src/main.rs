@@ -90,15 +90,29 @@ fn command() -> clap::Command {
     <Cli as clap::CommandFactory>::command()
 }
 
+/// Output piped into `head` and the like: when the reader goes away,
+/// `print!` panics on the broken pipe; end quietly instead, with the status
+/// a shell gives a command killed by SIGPIPE (128 + 13). SIGPIPE itself
+/// stays ignored, so a socket the daemon closes is an error to report.
+fn quiet_on_closed_stdout() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let message = info
+            .payload()
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| info.payload().downcast_ref::<&str>().copied())
+            .unwrap_or_default();
+        if message.contains("failed printing to stdout") && message.contains("Broken pipe") {
+            std::process::exit(141);
+        }
+        default(info);
+    }));
+}
+
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
-    // Output piped into `head` and the like: end quietly when the reader
-    // goes away, as other command-line tools do, instead of panicking on
-    // the broken pipe. SAFETY: setting a signal's disposition to the
-    // default before any other thread runs.
-    unsafe {
-        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
-    }
+    quiet_on_closed_stdout();
     let cli = Cli::parse();
     let client = palisade_api::Client::new(&cli.socket);
     match run(&client, cli.command).await {

@@ -29,7 +29,7 @@ const CLEAR_PERCENT: usize = 80;
 ///
 /// When the datapath cannot open its connection tables.
 pub async fn spawn(engine: Arc<Mutex<Engine>>) -> anyhow::Result<()> {
-    let mut counter = engine.lock().await.connection_counter()?;
+    let mut counter = engine.lock().await.connection_tables()?;
     tokio::spawn(async move {
         let mut ticks = tokio::time::interval(COUNT_PERIOD);
         let mut reported: Vec<&'static str> = Vec::new();

@@ -19,9 +19,12 @@ use axum::{
 };
 use futures_util::{StreamExt as _, stream};
 use palisade_api::{
-    ApplyRequest, ApplyResponse, ConfirmResponse, ConntrackFlush, ErrorBody, FlowQuery,
-    RotateKeyRequest, RotatedKey, paths,
+    ApplyRequest, ApplyResponse, CONNTRACK_DEFAULT_LIMIT, CONNTRACK_MAX_LIMIT, ConfirmResponse,
+    ConntrackEntry, ConntrackFlush, ConntrackList, ErrorBody, FlowQuery, RotateKeyRequest,
+    RotatedKey, paths,
 };
+use palisade_common::protocol;
+use palisade_policy::{Direction, describe::protocol_name};
 use tokio::{net::UnixListener, sync::Mutex};
 use tokio_stream::wrappers::{BroadcastStream, errors::BroadcastStreamRecvError};
 use tracing::{error, warn};
@@ -29,7 +32,8 @@ use tracing::{error, warn};
 use crate::{
     authz::{Access, Authorizer, Peer},
     config::ConfigError,
-    engine::{ApplyError, Engine},
+    datapath::{ConnectionState, ConnectionTables, TrackedConnection},
+    engine::{ApplyError, Engine, ParsedFiles, parse_request},
     flows::FlowHub,
     metrics::Metrics,
     reload::{ReloadError, Reloader},
@@ -62,6 +66,8 @@ pub struct ControlState {
     /// The running configuration, read again on reload (lock it after
     /// the engine, as SIGHUP does).
     pub reloader: Arc<std::sync::Mutex<Reloader>>,
+    /// The connection tables, read without the engine (one listing at a time).
+    pub connections: Arc<std::sync::Mutex<Box<dyn ConnectionTables>>>,
 }
 
 /// Binds the control socket, replacing a stale one: mode 0660, group `group`
@@ -247,8 +253,15 @@ async fn apply(State(state): State<ControlState>, body: Bytes) -> Response {
         Err(text) => return message(StatusCode::BAD_REQUEST, text),
     };
     let started = Instant::now();
+    let parsed = match parse_off_the_engine(&state, request.files.clone()).await {
+        Ok(parsed) => parsed,
+        Err(response) => {
+            state.metrics.record_apply("invalid", started.elapsed());
+            return *response;
+        }
+    };
     let mut engine = state.engine.lock().await;
-    let result = engine.apply(&request);
+    let result = engine.apply_parsed(parsed, &request);
     let outcome = match &result {
         Ok(response) if response.dry_run => "dry_run",
         Ok(_) => "applied",
@@ -372,9 +385,31 @@ async fn diff(State(state): State<ControlState>, body: Bytes) -> Response {
         Ok(request) => request,
         Err(text) => return message(StatusCode::BAD_REQUEST, text),
     };
-    match state.engine.lock().await.diff(&request.files) {
+    let parsed = match parse_off_the_engine(&state, request.files).await {
+        Ok(parsed) => parsed,
+        Err(response) => return *response,
+    };
+    match state.engine.lock().await.diff_parsed(parsed) {
         Ok(diff) => Json(diff).into_response(),
         Err(e) => refusal(e),
+    }
+}
+
+/// Parses a request's files on a blocking thread, holding the engine only
+/// for a moment to learn what validation accepts: a large or hostile file
+/// (an apply or diff by a read-only member) never stalls status.
+async fn parse_off_the_engine(
+    state: &ControlState,
+    files: Vec<palisade_api::PolicyFile>,
+) -> Result<ParsedFiles, Box<Response>> {
+    let options = state.engine.lock().await.validate_options();
+    match tokio::task::spawn_blocking(move || parse_request(&files, options)).await {
+        Ok(Ok(parsed)) => Ok(parsed),
+        Ok(Err(error)) => Err(Box::new(refusal(error))),
+        Err(error) => Err(Box::new(message(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            error.to_string(),
+        ))),
     }
 }
 
@@ -389,10 +424,104 @@ async fn confirm(State(state): State<ControlState>) -> Response {
     }
 }
 
-async fn conntrack(State(state): State<ControlState>) -> Response {
-    match state.engine.lock().await.connections() {
-        Ok(entries) => Json(entries).into_response(),
-        Err(e) => message(StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}")),
+/// Query of `GET /v1/conntrack`.
+#[derive(Debug, serde::Deserialize)]
+struct ConntrackQuery {
+    #[serde(default = "default_conntrack_limit")]
+    limit: usize,
+}
+
+fn default_conntrack_limit() -> usize {
+    CONNTRACK_DEFAULT_LIMIT
+}
+
+/// Lists up to `limit` tracked connections (at most
+/// [`CONNTRACK_MAX_LIMIT`]): the tables are walked on their own handles off
+/// the executor, one listing at a time, and the engine is held only to name
+/// the rules that opened them.
+async fn conntrack(
+    State(state): State<ControlState>,
+    Query(query): Query<ConntrackQuery>,
+) -> Response {
+    let limit = query.limit.min(CONNTRACK_MAX_LIMIT);
+    let tables = Arc::clone(&state.connections);
+    let listed = tokio::task::spawn_blocking(move || {
+        tables
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .list(limit)
+    })
+    .await;
+    let (connections, total) = match listed {
+        Ok(Ok(listed)) => listed,
+        Ok(Err(e)) => return message(StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}")),
+        Err(e) => return message(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    };
+    let names = state
+        .engine
+        .lock()
+        .await
+        .rule_names(connections.iter().map(|connection| connection.rule_id));
+    // Sorting and encoding tens of thousands of entries is work for a
+    // blocking thread, not for the executor that answers everyone else.
+    let encoded = tokio::task::spawn_blocking(move || {
+        let mut entries: Vec<ConntrackEntry> = connections
+            .iter()
+            .map(|connection| conntrack_entry(connection, &names))
+            .collect();
+        entries.sort_by(|a, b| {
+            (&a.protocol, &a.source, a.source_port, &a.destination).cmp(&(
+                &b.protocol,
+                &b.source,
+                b.source_port,
+                &b.destination,
+            ))
+        });
+        serde_json::to_vec(&ConntrackList {
+            truncated: entries.len() < total,
+            entries,
+            total,
+        })
+    })
+    .await;
+    match encoded {
+        Ok(Ok(body)) => (
+            [(axum::http::header::CONTENT_TYPE, "application/json")],
+            body,
+        )
+            .into_response(),
+        Ok(Err(e)) => message(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        Err(e) => message(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+/// A tracked connection as the socket shows it.
+fn conntrack_entry(
+    connection: &TrackedConnection,
+    names: &std::collections::BTreeMap<u32, String>,
+) -> ConntrackEntry {
+    ConntrackEntry {
+        protocol: match connection.protocol {
+            protocol::ICMP => "ICMP".to_owned(),
+            protocol::ICMPV6 => "ICMPv6".to_owned(),
+            code => protocol_name(code).to_uppercase(),
+        },
+        source: connection.source.to_string(),
+        destination: connection.destination.to_string(),
+        source_port: connection.source_port,
+        destination_port: connection.destination_port,
+        direction: match connection.direction {
+            Direction::Ingress => "INGRESS".to_owned(),
+            Direction::Egress => "EGRESS".to_owned(),
+        },
+        state: match connection.state {
+            ConnectionState::Opening => "OPENING",
+            ConnectionState::Established => "ESTABLISHED",
+            ConnectionState::Closing => "CLOSING",
+        }
+        .to_owned(),
+        expires_in_seconds: connection.expires_in.as_secs(),
+        opened_by: names.get(&connection.rule_id).cloned().unwrap_or_default(),
     }
 }
 

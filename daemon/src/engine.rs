@@ -11,24 +11,20 @@ use std::{
 
 use anyhow::Context as _;
 use palisade_api::{
-    ApplyRequest, ApplyResponse, ConntrackEntry, ConntrackFill, DiffResponse, Failsafe, FlowFilter,
-    InterfaceState, KernelFeatures, PendingConfirm, PolicyDocument, PolicyFile, PolicyList,
-    PolicySource, PolicySummary, Status, UnenforcedRule,
+    ApplyRequest, ApplyResponse, ConntrackFill, DiffResponse, Failsafe, FlowFilter, InterfaceState,
+    KernelFeatures, PendingConfirm, PolicyDocument, PolicyFile, PolicyList, PolicySource,
+    PolicySummary, Status, UnenforcedRule,
 };
-use palisade_common::{FAILSAFE_RULE, protocol};
+use palisade_common::FAILSAFE_RULE;
 use palisade_policy::{
-    CompileError, CompiledTable, Diagnostic, Diagnostics, Direction, NodeContext, Policy,
-    ValidateOptions, compile, describe::protocol_name, is_policy_file, policies_from_text_with,
-    policy_to_toml, rule_lines, unenforced_rules,
+    CompileError, CompiledTable, Diagnostic, Diagnostics, NodeContext, Policy, ValidateOptions,
+    compile, is_policy_file, policies_from_text_with, policy_to_toml, rule_lines, unenforced_rules,
 };
 use tracing::{info, warn};
 
 use crate::{
     config::DatapathConfig,
-    datapath::{
-        ConnectionCounter, ConnectionState, Datapath, EnforcementSettings, Repair, TableFill,
-        pinning,
-    },
+    datapath::{ConnectionTables, Datapath, EnforcementSettings, Repair, TableFill, pinning},
     flows::FlowHub,
     impact,
     metrics::{RuleHits, Snapshot},
@@ -179,7 +175,7 @@ impl Engine {
     }
 
     /// What policy validation accepts on this node.
-    fn validate_options(&self) -> ValidateOptions {
+    pub fn validate_options(&self) -> ValidateOptions {
         ValidateOptions {
             fqdn_audit: self.settings.node.fqdn_audit,
         }
@@ -248,11 +244,23 @@ impl Engine {
     ///
     /// [`ApplyError`]; the rules in force are unchanged then.
     pub fn apply(&mut self, request: &ApplyRequest) -> Result<ApplyResponse, ApplyError> {
-        let parsed = parse_files(
-            &request.files,
-            PolicySource::Applied,
-            self.validate_options(),
-        )?;
+        let parsed = parse_request(&request.files, self.validate_options())?;
+        self.apply_parsed(parsed, request)
+    }
+
+    /// [`Engine::apply`] with the request's files parsed already (by
+    /// [`parse_request`], off the engine), so a large or hostile file
+    /// never holds the engine while it is read.
+    ///
+    /// # Errors
+    ///
+    /// As [`Engine::apply`].
+    pub fn apply_parsed(
+        &mut self,
+        parsed: ParsedFiles,
+        request: &ApplyRequest,
+    ) -> Result<ApplyResponse, ApplyError> {
+        let parsed = parsed.0;
         let applied: Vec<String> = parsed.keys().cloned().collect();
         let mut policies = self.policies.clone();
         policies.extend(parsed);
@@ -363,12 +371,17 @@ impl Engine {
     ///
     /// As a dry-run [`Engine::apply`].
     pub fn diff(&self, files: &[PolicyFile]) -> Result<DiffResponse, ApplyError> {
+        self.diff_parsed(parse_request(files, self.validate_options())?)
+    }
+
+    /// [`Engine::diff`] with the files parsed already ([`parse_request`]).
+    ///
+    /// # Errors
+    ///
+    /// As [`Engine::diff`].
+    pub fn diff_parsed(&self, parsed: ParsedFiles) -> Result<DiffResponse, ApplyError> {
         let mut policies = self.policies.clone();
-        policies.extend(parse_files(
-            files,
-            PolicySource::Applied,
-            self.validate_options(),
-        )?);
+        policies.extend(parsed.0);
         let table = self.compile(&policies)?;
         let before: BTreeSet<String> = rule_lines(&self.table).into_iter().collect();
         let after: BTreeSet<String> = rule_lines(&table).into_iter().collect();
@@ -409,49 +422,10 @@ impl Engine {
         })
     }
 
-    /// The tracked connections.
-    ///
-    /// # Errors
-    ///
-    /// When the datapath cannot read its table.
-    pub fn connections(&self) -> anyhow::Result<Vec<ConntrackEntry>> {
-        let mut entries: Vec<ConntrackEntry> = self
-            .datapath
-            .connections()?
-            .into_iter()
-            .map(|connection| ConntrackEntry {
-                protocol: match connection.protocol {
-                    protocol::ICMP => "ICMP".to_owned(),
-                    protocol::ICMPV6 => "ICMPv6".to_owned(),
-                    code => protocol_name(code).to_uppercase(),
-                },
-                source: connection.source.to_string(),
-                destination: connection.destination.to_string(),
-                source_port: connection.source_port,
-                destination_port: connection.destination_port,
-                direction: match connection.direction {
-                    Direction::Ingress => "INGRESS".to_owned(),
-                    Direction::Egress => "EGRESS".to_owned(),
-                },
-                state: match connection.state {
-                    ConnectionState::Opening => "OPENING",
-                    ConnectionState::Established => "ESTABLISHED",
-                    ConnectionState::Closing => "CLOSING",
-                }
-                .to_owned(),
-                expires_in_seconds: connection.expires_in.as_secs(),
-                opened_by: self.rule_name(connection.rule_id),
-            })
-            .collect();
-        entries.sort_by(|a, b| {
-            (&a.protocol, &a.source, a.source_port, &a.destination).cmp(&(
-                &b.protocol,
-                &b.source,
-                b.source_port,
-                &b.destination,
-            ))
-        });
-        Ok(entries)
+    /// Names of the rules that opened connections (`policy spec.path`,
+    /// `failsafe` or `default`), by rule id.
+    pub fn rule_names(&self, ids: impl Iterator<Item = u32>) -> BTreeMap<u32, String> {
+        ids.map(|id| (id, self.rule_name(id))).collect()
     }
 
     /// Forgets every tracked connection; returns how many there were.
@@ -731,13 +705,14 @@ impl Engine {
             .collect()
     }
 
-    /// A counter of the connection tables' fill, for a task of its own.
+    /// The connection tables on handles of their own, to be read without
+    /// the engine.
     ///
     /// # Errors
     ///
     /// When the datapath cannot open its tables.
-    pub fn connection_counter(&self) -> anyhow::Result<Box<dyn ConnectionCounter>> {
-        self.datapath.connection_counter()
+    pub fn connection_tables(&self) -> anyhow::Result<Box<dyn ConnectionTables>> {
+        self.datapath.connection_tables()
     }
 
     /// Records the connection tables' fill, as last counted.
@@ -757,6 +732,28 @@ fn kernel_features() -> KernelFeatures {
         btf: Path::new("/sys/kernel/btf/vmlinux").exists(),
         bpffs,
     }
+}
+
+/// The policies of a request's files, parsed and validated, ready for
+/// [`Engine::apply_parsed`] or [`Engine::diff_parsed`].
+#[derive(Debug)]
+pub struct ParsedFiles(BTreeMap<String, PolicyEntry>);
+
+/// Parses and validates a request's files with `options` (from
+/// [`Engine::validate_options`]), without the engine.
+///
+/// # Errors
+///
+/// [`ApplyError::Invalid`] with every problem found.
+pub fn parse_request(
+    files: &[PolicyFile],
+    options: ValidateOptions,
+) -> Result<ParsedFiles, ApplyError> {
+    Ok(ParsedFiles(parse_files(
+        files,
+        PolicySource::Applied,
+        options,
+    )?))
 }
 
 /// Parses every file, collecting all problems; a name given twice is one too.

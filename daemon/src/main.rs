@@ -92,6 +92,7 @@ async fn main() -> ExitCode {
 
 async fn run(args: Args) -> anyhow::Result<()> {
     raise_file_limit();
+    limit_malloc_arenas();
     let config_file = ConfigFile::new(args.config);
     let mut config = config_file.load()?;
     let overrides = Overrides {
@@ -193,6 +194,13 @@ async fn run(args: Args) -> anyhow::Result<()> {
         authorizer: Arc::new(authorizer),
         wireguard: wireguard.clone(),
         reloader: Arc::clone(&reloader),
+        connections: Arc::new(std::sync::Mutex::new(
+            engine
+                .lock()
+                .await
+                .connection_tables()
+                .context("opening the connection tables")?,
+        )),
     };
     systemd::spawn_watchdog(Arc::clone(&engine));
     guard::spawn(Arc::clone(&engine)).context("starting the enforcement guard")?;
@@ -304,6 +312,17 @@ impl Drop for FreshPins {
                 }
             }
         }
+    }
+}
+
+/// glibc gives each thread that meets contention an allocation arena of its
+/// own and keeps what they freed: with requests parsed and listed on
+/// blocking threads, memory would grow by arenas, not by need. Two arenas
+/// keep palisaded's size close to what it uses.
+fn limit_malloc_arenas() {
+    // SAFETY: mallopt changes allocator tuning only.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 2);
     }
 }
 

@@ -143,7 +143,17 @@ pub async fn control(
         };
         let peer = Peer::of(&stream);
         let Some(slot) = take_slot(&counts, limits, peer.uid) else {
-            debug!(uid = ?peer.uid, pid = ?peer.pid, "control connection over its limit: closed");
+            debug!(uid = ?peer.uid, pid = ?peer.pid, "control connection over its limit: refused");
+            tokio::spawn(refuse(
+                stream,
+                format!(
+                    "too many open connections from uid {} (at most {} per user, {} for all but root); close some and try again",
+                    peer.uid
+                        .map_or_else(|| "?".to_owned(), |uid| uid.to_string()),
+                    limits.per_uid,
+                    limits.others
+                ),
+            ));
             continue;
         };
         let router = router.clone();
@@ -156,6 +166,22 @@ pub async fn control(
             drop(slot);
         });
     }
+}
+
+/// Answers a connection over its limit with `503` and a JSON error (what
+/// palisadectl shows), then closes it; gives up after a second.
+async fn refuse(mut stream: tokio::net::UnixStream, error: String) {
+    use tokio::io::AsyncWriteExt as _;
+    let body = serde_json::json!({ "error": error }).to_string();
+    let response = format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        stream.write_all(response.as_bytes()).await?;
+        stream.shutdown().await
+    })
+    .await;
 }
 
 /// Serves `router` on `listener` (the metrics listener), at most `limit`

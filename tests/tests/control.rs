@@ -11,7 +11,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use palisade_api::{ConntrackEntry, DiffResponse, PolicyList, PolicySource};
+use palisade_api::{ConntrackEntry, ConntrackList, DiffResponse, PolicyList, PolicySource};
 use palisade_e2e::{
     Connect, Daemon, EchoServer, Listener, TempDir, Topology, address, allow_from_policy, echoes,
     have_root, repo, tcp_connect, tcp_stream,
@@ -468,8 +468,11 @@ fn conntrack_lists_and_flushes_connections() {
     .expect("connection");
     assert!(echoes(&mut stream, b"one"));
     let entries = || -> Vec<ConntrackEntry> {
-        serde_json::from_str(&ok(daemon.ctl(&["ct", "list", "-o", "json"]).expect("ctl")))
-            .expect("conntrack JSON")
+        let list: ConntrackList =
+            serde_json::from_str(&ok(daemon.ctl(&["ct", "list", "-o", "json"]).expect("ctl")))
+                .expect("conntrack JSON");
+        assert_eq!(list.entries.len(), list.total, "nothing cut off");
+        list.entries
     };
     let ours = |entries: &[ConntrackEntry]| {
         entries

@@ -181,10 +181,15 @@ fn a_policy_directory_inside_the_state_directory_is_refused() {
 /// A member of the read group (uid and gid 65534, `nobody:nogroup`).
 const MEMBER: u32 = 65534;
 
-/// Opens up to `count` connections to `socket` as uid/gid `MEMBER` (on a
-/// thread of its own: raw setresuid changes that thread alone) and holds
-/// them, idle, until `release` is dropped; returns how many it opened.
-fn idle_connections_as_member(
+/// Another account of the same hostile user, also in the read group.
+const SECOND_ACCOUNT: u32 = 4243;
+
+/// Opens up to `count` connections to `socket` as `uid` in the read group
+/// (on a thread of its own: raw setresuid changes that thread alone) and
+/// holds them, idle, until `release` is signalled; returns how many it
+/// opened.
+fn idle_connections_as(
+    uid: u32,
     socket: PathBuf,
     count: usize,
     release: std::sync::mpsc::Receiver<()>,
@@ -200,10 +205,7 @@ fn idle_connections_as_member(
                 libc::syscall(libc::SYS_setresgid, MEMBER, MEMBER, MEMBER),
                 0
             );
-            assert_eq!(
-                libc::syscall(libc::SYS_setresuid, MEMBER, MEMBER, MEMBER),
-                0
-            );
+            assert_eq!(libc::syscall(libc::SYS_setresuid, uid, uid, uid), 0);
         }
         let held: Vec<_> = (0..count)
             .filter_map(|_| std::os::unix::net::UnixStream::connect(&socket).ok())
@@ -245,7 +247,7 @@ fn idle_connection_floods_on_both_listeners_do_not_starve_root() {
     )
     .expect("palisaded starts");
     let (release, released) = std::sync::mpsc::channel();
-    let member = idle_connections_as_member(daemon.socket().to_owned(), 2_000, released);
+    let member = idle_connections_as(MEMBER, daemon.socket().to_owned(), 2_000, released);
     // The metrics flood, from the node's namespace.
     let (release_metrics, metrics_released) = std::sync::mpsc::channel::<()>();
     let scrapers = topology
@@ -274,4 +276,203 @@ fn idle_connection_floods_on_both_listeners_do_not_starve_root() {
         opened > 0 && scraped > 0,
         "the floods connected: {opened} {scraped}"
     );
+}
+
+/// `CLOCK_MONOTONIC` in nanoseconds, the clock conntrack entries expire by.
+fn monotonic_ns() -> u64 {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes into the timespec we own.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &raw mut now) };
+    u64::try_from(now.tv_sec).unwrap_or(0) * 1_000_000_000 + u64::try_from(now.tv_nsec).unwrap_or(0)
+}
+
+/// Fills the pinned TCP connection table under `pins` with `count` live
+/// entries (as if that many connections were open).
+fn fill_conntrack(pins: &Path, count: u32) {
+    use aya::maps::{HashMap, Map, MapData};
+    use palisade_common::{CtEntry, CtKey, NO_RULE, direction};
+    let map = MapData::from_pin(pins.join(palisade_common::CT_TCP_MAP)).expect("the pinned table");
+    let mut table: HashMap<MapData, CtKey, CtEntry> =
+        HashMap::try_from(Map::LruHashMap(map)).expect("a hash map");
+    let expires_ns = monotonic_ns() + 3_600_000_000_000;
+    for i in 0..count {
+        let mut source = [0u8; 16];
+        source[10] = 0xff;
+        source[11] = 0xff;
+        source[12] = 198;
+        source[13] = 18;
+        source[14..].copy_from_slice(&u16::try_from(i >> 16).unwrap_or(0).to_be_bytes());
+        let mut destination = source;
+        destination[15] = 1;
+        let key = CtKey {
+            source,
+            destination,
+            source_port: u16::try_from(i & 0xffff).unwrap_or(0),
+            destination_port: 443,
+            protocol: 6,
+            ..CtKey::default()
+        };
+        let entry = CtEntry {
+            expires_ns,
+            rule_id: NO_RULE,
+            direction: direction::EGRESS,
+            ..CtEntry::default()
+        };
+        table
+            .insert(&key.canonical().0, &entry, 0)
+            .expect("an entry");
+    }
+}
+
+/// Kilobytes of resident memory of process `pid`.
+fn rss_kb(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find_map(|line| line.strip_prefix("VmRSS:"))
+                .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// Everything at once from a read-only member of the control group:
+/// nested and huge YAML through `diff`, 2,000 idle connections on each
+/// listener, and listings of a 500,000-entry connection table. Root's
+/// status answers within a second throughout, palisaded stays under
+/// 100 MB, and the denied source stays dropped.
+#[test]
+fn a_hostile_local_user_does_everything_at_once() {
+    if !have_root("a_hostile_local_user_does_everything_at_once") {
+        return;
+    }
+    let topology = Topology::new().expect("namespaces");
+    let workdir = TempDir::new("hostile-all").expect("workdir");
+    let config = workdir.path().join("config.toml");
+    std::fs::write(
+        &config,
+        "[datapath]\ninterfaces = [\"eth0\"]\n[control]\ngroup = \"nogroup\"\n[metrics]\nlisten = \"127.0.0.1:19964\"\n",
+    )
+    .expect("config written");
+    let _listener =
+        palisade_e2e::Listener::start(&topology.node, Topology::node_port(22)).expect("listener");
+    let daemon = palisade_e2e::Daemon::start(
+        &topology.node,
+        &config,
+        &repo().join("etc/policies.d"),
+        workdir.path(),
+    )
+    .expect("palisaded starts");
+    let connect = || {
+        palisade_e2e::tcp_connect(
+            &topology.client,
+            palisade_e2e::address(Topology::OUTSIDER),
+            Topology::node_port(22),
+            Duration::from_millis(700),
+        )
+        .expect("connect attempt")
+    };
+    assert_eq!(connect(), palisade_e2e::Connect::TimedOut);
+    fill_conntrack(daemon.pin_path(), 500_000);
+
+    let nested = workdir.path().join("nested.yaml");
+    std::fs::write(&nested, format!("{}x\n", "- ".repeat(5000))).expect("file");
+    let huge = workdir.path().join("huge.yaml");
+    let key = "k".repeat(100_000);
+    std::fs::write(
+        &huge,
+        format!("? {key}\n: [{}]\n", vec!["1"; 60_000].join(",")),
+    )
+    .expect("file");
+    for file in [&nested, &huge] {
+        let _ = std::fs::set_permissions(file, std::os::unix::fs::PermissionsExt::from_mode(0o644));
+    }
+
+    let (release, released) = std::sync::mpsc::channel();
+    let idle = idle_connections_as(SECOND_ACCOUNT, daemon.socket().to_owned(), 2_000, released);
+    let (release_metrics, metrics_released) = std::sync::mpsc::channel::<()>();
+    let scrapers = topology
+        .node
+        .spawn(move || {
+            let held: Vec<_> = (0..2_000)
+                .filter_map(|_| std::net::TcpStream::connect("127.0.0.1:19964").ok())
+                .collect();
+            let _ = metrics_released.recv();
+            held.len()
+        })
+        .expect("namespace entered");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let attacker = {
+        let stop = std::sync::Arc::clone(&stop);
+        let socket = daemon.socket().to_owned();
+        let (nested, huge) = (nested.clone(), huge.clone());
+        std::thread::spawn(move || {
+            let ctl = |args: &[&str]| {
+                Command::new("setpriv")
+                    .args([
+                        &format!("--reuid={MEMBER}"),
+                        &format!("--regid={MEMBER}"),
+                        "--clear-groups",
+                    ])
+                    .arg(binary("palisadectl").expect("palisadectl"))
+                    .arg("--socket")
+                    .arg(&socket)
+                    .args(args)
+                    .stdin(Stdio::null())
+                    .output()
+                    .expect("palisadectl as the member")
+            };
+            let mut rounds = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let refused = ctl(&["diff", "-f", &nested.display().to_string()]);
+                assert!(
+                    String::from_utf8_lossy(&refused.stderr).contains("nested deeper"),
+                    "{refused:?}"
+                );
+                ctl(&["diff", "-f", &huge.display().to_string()]);
+                let listed = ctl(&["ct", "list", "-o", "json", "--limit", "50000"]);
+                assert!(
+                    listed.status.success(),
+                    "{:?}",
+                    String::from_utf8_lossy(&listed.stderr)
+                );
+                rounds += 1;
+            }
+            rounds
+        })
+    };
+
+    let mut slowest = Duration::ZERO;
+    let mut largest = 0;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while Instant::now() < deadline {
+        let started = Instant::now();
+        let status = daemon.ctl(&["status"]).expect("palisadectl");
+        assert!(status.status.success(), "{status:?}\n{}", daemon.log());
+        slowest = slowest.max(started.elapsed());
+        largest = largest.max(rss_kb(daemon.pid()));
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let rounds = attacker.join().expect("the attacker's requests behaved");
+    release.send(()).expect("release");
+    release_metrics.send(()).expect("release");
+    idle.join().expect("idle connections");
+    scrapers.join().expect("metrics connections");
+    assert!(rounds >= 1, "the attacker got nothing done");
+    assert!(
+        slowest < Duration::from_secs(1),
+        "root's status took {slowest:?}"
+    );
+    assert!(largest < 100 * 1024, "palisaded grew to {largest} kB");
+    assert_eq!(
+        connect(),
+        palisade_e2e::Connect::TimedOut,
+        "the denied source got in"
+    );
+    eprintln!("{rounds} attack rounds; root's slowest status {slowest:?}; peak RSS {largest} kB");
 }

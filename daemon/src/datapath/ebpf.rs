@@ -31,7 +31,7 @@ use palisade_policy::{CompiledTable, compile::DirectionTable};
 use tracing::{info, warn};
 
 use super::{
-    ConnectionCounter, Datapath, EnforcementSettings, MapUsage, Repair, TableFill,
+    ConnectionTables, Datapath, EnforcementSettings, MapUsage, Repair, TableFill,
     TrackedConnection, conntrack,
     pinning::{self, HeldLink, LinkPins, ObjectKind},
 };
@@ -86,12 +86,31 @@ pub struct EbpfDatapath {
     switched: bool,
 }
 
-/// Counts live conntrack entries on handles of its own.
-struct EbpfConnectionCounter {
+/// The conntrack tables on handles of their own.
+struct EbpfConnectionTables {
     tables: Vec<(&'static str, usize, HashMap<MapData, CtKey, CtEntry>)>,
 }
 
-impl ConnectionCounter for EbpfConnectionCounter {
+impl ConnectionTables for EbpfConnectionTables {
+    fn list(&self, limit: usize) -> anyhow::Result<(Vec<TrackedConnection>, usize)> {
+        let now = crate::clock::monotonic();
+        let mut found = Vec::new();
+        let mut total = 0;
+        for (_, _, map) in &self.tables {
+            // An entry the LRU evicts mid-walk ends the walk early; what
+            // was read so far is still true.
+            for (key, entry) in map.iter().map_while(Result::ok) {
+                if let Some(connection) = conntrack::tracked(&key, &entry, now) {
+                    total += 1;
+                    if found.len() < limit {
+                        found.push(connection);
+                    }
+                }
+            }
+        }
+        Ok((found, total))
+    }
+
     fn count(&self) -> anyhow::Result<Vec<TableFill>> {
         let now = crate::clock::monotonic();
         let cpus = usize::try_from(nr_cpus().map_err(|(_, e)| e)?.get())?;
@@ -749,21 +768,7 @@ impl Datapath for EbpfDatapath {
             .collect()
     }
 
-    fn connections(&self) -> anyhow::Result<Vec<TrackedConnection>> {
-        let now = crate::clock::monotonic();
-        let mut found = Vec::new();
-        for table in &self.connections {
-            for item in table.iter() {
-                // An entry the LRU evicts mid-walk ends the walk early; what
-                // was read so far is still true.
-                let Ok((key, entry)) = item else { break };
-                found.extend(conntrack::tracked(&key, &entry, now));
-            }
-        }
-        Ok(found)
-    }
-
-    fn connection_counter(&self) -> anyhow::Result<Box<dyn ConnectionCounter>> {
+    fn connection_tables(&self) -> anyhow::Result<Box<dyn ConnectionTables>> {
         let mut tables = Vec::new();
         for ((path, _), (table, capacity)) in self.pinned_maps.iter().zip([
             ("tcp", self.connections_capacity[0]),
@@ -773,7 +778,7 @@ impl Datapath for EbpfDatapath {
                 MapData::from_pin(path).with_context(|| format!("opening {}", path.display()))?;
             tables.push((table, capacity, HashMap::try_from(Map::LruHashMap(map))?));
         }
-        Ok(Box::new(EbpfConnectionCounter { tables }))
+        Ok(Box::new(EbpfConnectionTables { tables }))
     }
 
     fn flush_connections(&mut self) -> anyhow::Result<usize> {
@@ -905,7 +910,12 @@ fromCIDR = ["192.0.2.1/32"]
             TC_PASS,
             "the reply belongs to the connection"
         );
-        let listed = datapath.connections().unwrap();
+        let (listed, total) = datapath
+            .connection_tables()
+            .unwrap()
+            .list(usize::MAX)
+            .unwrap();
+        assert_eq!(total, 1);
         assert_eq!(listed.len(), 1);
         assert_eq!(listed[0].source, IpAddr::from([10, 0, 0, 9]));
         assert_eq!(listed[0].destination_port, 443);

@@ -38,15 +38,23 @@ pub fn lru_evicting_from(capacity: usize, cpus: usize) -> usize {
         .max(capacity / 2)
 }
 
-/// Counts the live entries of the connection tables on its own handles, so
-/// a count (a walk of up to `capacity` entries) never holds the engine.
-pub trait ConnectionCounter: Send {
+/// Reads the connection tables on handles of its own, so a walk of up to
+/// their capacity (hundreds of thousands of entries) never holds the engine.
+pub trait ConnectionTables: Send {
     /// The fill of each connection table.
     ///
     /// # Errors
     ///
     /// When a table cannot be read.
     fn count(&self) -> anyhow::Result<Vec<TableFill>>;
+
+    /// Up to `limit` tracked connections that have not expired, and how
+    /// many there are in all.
+    ///
+    /// # Errors
+    ///
+    /// When a table cannot be read.
+    fn list(&self, limit: usize) -> anyhow::Result<(Vec<TrackedConnection>, usize)>;
 }
 
 /// What [`Datapath::repair`] found and did.
@@ -222,19 +230,13 @@ pub trait Datapath: Send {
     /// When the counters cannot be read.
     fn rule_counters(&self) -> anyhow::Result<Vec<PacketCount>>;
 
-    /// A counter of the connection tables' fill, for a task of its own.
+    /// The connection tables on handles of their own, for a task or a
+    /// request that reads them without the engine.
     ///
     /// # Errors
     ///
     /// When the tables cannot be opened.
-    fn connection_counter(&self) -> anyhow::Result<Box<dyn ConnectionCounter>>;
-
-    /// The tracked connections that have not expired.
-    ///
-    /// # Errors
-    ///
-    /// When the table cannot be read.
-    fn connections(&self) -> anyhow::Result<Vec<TrackedConnection>>;
+    fn connection_tables(&self) -> anyhow::Result<Box<dyn ConnectionTables>>;
 
     /// Forgets every tracked connection (their next packets are judged as
     /// new connections) and returns how many there were.
