@@ -28,8 +28,9 @@ enum Task {
     /// Run the firewall on its example config in network namespaces it creates,
     /// send allowed and denied traffic, and show the flows.
     Demo,
-    /// fmt check, clippy -D warnings, the packages, and every test (unit
-    /// and end to end, the package tests among them).
+    /// fmt check, clippy -D warnings, the packages, every test (unit and
+    /// end to end, the package tests among them), and a minute of each fuzz
+    /// target.
     Test,
     /// Generate the man pages and shell completions into target/assets/
     /// (man/man1, man/man8 and completions/).
@@ -187,5 +188,52 @@ fn test() -> anyhow::Result<()> {
     // package tests install the packages.
     cargo(&["build", "--bins"])?;
     package::run()?;
-    cargo(&["test", "--no-fail-fast"])
+    let tested = cargo(&["test", "--no-fail-fast"]);
+    let fuzzed = fuzz();
+    tested.and(fuzzed)
+}
+
+/// The fuzz targets under fuzz/ (cargo fuzz, libFuzzer), a bounded run of
+/// each from the committed corpus; new inputs go to a scratch directory,
+/// a crash fails the run and is kept under fuzz/artifacts/.
+const FUZZ_TARGETS: [&str; 3] = ["policy_text", "config_toml", "api_requests"];
+/// Seconds each target runs.
+const FUZZ_SECONDS: u32 = 60;
+
+fn fuzz() -> anyhow::Result<()> {
+    let fuzz_dir = workspace().join("fuzz");
+    for target in FUZZ_TARGETS {
+        let scratch =
+            std::env::temp_dir().join(format!("palisade-fuzz-{target}-{}", std::process::id()));
+        std::fs::create_dir_all(&scratch)
+            .with_context(|| format!("creating {}", scratch.display()))?;
+        let result = setup::check(
+            Command::new("rustup")
+                .args([
+                    "run",
+                    setup::EBPF_TOOLCHAIN,
+                    "cargo",
+                    "fuzz",
+                    "run",
+                    "-O",
+                    target,
+                ])
+                .arg(&scratch)
+                .arg(fuzz_dir.join("corpus").join(target))
+                .args([
+                    "--",
+                    &format!("-max_total_time={FUZZ_SECONDS}"),
+                    "-rss_limit_mb=1024",
+                    "-max_len=65536",
+                    "-print_final_stats=1",
+                ])
+                .current_dir(&fuzz_dir),
+        );
+        let _ = std::fs::remove_dir_all(&scratch);
+        result.with_context(|| {
+            format!("fuzz target {target} failed; the input is under fuzz/artifacts/{target}/")
+        })?;
+    }
+    eprintln!("{} passed, 0 failed: fuzz targets", FUZZ_TARGETS.len());
+    Ok(())
 }

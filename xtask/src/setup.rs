@@ -4,7 +4,8 @@
 //!   packaging tools the package tests use);
 //! - the pinned eBPF nightly with rust-src;
 //! - bpf-linker built against that nightly's own LLVM (plain
-//!   `cargo install bpf-linker` needs a system LLVM 22 these machines lack).
+//!   `cargo install bpf-linker` needs a system LLVM 22 these machines lack);
+//! - cargo-fuzz, for the fuzz targets under fuzz/.
 //!
 //! Each step checks first and does nothing when its part is already there.
 
@@ -15,8 +16,8 @@ use std::{
 
 use anyhow::{Context as _, bail};
 
-/// Must match daemon/build.rs.
-const EBPF_TOOLCHAIN: &str = "nightly-2026-08-01";
+/// Must match daemon/build.rs; the fuzz targets build with it too.
+pub const EBPF_TOOLCHAIN: &str = "nightly-2026-08-01";
 const BPF_LINKER_VERSION: &str = "0.13.0";
 /// Where the nightly's libLLVM is linked for bpf-linker's build and run.
 const LLVM_PREFIX: &str = "/opt/rustllvm";
@@ -41,11 +42,36 @@ const APT_PACKAGES: &[&str] = &[
     "iperf3",
 ];
 
+/// cargo-fuzz, which `cargo xtask test` runs the fuzz targets with.
+const CARGO_FUZZ_VERSION: &str = "0.13.2";
+
 /// Runs every step.
 pub fn run() -> anyhow::Result<()> {
     apt_packages()?;
     ebpf_toolchain()?;
-    bpf_linker()
+    bpf_linker()?;
+    cargo_fuzz()
+}
+
+fn cargo_fuzz() -> anyhow::Result<()> {
+    let installed = Command::new("cargo-fuzz")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| {
+            o.status.success() && String::from_utf8_lossy(&o.stdout).contains(CARGO_FUZZ_VERSION)
+        });
+    if installed {
+        return Ok(());
+    }
+    check(
+        Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into())).args([
+            "install",
+            "cargo-fuzz",
+            "--version",
+            CARGO_FUZZ_VERSION,
+            "--locked",
+        ]),
+    )
 }
 
 fn succeeds(command: &mut Command) -> bool {
