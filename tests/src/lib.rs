@@ -270,6 +270,23 @@ impl Topology {
         Ok(topology)
     }
 
+    /// A TCP connection attempt from `source` (a client address) to the
+    /// node's port 22, given 700 ms (long enough for a SYN-ACK on a veth;
+    /// a dropped SYN waits that long).
+    ///
+    /// # Panics
+    ///
+    /// When the client namespace cannot be entered.
+    pub fn ssh_from(&self, source: &str) -> Connect {
+        tcp_connect(
+            &self.client,
+            address(source),
+            Self::node_port(22),
+            Duration::from_millis(700),
+        )
+        .expect("connect attempt")
+    }
+
     /// Makes the veth pair between the namespaces with its addresses, up;
     /// again after `ip link del eth0` (a NIC reset, a veth re-created).
     ///
@@ -593,6 +610,24 @@ impl Daemon {
         &self.pin_path
     }
 
+    /// Waits up to `limit` for `done`, panicking with `what` and the
+    /// daemon's log when it does not come.
+    ///
+    /// # Panics
+    ///
+    /// When `done` is still false after `limit`.
+    pub fn wait_until(&self, limit: Duration, what: &str, done: impl Fn() -> bool) {
+        let deadline = Instant::now() + limit;
+        while !done() {
+            assert!(
+                Instant::now() < deadline,
+                "{what} did not happen within {limit:?}; palisaded's log:\n{}",
+                self.log()
+            );
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Changes the daemon's configuration file (its own copy) with `edit`,
     /// as an operator edits palisade.toml before a reload.
     ///
@@ -781,6 +816,44 @@ fn spawn_daemon(
         .spawn()
         .context("starting palisaded")?;
     Ok(ChildGuard::new(child))
+}
+
+/// Runs palisaded with `args` inside `netns` (its network namespace only,
+/// so pins go to the host's bpffs), expecting it to stop by itself within
+/// 20 s (a start it refuses); returns whether it succeeded and what it
+/// logged.
+///
+/// # Panics
+///
+/// When it cannot be started or keeps running.
+pub fn palisaded_until_it_stops(netns: &Netns, args: &[&str]) -> (bool, String) {
+    let mut child = Command::new("nsenter")
+        .arg(format!("--net=/run/netns/{}", netns.name()))
+        .arg("--")
+        .arg(binary("palisaded").expect("palisaded"))
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("palisaded runs");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("palisaded kept running: {args:?}");
+        }
+        thread::sleep(Duration::from_millis(50));
+    };
+    let mut log = String::new();
+    if let Some(mut stderr) = child.stderr.take() {
+        let _ = stderr.read_to_string(&mut log);
+    }
+    (status.success(), log)
 }
 
 /// A thread inside a namespace that binds a socket, then serves it one step

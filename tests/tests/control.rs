@@ -14,7 +14,7 @@ use std::{
 use palisade_api::{ConntrackEntry, ConntrackList, DiffResponse, PolicyList, PolicySource};
 use palisade_e2e::{
     Connect, Daemon, EchoServer, Listener, TempDir, Topology, address, allow_from_policy, echoes,
-    have_root, repo, tcp_connect, tcp_stream,
+    have_root, repo, tcp_stream,
 };
 
 const SSH: u16 = 22;
@@ -43,16 +43,6 @@ fn setup(name: &str, extra: &str) -> (TempDir, PathBuf, PathBuf) {
 
 fn start(topology: &Topology, workdir: &TempDir, config: &Path, policies: &Path) -> Daemon {
     Daemon::start(&topology.node, config, policies, workdir.path()).expect("palisaded starts")
-}
-
-fn connect(topology: &Topology, source: &str) -> Connect {
-    tcp_connect(
-        &topology.client,
-        address(source),
-        Topology::node_port(SSH),
-        CONNECT_TIMEOUT,
-    )
-    .expect("connect attempt")
 }
 
 /// stdout of a successful run; panics with stderr otherwise.
@@ -174,7 +164,7 @@ fn an_unconfirmed_apply_rolls_back_at_its_deadline() {
     let mut daemon = start(&topology, &workdir, &config, &policies);
     let _ssh = Listener::start(&topology.node, Topology::node_port(SSH)).expect("listener");
     let outsider = allow_outsider(&workdir);
-    assert_eq!(connect(&topology, Topology::OUTSIDER), Connect::TimedOut);
+    assert_eq!(topology.ssh_from(Topology::OUTSIDER), Connect::TimedOut);
 
     let deadline = Duration::from_secs(3);
     let applied_at = Instant::now();
@@ -182,7 +172,7 @@ fn an_unconfirmed_apply_rolls_back_at_its_deadline() {
         .ctl(&["apply", "-f", &outsider, "--confirm", "3s"])
         .expect("ctl"));
     assert!(reply.contains("rolls back to generation 1"), "{reply}");
-    assert_eq!(connect(&topology, Topology::OUTSIDER), Connect::Established);
+    assert_eq!(topology.ssh_from(Topology::OUTSIDER), Connect::Established);
     let status = daemon.status().expect("status");
     let pending = status.pending_confirm.expect("a pending confirm");
     assert_eq!((pending.generation, pending.rollback_to), (2, 1));
@@ -209,8 +199,8 @@ fn an_unconfirmed_apply_rolls_back_at_its_deadline() {
     let status = daemon.status().expect("status");
     assert!(status.pending_confirm.is_none());
     assert_eq!(status.policies, ["host-ssh-from-bastion"]);
-    assert_eq!(connect(&topology, Topology::OUTSIDER), Connect::TimedOut);
-    assert_eq!(connect(&topology, Topology::BASTION), Connect::Established);
+    assert_eq!(topology.ssh_from(Topology::OUTSIDER), Connect::TimedOut);
+    assert_eq!(topology.ssh_from(Topology::BASTION), Connect::Established);
     assert!(
         daemon.log().contains("policy rolled back"),
         "{}",
@@ -235,7 +225,7 @@ fn an_unconfirmed_apply_rolls_back_at_its_deadline() {
     // Never confirmed, so never saved: a restart does not bring it back.
     daemon.kill_and_restart().expect("restart");
     assert_eq!(names(&list(&daemon)), ["host-ssh-from-bastion"]);
-    assert_eq!(connect(&topology, Topology::OUTSIDER), Connect::TimedOut);
+    assert_eq!(topology.ssh_from(Topology::OUTSIDER), Connect::TimedOut);
 }
 
 #[test]
@@ -299,14 +289,14 @@ fn confirmed_and_plain_applies_are_saved_and_restored_after_a_restart() {
             PolicySource::Directory
         ]
     );
-    assert_eq!(connect(&topology, Topology::OUTSIDER), Connect::Established);
+    assert_eq!(topology.ssh_from(Topology::OUTSIDER), Connect::Established);
 
     // Deleting is saved too.
     let preview = ok(daemon
         .ctl(&["policy", "delete", "allow-outsider", "--dry-run"])
         .expect("ctl"));
     assert!(preview.contains("nothing was changed"), "{preview}");
-    assert_eq!(connect(&topology, Topology::OUTSIDER), Connect::Established);
+    assert_eq!(topology.ssh_from(Topology::OUTSIDER), Connect::Established);
     ok(daemon
         .ctl(&["policy", "delete", "allow-outsider"])
         .expect("ctl"));
@@ -316,7 +306,7 @@ fn confirmed_and_plain_applies_are_saved_and_restored_after_a_restart() {
         names(&list(&daemon)),
         ["allow-docs", "host-ssh-from-bastion"]
     );
-    assert_eq!(connect(&topology, Topology::OUTSIDER), Connect::TimedOut);
+    assert_eq!(topology.ssh_from(Topology::OUTSIDER), Connect::TimedOut);
 }
 
 #[test]
@@ -414,7 +404,7 @@ fn diff_lists_a_recent_flow_the_new_policy_would_block() {
     let (workdir, config, policies) = setup("diff", "");
     let daemon = start(&topology, &workdir, &config, &policies);
     let _ssh = Listener::start(&topology.node, Topology::node_port(SSH)).expect("listener");
-    assert_eq!(connect(&topology, Topology::BASTION), Connect::Established);
+    assert_eq!(topology.ssh_from(Topology::BASTION), Connect::Established);
     daemon
         .flows_until(|flows| flows.iter().any(|f| f.ip.source == Topology::BASTION))
         .expect("flows");
@@ -447,7 +437,7 @@ fn diff_lists_a_recent_flow_the_new_policy_would_block() {
     assert!(human.contains("=> DROPPED (POLICY_DENY)"), "{human}");
     // A diff changes nothing.
     assert_eq!(daemon.status().expect("status").generation, 1);
-    assert_eq!(connect(&topology, Topology::BASTION), Connect::Established);
+    assert_eq!(topology.ssh_from(Topology::BASTION), Connect::Established);
 }
 
 #[test]
@@ -607,8 +597,8 @@ fn the_daemon_stays_up_and_correct_under_ten_thousand_random_requests() {
     assert_eq!(status.generation, 1);
     assert_eq!(status.policies, ["host-ssh-from-bastion"]);
     let _ssh = Listener::start(&topology.node, Topology::node_port(SSH)).expect("listener");
-    assert_eq!(connect(&topology, Topology::BASTION), Connect::Established);
-    assert_eq!(connect(&topology, Topology::OUTSIDER), Connect::TimedOut);
+    assert_eq!(topology.ssh_from(Topology::BASTION), Connect::Established);
+    assert_eq!(topology.ssh_from(Topology::OUTSIDER), Connect::TimedOut);
 }
 
 fn write_yaml(workdir: &TempDir, name: &str, text: &str) -> String {

@@ -10,22 +10,9 @@ use std::{
 };
 
 use palisade_api::InterfaceState;
-use palisade_e2e::{
-    Connect, Daemon, Listener, TempDir, Topology, address, have_root, http_get, repo, tcp_connect,
-};
+use palisade_e2e::{Connect, Daemon, Listener, TempDir, Topology, have_root, http_get, repo};
 
 const SSH: u16 = 22;
-const CONNECT_TIMEOUT: Duration = Duration::from_millis(700);
-
-fn connect(topology: &Topology, source: &str) -> Connect {
-    tcp_connect(
-        &topology.client,
-        address(source),
-        Topology::node_port(SSH),
-        CONNECT_TIMEOUT,
-    )
-    .expect("connect attempt")
-}
 
 fn start_example(topology: &Topology, workdir: &TempDir) -> Daemon {
     Daemon::start(
@@ -37,19 +24,6 @@ fn start_example(topology: &Topology, workdir: &TempDir) -> Daemon {
     .expect("palisaded starts")
 }
 
-/// Waits up to `limit` for `done`, panicking with `what` and the log.
-fn wait_for(daemon: &Daemon, limit: Duration, what: &str, done: impl Fn() -> bool) {
-    let deadline = Instant::now() + limit;
-    while !done() {
-        assert!(
-            Instant::now() < deadline,
-            "{what} did not happen within {limit:?}; palisaded's log:\n{}",
-            daemon.log()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 #[test]
 fn a_deleted_and_recreated_interface_is_enforced_again_within_a_second() {
     if !have_root("a_deleted_and_recreated_interface_is_enforced_again_within_a_second") {
@@ -59,15 +33,14 @@ fn a_deleted_and_recreated_interface_is_enforced_again_within_a_second() {
     let workdir = TempDir::new("guard-link").expect("workdir");
     let _listener = Listener::start(&topology.node, Topology::node_port(SSH)).expect("listener");
     let daemon = start_example(&topology, &workdir);
-    assert_eq!(connect(&topology, Topology::OUTSIDER), Connect::TimedOut);
+    assert_eq!(topology.ssh_from(Topology::OUTSIDER), Connect::TimedOut);
     let before = daemon.status().expect("status").interfaces[0].ifindex;
 
     topology
         .node
         .ip(&["link", "del", "eth0"])
         .expect("veth deleted");
-    wait_for(
-        &daemon,
+    daemon.wait_until(
         Duration::from_secs(2),
         "status saying eth0 is missing",
         || daemon.status().expect("status").interfaces[0].state == InterfaceState::Missing,
@@ -77,8 +50,7 @@ fn a_deleted_and_recreated_interface_is_enforced_again_within_a_second() {
 
     topology.join().expect("veth re-created");
     let recreated = Instant::now();
-    wait_for(
-        &daemon,
+    daemon.wait_until(
         Duration::from_secs(1),
         "re-attaching to the new eth0",
         || {
@@ -87,8 +59,8 @@ fn a_deleted_and_recreated_interface_is_enforced_again_within_a_second() {
         },
     );
     assert!(recreated.elapsed() < Duration::from_secs(1));
-    assert_eq!(connect(&topology, Topology::OUTSIDER), Connect::TimedOut);
-    assert_eq!(connect(&topology, Topology::BASTION), Connect::Established);
+    assert_eq!(topology.ssh_from(Topology::OUTSIDER), Connect::TimedOut);
+    assert_eq!(topology.ssh_from(Topology::BASTION), Connect::Established);
     let log = daemon.log();
     assert!(log.contains("enforced interface vanished"), "{log}");
     assert!(log.contains("interface is back"), "{log}");
@@ -103,18 +75,18 @@ fn removed_pins_neither_stop_enforcement_nor_stay_removed() {
     let workdir = TempDir::new("guard-pins").expect("workdir");
     let _listener = Listener::start(&topology.node, Topology::node_port(SSH)).expect("listener");
     let mut daemon = start_example(&topology, &workdir);
-    assert_eq!(connect(&topology, Topology::OUTSIDER), Connect::TimedOut);
+    assert_eq!(topology.ssh_from(Topology::OUTSIDER), Connect::TimedOut);
 
     // What a second `palisaded --cleanup` or an operator's rm -rf does.
     std::fs::remove_dir_all(daemon.pin_path()).expect("pins removed");
     assert_eq!(
-        connect(&topology, Topology::OUTSIDER),
+        topology.ssh_from(Topology::OUTSIDER),
         Connect::TimedOut,
         "removing the pins switched the firewall off"
     );
     let pins = daemon.pin_path().join("links");
     let link_pinned = |kind: &str| pins.join(format!("{kind}:eth0")).exists();
-    wait_for(&daemon, Duration::from_secs(3), "the pins put back", || {
+    daemon.wait_until(Duration::from_secs(3), "the pins put back", || {
         link_pinned("tc-ingress")
             && link_pinned("tc-egress")
             && (link_pinned("xdp-native") || link_pinned("xdp-generic"))
@@ -130,13 +102,13 @@ fn removed_pins_neither_stop_enforcement_nor_stay_removed() {
     // next start adopts them.
     daemon.kill();
     assert_eq!(
-        connect(&topology, Topology::OUTSIDER),
+        topology.ssh_from(Topology::OUTSIDER),
         Connect::TimedOut,
         "after kill -9 the node was open"
     );
     daemon.restart().expect("restart");
-    assert_eq!(connect(&topology, Topology::OUTSIDER), Connect::TimedOut);
-    assert_eq!(connect(&topology, Topology::BASTION), Connect::Established);
+    assert_eq!(topology.ssh_from(Topology::OUTSIDER), Connect::TimedOut);
+    assert_eq!(topology.ssh_from(Topology::BASTION), Connect::Established);
 }
 
 /// A small TCP connection table filled by allowed connections: status and
@@ -164,7 +136,7 @@ fn a_nearly_full_connection_table_is_shown_and_reported() {
     )
     .expect("palisaded starts");
     for _ in 0..300 {
-        assert_eq!(connect(&topology, Topology::BASTION), Connect::Established);
+        assert_eq!(topology.ssh_from(Topology::BASTION), Connect::Established);
     }
     let tcp = |status: &palisade_api::Status| {
         status
@@ -173,26 +145,18 @@ fn a_nearly_full_connection_table_is_shown_and_reported() {
             .find(|fill| fill.table == "tcp")
             .cloned()
     };
-    wait_for(
-        &daemon,
-        Duration::from_secs(6),
-        "a count near eviction",
-        || {
-            tcp(&daemon.status().expect("status"))
-                .is_some_and(|fill| fill.entries * 10 >= fill.evicting_from * 9)
-        },
-    );
+    daemon.wait_until(Duration::from_secs(6), "a count near eviction", || {
+        tcp(&daemon.status().expect("status"))
+            .is_some_and(|fill| fill.entries * 10 >= fill.evicting_from * 9)
+    });
     let fill = tcp(&daemon.status().expect("status")).expect("the tcp table");
     assert_eq!(fill.capacity, 256);
     let table = daemon.ctl(&["status"]).expect("palisadectl");
     let text = String::from_utf8_lossy(&table.stdout);
     assert!(text.contains("Conntrack:      tcp"), "{text}");
-    wait_for(
-        &daemon,
-        Duration::from_secs(3),
-        "the journal warning",
-        || daemon.log().contains("connection table tcp is"),
-    );
+    daemon.wait_until(Duration::from_secs(3), "the journal warning", || {
+        daemon.log().contains("connection table tcp is")
+    });
     let metrics = http_get(&topology.node, "127.0.0.1:19962", "/metrics").expect("metrics");
     assert!(
         metrics.contains("palisade_conntrack_capacity{table=\"tcp\"} 256"),

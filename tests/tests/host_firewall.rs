@@ -1,17 +1,15 @@
 //! End to end: the example host policy enforced by palisaded on a veth pair
 //! between two namespaces, driven and observed through palisadectl.
 
-use std::{path::Path, time::Duration};
+use std::path::Path;
 
 use palisade_api::Flow;
 use palisade_e2e::{
     Connect, Daemon, Listener, TempDir, Topology, address, have_root, netns_exists, process_exists,
-    repo, tcp_connect,
+    repo,
 };
 
 const SSH: u16 = 22;
-/// Long enough for a SYN-ACK on a veth; a dropped SYN waits this long.
-const CONNECT_TIMEOUT: Duration = Duration::from_millis(700);
 
 /// The example config and policy directory, as shipped in etc/.
 fn start_example(topology: &Topology, workdir: &TempDir) -> Daemon {
@@ -22,16 +20,6 @@ fn start_example(topology: &Topology, workdir: &TempDir) -> Daemon {
         workdir.path(),
     )
     .expect("palisaded starts")
-}
-
-fn connect(topology: &Topology, source: &str) -> Connect {
-    tcp_connect(
-        &topology.client,
-        address(source),
-        Topology::node_port(SSH),
-        CONNECT_TIMEOUT,
-    )
-    .expect("connect attempt")
 }
 
 fn is_ssh_from(flow: &Flow, source: &str, verdict: &str) -> bool {
@@ -94,8 +82,8 @@ fn denied_source_is_dropped_allowed_source_reaches_listener() {
     let listener = Listener::start(&topology.node, Topology::node_port(SSH)).expect("listener");
     let daemon = start_example(&topology, &workdir);
 
-    assert_eq!(connect(&topology, Topology::BASTION), Connect::Established);
-    assert_eq!(connect(&topology, Topology::OUTSIDER), Connect::TimedOut);
+    assert_eq!(topology.ssh_from(Topology::BASTION), Connect::Established);
+    assert_eq!(topology.ssh_from(Topology::OUTSIDER), Connect::TimedOut);
     assert_eq!(listener.peers(), [address(Topology::BASTION)]);
 
     let flows = daemon
@@ -217,8 +205,8 @@ fn invalid_policy_is_rejected_with_its_position_and_changes_nothing() {
     );
 
     // The rules in force still hold: the outsider is still dropped, the bastion still gets in.
-    assert_eq!(connect(&topology, Topology::OUTSIDER), Connect::TimedOut);
-    assert_eq!(connect(&topology, Topology::BASTION), Connect::Established);
+    assert_eq!(topology.ssh_from(Topology::OUTSIDER), Connect::TimedOut);
+    assert_eq!(topology.ssh_from(Topology::BASTION), Connect::Established);
 
     // A dry run of the valid policy changes nothing either...
     let good = write("allow-outsider.toml", ALLOW_OUTSIDER);
@@ -226,11 +214,11 @@ fn invalid_policy_is_rejected_with_its_position_and_changes_nothing() {
         .ctl(&["apply", "--dry-run", "-f", &good.display().to_string()])
         .expect("palisadectl runs");
     assert!(output.status.success(), "{output:?}");
-    assert_eq!(connect(&topology, Topology::OUTSIDER), Connect::TimedOut);
+    assert_eq!(topology.ssh_from(Topology::OUTSIDER), Connect::TimedOut);
     // ...and applying it does let the outsider in, so the checks above can fail.
     let (code, stderr) = apply(&daemon, &good);
     assert_eq!(code, Some(0), "{stderr}");
-    assert_eq!(connect(&topology, Topology::OUTSIDER), Connect::Established);
+    assert_eq!(topology.ssh_from(Topology::OUTSIDER), Connect::Established);
 }
 
 #[test]

@@ -4,49 +4,12 @@
 //! that fails.
 
 use std::{
-    io::Read as _,
     path::{Path, PathBuf},
     process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
-use palisade_e2e::{Netns, TempDir, Topology, binary, have_root, repo};
-
-/// Runs palisaded with `args` inside `netns` (network namespace only, so
-/// pins go to the host's bpffs), expecting it to stop by itself within
-/// 20 s; returns whether it succeeded and what it logged.
-fn palisaded_stops(netns: &Netns, args: &[&str]) -> (bool, String) {
-    let mut child = Command::new("nsenter")
-        .arg(format!("--net=/run/netns/{}", netns.name()))
-        .arg("--")
-        .arg(binary("palisaded").expect("palisaded"))
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("palisaded runs");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("wait") {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("palisaded kept running: {args:?}");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    let mut log = String::new();
-    child
-        .stderr
-        .take()
-        .expect("stderr")
-        .read_to_string(&mut log)
-        .expect("stderr read");
-    (status.success(), log)
-}
+use palisade_e2e::{Netns, TempDir, Topology, binary, have_root, palisaded_until_it_stops, repo};
 
 /// A config enforcing on `interfaces` with its own pin path (removed by
 /// the caller's check) and state directory in `workdir`.
@@ -63,6 +26,29 @@ fn config(workdir: &Path, interfaces: &str, pins: &Path) -> PathBuf {
     )
     .expect("config written");
     path
+}
+
+/// Starts palisaded in `netns` with a config enforcing on `interfaces`
+/// (its pins under a path of its own) and `extra` arguments (a socket in
+/// `workdir` unless they name one), expecting it to refuse: it stops with
+/// an error and leaves nothing pinned. Returns its log.
+fn refused_start(netns: &Netns, workdir: &Path, interfaces: &str, extra: &[&str]) -> String {
+    let pins = pin_path(netns.name());
+    let config = config(workdir, interfaces, &pins).display().to_string();
+    let socket = workdir.join("palisade.sock").display().to_string();
+    let mut args = vec!["--config", config.as_str()];
+    if !extra.contains(&"--socket") {
+        args.extend(["--socket", socket.as_str()]);
+    }
+    args.extend_from_slice(extra);
+    let (ok, log) = palisaded_until_it_stops(netns, &args);
+    assert!(!ok, "{log}");
+    assert!(
+        !pins.exists(),
+        "the failed start left {} behind",
+        pins.display()
+    );
+    log
 }
 
 fn pin_path(name: &str) -> PathBuf {
@@ -99,29 +85,18 @@ fn a_file_at_the_socket_path_is_refused_not_deleted_and_the_failed_start_leaves_
     }
     let topology = Topology::new().expect("namespaces");
     let workdir = TempDir::new("hostile-socket").expect("workdir");
-    let pins = pin_path("socket");
-    let config = config(workdir.path(), "[\"eth0\"]", &pins);
     let precious = workdir.path().join("notes.txt");
     std::fs::write(&precious, "an operator's file").expect("file written");
-    let (ok, log) = palisaded_stops(
+    let log = refused_start(
         &topology.node,
-        &[
-            "--config",
-            &config.display().to_string(),
-            "--socket",
-            &precious.display().to_string(),
-        ],
+        workdir.path(),
+        "[\"eth0\"]",
+        &["--socket", &precious.display().to_string()],
     );
-    assert!(!ok, "{log}");
     assert!(log.contains("exists and is not a socket"), "{log}");
     assert_eq!(
         std::fs::read_to_string(&precious).expect("the file is still there"),
         "an operator's file"
-    );
-    assert!(
-        !pins.exists(),
-        "the failed start left {} behind",
-        pins.display()
     );
 }
 
@@ -132,24 +107,8 @@ fn an_unknown_interface_stops_the_start_and_leaves_no_pins() {
     }
     let netns = Netns::new("hostile-if").expect("namespace");
     let workdir = TempDir::new("hostile-if").expect("workdir");
-    let pins = pin_path("interface");
-    let config = config(workdir.path(), "[\"nope0\"]", &pins);
-    let (ok, log) = palisaded_stops(
-        &netns,
-        &[
-            "--config",
-            &config.display().to_string(),
-            "--socket",
-            &workdir.path().join("palisade.sock").display().to_string(),
-        ],
-    );
-    assert!(!ok, "{log}");
+    let log = refused_start(&netns, workdir.path(), "[\"nope0\"]", &[]);
     assert!(log.contains("\"nope0\" does not exist"), "{log}");
-    assert!(
-        !pins.exists(),
-        "the failed start left {} behind",
-        pins.display()
-    );
 }
 
 #[test]
@@ -159,23 +118,17 @@ fn a_policy_directory_inside_the_state_directory_is_refused() {
     }
     let netns = Netns::new("hostile-dirs").expect("namespace");
     let workdir = TempDir::new("hostile-dirs").expect("workdir");
-    let pins = pin_path("dirs");
-    let config = config(workdir.path(), "[]", &pins);
     let state = workdir.path().join("state");
-    let (ok, log) = palisaded_stops(
+    let log = refused_start(
         &netns,
+        workdir.path(),
+        "[]",
         &[
-            "--config",
-            &config.display().to_string(),
             "--policy-dir",
             &state.join("policies").display().to_string(),
-            "--socket",
-            &workdir.path().join("palisade.sock").display().to_string(),
         ],
     );
-    assert!(!ok, "{log}");
     assert!(log.contains("overlap"), "{log}");
-    assert!(!pins.exists());
 }
 
 /// A member of the read group (uid and gid 65534, `nobody:nogroup`).
@@ -367,16 +320,10 @@ fn a_hostile_local_user_does_everything_at_once() {
         workdir.path(),
     )
     .expect("palisaded starts");
-    let connect = || {
-        palisade_e2e::tcp_connect(
-            &topology.client,
-            palisade_e2e::address(Topology::OUTSIDER),
-            Topology::node_port(22),
-            Duration::from_millis(700),
-        )
-        .expect("connect attempt")
-    };
-    assert_eq!(connect(), palisade_e2e::Connect::TimedOut);
+    assert_eq!(
+        topology.ssh_from(Topology::OUTSIDER),
+        palisade_e2e::Connect::TimedOut
+    );
     fill_conntrack(daemon.pin_path(), 500_000);
 
     let nested = workdir.path().join("nested.yaml");
@@ -470,7 +417,7 @@ fn a_hostile_local_user_does_everything_at_once() {
     );
     assert!(largest < 100 * 1024, "palisaded grew to {largest} kB");
     assert_eq!(
-        connect(),
+        topology.ssh_from(Topology::OUTSIDER),
         palisade_e2e::Connect::TimedOut,
         "the denied source got in"
     );

@@ -2,28 +2,13 @@
 //! policies (SIGHUP and `palisadectl reload` alike), refuses by name what
 //! needs a restart, and a mistyped `--config` stops palisaded at once.
 
-use std::{
-    process::Stdio,
-    time::{Duration, Instant},
-};
+use std::time::Duration;
 
 use palisade_e2e::{
-    Connect, Daemon, Listener, Netns, TempDir, Topology, address, binary, have_root, repo,
-    tcp_connect,
+    Connect, Daemon, Listener, Netns, TempDir, Topology, have_root, palisaded_until_it_stops, repo,
 };
 
 const SSH: u16 = 22;
-const CONNECT_TIMEOUT: Duration = Duration::from_millis(700);
-
-fn connect(topology: &Topology, source: &str) -> Connect {
-    tcp_connect(
-        &topology.client,
-        address(source),
-        Topology::node_port(SSH),
-        CONNECT_TIMEOUT,
-    )
-    .expect("connect attempt")
-}
 
 /// Sets `[section] key = value` in a configuration table.
 fn set(table: &mut toml::Table, section: &str, key: &str, value: toml::Value) {
@@ -37,15 +22,9 @@ fn set(table: &mut toml::Table, section: &str, key: &str, value: toml::Value) {
 
 /// Waits until `status` says the generation moved past `before`.
 fn wait_for_generation(daemon: &Daemon, before: u32) {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while daemon.status().expect("status").generation <= before {
-        assert!(
-            Instant::now() < deadline,
-            "no new generation after the reload:\n{}",
-            daemon.log()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    daemon.wait_until(Duration::from_secs(5), "a new generation", || {
+        daemon.status().expect("status").generation > before
+    });
 }
 
 /// The README's steps to go from the package's audit mode to enforcing:
@@ -79,7 +58,7 @@ fn the_readme_steps_go_from_audit_to_enforcing_by_reload() {
     .expect("palisaded starts");
 
     assert!(daemon.status().expect("status").audit_mode);
-    assert_eq!(connect(&topology, Topology::OUTSIDER), Connect::Established);
+    assert_eq!(topology.ssh_from(Topology::OUTSIDER), Connect::Established);
     let audited = daemon
         .flows_until(|flows| flows.iter().any(|f| f.verdict == "AUDIT"))
         .expect("observe");
@@ -98,8 +77,8 @@ fn the_readme_steps_go_from_audit_to_enforcing_by_reload() {
     wait_for_generation(&daemon, before);
     let status = daemon.status().expect("status");
     assert!(!status.audit_mode, "status still says audit mode");
-    assert_eq!(connect(&topology, Topology::OUTSIDER), Connect::TimedOut);
-    assert_eq!(connect(&topology, Topology::BASTION), Connect::Established);
+    assert_eq!(topology.ssh_from(Topology::OUTSIDER), Connect::TimedOut);
+    assert_eq!(topology.ssh_from(Topology::BASTION), Connect::Established);
 }
 
 /// Node labels, failsafe services and the prefilter list change by
@@ -140,7 +119,7 @@ spec:
     let _listener = Listener::start(&topology.node, Topology::node_port(SSH)).expect("listener");
     let daemon = Daemon::start(&topology.node, &config, &policies, workdir.path())
         .expect("palisaded starts");
-    assert_eq!(connect(&topology, Topology::OUTSIDER), Connect::TimedOut);
+    assert_eq!(topology.ssh_from(Topology::OUTSIDER), Connect::TimedOut);
 
     // The failsafe list: SSH from anywhere, whatever the policy says.
     daemon
@@ -159,7 +138,7 @@ spec:
         daemon.status().expect("status").failsafe.inbound,
         ["tcp:22"]
     );
-    assert_eq!(connect(&topology, Topology::OUTSIDER), Connect::Established);
+    assert_eq!(topology.ssh_from(Topology::OUTSIDER), Connect::Established);
 
     // Back without it, and the node relabelled out of the policy's nodeSelector.
     daemon
@@ -180,7 +159,7 @@ spec:
     assert!(reloaded.status.success(), "{reloaded:?}\n{}", daemon.log());
     let status = daemon.status().expect("status");
     assert!(status.policies.is_empty(), "{:?}", status.policies);
-    assert_eq!(connect(&topology, Topology::OUTSIDER), Connect::Established);
+    assert_eq!(topology.ssh_from(Topology::OUTSIDER), Connect::Established);
 
     // The prefilter list drops the outsider again, without a policy.
     daemon
@@ -195,7 +174,7 @@ spec:
         .expect("config edited");
     let reloaded = daemon.ctl(&["reload"]).expect("palisadectl");
     assert!(reloaded.status.success(), "{reloaded:?}\n{}", daemon.log());
-    assert_eq!(connect(&topology, Topology::OUTSIDER), Connect::TimedOut);
+    assert_eq!(topology.ssh_from(Topology::OUTSIDER), Connect::TimedOut);
 
     // A setting that needs a restart: refused by name, nothing changed
     // (the prefilter removal in the same edit is not put in force).
@@ -219,7 +198,7 @@ spec:
         "{stderr}"
     );
     assert_eq!(daemon.status().expect("status").generation, generation);
-    assert_eq!(connect(&topology, Topology::OUTSIDER), Connect::TimedOut);
+    assert_eq!(topology.ssh_from(Topology::OUTSIDER), Connect::TimedOut);
 }
 
 /// `palisaded --config` naming a file that does not exist stops at once
@@ -234,38 +213,21 @@ fn a_mistyped_config_path_stops_palisaded_with_its_name() {
     let netns = Netns::new("mistyped").expect("namespace");
     let workdir = TempDir::new("mistyped").expect("workdir");
     let missing = workdir.path().join("palsade.toml");
-    let mut child = netns
-        .command(binary("palisaded").expect("palisaded"))
-        .arg("--config")
-        .arg(&missing)
-        .arg("--socket")
-        .arg(workdir.path().join("palisade.sock"))
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("palisaded runs");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("wait") {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("palisaded kept running on a configuration file that does not exist");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    let mut stderr = String::new();
-    std::io::Read::read_to_string(child.stderr.as_mut().expect("stderr"), &mut stderr)
-        .expect("stderr read");
-    assert!(!status.success());
+    let (ok, log) = palisaded_until_it_stops(
+        &netns,
+        &[
+            "--config",
+            &missing.display().to_string(),
+            "--socket",
+            &workdir.path().join("palisade.sock").display().to_string(),
+        ],
+    );
+    assert!(!ok, "{log}");
     assert!(
-        stderr.contains(&format!(
+        log.contains(&format!(
             "{}: no such configuration file",
             missing.display()
         )),
-        "{stderr}"
+        "{log}"
     );
 }
