@@ -18,16 +18,18 @@ use palisade_api::{
 use palisade_common::FAILSAFE_RULE;
 use palisade_policy::{
     CompileError, CompiledTable, Diagnostic, Diagnostics, NodeContext, Policy, ValidateOptions,
-    compile, is_policy_file, policies_from_text_with, policy_to_toml, rule_lines, unenforced_rules,
+    compile, policies_from_text_with, policy_to_toml, rule_lines, unenforced_rules,
 };
 use tracing::{info, warn};
 
 use crate::{
     config::DatapathConfig,
-    datapath::{ConnectionTables, Datapath, EnforcementSettings, Repair, TableFill, pinning},
+    datapath::{
+        ConnectionTables, Datapath, EnforcementSettings, MapUsage, Repair, TableFill, pinning,
+    },
     flows::FlowHub,
     impact,
-    metrics::{RuleHits, Snapshot},
+    policy_files::read_policy_directory,
     store::PolicyStore,
 };
 
@@ -79,6 +81,38 @@ pub struct EngineSettings {
     pub failsafe: Failsafe,
     /// What the datapath enforces besides the table (staged in it).
     pub enforcement: EnforcementSettings,
+}
+
+/// What the engine and its datapath report, for the metrics.
+#[derive(Debug, Clone, Default)]
+pub struct EngineStats {
+    /// Packet counters.
+    pub counters: palisade_api::Counters,
+    /// Policies selecting this node.
+    pub policies: usize,
+    /// Compiled rules.
+    pub rules: usize,
+    /// Generation in force.
+    pub generation: u32,
+    /// Table fill levels.
+    pub maps: Vec<MapUsage>,
+    /// New connections each rule of the table in force decided.
+    pub rule_hits: Vec<RuleHits>,
+    /// Configured interfaces nothing is enforced on now (gone).
+    pub interfaces_unenforced: usize,
+    /// The connection tables' fill, as last counted.
+    pub conntrack: Vec<TableFill>,
+}
+
+/// What one compiled rule has decided since it was installed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RuleHits {
+    /// The policy's name.
+    pub policy: String,
+    /// The rule's field path, such as `spec.ingress[0]`.
+    pub rule: String,
+    /// Packets and bytes of the new connections it decided.
+    pub count: palisade_api::PacketCount,
 }
 
 /// What a reload of the configuration changes in a running engine: this
@@ -611,7 +645,7 @@ impl Engine {
     /// # Errors
     ///
     /// When the datapath's counters cannot be read.
-    pub fn metrics_snapshot(&self) -> anyhow::Result<Snapshot> {
+    pub fn stats(&self) -> anyhow::Result<EngineStats> {
         let rule_hits = self
             .datapath
             .rule_counters()?
@@ -623,14 +657,13 @@ impl Engine {
                 count,
             })
             .collect();
-        Ok(Snapshot {
+        Ok(EngineStats {
             rule_hits,
             counters: self.datapath.counters()?,
             policies: self.table.policies.len(),
             rules: self.table.rules.len(),
             generation: self.generation,
             maps: self.datapath.map_usage(),
-            wireguard: None,
             conntrack: self.conntrack_fill.clone(),
             interfaces_unenforced: self
                 .datapath
@@ -793,41 +826,4 @@ fn parse_files(
     } else {
         Err(Diagnostics(problems))
     }
-}
-
-/// Reads the policy files (`*.toml`, `*.yaml`, `*.yml`) of `directory` in
-/// name order; a missing directory holds no policies.
-///
-/// # Errors
-///
-/// When the directory or a file in it cannot be read.
-pub fn read_policy_directory(directory: &Path) -> anyhow::Result<Vec<PolicyFile>> {
-    let entries = match std::fs::read_dir(directory) {
-        Ok(entries) => entries,
-        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(error) => {
-            return Err(error).with_context(|| format!("reading {}", directory.display()));
-        }
-    };
-    let mut paths = Vec::new();
-    for entry in entries {
-        let path = entry
-            .with_context(|| format!("reading {}", directory.display()))?
-            .path();
-        if is_policy_file(&path) {
-            paths.push(path);
-        }
-    }
-    paths.sort();
-    paths
-        .into_iter()
-        .map(|path| {
-            let content = std::fs::read_to_string(&path)
-                .with_context(|| format!("reading {}", path.display()))?;
-            Ok(PolicyFile {
-                name: path.display().to_string(),
-                content,
-            })
-        })
-        .collect()
 }

@@ -17,6 +17,7 @@ pub mod impact;
 pub mod link;
 pub mod logging;
 pub mod metrics;
+pub mod policy_files;
 pub mod reload;
 pub mod serve;
 pub mod store;

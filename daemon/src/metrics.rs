@@ -12,7 +12,7 @@ use std::{
 
 use anyhow::Context as _;
 use axum::{Router, extract::State, http::header, response::IntoResponse, routing::get};
-use palisade_api::{Counters, PacketCount};
+use palisade_api::PacketCount;
 use prometheus_client::{
     collector::Collector,
     encoding::{DescriptorEncoder, EncodeLabelSet, NoLabelSet},
@@ -23,8 +23,8 @@ use tokio::sync::Mutex;
 use tracing::{error, info};
 
 use crate::{
-    datapath::{MapUsage, TableFill},
-    engine::Engine,
+    datapath::TableFill,
+    engine::{Engine, EngineStats},
     wireguard::Tunnel,
 };
 
@@ -34,38 +34,13 @@ struct ApplyLabels {
     outcome: &'static str,
 }
 
-/// What the datapath reported at the last scrape.
+/// What the last scrape reads: the engine's stats and the tunnel's state.
 #[derive(Debug, Clone, Default)]
 pub struct Snapshot {
-    /// Packet counters.
-    pub counters: Counters,
-    /// Policies selecting this node.
-    pub policies: usize,
-    /// Compiled rules.
-    pub rules: usize,
-    /// Generation in force.
-    pub generation: u32,
-    /// Table fill levels.
-    pub maps: Vec<MapUsage>,
-    /// New connections each rule of the table in force decided.
-    pub rule_hits: Vec<RuleHits>,
+    /// The engine's and datapath's figures.
+    pub engine: EngineStats,
     /// The WireGuard tunnel, when encryption is on and it could be read.
     pub wireguard: Option<palisade_api::WireGuardStatus>,
-    /// Configured interfaces nothing is enforced on now (gone).
-    pub interfaces_unenforced: usize,
-    /// The connection tables' fill, as last counted.
-    pub conntrack: Vec<TableFill>,
-}
-
-/// What one compiled rule has decided since it was installed.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct RuleHits {
-    /// The policy's name.
-    pub policy: String,
-    /// The rule's field path, such as `spec.ingress[0]`.
-    pub rule: String,
-    /// Packets and bytes of the new connections it decided.
-    pub count: PacketCount,
 }
 
 #[derive(Debug, Default)]
@@ -170,9 +145,10 @@ impl Collector for SnapshotCollector {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .clone();
+        let stats = &snapshot.engine;
         let directions = [
-            ("INGRESS", &snapshot.counters.ingress),
-            ("EGRESS", &snapshot.counters.egress),
+            ("INGRESS", &stats.counters.ingress),
+            ("EGRESS", &stats.counters.egress),
         ];
         let by_reason = |pick: fn(PacketCount) -> u64| {
             let mut rows = Vec::new();
@@ -279,7 +255,7 @@ impl Collector for SnapshotCollector {
             None,
             MetricType::Counter,
         )?;
-        for hits in &snapshot.rule_hits {
+        for hits in &stats.rule_hits {
             rule_packets
                 .encode_family(&[
                     ("policy", hits.policy.as_str()),
@@ -290,7 +266,7 @@ impl Collector for SnapshotCollector {
         if let Some(tunnel) = &snapshot.wireguard {
             encode_wireguard(&mut encoder, tunnel)?;
         }
-        let events_lost = snapshot.counters.events_lost();
+        let events_lost = stats.counters.events_lost();
         let mut lost = encoder.encode_descriptor(
             "flow_events_lost",
             "Flow events the kernel could not deliver (ring buffer full)",
@@ -302,13 +278,13 @@ impl Collector for SnapshotCollector {
             &mut encoder,
             "policies",
             "Policies in force that select this node",
-            i64::try_from(snapshot.policies).unwrap_or(i64::MAX),
+            i64::try_from(stats.policies).unwrap_or(i64::MAX),
         )?;
         gauge(
             &mut encoder,
             "policy_rules",
             "Compiled rules in force",
-            i64::try_from(snapshot.rules).unwrap_or(i64::MAX),
+            i64::try_from(stats.rules).unwrap_or(i64::MAX),
         )?;
         for (name, help, pick) in [
             (
@@ -323,7 +299,7 @@ impl Collector for SnapshotCollector {
             ),
         ] {
             let mut family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
-            for fill in &snapshot.conntrack {
+            for fill in &stats.conntrack {
                 family
                     .encode_family(&[("table", fill.table)])?
                     .encode_gauge(&i64::try_from(pick(fill)).unwrap_or(i64::MAX))?;
@@ -333,13 +309,13 @@ impl Collector for SnapshotCollector {
             &mut encoder,
             "interfaces_unenforced",
             "Configured interfaces nothing is enforced on now (the interface is gone)",
-            i64::try_from(snapshot.interfaces_unenforced).unwrap_or(i64::MAX),
+            i64::try_from(stats.interfaces_unenforced).unwrap_or(i64::MAX),
         )?;
         gauge(
             &mut encoder,
             "policy_generation",
             "Generation of the rule table in force",
-            i64::from(snapshot.generation),
+            i64::from(stats.generation),
         )?;
         let mut pressure = encoder.encode_descriptor(
             "bpf_map_pressure_ratio",
@@ -347,7 +323,7 @@ impl Collector for SnapshotCollector {
             None,
             MetricType::Gauge,
         )?;
-        for usage in &snapshot.maps {
+        for usage in &stats.maps {
             #[expect(
                 clippy::cast_precision_loss,
                 reason = "a ratio needs no integer precision"
@@ -428,11 +404,8 @@ async fn scrape(State(state): State<MetricsState>) -> impl IntoResponse {
         .engine
         .lock()
         .await
-        .metrics_snapshot()
-        .map(|snapshot| Snapshot {
-            wireguard,
-            ..snapshot
-        });
+        .stats()
+        .map(|engine| Snapshot { engine, wireguard });
     let body = match snapshot {
         Ok(snapshot) => state.metrics.render(snapshot),
         Err(e) => {
@@ -487,6 +460,7 @@ pub async fn serve(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use palisade_api::Counters;
 
     #[test]
     fn renders_counters_with_reasons_and_total_suffix() {
@@ -496,14 +470,17 @@ mod tests {
         counters.ingress.dropped_policy_deny.packets = 7;
         let text = metrics
             .render(Snapshot {
-                counters,
-                policies: 2,
-                maps: vec![MapUsage {
-                    map: "ingress_prefixes",
-                    entries: 16,
-                    capacity: 64,
-                }],
-                ..Snapshot::default()
+                engine: EngineStats {
+                    counters,
+                    policies: 2,
+                    maps: vec![crate::datapath::MapUsage {
+                        map: "ingress_prefixes",
+                        entries: 16,
+                        capacity: 64,
+                    }],
+                    ..EngineStats::default()
+                },
+                wireguard: None,
             })
             .unwrap();
         for line in [

@@ -52,7 +52,7 @@ impl PolicyStore {
     ///
     /// When the directory or a file in it cannot be read.
     pub fn load(&self) -> anyhow::Result<Vec<PolicyFile>> {
-        crate::engine::read_policy_directory(&self.directory)
+        crate::policy_files::read_policy_directory(&self.directory)
     }
 
     /// Makes the saved set exactly `policies` (name → text), all at once.
