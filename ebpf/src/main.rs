@@ -18,6 +18,10 @@
     missing_docs,
     reason = "aya's #[xdp] and #[classifier] macros generate undocumented wrappers"
 )]
+#![allow(
+    clippy::not_unsafe_ptr_arg_deref,
+    reason = "aya's #[classifier] generates the safe entry point that takes the kernel's context pointer"
+)]
 
 use aya_ebpf::{
     EbpfContext as _,
@@ -435,7 +439,7 @@ fn firewall(ctx: &TcContext, way: u8) -> i32 {
         return TC_ACT_UNSPEC;
     };
     if finish(ctx, way, packet, &decision, settings) {
-        TC_ACT_SHOT as i32
+        TC_ACT_SHOT
     } else {
         TC_ACT_UNSPEC
     }
@@ -985,6 +989,10 @@ extern "C" fn probe_length(index: u32, context: *mut c_void) -> i64 {
         return 1;
     };
     probe.key.prefix_len = length;
+    #[allow(
+        clippy::needless_range_loop,
+        reason = "one index over the address, the words and the mask; a plain counted loop the verifier bounds at once"
+    )]
     for w in 0..4 {
         probe.key.address[w * 4..w * 4 + 4]
             .copy_from_slice(&(probe.words[w] & mask[w]).to_be_bytes());

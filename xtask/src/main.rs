@@ -184,6 +184,7 @@ fn docs(binaries: &Path, out: &Path) -> anyhow::Result<()> {
 fn test() -> anyhow::Result<()> {
     cargo(&["fmt", "--all", "--check"])?;
     cargo(&["clippy", "--all-targets", "--", "-D", "warnings"])?;
+    clippy_ebpf()?;
     // The end-to-end tests run the built palisaded and palisadectl, and the
     // package tests install the packages.
     cargo(&["build", "--bins"])?;
@@ -191,6 +192,28 @@ fn test() -> anyhow::Result<()> {
     let tested = cargo(&["test", "--no-fail-fast"]);
     let fuzzed = fuzz();
     tested.and(fuzzed)
+}
+
+/// clippy -D warnings on the eBPF crate, for its own target with the
+/// pinned nightly (as aya's xtask lints its eBPF crates).
+fn clippy_ebpf() -> anyhow::Result<()> {
+    setup::check(
+        Command::new("rustup")
+            .args([
+                "run",
+                setup::EBPF_TOOLCHAIN,
+                "cargo",
+                "clippy",
+                "--target",
+                "bpfel-unknown-none",
+                "-Z",
+                "build-std=core",
+                "--",
+                "-D",
+                "warnings",
+            ])
+            .current_dir(workspace().join("ebpf")),
+    )
 }
 
 /// The fuzz targets under fuzz/ (cargo fuzz, libFuzzer), a bounded run of

@@ -2,7 +2,8 @@
 //!
 //! - Debian packages (iproute2 for namespaces, nftables, bpftool, and the
 //!   packaging tools the package tests use);
-//! - the pinned eBPF nightly with rust-src;
+//! - the pinned eBPF nightly with rust-src and clippy (the eBPF crate is
+//!   linted for its BPF target);
 //! - bpf-linker built against that nightly's own LLVM (plain
 //!   `cargo install bpf-linker` needs a system LLVM 22 these machines lack);
 //! - cargo-fuzz, for the fuzz targets under fuzz/.
@@ -141,7 +142,8 @@ fn ebpf_toolchain() -> anyhow::Result<()> {
         ])
         .output()
         .is_ok_and(|o| {
-            o.status.success() && String::from_utf8_lossy(&o.stdout).contains("rust-src")
+            let components = String::from_utf8_lossy(&o.stdout);
+            o.status.success() && components.contains("rust-src") && components.contains("clippy")
         });
     if installed {
         return Ok(());
@@ -154,6 +156,8 @@ fn ebpf_toolchain() -> anyhow::Result<()> {
         "minimal",
         "--component",
         "rust-src",
+        "--component",
+        "clippy",
     ]))
 }
 
