@@ -203,7 +203,7 @@ fn refusal(error: ApplyError) -> Response {
                 diagnostics: diagnostics.0,
             },
         ),
-        e @ ApplyError::Compile(_) => message(
+        e @ (ApplyError::Compile(_) | ApplyError::Capacity(_)) => message(
             StatusCode::UNPROCESSABLE_ENTITY,
             format!("{e}; nothing was changed"),
         ),
@@ -265,7 +265,7 @@ async fn apply(State(state): State<ControlState>, body: Bytes) -> Response {
     let outcome = match &result {
         Ok(response) if response.dry_run => "dry_run",
         Ok(_) => "applied",
-        Err(ApplyError::Invalid(_) | ApplyError::Compile(_)) => "invalid",
+        Err(ApplyError::Invalid(_) | ApplyError::Compile(_) | ApplyError::Capacity(_)) => "invalid",
         Err(ApplyError::Datapath(_)) => "datapath_error",
         Err(_) => "refused",
     };

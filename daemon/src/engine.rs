@@ -25,7 +25,8 @@ use tracing::{info, warn};
 use crate::{
     config::DatapathConfig,
     datapath::{
-        ConnectionTables, Datapath, EnforcementSettings, MapUsage, Repair, TableFill, pinning,
+        ConnectionTables, Datapath, DatapathError, EnforcementSettings, MapUsage, Repair,
+        TableFill, pinning,
     },
     flows::FlowHub,
     impact,
@@ -61,9 +62,22 @@ pub enum ApplyError {
     /// A policy file or the state directory could not be read or written.
     #[error("{0:#}")]
     Storage(anyhow::Error),
+    /// The new table does not fit the datapath (`datapath.policy_map_max`
+    /// and the like); the old one is still in force.
+    #[error("{0}")]
+    Capacity(String),
     /// The datapath refused the new table; the old one is still in force.
     #[error("the datapath refused the new rules (the previous rules are still in force): {0:#}")]
     Datapath(anyhow::Error),
+}
+
+impl From<DatapathError> for ApplyError {
+    fn from(error: DatapathError) -> Self {
+        match error {
+            DatapathError::Capacity(text) => Self::Capacity(text),
+            DatapathError::Kernel(error) => Self::Datapath(error),
+        }
+    }
 }
 
 /// What the engine is set up with.
@@ -579,7 +593,7 @@ impl Engine {
                     "cannot restore the saved policies after a failed install"
                 );
             }
-            return Err(ApplyError::Datapath(error));
+            return Err(error.into());
         }
         info!(
             generation,

@@ -658,3 +658,44 @@ fn apply_and_status_name_policies_that_enforce_nothing_on_this_node() {
     let json = daemon.status().expect("status");
     assert_eq!(json.unenforced.len(), 2, "{:?}", json.unenforced);
 }
+
+/// Policies larger than the datapath was sized for are the user's to fix:
+/// refused with 422 naming the setting, not a 500, and nothing changes.
+#[test]
+fn a_table_larger_than_the_maps_is_refused_as_the_users_error() {
+    if !have_root("a_table_larger_than_the_maps_is_refused_as_the_users_error") {
+        return;
+    }
+    let topology = Topology::new().expect("namespaces");
+    let (workdir, config, policies) = setup("capacity", "");
+    let text = std::fs::read_to_string(&config).expect("config");
+    std::fs::write(
+        &config,
+        text.replace("[datapath]\n", "[datapath]\npolicy_map_max = 4\n"),
+    )
+    .expect("config");
+    let daemon = start(&topology, &workdir, &config, &policies);
+    let cidrs: Vec<String> = (1..=10).map(|i| format!("\"192.0.2.{i}/32\"")).collect();
+    let policy = format!(
+        "kind = \"CiliumClusterwideNetworkPolicy\"\nmetadata = {{ name = \"many\" }}\n[spec]\nnodeSelector = {{}}\n[[spec.ingress]]\nfromCIDR = [{}]\n",
+        cidrs.join(", ")
+    );
+    let body =
+        serde_json::json!({ "files": [{ "name": "many.toml", "content": policy }] }).to_string();
+    let mut stream = UnixStream::connect(daemon.socket()).expect("the socket");
+    stream
+        .write_all(
+            format!(
+                "POST /v1/policies HTTP/1.1\r\nhost: palisade\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            )
+            .as_bytes(),
+        )
+        .expect("request sent");
+    let mut reply = String::new();
+    stream.read_to_string(&mut reply).expect("reply");
+    assert!(reply.starts_with("HTTP/1.1 422"), "{reply}");
+    assert!(reply.contains("datapath.policy_map_max = 4"), "{reply}");
+    assert!(reply.contains("nothing was changed"), "{reply}");
+    assert_eq!(daemon.status().expect("status").generation, 1);
+}

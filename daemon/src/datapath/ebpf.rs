@@ -31,7 +31,7 @@ use palisade_policy::{CompiledTable, compile::DirectionTable};
 use tracing::{info, warn};
 
 use super::{
-    ConnectionTables, Datapath, EnforcementSettings, MapUsage, Repair, TableFill,
+    ConnectionTables, Datapath, DatapathError, EnforcementSettings, MapUsage, Repair, TableFill,
     TrackedConnection, conntrack,
     pinning::{self, HeldLink, LinkPins, ObjectKind},
 };
@@ -501,55 +501,42 @@ fn prefix_lengths<'a>(
     lists
 }
 
-impl Datapath for EbpfDatapath {
-    fn name(&self) -> &'static str {
-        "ebpf"
-    }
-
-    fn stage(&mut self, settings: &EnforcementSettings) -> anyhow::Result<()> {
-        let mut words = BTreeMap::new();
-        let services = [
-            (direction::INGRESS, &settings.failsafe_inbound),
-            (direction::EGRESS, &settings.failsafe_outbound),
-        ];
-        for (way, list) in services {
-            for service in list {
-                let (index, bit) = failsafe_bit(way, service.protocol.code(), service.port)
-                    .with_context(|| format!("failsafe service {service}: not TCP, UDP or SCTP"))?;
-                *words.entry(index).or_insert(0) |= bit;
-            }
-        }
-        self.failsafe_words = words;
-        self.config_prefilter.clone_from(&settings.prefilter);
-        self.template = SlotSettings {
-            forward_sample_rate: settings.forward_sample_rate,
-            events_per_second: settings.events_per_second,
-            ct_timeouts: CtTimeouts::from(settings.ct_timeouts),
-            ct_full_drop: u8::from(settings.ct_full == CtFullAction::Drop),
-            ..SlotSettings::default()
-        };
-        Ok(())
-    }
-
-    fn install(&mut self, table: &CompiledTable, generation: u32) -> anyhow::Result<()> {
-        let slot = 1 - self.active;
-        let index = slot as usize;
-        let keys = self.keys(table)?;
+impl EbpfDatapath {
+    /// Refuses a table larger than the maps were sized for.
+    fn check_capacity(
+        &self,
+        keys: &BTreeMap<PrefixKey, u32>,
+        table: &CompiledTable,
+    ) -> Result<(), DatapathError> {
         let v4 = keys.keys().filter(|key| key.family == family::IPV4).count();
         for (family_name, count) in [("IPv4", v4), ("IPv6", keys.len() - v4)] {
             if count > self.policy_map_max as usize {
-                return Err(anyhow!(
+                return Err(DatapathError::Capacity(format!(
                     "the policies need {count} {family_name} prefix entries, more than datapath.policy_map_max = {}; raise it or merge prefixes",
                     self.policy_map_max
-                ));
+                )));
             }
         }
         let rule_set_count = table.ingress.rule_sets.len() + table.egress.rule_sets.len();
         if rule_set_count > DEFAULT_RULE_SET_CAPACITY as usize {
-            return Err(anyhow!(
+            return Err(DatapathError::Capacity(format!(
                 "the policies need {rule_set_count} distinct rule sets, more than the {DEFAULT_RULE_SET_CAPACITY} the datapath holds"
-            ));
+            )));
         }
+        Ok(())
+    }
+
+    /// Writes `table` (whose prefix keys are `keys`) into the idle slot and
+    /// switches to it.
+    fn write_and_switch(
+        &mut self,
+        keys: BTreeMap<PrefixKey, u32>,
+        table: &CompiledTable,
+        generation: u32,
+    ) -> anyhow::Result<()> {
+        let slot = 1 - self.active;
+        let index = slot as usize;
+        let rule_set_count = table.ingress.rule_sets.len() + table.egress.rule_sets.len();
         if self.switched {
             wait_for_readers()?;
         }
@@ -614,6 +601,43 @@ impl Datapath for EbpfDatapath {
         self.active = slot;
         self.switched = true;
         Ok(())
+    }
+}
+
+impl Datapath for EbpfDatapath {
+    fn name(&self) -> &'static str {
+        "ebpf"
+    }
+
+    fn stage(&mut self, settings: &EnforcementSettings) -> anyhow::Result<()> {
+        let mut words = BTreeMap::new();
+        let services = [
+            (direction::INGRESS, &settings.failsafe_inbound),
+            (direction::EGRESS, &settings.failsafe_outbound),
+        ];
+        for (way, list) in services {
+            for service in list {
+                let (index, bit) = failsafe_bit(way, service.protocol.code(), service.port)
+                    .with_context(|| format!("failsafe service {service}: not TCP, UDP or SCTP"))?;
+                *words.entry(index).or_insert(0) |= bit;
+            }
+        }
+        self.failsafe_words = words;
+        self.config_prefilter.clone_from(&settings.prefilter);
+        self.template = SlotSettings {
+            forward_sample_rate: settings.forward_sample_rate,
+            events_per_second: settings.events_per_second,
+            ct_timeouts: CtTimeouts::from(settings.ct_timeouts),
+            ct_full_drop: u8::from(settings.ct_full == CtFullAction::Drop),
+            ..SlotSettings::default()
+        };
+        Ok(())
+    }
+
+    fn install(&mut self, table: &CompiledTable, generation: u32) -> Result<(), DatapathError> {
+        let keys = self.keys(table)?;
+        self.check_capacity(&keys, table)?;
+        Ok(self.write_and_switch(keys, table, generation)?)
     }
 
     fn attach(&mut self, config: &DatapathConfig) -> anyhow::Result<()> {

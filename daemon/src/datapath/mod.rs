@@ -57,6 +57,18 @@ pub trait ConnectionTables: Send {
     fn list(&self, limit: usize) -> anyhow::Result<(Vec<TrackedConnection>, usize)>;
 }
 
+/// Why a backend refused a table; the table in force stays.
+#[derive(Debug, thiserror::Error)]
+pub enum DatapathError {
+    /// The table is larger than the backend was sized for: the policies'
+    /// doing, not the kernel's (the control socket answers 422).
+    #[error("{0}")]
+    Capacity(String),
+    /// The kernel refused an update.
+    #[error(transparent)]
+    Kernel(#[from] anyhow::Error),
+}
+
 /// What [`Datapath::repair`] found and did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Repair {
@@ -192,8 +204,9 @@ pub trait Datapath: Send {
     ///
     /// # Errors
     ///
-    /// When the kernel refuses an update; nothing changed then.
-    fn install(&mut self, table: &CompiledTable, generation: u32) -> anyhow::Result<()>;
+    /// [`DatapathError`]: a table too large for the backend, or an update
+    /// the kernel refused; nothing changed then.
+    fn install(&mut self, table: &CompiledTable, generation: u32) -> Result<(), DatapathError>;
 
     /// Starts enforcing on the configured interfaces. Called once, after the
     /// first [`Datapath::install`], so no packet meets an empty table.
