@@ -39,7 +39,10 @@ use aya::{TestRun as _, TestRunOptions};
 use palisade_common::protocol;
 use palisade_daemon::{
     config::Config,
-    datapath::{Datapath as _, ebpf::EbpfDatapath, pinning},
+    datapath::{
+        Datapath as _,
+        ebpf::{EbpfDatapath, pinning},
+    },
 };
 use palisade_e2e::{Netns, Topology, frames::frame};
 use palisade_policy::{Connection, Direction, NodeContext, compile, policy_from_toml};

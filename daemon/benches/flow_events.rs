@@ -25,7 +25,10 @@ use aya::{TestRun as _, TestRunOptions};
 use palisade_common::protocol;
 use palisade_daemon::{
     config::Config,
-    datapath::{Datapath as _, ebpf::EbpfDatapath, pinning},
+    datapath::{
+        Datapath as _,
+        ebpf::{EbpfDatapath, pinning},
+    },
 };
 use palisade_e2e::frames::frame;
 use palisade_policy::{Connection, Direction, NodeContext, compile, policy_from_toml};

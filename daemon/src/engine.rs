@@ -4,7 +4,7 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    path::{Path, PathBuf},
+    path::PathBuf,
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -25,8 +25,7 @@ use tracing::{info, warn};
 use crate::{
     config::DatapathConfig,
     datapath::{
-        ConnectionTables, Datapath, DatapathError, EnforcementSettings, MapUsage, Repair,
-        TableFill, pinning,
+        ConnectionTables, Datapath, DatapathError, EnforcementSettings, MapUsage, Repair, TableFill,
     },
     flows::FlowHub,
     impact,
@@ -200,7 +199,7 @@ impl Engine {
             table: CompiledTable::default(),
             generation: 0,
             pending: None,
-            kernel: kernel_features(),
+            kernel: datapath.kernel_features(),
             datapath,
             hub,
             conntrack_fill: Vec::new(),
@@ -765,19 +764,6 @@ impl Engine {
     /// Records the connection tables' fill, as last counted.
     pub fn set_conntrack_fill(&mut self, fill: Vec<TableFill>) {
         self.conntrack_fill = fill;
-    }
-}
-
-/// The running kernel's release and features.
-fn kernel_features() -> KernelFeatures {
-    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease")
-        .map(|text| text.trim().to_owned())
-        .unwrap_or_default();
-    let bpffs = pinning::is_bpffs(Path::new(pinning::BPF_FS_ROOT)).unwrap_or(false);
-    KernelFeatures {
-        release,
-        btf: Path::new("/sys/kernel/btf/vmlinux").exists(),
-        bpffs,
     }
 }
 

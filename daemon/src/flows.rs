@@ -8,7 +8,6 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use aya::maps::{MapData, RingBuf};
 use palisade_api::{
     Flow, FlowFilter, FlowIp, FlowPolicy, Icmp, Interface, Layer4, PortPair, TcpFlags,
 };
@@ -16,10 +15,9 @@ use palisade_common::{
     FAILSAFE_RULE, FlowEvent, NO_RULE, direction, drop_reason, protocol, verdict,
 };
 use palisade_policy::compile::RuleOrigin;
-use tokio::{io::unix::AsyncFd, sync::broadcast};
-use tracing::{error, warn};
+use tokio::sync::broadcast;
 
-use crate::audit_trail::AuditTrail;
+use crate::{audit_trail::AuditTrail, datapath::FlowSink};
 
 /// Rule origins of this many recent generations are kept, so late events of
 /// a replaced table still name their rules.
@@ -101,7 +99,7 @@ impl FlowHub {
     }
 
     /// Records one kernel event.
-    pub fn record(&self, event: &FlowEvent) {
+    fn record_event(&self, event: &FlowEvent) {
         let origin = {
             let state = self.state();
             state
@@ -255,43 +253,9 @@ fn boot_time() -> SystemTime {
     SystemTime::now() - crate::clock::monotonic()
 }
 
-/// The flow event in one ring-buffer record, or `None` when it is too short.
-pub fn decode_event(record: &[u8]) -> Option<FlowEvent> {
-    (record.len() >= size_of::<FlowEvent>()).then(|| {
-        // SAFETY: the record holds at least one FlowEvent's bytes (checked),
-        // FlowEvent is plain integers, and the read is unaligned-safe.
-        unsafe { record.as_ptr().cast::<FlowEvent>().read_unaligned() }
-    })
-}
-
-/// Reads flow events from the kernel's ring buffer until it fails.
-pub async fn read_events(ring: RingBuf<MapData>, hub: Arc<FlowHub>) {
-    // SAFETY: the RingBuf owns its map fd, keeps it open and returns the same
-    // fd for as long as it lives, and the AsyncFd owns the RingBuf.
-    let registered = unsafe { AsyncFd::register(ring) };
-    let mut ring = match registered {
-        Ok(ring) => ring,
-        Err(error) => {
-            error!(%error, "cannot poll the flow-event ring buffer: no flows will be shown");
-            return;
-        }
-    };
-    loop {
-        let mut guard = match ring.readable_mut().await {
-            Ok(guard) => guard,
-            Err(error) => {
-                error!(%error, "polling the flow-event ring buffer failed: no more flows");
-                return;
-            }
-        };
-        let ring = guard.get_inner_mut();
-        while let Some(item) = ring.next() {
-            match decode_event(&item) {
-                Some(event) => hub.record(&event),
-                None => warn!(len = item.len(), "short flow event skipped"),
-            }
-        }
-        guard.clear_ready();
+impl FlowSink for FlowHub {
+    fn record(&self, event: &FlowEvent) {
+        self.record_event(event);
     }
 }
 

@@ -10,9 +10,9 @@ use palisade_daemon::{
     config::{ConfigFile, EncryptionMode},
     conntrack_watch,
     control::{self, ControlState},
-    datapath::{ebpf::EbpfDatapath, pinning},
+    datapath::{self, DatapathKind},
     engine::{Engine, EngineSettings},
-    flows::{self, FlowHub},
+    flows::FlowHub,
     guard, logging,
     metrics::{self, Metrics},
     reload::{Overrides, Reloader, reconfiguration},
@@ -106,7 +106,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     }
     if args.cleanup {
         let pin_path = &config.datapath.pin_path;
-        if pinning::cleanup(pin_path)? {
+        if datapath::cleanup(DatapathKind::Ebpf, pin_path)? {
             info!(path = %pin_path.display(), "removed palisade's programs and state: nothing is enforced");
         } else {
             info!(path = %pin_path.display(), "nothing pinned: nothing to clean up");
@@ -128,13 +128,13 @@ async fn run(args: Args) -> anyhow::Result<()> {
     // (the connection tables alone are ~95 MB of kernel memory); what an
     // earlier run pinned, and is perhaps enforcing, stays.
     let mut fresh_pins = FreshPins::new(&config.datapath.pin_path);
-    let (datapath, flow_events) = EbpfDatapath::load(&config)?;
     let hub = Arc::new(FlowHub::new(
         node_name,
         config.flows.buffer,
         config.flows.log_per_second,
     ));
-    let mut engine = Engine::new(settings, Box::new(datapath), Arc::clone(&hub));
+    let datapath = datapath::open(DatapathKind::Ebpf, &config, Arc::clone(&hub) as _)?;
+    let mut engine = Engine::new(settings, datapath, Arc::clone(&hub));
     let first = engine.reload().with_context(|| {
         format!(
             "loading policies from {} and {}",
@@ -149,7 +149,6 @@ async fn run(args: Args) -> anyhow::Result<()> {
         "initial policies installed"
     );
     engine.attach(&config.datapath)?;
-    tokio::spawn(flows::read_events(flow_events, Arc::clone(&hub)));
     let wireguard = match config.encryption.mode {
         EncryptionMode::None => None,
         EncryptionMode::Wireguard => Some(Arc::new(
@@ -287,10 +286,8 @@ struct FreshPins {
 
 impl FreshPins {
     fn new(path: &std::path::Path) -> Self {
-        let held_something =
-            std::fs::read_dir(path).is_ok_and(|mut entries| entries.next().is_some());
         Self {
-            path: (!held_something).then(|| path.to_owned()),
+            path: (!datapath::has_state(DatapathKind::Ebpf, path)).then(|| path.to_owned()),
         }
     }
 
@@ -302,7 +299,7 @@ impl FreshPins {
 impl Drop for FreshPins {
     fn drop(&mut self) {
         if let Some(path) = &self.path {
-            match pinning::cleanup(path) {
+            match datapath::cleanup(DatapathKind::Ebpf, path) {
                 Ok(true) => {
                     info!(path = %path.display(), "the start failed: removed what it had pinned")
                 }

@@ -1,12 +1,13 @@
 //! Datapath backends: what installs a compiled rule table into the kernel.
+//! [`open`] is the one place a backend is chosen; everything above talks to
+//! the [`Datapath`] trait, and only `ebpf` names aya's types.
 
-pub mod conntrack;
 pub mod ebpf;
-pub mod pinning;
 
-use std::{net::IpAddr, time::Duration};
+use std::{net::IpAddr, path::Path, sync::Arc, time::Duration};
 
-use palisade_api::{Counters, InterfaceStatus, PacketCount};
+use palisade_api::{Counters, InterfaceStatus, KernelFeatures, PacketCount};
+use palisade_common::FlowEvent;
 use palisade_policy::{CompiledTable, Direction};
 
 use crate::config::{Config, CtFullAction, CtTimeoutsConfig, DatapathConfig, Service};
@@ -139,6 +140,63 @@ impl EnforcementSettings {
     }
 }
 
+/// The backends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DatapathKind {
+    /// TC and XDP programs (the only one today; nftables is to come).
+    Ebpf,
+}
+
+/// Where a backend delivers the flow events it reads from the kernel (the
+/// daemon's flow buffer).
+pub trait FlowSink: Send + Sync + 'static {
+    /// Records one event.
+    fn record(&self, event: &FlowEvent);
+}
+
+/// Opens backend `kind` as `config` sizes it, its programs loaded but
+/// attached nowhere yet (see [`Datapath::attach`]); it hands its flow
+/// events to `sink` from a task of its own.
+///
+/// # Errors
+///
+/// When the backend cannot load (permissions, kernel, pinned state).
+pub fn open(
+    kind: DatapathKind,
+    config: &Config,
+    sink: Arc<dyn FlowSink>,
+) -> anyhow::Result<Box<dyn Datapath>> {
+    match kind {
+        DatapathKind::Ebpf => {
+            let (datapath, events) = ebpf::EbpfDatapath::load(config)?;
+            tokio::spawn(ebpf::events::read_events(events, sink));
+            Ok(Box::new(datapath))
+        }
+    }
+}
+
+/// Removes everything backend `kind` left in the kernel under `config`
+/// (pinned programs and state): enforcement stops. Returns whether there
+/// was anything.
+///
+/// # Errors
+///
+/// When something cannot be removed.
+pub fn cleanup(kind: DatapathKind, pin_path: &Path) -> anyhow::Result<bool> {
+    match kind {
+        DatapathKind::Ebpf => ebpf::pinning::cleanup(pin_path),
+    }
+}
+
+/// Whether backend `kind` has state of an earlier run under `pin_path`.
+pub fn has_state(kind: DatapathKind, pin_path: &Path) -> bool {
+    match kind {
+        DatapathKind::Ebpf => {
+            std::fs::read_dir(pin_path).is_ok_and(|mut entries| entries.next().is_some())
+        }
+    }
+}
+
 /// How full one datapath table is.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MapUsage {
@@ -189,6 +247,9 @@ pub struct TrackedConnection {
 pub trait Datapath: Send {
     /// Short name shown in status, such as `ebpf`.
     fn name(&self) -> &'static str;
+
+    /// What the running kernel offers this backend (read once, at start).
+    fn kernel_features(&self) -> KernelFeatures;
 
     /// Sets what the next [`Datapath::install`] enforces besides its table;
     /// nothing changes in the kernel until then.
@@ -259,6 +320,3 @@ pub trait Datapath: Send {
     /// When the table cannot be read or an entry cannot be removed.
     fn flush_connections(&mut self) -> anyhow::Result<usize>;
 }
-
-#[cfg(test)]
-mod differential_tests;

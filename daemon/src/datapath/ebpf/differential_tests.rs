@@ -21,8 +21,8 @@ use palisade_policy::{
 
 use palisade_e2e::frames::frame;
 
-use super::{Datapath as _, ebpf::EbpfDatapath};
-use crate::{config::Config, flows::decode_event};
+use super::{EbpfDatapath, events::decode_event};
+use crate::{config::Config, datapath::Datapath as _};
 
 const XDP_DROP: u32 = 1;
 const XDP_PASS: u32 = 2;
@@ -352,7 +352,7 @@ fn example_policy_matches_the_evaluator() {
     if !have_root("example_policy_matches_the_evaluator") {
         return;
     }
-    let text = include_str!("../../../etc/policies.d/host-ssh-from-bastion.toml");
+    let text = include_str!("../../../../etc/policies.d/host-ssh-from-bastion.toml");
     check_fixture("example", text, false);
 }
 
@@ -526,7 +526,7 @@ fromCIDR = ["::/0", "198.51.100.0/24"]
     check_fixture("v6-only", text, false);
 }
 
-#[path = "../../../policy/tests/support/cilium_cases.rs"]
+#[path = "../../../../policy/tests/support/cilium_cases.rs"]
 mod cilium_cases;
 
 /// The programs against verdicts taken from Cilium's own sources
@@ -684,7 +684,7 @@ toPorts = [{ ports = [{ port = 22, protocol = "TCP" }] }]
     }
 }
 
-#[path = "../../../policy/tests/support/mod.rs"]
+#[path = "../../../../policy/tests/support/mod.rs"]
 mod cilium_examples;
 
 /// Every host policy among Cilium's own examples (policy/tests/fixtures),

@@ -8,7 +8,7 @@ use std::{
 use palisade_common::{Address, CtEntry, CtKey, ct_flag, direction};
 use palisade_policy::Direction;
 
-use super::{ConnectionState, TrackedConnection};
+use crate::datapath::{ConnectionState, TrackedConnection};
 
 /// The connection `key`/`entry` describe, in its opener's direction, or
 /// `None` once it has expired.

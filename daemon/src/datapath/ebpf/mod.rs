@@ -17,7 +17,9 @@ use aya::{
     util::nr_cpus,
 };
 use ipnet::IpNet;
-use palisade_api::{Counters, DirectionCounters, InterfaceState, InterfaceStatus, PacketCount};
+use palisade_api::{
+    Counters, DirectionCounters, InterfaceState, InterfaceStatus, KernelFeatures, PacketCount,
+};
 use palisade_common::{
     ACTIVE_SLOT_MAP, COUNTER_COUNT, COUNTERS_MAP, CT_ANY_MAP, CT_TCP_MAP, Counter, CounterValue,
     CtEntry, CtKey, CtTimeouts, DEFAULT_RULE_CAPACITY, DEFAULT_RULE_SET_CAPACITY, FAILSAFE_MAP,
@@ -30,10 +32,17 @@ use palisade_common::{
 use palisade_policy::{CompiledTable, compile::DirectionTable};
 use tracing::{info, warn};
 
+pub mod conntrack;
+pub mod events;
+pub mod pinning;
+
+#[cfg(test)]
+mod differential_tests;
+
+use self::pinning::{HeldLink, LinkPins, ObjectKind};
 use super::{
     ConnectionTables, Datapath, DatapathError, EnforcementSettings, MapUsage, Repair, TableFill,
-    TrackedConnection, conntrack,
-    pinning::{self, HeldLink, LinkPins, ObjectKind},
+    TrackedConnection,
 };
 use crate::config::{Config, CtFullAction, DatapathConfig, XdpModeConfig};
 
@@ -609,6 +618,16 @@ impl Datapath for EbpfDatapath {
         "ebpf"
     }
 
+    fn kernel_features(&self) -> KernelFeatures {
+        KernelFeatures {
+            release: std::fs::read_to_string("/proc/sys/kernel/osrelease")
+                .map(|text| text.trim().to_owned())
+                .unwrap_or_default(),
+            btf: std::path::Path::new("/sys/kernel/btf/vmlinux").exists(),
+            bpffs: pinning::is_bpffs(std::path::Path::new(pinning::BPF_FS_ROOT)).unwrap_or(false),
+        }
+    }
+
     fn stage(&mut self, settings: &EnforcementSettings) -> anyhow::Result<()> {
         let mut words = BTreeMap::new();
         let services = [
@@ -849,8 +868,8 @@ impl Datapath for EbpfDatapath {
 
 #[cfg(test)]
 mod tests {
+    use super::differential_tests::{TC_DROP, TC_PASS, TestPins, test_config};
     use super::*;
-    use crate::datapath::differential_tests::{TC_DROP, TC_PASS, TestPins, test_config};
     use aya::{TestRun as _, TestRunOptions};
     use palisade_common::protocol;
     use palisade_e2e::frames::{TCP_SYN_ACK, frame_with_flags};
