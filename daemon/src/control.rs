@@ -25,7 +25,10 @@ use palisade_api::{
 };
 use palisade_common::protocol;
 use palisade_policy::{Direction, describe::protocol_name};
-use tokio::{net::UnixListener, sync::Mutex};
+use tokio::{
+    net::UnixListener,
+    sync::{Mutex, OwnedMutexGuard},
+};
 use tokio_stream::wrappers::{BroadcastStream, errors::BroadcastStreamRecvError};
 use tracing::{error, warn};
 
@@ -260,8 +263,14 @@ async fn apply(State(state): State<ControlState>, body: Bytes) -> Response {
             return *response;
         }
     };
-    let mut engine = state.engine.lock().await;
-    let result = engine.apply_parsed(parsed, &request);
+    let (engine, result) = match with_engine_blocking(&state.engine, move |engine| {
+        engine.apply_parsed(parsed, &request)
+    })
+    .await
+    {
+        Ok(done) => done,
+        Err(response) => return *response,
+    };
     let outcome = match &result {
         Ok(response) if response.dry_run => "dry_run",
         Ok(_) => "applied",
@@ -278,14 +287,27 @@ async fn delete(
     UrlPath(name): UrlPath<String>,
     Query(options): Query<DeleteOptions>,
 ) -> Response {
-    let mut engine = state.engine.lock().await;
-    let result = engine.delete(&name, options.dry_run);
+    let (engine, result) = match with_engine_blocking(&state.engine, move |engine| {
+        engine.delete(&name, options.dry_run)
+    })
+    .await
+    {
+        Ok(done) => done,
+        Err(response) => return *response,
+    };
     changed(&state.engine, &engine, result)
 }
 
 async fn reload(State(state): State<ControlState>) -> Response {
-    let mut engine = state.engine.lock().await;
-    let result = reload_configuration(&state.reloader, &mut engine, state.wireguard.as_deref());
+    let (reloader, tunnel) = (Arc::clone(&state.reloader), state.wireguard.clone());
+    let (engine, result) = match with_engine_blocking(&state.engine, move |engine| {
+        reload_configuration(&reloader, engine, tunnel.as_deref())
+    })
+    .await
+    {
+        Ok(done) => done,
+        Err(response) => return *response,
+    };
     match result {
         Ok(response) => changed(&state.engine, &engine, Ok(response)),
         Err(ReloadError::Apply(error)) => refusal(error),
@@ -306,6 +328,33 @@ async fn reload(State(state): State<ControlState>) -> Response {
             message(StatusCode::UNPROCESSABLE_ENTITY, error.to_string())
         }
     }
+}
+
+/// Runs `change` with the engine held, on a blocking thread: installs write
+/// maps, the store fsyncs, the tunnel talks netlink, none of which belongs
+/// on the executor that answers everyone else. Hands the engine back with
+/// the result.
+///
+/// # Errors
+///
+/// A 500 response when `change` panicked (the engine is released then).
+pub async fn with_engine_blocking<T: Send + 'static>(
+    engine: &Arc<Mutex<Engine>>,
+    change: impl FnOnce(&mut Engine) -> T + Send + 'static,
+) -> Result<(OwnedMutexGuard<Engine>, T), Box<Response>> {
+    let mut guard = Arc::clone(engine).lock_owned().await;
+    tokio::task::spawn_blocking(move || {
+        let result = change(&mut guard);
+        (guard, result)
+    })
+    .await
+    .map_err(|error| {
+        error!(%error, "a change to the rules failed unexpectedly");
+        Box::new(message(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("the change failed unexpectedly: {error}"),
+        ))
+    })
 }
 
 /// The one reload of SIGHUP and `POST /v1/reload`: the configuration and the

@@ -262,8 +262,17 @@ fn spawn_reload_on_hangup(
     tokio::spawn(async move {
         while hangups.recv().await.is_some() {
             systemd::reloading();
-            let mut engine = engine.lock().await;
-            match control::reload_configuration(&reloader, &mut engine, wireguard.as_deref()) {
+            let (reloader, tunnel) = (Arc::clone(&reloader), wireguard.clone());
+            let Ok((engine, result)) = control::with_engine_blocking(&engine, move |engine| {
+                control::reload_configuration(&reloader, engine, tunnel.as_deref())
+            })
+            .await
+            else {
+                // It panicked (and said so); tell systemd the reload is over.
+                systemd::ready(&engine.lock().await.summary());
+                continue;
+            };
+            match result {
                 Ok(response) => info!(
                     generation = response.generation,
                     policy = response.policies.join(","),
