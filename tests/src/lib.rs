@@ -610,6 +610,23 @@ impl Daemon {
         &self.pin_path
     }
 
+    /// palisaded on the example config and policy directory, as shipped in
+    /// etc/ (failsafe services emptied, see [`Launch`]), enforcing on the
+    /// node's eth0 of `topology`.
+    ///
+    /// # Panics
+    ///
+    /// When it does not come up.
+    pub fn start_example(topology: &Topology, workdir: &TempDir) -> Self {
+        Self::start(
+            &topology.node,
+            &repo().join("etc/palisade.toml"),
+            &repo().join("etc/policies.d"),
+            workdir.path(),
+        )
+        .expect("palisaded starts")
+    }
+
     /// Waits up to `limit` for `done`, panicking with `what` and the
     /// daemon's log when it does not come.
     ///

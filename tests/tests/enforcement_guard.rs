@@ -14,16 +14,6 @@ use palisade_e2e::{Connect, Daemon, Listener, TempDir, Topology, have_root, http
 
 const SSH: u16 = 22;
 
-fn start_example(topology: &Topology, workdir: &TempDir) -> Daemon {
-    Daemon::start(
-        &topology.node,
-        &repo().join("etc/palisade.toml"),
-        &repo().join("etc/policies.d"),
-        workdir.path(),
-    )
-    .expect("palisaded starts")
-}
-
 #[test]
 fn a_deleted_and_recreated_interface_is_enforced_again_within_a_second() {
     if !have_root("a_deleted_and_recreated_interface_is_enforced_again_within_a_second") {
@@ -32,7 +22,7 @@ fn a_deleted_and_recreated_interface_is_enforced_again_within_a_second() {
     let topology = Topology::new().expect("namespaces");
     let workdir = TempDir::new("guard-link").expect("workdir");
     let _listener = Listener::start(&topology.node, Topology::node_port(SSH)).expect("listener");
-    let daemon = start_example(&topology, &workdir);
+    let daemon = Daemon::start_example(&topology, &workdir);
     assert_eq!(topology.ssh_from(Topology::OUTSIDER), Connect::TimedOut);
     let before = daemon.status().expect("status").interfaces[0].ifindex;
 
@@ -74,7 +64,7 @@ fn removed_pins_neither_stop_enforcement_nor_stay_removed() {
     let topology = Topology::new().expect("namespaces");
     let workdir = TempDir::new("guard-pins").expect("workdir");
     let _listener = Listener::start(&topology.node, Topology::node_port(SSH)).expect("listener");
-    let mut daemon = start_example(&topology, &workdir);
+    let mut daemon = Daemon::start_example(&topology, &workdir);
     assert_eq!(topology.ssh_from(Topology::OUTSIDER), Connect::TimedOut);
 
     // What a second `palisaded --cleanup` or an operator's rm -rf does.

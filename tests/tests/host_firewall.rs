@@ -6,21 +6,9 @@ use std::path::Path;
 use palisade_api::Flow;
 use palisade_e2e::{
     Connect, Daemon, Listener, TempDir, Topology, address, have_root, netns_exists, process_exists,
-    repo,
 };
 
 const SSH: u16 = 22;
-
-/// The example config and policy directory, as shipped in etc/.
-fn start_example(topology: &Topology, workdir: &TempDir) -> Daemon {
-    Daemon::start(
-        &topology.node,
-        &repo().join("etc/palisade.toml"),
-        &repo().join("etc/policies.d"),
-        workdir.path(),
-    )
-    .expect("palisaded starts")
-}
 
 fn is_ssh_from(flow: &Flow, source: &str, verdict: &str) -> bool {
     flow.ip.source == source
@@ -80,7 +68,7 @@ fn denied_source_is_dropped_allowed_source_reaches_listener() {
     let topology = Topology::new().expect("namespaces");
     let workdir = TempDir::new("e2e").expect("workdir");
     let listener = Listener::start(&topology.node, Topology::node_port(SSH)).expect("listener");
-    let daemon = start_example(&topology, &workdir);
+    let daemon = Daemon::start_example(&topology, &workdir);
 
     assert_eq!(topology.ssh_from(Topology::BASTION), Connect::Established);
     assert_eq!(topology.ssh_from(Topology::OUTSIDER), Connect::TimedOut);
@@ -169,7 +157,7 @@ fn invalid_policy_is_rejected_with_its_position_and_changes_nothing() {
     let topology = Topology::new().expect("namespaces");
     let workdir = TempDir::new("e2e").expect("workdir");
     let _listener = Listener::start(&topology.node, Topology::node_port(SSH)).expect("listener");
-    let daemon = start_example(&topology, &workdir);
+    let daemon = Daemon::start_example(&topology, &workdir);
     let write = |name: &str, text: &str| {
         let path = workdir.path().join(name);
         std::fs::write(&path, text).expect("write policy");
@@ -230,7 +218,7 @@ fn guards_remove_namespaces_and_processes_when_a_test_fails() {
     let failed = std::panic::catch_unwind(move || {
         let topology = Topology::new().expect("namespaces");
         let workdir = TempDir::new("e2e").expect("workdir");
-        let daemon = start_example(&topology, &workdir);
+        let daemon = Daemon::start_example(&topology, &workdir);
         sender
             .send((
                 topology.node.name().to_owned(),

@@ -170,6 +170,26 @@ fn idle_connections_as(
     })
 }
 
+/// Opens up to `count` TCP connections to `address` from inside `netns`
+/// and holds them, idle, until `release` is signalled; returns how many it
+/// opened.
+fn idle_tcp_connections(
+    netns: &Netns,
+    address: &'static str,
+    count: usize,
+    release: std::sync::mpsc::Receiver<()>,
+) -> std::thread::JoinHandle<usize> {
+    netns
+        .spawn(move || {
+            let held: Vec<_> = (0..count)
+                .filter_map(|_| std::net::TcpStream::connect(address).ok())
+                .collect();
+            let _ = release.recv();
+            held.len()
+        })
+        .expect("namespace entered")
+}
+
 /// Open descriptors of process `pid`.
 fn open_files(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, Iterator::count)
@@ -202,17 +222,8 @@ fn idle_connection_floods_on_both_listeners_do_not_starve_root() {
     let (release, released) = std::sync::mpsc::channel();
     let member = idle_connections_as(MEMBER, daemon.socket().to_owned(), 2_000, released);
     // The metrics flood, from the node's namespace.
-    let (release_metrics, metrics_released) = std::sync::mpsc::channel::<()>();
-    let scrapers = topology
-        .node
-        .spawn(move || {
-            let held: Vec<_> = (0..2_000)
-                .filter_map(|_| std::net::TcpStream::connect("127.0.0.1:19963").ok())
-                .collect();
-            let _ = metrics_released.recv();
-            held.len()
-        })
-        .expect("namespace entered");
+    let (release_metrics, metrics_released) = std::sync::mpsc::channel();
+    let scrapers = idle_tcp_connections(&topology.node, "127.0.0.1:19963", 2_000, metrics_released);
     std::thread::sleep(Duration::from_millis(500));
     let started = Instant::now();
     let status = daemon.ctl(&["status"]).expect("palisadectl");
@@ -341,17 +352,8 @@ fn a_hostile_local_user_does_everything_at_once() {
 
     let (release, released) = std::sync::mpsc::channel();
     let idle = idle_connections_as(SECOND_ACCOUNT, daemon.socket().to_owned(), 2_000, released);
-    let (release_metrics, metrics_released) = std::sync::mpsc::channel::<()>();
-    let scrapers = topology
-        .node
-        .spawn(move || {
-            let held: Vec<_> = (0..2_000)
-                .filter_map(|_| std::net::TcpStream::connect("127.0.0.1:19964").ok())
-                .collect();
-            let _ = metrics_released.recv();
-            held.len()
-        })
-        .expect("namespace entered");
+    let (release_metrics, metrics_released) = std::sync::mpsc::channel();
+    let scrapers = idle_tcp_connections(&topology.node, "127.0.0.1:19964", 2_000, metrics_released);
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let attacker = {
         let stop = std::sync::Arc::clone(&stop);
