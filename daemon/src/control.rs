@@ -514,18 +514,12 @@ async fn conntrack(
     // Sorting and encoding tens of thousands of entries is work for a
     // blocking thread, not for the executor that answers everyone else.
     let encoded = tokio::task::spawn_blocking(move || {
-        let mut entries: Vec<ConntrackEntry> = connections
+        let mut connections = connections;
+        sort_connections(&mut connections);
+        let entries: Vec<ConntrackEntry> = connections
             .iter()
             .map(|connection| conntrack_entry(connection, &names))
             .collect();
-        entries.sort_by(|a, b| {
-            (&a.protocol, &a.source, a.source_port, &a.destination).cmp(&(
-                &b.protocol,
-                &b.source,
-                b.source_port,
-                &b.destination,
-            ))
-        });
         serde_json::to_vec(&ConntrackList {
             truncated: entries.len() < total,
             entries,
@@ -542,6 +536,20 @@ async fn conntrack(
         Ok(Err(e)) => message(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
         Err(e) => message(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
+}
+
+/// The order `ct list` shows: protocol, then source, source port and
+/// destination as addresses and numbers (10.0.0.9 before 10.0.0.10).
+fn sort_connections(connections: &mut [TrackedConnection]) {
+    connections.sort_by_key(|connection| {
+        (
+            connection.protocol,
+            connection.source,
+            connection.source_port,
+            connection.destination,
+            connection.destination_port,
+        )
+    });
 }
 
 /// A tracked connection as the socket shows it.
@@ -636,4 +644,50 @@ async fn flows(State(state): State<ControlState>, Query(query): Query<FlowQuery>
         .header("content-type", "application/x-ndjson")
         .body(body)
         .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{net::IpAddr, time::Duration};
+
+    use palisade_policy::Direction;
+
+    use super::sort_connections;
+    use crate::datapath::{ConnectionState, TrackedConnection};
+
+    fn tcp_from(source: &str, port: u16) -> TrackedConnection {
+        TrackedConnection {
+            protocol: 6,
+            source: source.parse::<IpAddr>().unwrap(),
+            destination: "10.255.0.1".parse().unwrap(),
+            source_port: port,
+            destination_port: 22,
+            direction: Direction::Ingress,
+            state: ConnectionState::Established,
+            expires_in: Duration::from_secs(60),
+            rule_id: 0,
+        }
+    }
+
+    #[test]
+    fn connections_sort_by_address_and_port_not_by_text() {
+        let mut connections = vec![
+            tcp_from("10.0.0.10", 1),
+            tcp_from("10.0.0.9", 100),
+            tcp_from("10.0.0.9", 20),
+        ];
+        sort_connections(&mut connections);
+        let order: Vec<(String, u16)> = connections
+            .iter()
+            .map(|c| (c.source.to_string(), c.source_port))
+            .collect();
+        assert_eq!(
+            order,
+            [
+                ("10.0.0.9".to_owned(), 20),
+                ("10.0.0.9".to_owned(), 100),
+                ("10.0.0.10".to_owned(), 1)
+            ]
+        );
+    }
 }
