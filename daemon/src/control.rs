@@ -438,9 +438,12 @@ async fn diff(State(state): State<ControlState>, body: Bytes) -> Response {
         Ok(parsed) => parsed,
         Err(response) => return *response,
     };
-    match state.engine.lock().await.diff_parsed(parsed) {
-        Ok(diff) => Json(diff).into_response(),
-        Err(e) => refusal(e),
+    // Compiling the candidate set and replaying flows is work for a
+    // blocking thread too.
+    match with_engine_blocking(&state.engine, move |engine| engine.diff_parsed(parsed)).await {
+        Ok((_, Ok(diff))) => Json(diff).into_response(),
+        Ok((_, Err(e))) => refusal(e),
+        Err(response) => *response,
     }
 }
 
