@@ -137,7 +137,9 @@ pub async fn control(
         let stream = match accepted {
             Ok((stream, _)) => stream,
             Err(error) => {
-                transient(&error)?;
+                if transient(&error)? {
+                    tokio::time::sleep(ACCEPT_BACKOFF).await;
+                }
                 continue;
             }
         };
@@ -192,9 +194,13 @@ pub async fn tcp(listener: TcpListener, router: Router, limit: usize) {
         let stream = match listener.accept().await {
             Ok((stream, _)) => stream,
             Err(error) => {
-                if transient(&error).is_err() {
-                    warn!(%error, "the metrics listener stopped");
-                    return;
+                match transient(&error) {
+                    Ok(true) => tokio::time::sleep(ACCEPT_BACKOFF).await,
+                    Ok(false) => {}
+                    Err(_) => {
+                        warn!(%error, "the metrics listener stopped");
+                        return;
+                    }
                 }
                 continue;
             }
@@ -233,17 +239,20 @@ where
     }
 }
 
-/// Whether an accept error leaves the listener usable (a full descriptor
-/// table, a connection aborted before it was accepted); the error otherwise.
-fn transient(error: &std::io::Error) -> std::io::Result<()> {
+/// How long accepting pauses when the descriptor table is full.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(10);
+
+/// Whether an accept error leaves the listener usable: a full descriptor
+/// table (`Ok(true)`: pause [`ACCEPT_BACKOFF`] to let it drain instead of
+/// spinning), a connection aborted before it was accepted (`Ok(false)`);
+/// the error otherwise.
+fn transient(error: &std::io::Error) -> std::io::Result<bool> {
     match error.raw_os_error() {
         Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM) => {
             warn!(%error, "cannot accept a connection now");
-            // Give the table a moment to drain instead of spinning.
-            std::thread::sleep(Duration::from_millis(10));
-            Ok(())
+            Ok(true)
         }
-        Some(libc::ECONNABORTED | libc::EINTR | libc::EAGAIN) => Ok(()),
+        Some(libc::ECONNABORTED | libc::EINTR | libc::EAGAIN) => Ok(false),
         _ => Err(std::io::Error::new(error.kind(), error.to_string())),
     }
 }
