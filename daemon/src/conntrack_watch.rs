@@ -4,7 +4,8 @@
 //! connection then loses its entry and its next packet is judged as a new
 //! connection), and it starts doing so a little before the capacity, as
 //! it keeps free entries aside for each CPU ([`TableFill::evicting_from`]).
-//! So the fill is counted every few seconds, off the engine, shown in
+//! So the fill is counted every few seconds (less often when a walk of the
+//! tables takes long), off the engine, shown in
 //! status and metrics, and a table at 90 % of where eviction starts is
 //! reported in the journal at warning level (again after it fell below
 //! 80 %).
@@ -16,8 +17,11 @@ use tracing::{error, info, warn};
 
 use crate::{datapath::TableFill, engine::Engine};
 
-/// How often the tables are counted.
+/// How often the tables are counted at most.
 const COUNT_PERIOD: Duration = Duration::from_secs(2);
+/// A count (a walk of every entry, one syscall each) takes at most one
+/// part in this many of a core: a large, full table is counted less often.
+const COUNT_DUTY: u32 = 20;
 /// Fill (percent) at which a table is reported as nearly full.
 const WARN_PERCENT: usize = 90;
 /// Fill (percent) below which a reported table may be reported again.
@@ -31,15 +35,17 @@ const CLEAR_PERCENT: usize = 80;
 pub async fn spawn(engine: Arc<Mutex<Engine>>) -> anyhow::Result<()> {
     let mut counter = engine.lock().await.connection_tables()?;
     tokio::spawn(async move {
-        let mut ticks = tokio::time::interval(COUNT_PERIOD);
         let mut reported: Vec<&'static str> = Vec::new();
+        let mut pause = Duration::ZERO;
         loop {
-            ticks.tick().await;
+            tokio::time::sleep(pause).await;
+            let started = std::time::Instant::now();
             let counted = tokio::task::spawn_blocking(move || {
                 let fill = counter.count();
                 (counter, fill)
             })
             .await;
+            pause = COUNT_PERIOD.max(started.elapsed() * COUNT_DUTY);
             let fill = match counted {
                 Ok((back, Ok(fill))) => {
                     counter = back;
