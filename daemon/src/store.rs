@@ -227,10 +227,9 @@ mod tests {
     /// was, whole, and nothing is left behind (the reproduction: a
     /// small and a large policy on a nearly full disk).
     #[test]
+    #[ignore = "privileged: needs root (namespaces, BPF); `cargo xtask test` runs it"]
     fn a_set_that_does_not_fit_leaves_the_saved_set_as_it_was() {
-        if !palisade_e2e::have_root("a_set_that_does_not_fit_leaves_the_saved_set_as_it_was") {
-            return;
-        }
+        palisade_e2e::require_root();
         let disk = SmallDisk::mount("full", "64k");
         let store = PolicyStore::new(&disk.0);
         // Written in name order: the small one would go first.

@@ -33,19 +33,20 @@ fn unique(role: &str) -> String {
     format!("pal{}-{id}-{role}", std::process::id())
 }
 
-/// Whether this process may create namespaces and load BPF. Without root it
-/// prints why the test is skipped and returns false, except under `CI=true`,
-/// where a missing capability is a failure.
-pub fn have_root(test: &str) -> bool {
-    if nix::unistd::geteuid().is_root() {
-        return true;
-    }
+/// Fails the calling test unless this process is root: the privileged
+/// tests (namespaces, BPF) are `#[ignore]`d, so a plain `cargo test` lists
+/// them as ignored, and `cargo xtask test` runs them with `--include-ignored`;
+/// a privileged test that runs and cannot do its work fails, it never passes.
+///
+/// # Panics
+///
+/// When the effective user is not root.
+pub fn require_root() {
     assert!(
-        std::env::var("CI").as_deref() != Ok("true"),
-        "{test} needs root (network namespaces, BPF); CI must run it as root"
+        nix::unistd::geteuid().is_root(),
+        "this test needs root (network namespaces, BPF): run the privileged tests as root, \
+         through `cargo xtask test`"
     );
-    eprintln!("SKIPPED {test}: needs root for network namespaces and BPF");
-    false
 }
 
 /// `GET path` over HTTP/1.0 to `address` from inside `netns`: the whole
@@ -81,21 +82,19 @@ pub fn on_path(tool: &str) -> bool {
         .is_ok_and(|status| status.success())
 }
 
-/// Whether every one of `tools` is on the PATH; if not, prints why `test`
-/// is skipped, except under `CI=true` (where `cargo xtask setup` installs
-/// them), where a missing tool is a failure.
-pub fn have_tools(test: &str, tools: &[&str]) -> bool {
+/// Fails the calling test unless every one of `tools` is on the PATH
+/// (`cargo xtask setup` installs them).
+///
+/// # Panics
+///
+/// When a tool is missing.
+pub fn require_tools(tools: &[&str]) {
     for tool in tools {
-        if !on_path(tool) {
-            assert!(
-                std::env::var("CI").as_deref() != Ok("true"),
-                "{test} needs {tool}; `cargo xtask setup` installs it"
-            );
-            eprintln!("SKIPPED {test}: {tool} is not installed");
-            return false;
-        }
+        assert!(
+            on_path(tool),
+            "this test needs {tool}; `cargo xtask setup` installs it"
+        );
     }
-    true
 }
 
 /// Runs a command to completion, failing with its stderr when it fails.

@@ -14,7 +14,7 @@ use std::{
 use palisade_api::{ConntrackEntry, ConntrackList, DiffResponse, PolicyList, PolicySource};
 use palisade_e2e::{
     Connect, Daemon, EchoServer, Listener, TempDir, Topology, address, allow_from_policy, echoes,
-    have_root, repo, tcp_stream,
+    repo, require_root, tcp_stream,
 };
 
 const SSH: u16 = 22;
@@ -91,10 +91,9 @@ fn names(list: &PolicyList) -> Vec<&str> {
 }
 
 #[test]
+#[ignore = "privileged: needs root (namespaces, BPF); `cargo xtask test` runs it"]
 fn only_root_and_the_configured_groups_may_use_the_socket() {
-    if !have_root("only_root_and_the_configured_groups_may_use_the_socket") {
-        return;
-    }
+    require_root();
     let topology = Topology::new().expect("namespaces");
     let (workdir, config, policies) = setup("authz", "");
     let text = std::fs::read_to_string(&config).expect("config");
@@ -155,10 +154,9 @@ fn only_root_and_the_configured_groups_may_use_the_socket() {
 }
 
 #[test]
+#[ignore = "privileged: needs root (namespaces, BPF); `cargo xtask test` runs it"]
 fn an_unconfirmed_apply_rolls_back_at_its_deadline() {
-    if !have_root("an_unconfirmed_apply_rolls_back_at_its_deadline") {
-        return;
-    }
+    require_root();
     let topology = Topology::new().expect("namespaces");
     let (workdir, config, policies) = setup("rollback", "");
     let mut daemon = start(&topology, &workdir, &config, &policies);
@@ -229,10 +227,9 @@ fn an_unconfirmed_apply_rolls_back_at_its_deadline() {
 }
 
 #[test]
+#[ignore = "privileged: needs root (namespaces, BPF); `cargo xtask test` runs it"]
 fn confirmed_and_plain_applies_are_saved_and_restored_after_a_restart() {
-    if !have_root("confirmed_and_plain_applies_are_saved_and_restored_after_a_restart") {
-        return;
-    }
+    require_root();
     let topology = Topology::new().expect("namespaces");
     let (workdir, config, policies) = setup("persist", "");
     let mut daemon = start(&topology, &workdir, &config, &policies);
@@ -310,10 +307,9 @@ fn confirmed_and_plain_applies_are_saved_and_restored_after_a_restart() {
 }
 
 #[test]
+#[ignore = "privileged: needs root (namespaces, BPF); `cargo xtask test` runs it"]
 fn policy_list_get_reload_and_bad_requests_through_the_socket() {
-    if !have_root("policy_list_get_reload_and_bad_requests_through_the_socket") {
-        return;
-    }
+    require_root();
     let topology = Topology::new().expect("namespaces");
     let (workdir, config, policies) = setup("policies", "");
     let daemon = start(&topology, &workdir, &config, &policies);
@@ -396,10 +392,9 @@ fn policy_list_get_reload_and_bad_requests_through_the_socket() {
 }
 
 #[test]
+#[ignore = "privileged: needs root (namespaces, BPF); `cargo xtask test` runs it"]
 fn diff_lists_a_recent_flow_the_new_policy_would_block() {
-    if !have_root("diff_lists_a_recent_flow_the_new_policy_would_block") {
-        return;
-    }
+    require_root();
     let topology = Topology::new().expect("namespaces");
     let (workdir, config, policies) = setup("diff", "");
     let daemon = start(&topology, &workdir, &config, &policies);
@@ -441,10 +436,9 @@ fn diff_lists_a_recent_flow_the_new_policy_would_block() {
 }
 
 #[test]
+#[ignore = "privileged: needs root (namespaces, BPF); `cargo xtask test` runs it"]
 fn conntrack_lists_and_flushes_connections() {
-    if !have_root("conntrack_lists_and_flushes_connections") {
-        return;
-    }
+    require_root();
     let topology = Topology::new().expect("namespaces");
     let (workdir, config, policies) = setup("conntrack", "");
     let daemon = start(&topology, &workdir, &config, &policies);
@@ -562,10 +556,9 @@ fn random_request(random: &mut Random, policy: &str) -> Vec<u8> {
 }
 
 #[test]
+#[ignore = "privileged: needs root (namespaces, BPF); `cargo xtask test` runs it"]
 fn the_daemon_stays_up_and_correct_under_ten_thousand_random_requests() {
-    if !have_root("the_daemon_stays_up_and_correct_under_ten_thousand_random_requests") {
-        return;
-    }
+    require_root();
     let topology = Topology::new().expect("namespaces");
     let (workdir, config, policies) = setup("fuzz", "");
     let daemon = start(&topology, &workdir, &config, &policies);
@@ -610,10 +603,9 @@ fn write_yaml(workdir: &TempDir, name: &str, text: &str) -> String {
 /// A policy that selects pods, or other nodes, applies but enforces nothing
 /// here: apply says so, and status keeps saying it.
 #[test]
+#[ignore = "privileged: needs root (namespaces, BPF); `cargo xtask test` runs it"]
 fn apply_and_status_name_policies_that_enforce_nothing_on_this_node() {
-    if !have_root("apply_and_status_name_policies_that_enforce_nothing_on_this_node") {
-        return;
-    }
+    require_root();
     let topology = Topology::new().expect("namespaces");
     let (workdir, config, policies) = setup("unenforced", "");
     let daemon = start(&topology, &workdir, &config, &policies);
@@ -662,10 +654,9 @@ fn apply_and_status_name_policies_that_enforce_nothing_on_this_node() {
 /// Policies larger than the datapath was sized for are the user's to fix:
 /// refused with 422 naming the setting, not a 500, and nothing changes.
 #[test]
+#[ignore = "privileged: needs root (namespaces, BPF); `cargo xtask test` runs it"]
 fn a_table_larger_than_the_maps_is_refused_as_the_users_error() {
-    if !have_root("a_table_larger_than_the_maps_is_refused_as_the_users_error") {
-        return;
-    }
+    require_root();
     let topology = Topology::new().expect("namespaces");
     let (workdir, config, policies) = setup("capacity", "");
     let text = std::fs::read_to_string(&config).expect("config");

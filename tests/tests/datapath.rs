@@ -22,7 +22,7 @@ use palisade_e2e::{
         frame, orphan_fragment, set_macs, short_ipv4_header, truncated_tcp,
         with_ipv6_extension_headers,
     },
-    have_root, icmp_answered, mac_address, send_frame, send_udp_sized, tcp_connect, tcp_stream,
+    icmp_answered, mac_address, require_root, send_frame, send_udp_sized, tcp_connect, tcp_stream,
 };
 
 const QUICK: Duration = Duration::from_millis(500);
@@ -80,10 +80,9 @@ icmps = [{ fields = [{ type = "EchoRequest" }] }]
 "#;
 
 #[test]
+#[ignore = "privileged: needs root (namespaces, BPF); `cargo xtask test` runs it"]
 fn replies_of_connections_the_node_opens_pass_under_default_deny() {
-    if !have_root("replies_of_connections_the_node_opens_pass_under_default_deny") {
-        return;
-    }
+    require_root();
     let topology = Topology::new().expect("namespaces");
     let (workdir, config, policies) = setup(
         "ct-replies",
@@ -130,10 +129,9 @@ fn replies_of_connections_the_node_opens_pass_under_default_deny() {
 }
 
 #[test]
+#[ignore = "privileged: needs root (namespaces, BPF); `cargo xtask test` runs it"]
 fn udp_and_icmp_type_rules_and_fragments() {
-    if !have_root("udp_and_icmp_type_rules_and_fragments") {
-        return;
-    }
+    require_root();
     let topology = Topology::new().expect("namespaces");
     let (workdir, config, policies) = setup(
         "udp-icmp",
@@ -196,10 +194,9 @@ fn udp_and_icmp_type_rules_and_fragments() {
 }
 
 #[test]
+#[ignore = "privileged: needs root (namespaces, BPF); `cargo xtask test` runs it"]
 fn audit_mode_forwards_and_reports_audit() {
-    if !have_root("audit_mode_forwards_and_reports_audit") {
-        return;
-    }
+    require_root();
     let topology = Topology::new().expect("namespaces");
     let (workdir, config, policies) = setup(
         "audit",
@@ -243,10 +240,9 @@ fn audit_mode_forwards_and_reports_audit() {
 }
 
 #[test]
+#[ignore = "privileged: needs root (namespaces, BPF); `cargo xtask test` runs it"]
 fn prefilter_drops_configured_and_denied_prefixes() {
-    if !have_root("prefilter_drops_configured_and_denied_prefixes") {
-        return;
-    }
+    require_root();
     let topology = Topology::new().expect("namespaces");
     let deny_bastion = r#"
 kind = "CiliumClusterwideNetworkPolicy"
@@ -299,10 +295,9 @@ fromCIDR = ["10.200.0.10/32"]
 }
 
 #[test]
+#[ignore = "privileged: needs root (namespaces, BPF); `cargo xtask test` runs it"]
 fn failsafe_ssh_stays_reachable_under_a_deny_all_policy() {
-    if !have_root("failsafe_ssh_stays_reachable_under_a_deny_all_policy") {
-        return;
-    }
+    require_root();
     let topology = Topology::new().expect("namespaces");
     let deny_all = r#"
 kind = "CiliumClusterwideNetworkPolicy"
@@ -348,10 +343,9 @@ toPorts = [{ ports = [{ port = 0 }] }]
 const SWAPS: usize = 1000;
 
 #[test]
+#[ignore = "privileged: needs root (namespaces, BPF); `cargo xtask test` runs it"]
 fn traffic_flows_while_the_table_is_swapped_a_thousand_times() {
-    if !have_root("traffic_flows_while_the_table_is_swapped_a_thousand_times") {
-        return;
-    }
+    require_root();
     let topology = Topology::new().expect("namespaces");
     // Two tables that both allow the bastion's UDP 5353, by different rules.
     let table_a = BASTION_UDP_AND_PING.replace("udp-and-ping", "swap");
@@ -425,10 +419,9 @@ toPorts = [{ ports = [{ port = 5000, endPort = 6000, protocol = "UDP" }] }]
 }
 
 #[test]
+#[ignore = "privileged: needs root (namespaces, BPF); `cargo xtask test` runs it"]
 fn kill_nine_keeps_enforcement_and_connections_and_cleanup_removes_it() {
-    if !have_root("kill_nine_keeps_enforcement_and_connections_and_cleanup_removes_it") {
-        return;
-    }
+    require_root();
     let topology = Topology::new().expect("namespaces");
     let (workdir, config, policies) = setup(
         "restart",
@@ -524,10 +517,9 @@ toPorts = [{ ports = [{ port = 22, protocol = "TCP" }] }]
 /// by it), a later fragment without its first is dropped as
 /// `FRAG_NOT_FOUND`, malformed IPv4 headers as `INVALID_PACKET_DROPPED`.
 #[test]
+#[ignore = "privileged: needs root (namespaces, BPF); `cargo xtask test` runs it"]
 fn extension_headers_orphan_fragments_and_malformed_headers_on_the_wire() {
-    if !have_root("extension_headers_orphan_fragments_and_malformed_headers_on_the_wire") {
-        return;
-    }
+    require_root();
     let topology = Topology::new().expect("namespaces");
     let (workdir, config, policies) =
         setup("hostile-frames", INTERFACES, &[("ssh.toml", SSH_V4_AND_V6)]);

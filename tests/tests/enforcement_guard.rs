@@ -10,15 +10,14 @@ use std::{
 };
 
 use palisade_api::InterfaceState;
-use palisade_e2e::{Connect, Daemon, Listener, TempDir, Topology, have_root, http_get, repo};
+use palisade_e2e::{Connect, Daemon, Listener, TempDir, Topology, http_get, repo, require_root};
 
 const SSH: u16 = 22;
 
 #[test]
+#[ignore = "privileged: needs root (namespaces, BPF); `cargo xtask test` runs it"]
 fn a_deleted_and_recreated_interface_is_enforced_again_within_a_second() {
-    if !have_root("a_deleted_and_recreated_interface_is_enforced_again_within_a_second") {
-        return;
-    }
+    require_root();
     let topology = Topology::new().expect("namespaces");
     let workdir = TempDir::new("guard-link").expect("workdir");
     let _listener = Listener::start(&topology.node, Topology::node_port(SSH)).expect("listener");
@@ -57,10 +56,9 @@ fn a_deleted_and_recreated_interface_is_enforced_again_within_a_second() {
 }
 
 #[test]
+#[ignore = "privileged: needs root (namespaces, BPF); `cargo xtask test` runs it"]
 fn removed_pins_neither_stop_enforcement_nor_stay_removed() {
-    if !have_root("removed_pins_neither_stop_enforcement_nor_stay_removed") {
-        return;
-    }
+    require_root();
     let topology = Topology::new().expect("namespaces");
     let workdir = TempDir::new("guard-pins").expect("workdir");
     let _listener = Listener::start(&topology.node, Topology::node_port(SSH)).expect("listener");
@@ -105,10 +103,9 @@ fn removed_pins_neither_stop_enforcement_nor_stay_removed() {
 /// the metrics show its fill beside its capacity, and the journal warns
 /// near the fill where the kernel's LRU evicts.
 #[test]
+#[ignore = "privileged: needs root (namespaces, BPF); `cargo xtask test` runs it"]
 fn a_nearly_full_connection_table_is_shown_and_reported() {
-    if !have_root("a_nearly_full_connection_table_is_shown_and_reported") {
-        return;
-    }
+    require_root();
     let topology = Topology::new().expect("namespaces");
     let workdir = TempDir::new("guard-ct").expect("workdir");
     let config = workdir.path().join("config.toml");

@@ -5,7 +5,8 @@ use std::path::Path;
 
 use palisade_api::Flow;
 use palisade_e2e::{
-    Connect, Daemon, Listener, TempDir, Topology, address, have_root, netns_exists, process_exists,
+    Connect, Daemon, Listener, TempDir, Topology, address, netns_exists, process_exists,
+    require_root,
 };
 
 const SSH: u16 = 22;
@@ -60,10 +61,9 @@ fn root_namespace_palisade_tc_programs() -> Vec<String> {
 }
 
 #[test]
+#[ignore = "privileged: needs root (namespaces, BPF); `cargo xtask test` runs it"]
 fn denied_source_is_dropped_allowed_source_reaches_listener() {
-    if !have_root("denied_source_is_dropped_allowed_source_reaches_listener") {
-        return;
-    }
+    require_root();
     let xdp_in_root_before = root_namespace_has_xdp();
     let topology = Topology::new().expect("namespaces");
     let workdir = TempDir::new("e2e").expect("workdir");
@@ -150,10 +150,9 @@ toPorts = [{ ports = [{ port = "22", protocol = "TCP" }] }]
 "#;
 
 #[test]
+#[ignore = "privileged: needs root (namespaces, BPF); `cargo xtask test` runs it"]
 fn invalid_policy_is_rejected_with_its_position_and_changes_nothing() {
-    if !have_root("invalid_policy_is_rejected_with_its_position_and_changes_nothing") {
-        return;
-    }
+    require_root();
     let topology = Topology::new().expect("namespaces");
     let workdir = TempDir::new("e2e").expect("workdir");
     let _listener = Listener::start(&topology.node, Topology::node_port(SSH)).expect("listener");
@@ -210,10 +209,9 @@ fn invalid_policy_is_rejected_with_its_position_and_changes_nothing() {
 }
 
 #[test]
+#[ignore = "privileged: needs root (namespaces, BPF); `cargo xtask test` runs it"]
 fn guards_remove_namespaces_and_processes_when_a_test_fails() {
-    if !have_root("guards_remove_namespaces_and_processes_when_a_test_fails") {
-        return;
-    }
+    require_root();
     let (sender, receiver) = std::sync::mpsc::channel();
     let failed = std::panic::catch_unwind(move || {
         let topology = Topology::new().expect("namespaces");

@@ -9,7 +9,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use palisade_e2e::{Netns, TempDir, Topology, binary, have_root, palisaded_until_it_stops, repo};
+use palisade_e2e::{
+    Netns, TempDir, Topology, binary, palisaded_until_it_stops, repo, require_root,
+};
 
 /// A config enforcing on `interfaces` with its own pin path (removed by
 /// the caller's check) and state directory in `workdir`.
@@ -77,12 +79,9 @@ fn palisadectl_in_a_closed_pipe_ends_quietly() {
 }
 
 #[test]
+#[ignore = "privileged: needs root (namespaces, BPF); `cargo xtask test` runs it"]
 fn a_file_at_the_socket_path_is_refused_not_deleted_and_the_failed_start_leaves_no_pins() {
-    if !have_root(
-        "a_file_at_the_socket_path_is_refused_not_deleted_and_the_failed_start_leaves_no_pins",
-    ) {
-        return;
-    }
+    require_root();
     let topology = Topology::new().expect("namespaces");
     let workdir = TempDir::new("hostile-socket").expect("workdir");
     let precious = workdir.path().join("notes.txt");
@@ -101,10 +100,9 @@ fn a_file_at_the_socket_path_is_refused_not_deleted_and_the_failed_start_leaves_
 }
 
 #[test]
+#[ignore = "privileged: needs root (namespaces, BPF); `cargo xtask test` runs it"]
 fn an_unknown_interface_stops_the_start_and_leaves_no_pins() {
-    if !have_root("an_unknown_interface_stops_the_start_and_leaves_no_pins") {
-        return;
-    }
+    require_root();
     let netns = Netns::new("hostile-if").expect("namespace");
     let workdir = TempDir::new("hostile-if").expect("workdir");
     let log = refused_start(&netns, workdir.path(), "[\"nope0\"]", &[]);
@@ -112,10 +110,9 @@ fn an_unknown_interface_stops_the_start_and_leaves_no_pins() {
 }
 
 #[test]
+#[ignore = "privileged: needs root (namespaces, BPF); `cargo xtask test` runs it"]
 fn a_policy_directory_inside_the_state_directory_is_refused() {
-    if !have_root("a_policy_directory_inside_the_state_directory_is_refused") {
-        return;
-    }
+    require_root();
     let netns = Netns::new("hostile-dirs").expect("namespace");
     let workdir = TempDir::new("hostile-dirs").expect("workdir");
     let state = workdir.path().join("state");
@@ -200,10 +197,9 @@ fn open_files(pid: u32) -> usize {
 /// palisaded's descriptors stay few, and the member's own requests are
 /// limited, not the daemon.
 #[test]
+#[ignore = "privileged: needs root (namespaces, BPF); `cargo xtask test` runs it"]
 fn idle_connection_floods_on_both_listeners_do_not_starve_root() {
-    if !have_root("idle_connection_floods_on_both_listeners_do_not_starve_root") {
-        return;
-    }
+    require_root();
     let topology = Topology::new().expect("namespaces");
     let workdir = TempDir::new("hostile-flood").expect("workdir");
     let config = workdir.path().join("config.toml");
@@ -310,10 +306,9 @@ fn rss_kb(pid: u32) -> u64 {
 /// status answers within a second throughout, palisaded stays under
 /// 100 MB, and the denied source stays dropped.
 #[test]
+#[ignore = "privileged: needs root (namespaces, BPF); `cargo xtask test` runs it"]
 fn a_hostile_local_user_does_everything_at_once() {
-    if !have_root("a_hostile_local_user_does_everything_at_once") {
-        return;
-    }
+    require_root();
     let topology = Topology::new().expect("namespaces");
     let workdir = TempDir::new("hostile-all").expect("workdir");
     let config = workdir.path().join("config.toml");

@@ -9,7 +9,7 @@ use std::{
     time::Duration,
 };
 
-use palisade_e2e::{Daemon, Launch, TempDir, Topology, datagrams_until, have_root, tcp_connect};
+use palisade_e2e::{Daemon, Launch, TempDir, Topology, datagrams_until, require_root, tcp_connect};
 
 /// Mounts the fake journal over the real path, then runs palisaded.
 const WITH_FAKE_JOURNAL: &str = "mount -t tmpfs tmpfs /run \
@@ -70,10 +70,9 @@ fn has_fields(entry: &Entry, wanted: &[(&str, &str)]) -> bool {
 }
 
 #[test]
+#[ignore = "privileged: needs root (namespaces, BPF); `cargo xtask test` runs it"]
 fn journal_entries_carry_palisade_fields() {
-    if !have_root("journal_entries_carry_palisade_fields") {
-        return;
-    }
+    require_root();
     let topology = Topology::new().expect("namespaces");
     let workdir = TempDir::new("journal").expect("workdir");
     let fake = workdir.path().join("journal.sock");

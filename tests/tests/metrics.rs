@@ -8,7 +8,7 @@ use std::{
 };
 
 use palisade_e2e::{
-    Daemon, Netns, TempDir, Topology, allow_from_policy, have_root, http_get, tcp_connect,
+    Daemon, Netns, TempDir, Topology, allow_from_policy, http_get, require_root, tcp_connect,
 };
 use prometheus_parse::{Scrape, Value};
 
@@ -44,10 +44,9 @@ fn value(scrape: &Scrape, metric: &str, labels: &[(&str, &str)]) -> f64 {
 }
 
 #[test]
+#[ignore = "privileged: needs root (namespaces, BPF); `cargo xtask test` runs it"]
 fn counters_move_with_the_traffic_sent() {
-    if !have_root("counters_move_with_the_traffic_sent") {
-        return;
-    }
+    require_root();
     let topology = Topology::new().expect("namespaces");
     let workdir = TempDir::new("metrics").expect("workdir");
     let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");

@@ -12,7 +12,8 @@ use std::{
 
 use palisade_api::{Flow, Layer4};
 use palisade_e2e::{
-    ChildGuard, Daemon, TempDir, Topology, binary, have_root, send_icmp_echo, send_udp, tcp_connect,
+    ChildGuard, Daemon, TempDir, Topology, binary, require_root, send_icmp_echo, send_udp,
+    tcp_connect,
 };
 
 const ALLOW_BASTION_DNS: &str = r#"
@@ -74,10 +75,9 @@ fn set(labels: &[&'static str]) -> BTreeSet<&'static str> {
 }
 
 #[test]
+#[ignore = "privileged: needs root (namespaces, BPF); `cargo xtask test` runs it"]
 fn each_filter_returns_exactly_the_expected_flows() {
-    if !have_root("each_filter_returns_exactly_the_expected_flows") {
-        return;
-    }
+    require_root();
     let topology = Topology::new().expect("namespaces");
     let workdir = TempDir::new("observe").expect("workdir");
     let policies = workdir.path().join("policies.d");

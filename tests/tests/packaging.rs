@@ -19,16 +19,19 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
-use palisade_e2e::{ChildGuard, Netns, have_root, have_tools, repo, run};
+use palisade_e2e::{ChildGuard, Netns, repo, require_root, require_tools, run};
 
 /// Where `cargo xtask package` puts the packages.
 fn packages_dir() -> PathBuf {
     repo().join("target/packages")
 }
 
-/// The built .deb and .rpm, or `None` (with the reason printed) when they
-/// have not been built; under `CI=true` their absence is a failure.
-fn packages(test: &str) -> Option<(PathBuf, PathBuf)> {
+/// The built .deb and .rpm.
+///
+/// # Panics
+///
+/// When they have not been built (`cargo xtask test` builds them first).
+fn packages() -> (PathBuf, PathBuf) {
     let find = |extension: &str| {
         std::fs::read_dir(packages_dir())
             .ok()?
@@ -36,16 +39,11 @@ fn packages(test: &str) -> Option<(PathBuf, PathBuf)> {
             .find(|path| path.extension().is_some_and(|ext| ext == extension))
     };
     match (find("deb"), find("rpm")) {
-        (Some(deb), Some(rpm)) => Some((deb, rpm)),
-        _ => {
-            assert!(
-                std::env::var("CI").as_deref() != Ok("true"),
-                "{test}: no packages in {}; `cargo xtask test` builds them with `cargo xtask package`",
-                packages_dir().display()
-            );
-            eprintln!("SKIPPED {test}: run `cargo xtask package` first");
-            None
-        }
+        (Some(deb), Some(rpm)) => (deb, rpm),
+        _ => panic!(
+            "no packages in {}; `cargo xtask test` builds them with `cargo xtask package`",
+            packages_dir().display()
+        ),
     }
 }
 
@@ -54,14 +52,10 @@ fn rpm_query(rpm: &Path, args: &[&str]) -> String {
 }
 
 #[test]
+#[ignore = "needs the built packages: `cargo xtask test` builds and runs it"]
 fn the_rpm_has_its_files_scriptlets_and_noreplace_conffiles() {
-    let test = "the_rpm_has_its_files_scriptlets_and_noreplace_conffiles";
-    let Some((_, rpm)) = packages(test) else {
-        return;
-    };
-    if !have_tools(test, &["rpm"]) {
-        return;
-    }
+    let (_, rpm) = packages();
+    require_tools(&["rpm"]);
     let files = rpm_query(&rpm, &["-l"]);
     for expected in [
         "/usr/sbin/palisaded",
@@ -142,14 +136,10 @@ fn the_rpm_has_its_files_scriptlets_and_noreplace_conffiles() {
 }
 
 #[test]
+#[ignore = "needs the built packages: `cargo xtask test` builds and runs it"]
 fn lintian_and_rpmlint_report_no_errors() {
-    let test = "lintian_and_rpmlint_report_no_errors";
-    let Some((deb, rpm)) = packages(test) else {
-        return;
-    };
-    if !have_tools(test, &["lintian", "rpmlint"]) {
-        return;
-    }
+    let (deb, rpm) = packages();
+    require_tools(&["lintian", "rpmlint"]);
     let lintian = Command::new("lintian")
         .arg(&deb)
         .output()
@@ -371,20 +361,11 @@ fn repacked_as_next_version(deb: &Path, work: &Path) -> anyhow::Result<PathBuf> 
 }
 
 #[test]
+#[ignore = "privileged: needs root (namespaces, BPF); `cargo xtask test` runs it"]
 fn the_deb_installs_runs_upgrades_and_purges_in_a_booted_debian() {
-    let test = "the_deb_installs_runs_upgrades_and_purges_in_a_booted_debian";
-    if !have_root(test) {
-        return;
-    }
-    let Some((deb, _)) = packages(test) else {
-        return;
-    };
-    if !have_tools(
-        test,
-        &["debootstrap", "systemd-nspawn", "nsenter", "dpkg-deb"],
-    ) {
-        return;
-    }
+    require_root();
+    let (deb, _) = packages();
+    require_tools(&["debootstrap", "systemd-nspawn", "nsenter", "dpkg-deb"]);
     let template = debian_root().expect("a Debian root from debootstrap");
     // The container's network: a veth pair of its own, in a test namespace.
     let netns = Netns::new("pkg").expect("a network namespace");
@@ -405,12 +386,7 @@ fn the_deb_installs_runs_upgrades_and_purges_in_a_booted_debian() {
         Ok(container) => container,
         Err(error) => {
             let _ = std::fs::remove_dir_all(&scratch);
-            assert!(
-                std::env::var("CI").as_deref() != Ok("true"),
-                "{test}: systemd-nspawn cannot boot here: {error:#}"
-            );
-            eprintln!("SKIPPED {test}: systemd-nspawn cannot boot here: {error:#}");
-            return;
+            panic!("systemd-nspawn cannot boot the Debian root: {error:#}");
         }
     };
     let _ = std::fs::remove_dir_all(&scratch);

@@ -5,7 +5,8 @@
 use std::time::Duration;
 
 use palisade_e2e::{
-    Connect, Daemon, Listener, Netns, TempDir, Topology, have_root, palisaded_until_it_stops, repo,
+    Connect, Daemon, Listener, Netns, TempDir, Topology, palisaded_until_it_stops, repo,
+    require_root,
 };
 
 const SSH: u16 = 22;
@@ -31,10 +32,9 @@ fn wait_for_generation(daemon: &Daemon, before: u32) {
 /// interfaces named, `audit_mode = true` (nothing dropped, AUDIT flows),
 /// then `audit_mode = false` and `systemctl reload palisade` (SIGHUP).
 #[test]
+#[ignore = "privileged: needs root (namespaces, BPF); `cargo xtask test` runs it"]
 fn the_readme_steps_go_from_audit_to_enforcing_by_reload() {
-    if !have_root("the_readme_steps_go_from_audit_to_enforcing_by_reload") {
-        return;
-    }
+    require_root();
     let topology = Topology::new().expect("namespaces");
     let workdir = TempDir::new("reload-audit").expect("workdir");
     let config = workdir.path().join("audit.toml");
@@ -85,10 +85,9 @@ fn the_readme_steps_go_from_audit_to_enforcing_by_reload() {
 /// `palisadectl reload`; a setting that needs a restart is refused by name
 /// and nothing changes.
 #[test]
+#[ignore = "privileged: needs root (namespaces, BPF); `cargo xtask test` runs it"]
 fn reload_puts_labels_failsafe_and_prefilter_in_force_and_names_restart_settings() {
-    if !have_root("reload_puts_labels_failsafe_and_prefilter_in_force_and_names_restart_settings") {
-        return;
-    }
+    require_root();
     let topology = Topology::new().expect("namespaces");
     let workdir = TempDir::new("reload-keys").expect("workdir");
     let policies = workdir.path().join("policies.d");
@@ -204,10 +203,9 @@ spec:
 /// `palisaded --config` naming a file that does not exist stops at once
 /// with the file's name, instead of running on the built-in defaults.
 #[test]
+#[ignore = "privileged: needs root (namespaces, BPF); `cargo xtask test` runs it"]
 fn a_mistyped_config_path_stops_palisaded_with_its_name() {
-    if !have_root("a_mistyped_config_path_stops_palisaded_with_its_name") {
-        return;
-    }
+    require_root();
     // In a namespace of its own: were the file ignored, palisaded would run
     // there on the defaults (its bpffs private to it), not on this host.
     let netns = Netns::new("mistyped").expect("namespace");

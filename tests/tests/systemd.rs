@@ -3,7 +3,7 @@
 use std::{os::unix::net::UnixDatagram, time::Duration};
 
 use palisade_e2e::{
-    Daemon, Launch, TempDir, Topology, allow_from_policy, datagrams_until, have_root, repo,
+    Daemon, Launch, TempDir, Topology, allow_from_policy, datagrams_until, repo, require_root,
 };
 
 /// Every datagram that arrives within `window`, as text.
@@ -15,10 +15,9 @@ fn collect(socket: &UnixDatagram, window: Duration) -> Vec<String> {
 }
 
 #[test]
+#[ignore = "privileged: needs root (namespaces, BPF); `cargo xtask test` runs it"]
 fn ready_status_and_watchdog_reach_the_notify_socket() {
-    if !have_root("ready_status_and_watchdog_reach_the_notify_socket") {
-        return;
-    }
+    require_root();
     let topology = Topology::new().expect("namespaces");
     let workdir = TempDir::new("notify").expect("workdir");
     let notify_path = workdir.path().join("notify.sock");
@@ -87,10 +86,9 @@ fn ready_status_and_watchdog_reach_the_notify_socket() {
 }
 
 #[test]
+#[ignore = "privileged: needs root (namespaces, BPF); `cargo xtask test` runs it"]
 fn no_ready_when_the_policies_do_not_load() {
-    if !have_root("no_ready_when_the_policies_do_not_load") {
-        return;
-    }
+    require_root();
     let topology = Topology::new().expect("namespaces");
     let workdir = TempDir::new("notify").expect("workdir");
     let policies = workdir.path().join("policies.d");

@@ -11,11 +11,11 @@ use std::{
 };
 
 use palisade_e2e::{
-    TempDir, have_root, have_tools,
+    TempDir,
     mesh::{
         Node, PalisadePair, UAPI_DIRECTORY, WireGuardGo, interface, key_pair, nodes, start_palisade,
     },
-    run,
+    require_root, require_tools, run,
 };
 
 /// `palisadectl wireguard status -o json` of `daemon`.
@@ -45,11 +45,10 @@ fn wait_for_ping(from: &Node, to: &Node, logs: &dyn Fn() -> String) {
 }
 
 #[test]
+#[ignore = "privileged: needs root (namespaces, BPF); `cargo xtask test` runs it"]
 fn two_nodes_form_a_mesh_and_only_wireguard_crosses_the_wire() {
-    let test = "two_nodes_form_a_mesh_and_only_wireguard_crosses_the_wire";
-    if !have_root(test) || !have_tools(test, &["wg", "tcpdump", "ping"]) {
-        return;
-    }
+    require_root();
+    require_tools(&["wg", "tcpdump", "ping"]);
     let work = TempDir::new("wg").expect("workdir");
     let mut pair = PalisadePair::start(work.path(), false).expect("two palisaded nodes");
     let PalisadePair {
@@ -171,11 +170,10 @@ fn two_nodes_form_a_mesh_and_only_wireguard_crosses_the_wire() {
 }
 
 #[test]
+#[ignore = "privileged: needs root (namespaces, BPF); `cargo xtask test` runs it"]
 fn a_wireguard_go_peer_configured_with_wg_talks_to_a_palisade_node() {
-    let test = "a_wireguard_go_peer_configured_with_wg_talks_to_a_palisade_node";
-    if !have_root(test) || !have_tools(test, &["wg", "wireguard-go", "ping"]) {
-        return;
-    }
+    require_root();
+    require_tools(&["wg", "wireguard-go", "ping"]);
     let (a, b) = nodes().expect("two nodes");
     let work = TempDir::new("wggo").expect("workdir");
     let (a_private, a_public) = key_pair().expect("a key pair");
@@ -206,11 +204,10 @@ fn a_wireguard_go_peer_configured_with_wg_talks_to_a_palisade_node() {
 }
 
 #[test]
+#[ignore = "privileged: needs root (namespaces, BPF); `cargo xtask test` runs it"]
 fn a_node_killed_and_restarted_rejoins_the_mesh_with_its_key() {
-    let test = "a_node_killed_and_restarted_rejoins_the_mesh_with_its_key";
-    if !have_root(test) || !have_tools(test, &["wg", "ping"]) {
-        return;
-    }
+    require_root();
+    require_tools(&["wg", "ping"]);
     let work = TempDir::new("wgre").expect("workdir");
     let mut pair = PalisadePair::start(work.path(), false).expect("two palisaded nodes");
     wait_for_ping(&pair.a, &pair.b, &|| pair.logs());
@@ -268,11 +265,11 @@ fn pings_lost(from: &Node, to: &Node, seconds: u32) -> std::thread::JoinHandle<u
 }
 
 #[test]
+#[ignore = "privileged: needs root (namespaces, BPF); `cargo xtask test` runs it"]
 fn a_staged_rotation_switches_the_other_node_at_the_first_handshake() {
     let test = "a_staged_rotation_switches_the_other_node_at_the_first_handshake";
-    if !have_root(test) || !have_tools(test, &["wg", "ping"]) {
-        return;
-    }
+    require_root();
+    require_tools(&["wg", "ping"]);
     let work = TempDir::new("wgstage").expect("workdir");
     let pair = PalisadePair::start(work.path(), false).expect("two palisaded nodes");
     let PalisadePair {
@@ -367,11 +364,10 @@ fn a_staged_rotation_switches_the_other_node_at_the_first_handshake() {
 }
 
 #[test]
+#[ignore = "privileged: needs root (namespaces, BPF); `cargo xtask test` runs it"]
 fn a_rotated_key_is_saved_and_reaches_the_other_node_by_reload() {
-    let test = "a_rotated_key_is_saved_and_reaches_the_other_node_by_reload";
-    if !have_root(test) || !have_tools(test, &["wg", "ping"]) {
-        return;
-    }
+    require_root();
+    require_tools(&["wg", "ping"]);
     let work = TempDir::new("wgrot").expect("workdir");
     let pair = PalisadePair::start(work.path(), false).expect("two palisaded nodes");
     let PalisadePair {
@@ -421,11 +417,10 @@ fn a_rotated_key_is_saved_and_reaches_the_other_node_by_reload() {
 }
 
 #[test]
+#[ignore = "privileged: needs root (namespaces, BPF); `cargo xtask test` runs it"]
 fn strict_mode_drops_a_peers_traffic_seen_unencrypted_and_says_why() {
-    let test = "strict_mode_drops_a_peers_traffic_seen_unencrypted_and_says_why";
-    if !have_root(test) || !have_tools(test, &["wg", "ping"]) {
-        return;
-    }
+    require_root();
+    require_tools(&["wg", "ping"]);
     let work = TempDir::new("wgstrict").expect("workdir");
     let mut pair = PalisadePair::start(work.path(), true).expect("two palisaded nodes");
     wait_for_ping(&pair.a, &pair.b, &|| pair.logs());

@@ -1,262 +1,76 @@
-//! `cargo xtask setup | demo | test | docs | package | bench`: the project's tasks.
-
-mod demo;
-mod package;
-mod setup;
+//! `cargo xtask ...`: the entry point of the README's set-up commands.
+//!
+//! The workspace needs Rust 1.99 (aya), but `cargo xtask` is built by the
+//! toolchain rustup defaults to, and with `RUSTUP_AUTO_INSTALL=0` a pinned
+//! `rust-toolchain.toml` would stop cargo before any of our code ran. So the
+//! pin lives here: this crate (std only, any toolchain since 1.85) installs
+//! the pinned toolchain with rustup when it is missing and then replaces
+//! itself with `palisade-tasks` (tasks/), built and run by that toolchain.
 
 use std::{
-    path::{Path, PathBuf},
-    process::Command,
+    os::unix::process::CommandExt as _,
+    process::{Command, ExitCode, Stdio},
 };
 
-use anyhow::{Context as _, bail};
-use clap::{Parser, Subcommand};
+/// The toolchain the workspace is built, linted and tested with.
+const RUST_TOOLCHAIN: &str = "1.99";
+/// Components `cargo xtask test` needs besides the compiler.
+const COMPONENTS: [&str; 2] = ["clippy", "rustfmt"];
 
-/// palisade's development tasks.
-#[derive(Debug, Parser)]
-#[command(about)]
-struct Cli {
-    #[command(subcommand)]
-    task: Task,
-}
-
-#[derive(Debug, Subcommand)]
-enum Task {
-    /// Install what the build and the tests need (apt packages, the pinned
-    /// nightly with rust-src, bpf-linker); does nothing when all is there.
-    Setup,
-    /// Run the firewall on its example config in network namespaces it creates,
-    /// send allowed and denied traffic, and show the flows.
-    Demo,
-    /// fmt check, clippy -D warnings, the packages, every test (unit and
-    /// end to end, the package tests among them), and a minute of each fuzz
-    /// target.
-    Test,
-    /// Generate the man pages and shell completions into target/assets/
-    /// (man/man1, man/man8 and completions/).
-    Docs,
-    /// Build the .deb and the .rpm into target/packages/ (installs cargo-deb
-    /// and cargo-generate-rpm when missing).
-    Package,
-    /// Benchmarks (as root), all of them or one: `datapath` (ns/packet by
-    /// table size against an empty program, and veth drop rates of XDP, TC
-    /// and nftables; target/bench/datapath.json), `flow-events` (the cost
-    /// of a flow event; target/bench/flow_events.json), `policy` (reading
-    /// and compiling 1k/10k/100k CIDR rules; target/bench/policy_compile.json)
-    /// and `wireguard` (iperf3 through palisade's tunnel and wireguard-go's;
-    /// target/bench/wireguard.json).
-    Bench {
-        /// Which benchmark; all when left out.
-        #[arg(value_enum)]
-        which: Option<Benchmark>,
-    },
-}
-
-/// The benchmarks `cargo xtask bench` runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-enum Benchmark {
-    /// The datapath: per-packet cost and drop rates.
-    Datapath,
-    /// The cost of flow events.
-    FlowEvents,
-    /// Reading and compiling large policies.
-    Policy,
-    /// WireGuard throughput, palisade against wireguard-go.
-    Wireguard,
-}
-
-fn main() -> anyhow::Result<()> {
-    match Cli::parse().task {
-        Task::Setup => setup::run(),
-        Task::Demo => {
-            setup::run()?;
-            cargo(&["build", "--bins"])?;
-            demo::run()
-        }
-        Task::Test => {
-            setup::run()?;
-            test()
-        }
-        Task::Docs => {
-            cargo(&["build", "--bins"])?;
-            let root = workspace();
-            docs(&root.join("target/debug"), &root.join("target/assets"))
-        }
-        Task::Package => {
-            setup::run()?;
-            package::run().map(drop)
-        }
-        Task::Bench { which } => {
-            setup::run()?;
-            if which.is_none_or(|w| w == Benchmark::Datapath) {
-                cargo(&["bench", "-p", "palisade-daemon", "--bench", "datapath"])?;
-            }
-            if which.is_none_or(|w| w == Benchmark::FlowEvents) {
-                cargo(&["bench", "-p", "palisade-daemon", "--bench", "flow_events"])?;
-            }
-            if which.is_none_or(|w| w == Benchmark::Policy) {
-                cargo(&["bench", "-p", "palisade-policy", "--bench", "compile"])?;
-            }
-            if which.is_none_or(|w| w == Benchmark::Wireguard) {
-                cargo(&["bench", "-p", "palisade-daemon", "--bench", "wireguard"])?;
-            }
-            Ok(())
-        }
+fn main() -> ExitCode {
+    if let Err(message) = install_toolchain() {
+        eprintln!("xtask: {message}");
+        return ExitCode::FAILURE;
     }
+    let error = Command::new("rustup")
+        .args(["run", RUST_TOOLCHAIN, "cargo", "run", "--quiet"])
+        .args(["--package", "palisade-tasks", "--"])
+        .args(std::env::args_os().skip(1))
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .exec();
+    eprintln!("xtask: running palisade-tasks with rustup run {RUST_TOOLCHAIN} cargo: {error}");
+    ExitCode::FAILURE
 }
 
-/// The workspace root.
-fn workspace() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .map(PathBuf::from)
-        .unwrap_or_default()
-}
-
-/// Runs cargo in the workspace with `args`, failing if it fails.
-fn cargo(args: &[&str]) -> anyhow::Result<()> {
-    eprintln!("+ cargo {}", args.join(" "));
-    let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-        .args(args)
-        .current_dir(workspace())
-        .status()
-        .with_context(|| format!("running cargo {}", args.join(" ")))?;
-    if !status.success() {
-        bail!("cargo {} failed ({status})", args.join(" "));
-    }
-    Ok(())
-}
-
-/// Runs the binary `name` from `binaries` with `args` and returns its stdout.
-fn run_binary(binaries: &Path, name: &str, args: &[&str]) -> anyhow::Result<Vec<u8>> {
-    let binary = binaries.join(name);
-    let output = Command::new(&binary)
-        .args(args)
+/// Installs `RUST_TOOLCHAIN` with its components unless it is there already.
+fn install_toolchain() -> Result<(), String> {
+    let listed = Command::new("rustup")
+        .args(["component", "list", "--installed", "--toolchain"])
+        .arg(RUST_TOOLCHAIN)
+        .stderr(Stdio::null())
         .output()
-        .with_context(|| format!("running {}", binary.display()))?;
-    if !output.status.success() {
-        bail!(
-            "{name} {} failed: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&output.stderr)
-        );
-    }
-    Ok(output.stdout)
-}
-
-/// Man pages (`man/man8/palisaded.8`, `man/man1/palisadectl*.1`) and
-/// completions (bash, zsh, fish) under `out`, from the binaries in `binaries`.
-fn docs(binaries: &Path, out: &Path) -> anyhow::Result<()> {
-    let man1 = out.join("man/man1");
-    let man8 = out.join("man/man8");
-    let completions = out.join("completions");
-    for directory in [&man1, &man8, &completions] {
-        std::fs::create_dir_all(directory)
-            .with_context(|| format!("creating {}", directory.display()))?;
-    }
-    run_binary(
-        binaries,
-        "palisadectl",
-        &["man", "--dir", &man1.display().to_string()],
-    )?;
-    std::fs::write(
-        man8.join("palisaded.8"),
-        run_binary(binaries, "palisaded", &["--man-page"])?,
-    )?;
-    for (shell, file) in [
-        ("bash", "palisadectl.bash"),
-        ("zsh", "_palisadectl"),
-        ("fish", "palisadectl.fish"),
-    ] {
-        std::fs::write(
-            completions.join(file),
-            run_binary(binaries, "palisadectl", &["completion", shell])?,
-        )?;
+        .map_err(|e| format!("running rustup (palisade is built with rustup's toolchains): {e}"))?;
+    let installed = String::from_utf8_lossy(&listed.stdout);
+    if listed.status.success()
+        && COMPONENTS
+            .iter()
+            .all(|component| installed.lines().any(|line| line.starts_with(component)))
+    {
+        return Ok(());
     }
     eprintln!(
-        "man pages in {}, completions in {}",
-        out.join("man").display(),
-        completions.display()
+        "xtask: installing Rust {RUST_TOOLCHAIN} with {}",
+        COMPONENTS.join(", ")
     );
-    Ok(())
-}
-
-fn test() -> anyhow::Result<()> {
-    cargo(&["fmt", "--all", "--check"])?;
-    cargo(&["clippy", "--all-targets", "--", "-D", "warnings"])?;
-    clippy_ebpf()?;
-    // The end-to-end tests run the built palisaded and palisadectl, and the
-    // package tests install the packages.
-    cargo(&["build", "--bins"])?;
-    package::run()?;
-    let tested = cargo(&["test", "--no-fail-fast"]);
-    let fuzzed = fuzz();
-    tested.and(fuzzed)
-}
-
-/// clippy -D warnings on the eBPF crate, for its own target with the
-/// pinned nightly (as aya's xtask lints its eBPF crates).
-fn clippy_ebpf() -> anyhow::Result<()> {
-    setup::check(
-        Command::new("rustup")
-            .args([
-                "run",
-                setup::EBPF_TOOLCHAIN,
-                "cargo",
-                "clippy",
-                "--target",
-                "bpfel-unknown-none",
-                "-Z",
-                "build-std=core",
-                "--",
-                "-D",
-                "warnings",
-            ])
-            .current_dir(workspace().join("ebpf")),
-    )
-}
-
-/// The fuzz targets under fuzz/ (cargo fuzz, libFuzzer), a bounded run of
-/// each from the committed corpus; new inputs go to a scratch directory,
-/// a crash fails the run and is kept under fuzz/artifacts/.
-const FUZZ_TARGETS: [&str; 3] = ["policy_text", "config_toml", "api_requests"];
-/// Seconds each target runs.
-const FUZZ_SECONDS: u32 = 60;
-
-fn fuzz() -> anyhow::Result<()> {
-    let fuzz_dir = workspace().join("fuzz");
-    for target in FUZZ_TARGETS {
-        let scratch =
-            std::env::temp_dir().join(format!("palisade-fuzz-{target}-{}", std::process::id()));
-        std::fs::create_dir_all(&scratch)
-            .with_context(|| format!("creating {}", scratch.display()))?;
-        let result = setup::check(
-            Command::new("rustup")
-                .args([
-                    "run",
-                    setup::EBPF_TOOLCHAIN,
-                    "cargo",
-                    "fuzz",
-                    "run",
-                    "-O",
-                    target,
-                ])
-                .arg(&scratch)
-                .arg(fuzz_dir.join("corpus").join(target))
-                .args([
-                    "--",
-                    &format!("-max_total_time={FUZZ_SECONDS}"),
-                    "-rss_limit_mb=1024",
-                    "-max_len=65536",
-                    "-print_final_stats=1",
-                ])
-                .current_dir(&fuzz_dir),
-        );
-        let _ = std::fs::remove_dir_all(&scratch);
-        result.with_context(|| {
-            format!("fuzz target {target} failed; the input is under fuzz/artifacts/{target}/")
-        })?;
+    let mut install = Command::new("rustup");
+    install.args([
+        "toolchain",
+        "install",
+        RUST_TOOLCHAIN,
+        "--profile",
+        "minimal",
+    ]);
+    for component in COMPONENTS {
+        install.args(["--component", component]);
     }
-    eprintln!("{} passed, 0 failed: fuzz targets", FUZZ_TARGETS.len());
-    Ok(())
+    let status = install
+        .status()
+        .map_err(|e| format!("running rustup toolchain install: {e}"))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "rustup toolchain install {RUST_TOOLCHAIN} failed ({status})"
+        ))
+    }
 }

@@ -14,7 +14,7 @@ use aya::{
     maps::{MapData, RingBuf},
 };
 use palisade_common::{FlowEvent, drop_reason, protocol, verdict};
-use palisade_e2e::have_root;
+use palisade_e2e::require_root;
 use palisade_policy::{
     CompiledTable, Connection, Direction, NodeContext, compile, evaluate, policy_from_toml,
 };
@@ -348,10 +348,9 @@ fn check_direction(name: &str, table: &CompiledTable, direction: Direction) {
 }
 
 #[test]
+#[ignore = "privileged: needs root (namespaces, BPF); `cargo xtask test` runs it"]
 fn example_policy_matches_the_evaluator() {
-    if !have_root("example_policy_matches_the_evaluator") {
-        return;
-    }
+    require_root();
     let text = include_str!("../../../../etc/policies.d/host-ssh-from-bastion.toml");
     check_fixture("example", text, false);
 }
@@ -390,18 +389,16 @@ toPorts = [{ ports = [{ port = 443 }] }]
 "#;
 
 #[test]
+#[ignore = "privileged: needs root (namespaces, BPF); `cargo xtask test` runs it"]
 fn nested_allow_and_deny_prefixes_match_the_evaluator() {
-    if !have_root("nested_allow_and_deny_prefixes_match_the_evaluator") {
-        return;
-    }
+    require_root();
     check_fixture("layered", LAYERED, false);
 }
 
 #[test]
+#[ignore = "privileged: needs root (namespaces, BPF); `cargo xtask test` runs it"]
 fn audit_mode_matches_the_evaluator() {
-    if !have_root("audit_mode_matches_the_evaluator") {
-        return;
-    }
+    require_root();
     check_fixture("layered-audit", LAYERED, true);
 }
 
@@ -420,10 +417,9 @@ toPorts = [{ ports = [{ port = 22, protocol = "TCP" }] }]
 "#;
 
 #[test]
+#[ignore = "privileged: needs root (namespaces, BPF); `cargo xtask test` runs it"]
 fn a_policy_in_audit_mode_beside_an_enforced_one_matches_the_evaluator() {
-    if !have_root("a_policy_in_audit_mode_beside_an_enforced_one_matches_the_evaluator") {
-        return;
-    }
+    require_root();
     let audited = LAYERED.replace(
         "metadata = { name = \"layered\" }",
         "metadata = { name = \"layered\", annotations = { \"cilium.io/policy-audit-mode\" = \"true\" } }",
@@ -442,10 +438,9 @@ fn a_policy_in_audit_mode_beside_an_enforced_one_matches_the_evaluator() {
 }
 
 #[test]
+#[ignore = "privileged: needs root (namespaces, BPF); `cargo xtask test` runs it"]
 fn wireguard_strict_mode_matches_the_evaluator() {
-    if !have_root("wireguard_strict_mode_matches_the_evaluator") {
-        return;
-    }
+    require_root();
     let node = NodeContext {
         strict_prefixes: vec![
             "10.1.0.0/16".parse().expect("a prefix"),
@@ -457,10 +452,9 @@ fn wireguard_strict_mode_matches_the_evaluator() {
 }
 
 #[test]
+#[ignore = "privileged: needs root (namespaces, BPF); `cargo xtask test` runs it"]
 fn wildcard_peers_and_ipv6_default_route_match_the_evaluator() {
-    if !have_root("wildcard_peers_and_ipv6_default_route_match_the_evaluator") {
-        return;
-    }
+    require_root();
     // An L4-only rule (every source), an IPv6 ::/0 allow that must not leak
     // into IPv4, and an IPv4 deny inside.
     let text = r#"
@@ -480,10 +474,9 @@ toPorts = [{ ports = [{ port = 443 }] }]
 }
 
 #[test]
+#[ignore = "privileged: needs root (namespaces, BPF); `cargo xtask test` runs it"]
 fn icmp_type_rules_match_the_evaluator() {
-    if !have_root("icmp_type_rules_match_the_evaluator") {
-        return;
-    }
+    require_root();
     let text = r#"
 kind = "CiliumClusterwideNetworkPolicy"
 metadata = { name = "icmp" }
@@ -509,10 +502,9 @@ icmps = [{ fields = [{ type = "Timestamp" }] }]
 }
 
 #[test]
+#[ignore = "privileged: needs root (namespaces, BPF); `cargo xtask test` runs it"]
 fn ipv6_default_route_does_not_apply_to_ipv4() {
-    if !have_root("ipv6_default_route_does_not_apply_to_ipv4") {
-        return;
-    }
+    require_root();
     // IPv4 travels as ::ffff:a.b.c.d inside the programs; an IPv4 packet
     // must still find no rule here but the /24.
     let text = r#"
@@ -534,10 +526,9 @@ mod cilium_cases;
 /// prefilter and the TC program of the packet's direction together must
 /// forward or drop each packet as Cilium does, and report that verdict.
 #[test]
+#[ignore = "privileged: needs root (namespaces, BPF); `cargo xtask test` runs it"]
 fn the_programs_give_cilium_s_verdicts() {
-    if !have_root("the_programs_give_cilium_s_verdicts") {
-        return;
-    }
+    require_root();
     let mut failures = Vec::new();
     for case in cilium_cases::cases() {
         let table = compile(&case.policies, &NodeContext::default())
@@ -585,13 +576,12 @@ fn the_programs_give_cilium_s_verdicts() {
 /// fragment without its first is dropped as `FRAG_NOT_FOUND`, malformed
 /// IPv4 headers as `INVALID_PACKET`.
 #[test]
+#[ignore = "privileged: needs root (namespaces, BPF); `cargo xtask test` runs it"]
 fn extension_headers_orphan_fragments_and_malformed_headers_get_their_verdicts() {
     use palisade_e2e::frames::{
         orphan_fragment, short_ipv4_header, truncated_tcp, with_ipv6_extension_headers,
     };
-    if !have_root("extension_headers_orphan_fragments_and_malformed_headers_get_their_verdicts") {
-        return;
-    }
+    require_root();
     let policy = r#"
 kind = "CiliumClusterwideNetworkPolicy"
 metadata = { name = "ssh" }
@@ -691,10 +681,9 @@ mod cilium_examples;
 /// compiled for the node the policy tests use, through the programs: the
 /// same verdicts as the evaluator, packet by packet.
 #[test]
+#[ignore = "privileged: needs root (namespaces, BPF); `cargo xtask test` runs it"]
 fn every_host_example_of_cilium_matches_the_evaluator() {
-    if !have_root("every_host_example_of_cilium_matches_the_evaluator") {
-        return;
-    }
+    require_root();
     let mut checked = 0;
     for fixture in cilium_examples::fixtures() {
         let Ok(policies) = palisade_policy::policies_from_text(

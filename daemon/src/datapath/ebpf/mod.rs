@@ -889,10 +889,9 @@ fromCIDR = ["192.0.2.1/32"]
 "#;
 
     #[test]
+    #[ignore = "privileged: needs root (namespaces, BPF); `cargo xtask test` runs it"]
     fn an_upgrade_keeps_connections_pinned_in_the_openers_order() {
-        if !palisade_e2e::have_root("an_upgrade_keeps_connections_pinned_in_the_openers_order") {
-            return;
-        }
+        palisade_e2e::require_root();
         let pins = TestPins::new("ct-upgrade");
         let config = test_config(&pins);
         let policy = policy_from_toml("egress-only.toml", EGRESS_ONLY).unwrap();
