@@ -9,7 +9,7 @@ use std::{net::IpAddr, str::FromStr, time::SystemTime};
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
-use crate::{Flow, Layer4};
+use crate::{Flow, Layer4, Verdict};
 
 /// The query of the flows endpoint: which flows, how many, and whether to follow.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -102,7 +102,7 @@ pub enum EventType {
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct FlowFilter {
     /// Allowed verdict names.
-    pub verdicts: Vec<String>,
+    pub verdicts: Vec<Verdict>,
     /// Prefixes for either address.
     pub ips: Vec<IpNet>,
     /// Prefixes for the source.
@@ -182,13 +182,7 @@ impl FlowQuery {
     /// [`FilterError`] for the first value that does not parse.
     pub fn filter(&self) -> Result<FlowFilter, FilterError> {
         Ok(FlowFilter {
-            verdicts: parse_each("verdict", self.verdict.as_ref(), |v| {
-                let upper = v.to_ascii_uppercase();
-                match upper.as_str() {
-                    "FORWARDED" | "DROPPED" | "AUDIT" => Ok(upper),
-                    _ => Err("expected FORWARDED, DROPPED or AUDIT".to_owned()),
-                }
-            })?,
+            verdicts: parse_each("verdict", self.verdict.as_ref(), Verdict::from_str)?,
             ips: parse_each("ip", self.ip.as_ref(), prefix)?,
             from_ips: parse_each("from_ip", self.from_ip.as_ref(), prefix)?,
             to_ips: parse_each("to_ip", self.to_ip.as_ref(), prefix)?,
@@ -226,12 +220,8 @@ fn any_or_empty<T>(list: &[T], test: impl Fn(&T) -> bool) -> bool {
     list.is_empty() || list.iter().any(test)
 }
 
-fn contains(prefixes: &[IpNet], address: &str) -> bool {
-    any_or_empty(prefixes, |prefix| {
-        address
-            .parse::<IpAddr>()
-            .is_ok_and(|address| prefix.contains(&address))
-    })
+fn contains(prefixes: &[IpNet], address: IpAddr) -> bool {
+    any_or_empty(prefixes, |prefix| prefix.contains(&address))
 }
 
 impl FlowFilter {
@@ -248,18 +238,18 @@ impl FlowFilter {
         let time = || humantime::parse_rfc3339_weak(&flow.time).ok();
         any_or_empty(&self.verdicts, |v| *v == flow.verdict)
             && (self.ips.is_empty()
-                || contains(&self.ips, &flow.ip.source)
-                || contains(&self.ips, &flow.ip.destination))
-            && contains(&self.from_ips, &flow.ip.source)
-            && contains(&self.to_ips, &flow.ip.destination)
+                || contains(&self.ips, flow.ip.source)
+                || contains(&self.ips, flow.ip.destination))
+            && contains(&self.from_ips, flow.ip.source)
+            && contains(&self.to_ips, flow.ip.destination)
             && port_matches(&self.ports, |(s, d)| [s, d])
             && port_matches(&self.from_ports, |(s, _)| [s, s])
             && port_matches(&self.to_ports, |(_, d)| [d, d])
             && any_or_empty(&self.protocols, |p| protocol_matches(*p, flow.l4.as_ref()))
             && any_or_empty(&self.types, |t| match t {
-                EventType::Drop => flow.verdict == "DROPPED",
+                EventType::Drop => flow.verdict == Verdict::Dropped,
                 EventType::PolicyVerdict => true,
-                EventType::Trace => flow.verdict != "DROPPED",
+                EventType::Trace => flow.verdict != Verdict::Dropped,
             })
             && any_or_empty(&self.policies, |name| {
                 flow.decided_by().any(|policy| policy.name == *name)
@@ -291,20 +281,20 @@ fn protocol_matches(wanted: ProtocolFilter, l4: Option<&Layer4>) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{FlowIp, FlowPolicy, Icmp, Interface, TcpFlags};
+    use crate::{FlowIp, FlowPolicy, Icmp, Interface, IpVersion, TcpFlags, TrafficDirection};
 
     fn flow(source: &str, destination: &str, verdict: &str, l4: Option<Layer4>) -> Flow {
         Flow {
             time: "2026-11-25T10:00:00Z".into(),
-            verdict: verdict.into(),
+            verdict: verdict.parse().expect("a verdict"),
             drop_reason_desc: None,
             ip: FlowIp {
-                source: source.into(),
-                destination: destination.into(),
-                ip_version: "IPv4".into(),
+                source: source.parse().expect("an address"),
+                destination: destination.parse().expect("an address"),
+                ip_version: IpVersion::V4,
             },
             l4,
-            traffic_direction: "INGRESS".into(),
+            traffic_direction: TrafficDirection::Ingress,
             interface: Interface {
                 index: 2,
                 name: "eth0".into(),

@@ -1,17 +1,99 @@
 //! The flow record, modelled on Hubble's `flow.Flow` so that its JSON reads
 //! like `hubble observe -o json` (same field names where the meaning is the same).
 
-use std::fmt;
+use std::{fmt, net::IpAddr, str::FromStr};
 
 use serde::{Deserialize, Serialize};
+
+/// What became of a packet (Hubble's `Verdict`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum Verdict {
+    /// Let through.
+    Forwarded,
+    /// Dropped.
+    Dropped,
+    /// Would have been dropped; let through because the policy is in audit mode.
+    Audit,
+    /// A verdict code this version does not know.
+    VerdictUnknown,
+}
+
+impl Verdict {
+    /// The name on the wire and in the journal: `FORWARDED`, `DROPPED`, `AUDIT`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Forwarded => "FORWARDED",
+            Self::Dropped => "DROPPED",
+            Self::Audit => "AUDIT",
+            Self::VerdictUnknown => "VERDICT_UNKNOWN",
+        }
+    }
+}
+
+impl fmt::Display for Verdict {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Verdict {
+    type Err = String;
+
+    /// Reads a verdict's name in any case.
+    fn from_str(value: &str) -> Result<Self, Self::Err> {
+        [Self::Forwarded, Self::Dropped, Self::Audit]
+            .into_iter()
+            .find(|verdict| verdict.as_str().eq_ignore_ascii_case(value))
+            .ok_or_else(|| "expected FORWARDED, DROPPED or AUDIT".to_owned())
+    }
+}
+
+/// Which way a packet or connection went, seen from this node (Hubble's
+/// `TrafficDirection`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum TrafficDirection {
+    /// Towards this node.
+    Ingress,
+    /// From this node.
+    Egress,
+}
+
+impl TrafficDirection {
+    /// The name on the wire: `INGRESS` or `EGRESS`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Ingress => "INGRESS",
+            Self::Egress => "EGRESS",
+        }
+    }
+}
+
+impl fmt::Display for TrafficDirection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The IP version of a flow, named as Hubble names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum IpVersion {
+    /// IPv4.
+    #[serde(rename = "IPv4")]
+    V4,
+    /// IPv6.
+    #[serde(rename = "IPv6")]
+    V6,
+}
 
 /// One verdict on one packet.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Flow {
     /// When the packet was judged (RFC 3339, UTC).
     pub time: String,
-    /// `FORWARDED`, `DROPPED` or `AUDIT`.
-    pub verdict: String,
+    /// What became of the packet.
+    pub verdict: Verdict,
     /// Why it was dropped (`POLICY_DENIED`, `POLICY_DENY`); absent when forwarded.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub drop_reason_desc: Option<String>,
@@ -21,8 +103,8 @@ pub struct Flow {
     /// Transport header fields, when there is a known one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub l4: Option<Layer4>,
-    /// `INGRESS` or `EGRESS`.
-    pub traffic_direction: String,
+    /// Which way the packet went.
+    pub traffic_direction: TrafficDirection,
     /// The interface the packet crossed.
     pub interface: Interface,
     /// The policy rule that allowed it, if a rule did.
@@ -52,12 +134,12 @@ pub struct Flow {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FlowIp {
     /// Source address.
-    pub source: String,
+    pub source: IpAddr,
     /// Destination address.
-    pub destination: String,
+    pub destination: IpAddr,
     /// `IPv4` or `IPv6`.
     #[serde(rename = "ipVersion")]
-    pub ip_version: String,
+    pub ip_version: IpVersion,
 }
 
 /// Transport header fields.
@@ -201,10 +283,10 @@ impl Flow {
     pub fn endpoints(&self) -> (String, String) {
         match self.l4.as_ref().and_then(Layer4::ports) {
             Some(ports) => (
-                join_port(&self.ip.source, ports.source_port),
-                join_port(&self.ip.destination, ports.destination_port),
+                join_port(self.ip.source, ports.source_port),
+                join_port(self.ip.destination, ports.destination_port),
             ),
-            None => (self.ip.source.clone(), self.ip.destination.clone()),
+            None => (self.ip.source.to_string(), self.ip.destination.to_string()),
         }
     }
 
@@ -240,10 +322,6 @@ impl Layer4 {
     }
 }
 
-fn join_port(address: &str, port: u16) -> String {
-    if address.contains(':') {
-        format!("[{address}]:{port}")
-    } else {
-        format!("{address}:{port}")
-    }
+fn join_port(address: IpAddr, port: u16) -> String {
+    std::net::SocketAddr::new(address, port).to_string()
 }

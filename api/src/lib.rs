@@ -10,10 +10,14 @@ mod policies;
 
 pub use client::{Client, ClientError};
 pub use conntrack::{
-    CONNTRACK_DEFAULT_LIMIT, CONNTRACK_MAX_LIMIT, ConntrackEntry, ConntrackFlush, ConntrackList,
+    CONNTRACK_DEFAULT_LIMIT, CONNTRACK_MAX_LIMIT, ConnectionState, ConntrackEntry, ConntrackFlush,
+    ConntrackList,
 };
 pub use filter::{EventType, FilterError, FlowFilter, FlowQuery, ProtocolFilter};
-pub use flow::{Flow, FlowIp, FlowPolicy, Icmp, Interface, Layer4, PortPair, TcpFlags};
+pub use flow::{
+    Flow, FlowIp, FlowPolicy, Icmp, Interface, IpVersion, Layer4, PortPair, TcpFlags,
+    TrafficDirection, Verdict,
+};
 pub use palisade_policy::Diagnostic;
 pub use policies::{
     ApplyRequest, ApplyResponse, ConfirmResponse, DiffResponse, FlowChange, PendingConfirm,

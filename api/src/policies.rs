@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::Flow;
+use crate::{Flow, Verdict};
 
 /// One policy file as the user gave it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -164,8 +164,8 @@ pub struct DiffResponse {
 pub struct FlowChange {
     /// The flow as it was seen.
     pub flow: Flow,
-    /// `FORWARDED`, `DROPPED` or `AUDIT` under the new rules.
-    pub new_verdict: String,
+    /// The verdict under the new rules.
+    pub new_verdict: Verdict,
     /// The drop reason under the new rules, if dropped.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub new_drop_reason: Option<String>,

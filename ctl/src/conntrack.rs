@@ -1,5 +1,7 @@
 //! `palisadectl ct list|flush`.
 
+use std::net::SocketAddr;
+
 use clap::Subcommand;
 use palisade_api::{CONNTRACK_DEFAULT_LIMIT, Client, ConntrackEntry};
 
@@ -65,20 +67,13 @@ fn table(entries: &[ConntrackEntry]) -> String {
         .map(str::to_owned)
         .to_vec(),
     ];
-    let endpoint = |address: &str, port: u16| {
-        if address.contains(':') {
-            format!("[{address}]:{port}")
-        } else {
-            format!("{address}:{port}")
-        }
-    };
     for entry in entries {
         rows.push(vec![
             entry.protocol.clone(),
-            endpoint(&entry.source, entry.source_port),
-            endpoint(&entry.destination, entry.destination_port),
-            entry.direction.clone(),
-            entry.state.clone(),
+            SocketAddr::new(entry.source, entry.source_port).to_string(),
+            SocketAddr::new(entry.destination, entry.destination_port).to_string(),
+            entry.direction.to_string(),
+            entry.state.as_str().to_owned(),
             format!("{}s", entry.expires_in_seconds),
             entry.opened_by.clone(),
         ]);

@@ -147,7 +147,7 @@ pub async fn run(client: &Client, args: &ObserveArgs) -> anyhow::Result<()> {
                         &flow.time,
                         &source,
                         &destination,
-                        &flow.verdict,
+                        flow.verdict.as_str(),
                         &flow.summary
                     ])
                 );
@@ -182,7 +182,7 @@ fn dict(flow: &Flow) -> String {
         ("SOURCE", &source),
         ("DESTINATION", &destination),
         ("TYPE", flow.traffic_direction.as_str()),
-        ("VERDICT", &flow.verdict),
+        ("VERDICT", flow.verdict.as_str()),
         (
             "DROP REASON",
             flow.drop_reason_desc.as_deref().unwrap_or(""),

@@ -249,7 +249,7 @@ fn diff_table(diff: &DiffResponse) {
         diff.flows_replayed
     );
     for change in &diff.changed_flows {
-        let mut after = change.new_verdict.clone();
+        let mut after = change.new_verdict.to_string();
         if let Some(reason) = &change.new_drop_reason {
             after.push_str(&format!(" ({reason})"));
         }

@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use palisade_api::Flow;
+use palisade_api::{Flow, Verdict};
 use tracing::info;
 
 /// Logs drop and audit flows, at most `per_second` a second; the others are
@@ -29,7 +29,7 @@ impl AuditTrail {
 
     /// Logs `flow` when it is a drop or an audit and the rate allows.
     pub fn record(&mut self, flow: &Flow) {
-        if self.per_second == 0 || flow.verdict == "FORWARDED" {
+        if self.per_second == 0 || flow.verdict == Verdict::Forwarded {
             return;
         }
         let now = Instant::now();
@@ -82,22 +82,22 @@ impl AuditTrail {
 
 #[cfg(test)]
 mod tests {
-    use palisade_api::{FlowIp, Interface};
+    use palisade_api::{FlowIp, Interface, IpVersion, TrafficDirection};
 
     use super::*;
 
     fn flow(verdict: &str) -> Flow {
         Flow {
             time: String::new(),
-            verdict: verdict.into(),
+            verdict: verdict.parse().expect("a verdict"),
             drop_reason_desc: None,
             ip: FlowIp {
-                source: "192.0.2.1".into(),
-                destination: "192.0.2.2".into(),
-                ip_version: "IPv4".into(),
+                source: [192, 0, 2, 1].into(),
+                destination: [192, 0, 2, 2].into(),
+                ip_version: IpVersion::V4,
             },
             l4: None,
-            traffic_direction: "INGRESS".into(),
+            traffic_direction: TrafficDirection::Ingress,
             interface: Interface {
                 index: 1,
                 name: String::new(),

@@ -20,8 +20,8 @@ use axum::{
 use futures_util::{StreamExt as _, stream};
 use palisade_api::{
     ApplyRequest, ApplyResponse, CONNTRACK_DEFAULT_LIMIT, CONNTRACK_MAX_LIMIT, ConfirmResponse,
-    ConntrackEntry, ConntrackFlush, ConntrackList, ErrorBody, FlowQuery, RotateKeyRequest,
-    RotatedKey, paths,
+    ConnectionState, ConntrackEntry, ConntrackFlush, ConntrackList, ErrorBody, FlowQuery,
+    RotateKeyRequest, RotatedKey, TrafficDirection, paths,
 };
 use palisade_common::protocol;
 use palisade_policy::{Direction, describe::protocol_name};
@@ -35,7 +35,7 @@ use tracing::{error, warn};
 use crate::{
     authz::{Access, Authorizer, Peer},
     config::ConfigError,
-    datapath::{ConnectionState, ConnectionTables, TrackedConnection},
+    datapath::{ConnectionState as TrackedState, ConnectionTables, TrackedConnection},
     engine::{ApplyError, Engine, ParsedFiles, parse_request},
     flows::FlowHub,
     metrics::Metrics,
@@ -566,20 +566,19 @@ fn conntrack_entry(
             protocol::ICMPV6 => "ICMPv6".to_owned(),
             code => protocol_name(code).to_uppercase(),
         },
-        source: connection.source.to_string(),
-        destination: connection.destination.to_string(),
+        source: connection.source,
+        destination: connection.destination,
         source_port: connection.source_port,
         destination_port: connection.destination_port,
         direction: match connection.direction {
-            Direction::Ingress => "INGRESS".to_owned(),
-            Direction::Egress => "EGRESS".to_owned(),
+            Direction::Ingress => TrafficDirection::Ingress,
+            Direction::Egress => TrafficDirection::Egress,
         },
         state: match connection.state {
-            ConnectionState::Opening => "OPENING",
-            ConnectionState::Established => "ESTABLISHED",
-            ConnectionState::Closing => "CLOSING",
-        }
-        .to_owned(),
+            TrackedState::Opening => ConnectionState::Opening,
+            TrackedState::Established => ConnectionState::Established,
+            TrackedState::Closing => ConnectionState::Closing,
+        },
         expires_in_seconds: connection.expires_in.as_secs(),
         opened_by: names.get(&connection.rule_id).cloned().unwrap_or_default(),
     }

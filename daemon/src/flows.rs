@@ -9,7 +9,8 @@ use std::{
 };
 
 use palisade_api::{
-    Flow, FlowFilter, FlowIp, FlowPolicy, Icmp, Interface, Layer4, PortPair, TcpFlags,
+    Flow, FlowFilter, FlowIp, FlowPolicy, Icmp, Interface, IpVersion, Layer4, PortPair, TcpFlags,
+    TrafficDirection, Verdict,
 };
 use palisade_common::{
     FAILSAFE_RULE, FlowEvent, NO_RULE, direction, drop_reason, protocol, verdict,
@@ -127,7 +128,6 @@ impl FlowHub {
         let time = self.boot_time + Duration::from_nanos(event.monotonic_ns);
         let source = address(event.source, event.ip_version);
         let destination = address(event.destination, event.ip_version);
-        let verdict_name = verdict::name(event.verdict);
         let drop_reason_desc = match (event.drop_reason, drop_reason::name(event.drop_reason)) {
             (drop_reason::NONE, _) => None,
             (_, Some(name)) => Some(name.to_owned()),
@@ -197,18 +197,22 @@ impl FlowHub {
         };
         Flow {
             time: humantime::format_rfc3339_micros(time).to_string(),
-            verdict: verdict_name.to_owned(),
+            verdict: verdict_of(event.verdict),
             drop_reason_desc,
             ip: FlowIp {
                 source,
                 destination,
-                ip_version: format!("IPv{}", event.ip_version),
+                ip_version: if source.is_ipv4() {
+                    IpVersion::V4
+                } else {
+                    IpVersion::V6
+                },
             },
             l4,
-            traffic_direction: if event.direction == direction::EGRESS {
-                "EGRESS".to_owned()
+            traffic_direction: if egress {
+                TrafficDirection::Egress
             } else {
-                "INGRESS".to_owned()
+                TrafficDirection::Ingress
             },
             interface: Interface {
                 index: event.ifindex,
@@ -240,11 +244,21 @@ fn interface_name(ifindex: u32) -> String {
         .into_owned()
 }
 
-fn address(bytes: [u8; 16], ip_version: u8) -> String {
+fn address(bytes: [u8; 16], ip_version: u8) -> IpAddr {
     let v6 = Ipv6Addr::from(bytes);
     match (ip_version, v6.to_ipv4_mapped()) {
-        (4, Some(v4)) => IpAddr::V4(v4).to_string(),
-        _ => IpAddr::V6(v6).to_string(),
+        (4, Some(v4)) => IpAddr::V4(v4),
+        _ => IpAddr::V6(v6),
+    }
+}
+
+/// The flow's verdict for a datapath verdict code ([`verdict`]).
+pub fn verdict_of(code: u8) -> Verdict {
+    match code {
+        verdict::FORWARDED => Verdict::Forwarded,
+        verdict::DROPPED => Verdict::Dropped,
+        verdict::AUDIT => Verdict::Audit,
+        _ => Verdict::VerdictUnknown,
     }
 }
 
@@ -298,9 +312,9 @@ mod tests {
         hub.record(&event(0, 7));
         let (flows, _) = hub.snapshot(&FlowFilter::default(), None, false);
         let flow = &flows[0];
-        assert_eq!(flow.verdict, "DROPPED");
+        assert_eq!(flow.verdict, Verdict::Dropped);
         assert_eq!(flow.drop_reason_desc.as_deref(), Some("POLICY_DENY"));
-        assert_eq!(flow.ip.source, "192.0.2.7");
+        assert_eq!(flow.ip.source.to_string(), "192.0.2.7");
         assert_eq!(flow.interface.index, 3);
         assert_eq!(flow.ingress_denied_by[0].name, "lockdown");
         assert!(

@@ -4,9 +4,11 @@
 
 use std::{collections::BTreeMap, net::IpAddr};
 
-use palisade_api::{Flow, FlowChange, Layer4};
-use palisade_common::{drop_reason, protocol, verdict};
+use palisade_api::{Flow, FlowChange, Layer4, TrafficDirection};
+use palisade_common::{drop_reason, protocol};
 use palisade_policy::{CompiledTable, Connection, Direction, Verdict, evaluate};
+
+use crate::flows::verdict_of;
 
 /// Recent flows whose verdict differs between `old` and `new`, the latest
 /// flow of each connection once, in the order they were seen. Flows the
@@ -31,7 +33,7 @@ pub fn changed_flows(old: &CompiledTable, new: &CompiledTable, flows: &[Flow]) -
                     order,
                     FlowChange {
                         flow: flow.clone(),
-                        new_verdict: verdict::name(after.verdict).to_owned(),
+                        new_verdict: verdict_of(after.verdict),
                         new_drop_reason: drop_reason::name(after.drop_reason).map(str::to_owned),
                         new_rule: rule,
                     },
@@ -86,10 +88,9 @@ fn replayable(flow: &Flow) -> Option<(Direction, Connection)> {
     if !by_policy || flow.decided_by().any(|rule| rule.name == "failsafe") {
         return None;
     }
-    let direction = match flow.traffic_direction.as_str() {
-        "INGRESS" => Direction::Ingress,
-        "EGRESS" => Direction::Egress,
-        _ => return None,
+    let direction = match flow.traffic_direction {
+        TrafficDirection::Ingress => Direction::Ingress,
+        TrafficDirection::Egress => Direction::Egress,
     };
     let (protocol, destination_port) = match flow.l4.as_ref()? {
         Layer4::Tcp {
@@ -104,8 +105,8 @@ fn replayable(flow: &Flow) -> Option<(Direction, Connection)> {
         direction,
         Connection {
             protocol,
-            source: flow.ip.source.parse().ok()?,
-            destination: flow.ip.destination.parse().ok()?,
+            source: flow.ip.source,
+            destination: flow.ip.destination,
             destination_port,
         },
     ))
@@ -113,7 +114,7 @@ fn replayable(flow: &Flow) -> Option<(Direction, Connection)> {
 
 #[cfg(test)]
 mod tests {
-    use palisade_api::{FlowIp, Interface, PortPair};
+    use palisade_api::{FlowIp, Interface, IpVersion, PortPair};
     use palisade_policy::{NodeContext, compile, policy_from_toml};
 
     use super::*;
@@ -132,18 +133,18 @@ mod tests {
     fn udp_flow(source: &str, port: u16, verdict: &str) -> Flow {
         Flow {
             time: "2026-11-25T00:00:00Z".into(),
-            verdict: verdict.into(),
+            verdict: verdict.parse().expect("a verdict"),
             drop_reason_desc: None,
             ip: FlowIp {
-                source: source.into(),
-                destination: "10.0.0.1".into(),
-                ip_version: "IPv4".into(),
+                source: source.parse().expect("an address"),
+                destination: [10, 0, 0, 1].into(),
+                ip_version: IpVersion::V4,
             },
             l4: Some(Layer4::Udp(PortPair {
                 source_port: 40000,
                 destination_port: port,
             })),
-            traffic_direction: "INGRESS".into(),
+            traffic_direction: TrafficDirection::Ingress,
             interface: Interface {
                 index: 2,
                 name: "eth0".into(),
@@ -173,8 +174,8 @@ mod tests {
         ];
         let changes = changed_flows(&old, &new, &flows);
         assert_eq!(changes.len(), 1, "{changes:?}");
-        assert_eq!(changes[0].flow.ip.source, "192.0.2.7");
-        assert_eq!(changes[0].new_verdict, "DROPPED");
+        assert_eq!(changes[0].flow.ip.source.to_string(), "192.0.2.7");
+        assert_eq!(changes[0].new_verdict, palisade_api::Verdict::Dropped);
         assert_eq!(changes[0].new_drop_reason.as_deref(), Some("POLICY_DENY"));
         assert_eq!(
             changes[0].new_rule.as_deref(),

@@ -11,7 +11,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use palisade_api::{ConntrackEntry, ConntrackList, DiffResponse, PolicyList, PolicySource};
+use palisade_api::{
+    ConnectionState, ConntrackEntry, ConntrackList, DiffResponse, PolicyList, PolicySource,
+    TrafficDirection, Verdict,
+};
 use palisade_e2e::{
     Connect, Daemon, EchoServer, Listener, TempDir, Topology, address, allow_from_policy, echoes,
     repo, require_root, tcp_stream,
@@ -207,16 +210,18 @@ fn an_unconfirmed_apply_rolls_back_at_its_deadline() {
     let flows = daemon
         .flows_until(|flows| {
             flows.iter().any(|f| {
-                f.ip.source == Topology::OUTSIDER
-                    && f.verdict == "DROPPED"
+                f.ip.source == address(Topology::OUTSIDER)
+                    && f.verdict == Verdict::Dropped
                     && f.policy_generation == 3
             })
         })
         .expect("flows");
     assert!(
-        flows.iter().any(|f| f.ip.source == Topology::OUTSIDER
-            && f.verdict == "DROPPED"
-            && f.policy_generation == 3),
+        flows
+            .iter()
+            .any(|f| f.ip.source == address(Topology::OUTSIDER)
+                && f.verdict == Verdict::Dropped
+                && f.policy_generation == 3),
         "the drop after the rollback shows the restored generation"
     );
 
@@ -401,7 +406,11 @@ fn diff_lists_a_recent_flow_the_new_policy_would_block() {
     let _ssh = Listener::start(&topology.node, Topology::node_port(SSH)).expect("listener");
     assert_eq!(topology.ssh_from(Topology::BASTION), Connect::Established);
     daemon
-        .flows_until(|flows| flows.iter().any(|f| f.ip.source == Topology::BASTION))
+        .flows_until(|flows| {
+            flows
+                .iter()
+                .any(|f| f.ip.source == address(Topology::BASTION))
+        })
         .expect("flows");
     let deny = write_policy(
         &workdir,
@@ -419,9 +428,9 @@ fn diff_lists_a_recent_flow_the_new_policy_would_block() {
     assert!(diff.removed.is_empty());
     assert_eq!(diff.changed_flows.len(), 1, "{diff:#?}");
     let change = &diff.changed_flows[0];
-    assert_eq!(change.flow.ip.source, Topology::BASTION);
-    assert_eq!(change.flow.verdict, "FORWARDED");
-    assert_eq!(change.new_verdict, "DROPPED");
+    assert_eq!(change.flow.ip.source, address(Topology::BASTION));
+    assert_eq!(change.flow.verdict, Verdict::Forwarded);
+    assert_eq!(change.new_verdict, Verdict::Dropped);
     assert_eq!(change.new_drop_reason.as_deref(), Some("POLICY_DENY"));
     assert_eq!(
         change.new_rule.as_deref(),
@@ -461,13 +470,13 @@ fn conntrack_lists_and_flushes_connections() {
     let ours = |entries: &[ConntrackEntry]| {
         entries
             .iter()
-            .find(|e| e.source == Topology::BASTION && e.destination_port == SSH)
+            .find(|e| e.source == address(Topology::BASTION) && e.destination_port == SSH)
             .cloned()
     };
     let entry = ours(&entries()).expect("the connection is tracked");
     assert_eq!(entry.protocol, "TCP");
-    assert_eq!(entry.direction, "INGRESS");
-    assert_eq!(entry.state, "ESTABLISHED");
+    assert_eq!(entry.direction, TrafficDirection::Ingress);
+    assert_eq!(entry.state, ConnectionState::Established);
     assert_eq!(entry.opened_by, "host-ssh-from-bastion spec.ingress[0]");
     assert!(entry.expires_in_seconds > 60, "{entry:?}");
     let table = ok(daemon.ctl(&["ct", "list"]).expect("ctl"));

@@ -14,7 +14,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use palisade_api::{Flow, Status};
+use palisade_api::{Flow, Status, Verdict};
 use palisade_e2e::{
     Connect, Daemon, EchoServer, Launch, Listener, TempDir, Topology, UdpSink, address, binary,
     echoes,
@@ -186,8 +186,8 @@ fn udp_and_icmp_type_rules_and_fragments() {
     );
     assert!(!answered(Topology::OUTSIDER, 8), "echo from the outsider");
     let timestamp = wait_for_flow(&daemon, |flow| {
-        flow.verdict == "DROPPED"
-            && flow.ip.source == Topology::BASTION
+        flow.verdict == Verdict::Dropped
+            && flow.ip.source == address(Topology::BASTION)
             && matches!(flow.l4, Some(palisade_api::Layer4::IcmpV4(icmp)) if icmp.kind == 13)
     });
     assert_eq!(timestamp.drop_reason_desc.as_deref(), Some("POLICY_DENIED"));
@@ -220,7 +220,7 @@ fn audit_mode_forwards_and_reports_audit() {
         "audit mode lets the would-be drop through"
     );
     let flow = wait_for_flow(&daemon, |flow| {
-        flow.ip.source == Topology::OUTSIDER && flow.verdict == "AUDIT"
+        flow.ip.source == address(Topology::OUTSIDER) && flow.verdict == Verdict::Audit
     });
     assert_eq!(flow.drop_reason_desc.as_deref(), Some("POLICY_DENIED"));
     let deadline = Instant::now() + Duration::from_secs(2);
@@ -273,7 +273,7 @@ fromCIDR = ["10.200.0.10/32"]
             Connect::TimedOut,
             "{source} is prefiltered"
         );
-        let flow = wait_for_flow(&daemon, |flow| flow.ip.source == source);
+        let flow = wait_for_flow(&daemon, |flow| flow.ip.source == address(source));
         assert_eq!(
             (flow.verdict.as_str(), flow.drop_reason_desc.as_deref()),
             ("DROPPED", Some("PREFILTER")),
@@ -281,7 +281,7 @@ fromCIDR = ["10.200.0.10/32"]
         );
     }
     // The policy's deny rule is named; the config's list has no rule.
-    let bastion = wait_for_flow(&daemon, |flow| flow.ip.source == Topology::BASTION);
+    let bastion = wait_for_flow(&daemon, |flow| flow.ip.source == address(Topology::BASTION));
     assert_eq!(bastion.ingress_denied_by[0].rule, "spec.ingressDeny[0]");
     let counters = status(&daemon).counters;
     assert!(
@@ -336,7 +336,7 @@ toPorts = [{ ports = [{ port = 0 }] }]
         Connect::TimedOut,
         "everything else is denied"
     );
-    let flow = wait_for_flow(&daemon, |flow| flow.verdict == "FORWARDED");
+    let flow = wait_for_flow(&daemon, |flow| flow.verdict == Verdict::Forwarded);
     assert_eq!(flow.ingress_allowed_by[0].name, "failsafe");
 }
 
@@ -566,18 +566,18 @@ fn extension_headers_orphan_fragments_and_malformed_headers_on_the_wire() {
         )
     };
     let allowed = wait_for_flow(&daemon, |flow| {
-        flow.ip.source == "2001:db8:200::10" && flow.verdict == "FORWARDED"
+        flow.ip.source == address("2001:db8:200::10") && flow.verdict == Verdict::Forwarded
     });
     assert!(port_22(&allowed), "{allowed:#?}");
     let denied = wait_for_flow(&daemon, |flow| {
-        flow.ip.source == "2001:db8:999::10" && flow.verdict == "DROPPED"
+        flow.ip.source == address("2001:db8:999::10") && flow.verdict == Verdict::Dropped
     });
     assert!(port_22(&denied), "{denied:#?}");
     assert_eq!(denied.drop_reason_desc.as_deref(), Some("POLICY_DENIED"));
     let orphan = wait_for_flow(&daemon, |flow| {
         flow.drop_reason_desc.as_deref() == Some("FRAG_NOT_FOUND")
     });
-    assert_eq!(orphan.ip.source, Topology::BASTION);
+    assert_eq!(orphan.ip.source, address(Topology::BASTION));
     wait_for_flow(&daemon, |flow| {
         flow.drop_reason_desc.as_deref() == Some("INVALID_PACKET_DROPPED")
     });

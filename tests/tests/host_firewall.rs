@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use palisade_api::Flow;
+use palisade_api::{Flow, TrafficDirection, Verdict};
 use palisade_e2e::{
     Connect, Daemon, Listener, TempDir, Topology, address, netns_exists, process_exists,
     require_root,
@@ -11,9 +11,9 @@ use palisade_e2e::{
 
 const SSH: u16 = 22;
 
-fn is_ssh_from(flow: &Flow, source: &str, verdict: &str) -> bool {
-    flow.ip.source == source
-        && flow.ip.destination == Topology::NODE
+fn is_ssh_from(flow: &Flow, source: &str, verdict: Verdict) -> bool {
+    flow.ip.source == address(source)
+        && flow.ip.destination == address(Topology::NODE)
         && flow.verdict == verdict
         && matches!(
             flow.l4,
@@ -78,15 +78,15 @@ fn denied_source_is_dropped_allowed_source_reaches_listener() {
         .flows_until(|flows| {
             flows
                 .iter()
-                .any(|f| is_ssh_from(f, Topology::OUTSIDER, "DROPPED"))
+                .any(|f| is_ssh_from(f, Topology::OUTSIDER, Verdict::Dropped))
                 && flows
                     .iter()
-                    .any(|f| is_ssh_from(f, Topology::BASTION, "FORWARDED"))
+                    .any(|f| is_ssh_from(f, Topology::BASTION, Verdict::Forwarded))
         })
         .expect("observe");
     let dropped = flows
         .iter()
-        .find(|f| is_ssh_from(f, Topology::OUTSIDER, "DROPPED"))
+        .find(|f| is_ssh_from(f, Topology::OUTSIDER, Verdict::Dropped))
         .unwrap_or_else(|| {
             panic!(
                 "no DROPPED flow from the outsider in {flows:#?}\n{}",
@@ -94,11 +94,11 @@ fn denied_source_is_dropped_allowed_source_reaches_listener() {
             )
         });
     assert_eq!(dropped.drop_reason_desc.as_deref(), Some("POLICY_DENIED"));
-    assert_eq!(dropped.traffic_direction, "INGRESS");
+    assert_eq!(dropped.traffic_direction, TrafficDirection::Ingress);
     assert_eq!(dropped.interface.name, "eth0");
     let forwarded = flows
         .iter()
-        .find(|f| is_ssh_from(f, Topology::BASTION, "FORWARDED"))
+        .find(|f| is_ssh_from(f, Topology::BASTION, Verdict::Forwarded))
         .expect("a FORWARDED flow from the bastion");
     assert_eq!(
         forwarded.ingress_allowed_by[0].name,

@@ -12,7 +12,7 @@ use std::{
 
 use palisade_api::{Flow, Layer4};
 use palisade_e2e::{
-    ChildGuard, Daemon, TempDir, Topology, binary, require_root, send_icmp_echo, send_udp,
+    ChildGuard, Daemon, TempDir, Topology, address, binary, require_root, send_icmp_echo, send_udp,
     tcp_connect,
 };
 
@@ -48,15 +48,17 @@ fn label(flow: &Flow) -> Option<&'static str> {
         Some(Layer4::IcmpV4(_)) => ("icmp", 0),
         _ => return None,
     };
-    Some(match (flow.ip.source.as_str(), protocol, port) {
-        (Topology::BASTION, "tcp", 22) => "A bastion ssh",
-        (Topology::OUTSIDER, "tcp", 22) => "B outsider ssh",
-        (Topology::OUTSIDER, "udp", 53) => "C outsider dns",
-        (Topology::BASTION, "udp", 53) => "D bastion dns",
-        (Topology::OUTSIDER, "tcp", 8080) => "E outsider web",
-        (Topology::BASTION, "icmp", 0) => "F bastion ping",
-        _ => "unexpected",
-    })
+    Some(
+        match (flow.ip.source.to_string().as_str(), protocol, port) {
+            (Topology::BASTION, "tcp", 22) => "A bastion ssh",
+            (Topology::OUTSIDER, "tcp", 22) => "B outsider ssh",
+            (Topology::OUTSIDER, "udp", 53) => "C outsider dns",
+            (Topology::BASTION, "udp", 53) => "D bastion dns",
+            (Topology::OUTSIDER, "tcp", 8080) => "E outsider web",
+            (Topology::BASTION, "icmp", 0) => "F bastion ping",
+            _ => "unexpected",
+        },
+    )
 }
 
 fn observe(daemon: &Daemon, filters: &[&str]) -> Vec<Flow> {
@@ -302,7 +304,7 @@ fn each_filter_returns_exactly_the_expected_flows() {
         .recv_timeout(Duration::from_secs(5))
         .expect("a followed flow");
     let flow: Flow = serde_json::from_str(&line).expect("json");
-    assert_eq!(flow.ip.source, Topology::OUTSIDER);
+    assert_eq!(flow.ip.source, address(Topology::OUTSIDER));
     assert!(matches!(
         flow.l4,
         Some(Layer4::Tcp {

@@ -4,8 +4,9 @@
 
 use std::time::Duration;
 
+use palisade_api::Verdict;
 use palisade_e2e::{
-    Connect, Daemon, Listener, Netns, TempDir, Topology, palisaded_until_it_stops, repo,
+    Connect, Daemon, Listener, Netns, TempDir, Topology, address, palisaded_until_it_stops, repo,
     require_root,
 };
 
@@ -60,12 +61,12 @@ fn the_readme_steps_go_from_audit_to_enforcing_by_reload() {
     assert!(daemon.status().expect("status").audit_mode);
     assert_eq!(topology.ssh_from(Topology::OUTSIDER), Connect::Established);
     let audited = daemon
-        .flows_until(|flows| flows.iter().any(|f| f.verdict == "AUDIT"))
+        .flows_until(|flows| flows.iter().any(|f| f.verdict == Verdict::Audit))
         .expect("observe");
     assert!(
         audited
             .iter()
-            .any(|f| f.verdict == "AUDIT" && f.ip.source == Topology::OUTSIDER),
+            .any(|f| f.verdict == Verdict::Audit && f.ip.source == address(Topology::OUTSIDER)),
         "no AUDIT flow for the outsider: {audited:#?}"
     );
 

@@ -11,7 +11,7 @@ use std::{
 };
 
 use palisade_e2e::{
-    TempDir,
+    TempDir, address,
     mesh::{
         Node, PalisadePair, UAPI_DIRECTORY, WireGuardGo, interface, key_pair, nodes, start_palisade,
     },
@@ -436,7 +436,7 @@ fn strict_mode_drops_a_peers_traffic_seen_unencrypted_and_says_why() {
     assert!(
         flows.iter().any(
             |flow| flow.drop_reason_desc.as_deref() == Some("UNENCRYPTED_TRAFFIC")
-                && flow.ip.source == b.pod_address
+                && flow.ip.source == address(b.pod_address)
         ),
         "{flows:?}"
     );
