@@ -252,7 +252,7 @@ impl FlowFilter {
                 EventType::Trace => flow.verdict != Verdict::Dropped,
             })
             && any_or_empty(&self.policies, |name| {
-                flow.decided_by().any(|policy| policy.name == *name)
+                flow.decided_by().any(|policy| policy.policy() == *name)
             })
             && self
                 .since
@@ -301,6 +301,7 @@ mod tests {
             },
             ingress_allowed_by: vec![FlowPolicy {
                 name: "ssh".into(),
+                namespace: None,
                 rule: "spec.ingress[0]".into(),
             }],
             ingress_denied_by: Vec::new(),

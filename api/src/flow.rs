@@ -264,8 +264,21 @@ pub struct Interface {
 pub struct FlowPolicy {
     /// The policy's name.
     pub name: String,
+    /// The namespace of a CiliumNetworkPolicy (as Hubble's `Policy.namespace`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
     /// Field path of the rule inside the policy, such as `spec.ingress[0]`.
     pub rule: String,
+}
+
+impl FlowPolicy {
+    /// The policy as `palisadectl` names it: `NAME` or `NAMESPACE/NAME`.
+    pub fn policy(&self) -> String {
+        match &self.namespace {
+            Some(namespace) => format!("{namespace}/{}", self.name),
+            None => self.name.clone(),
+        }
+    }
 }
 
 impl Flow {

@@ -116,7 +116,7 @@ impl std::fmt::Display for PolicySource {
 /// One policy in force.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PolicySummary {
-    /// `metadata.name`.
+    /// `NAME`, or `NAMESPACE/NAME` for a CiliumNetworkPolicy.
     pub name: String,
     /// Where it came from.
     pub source: PolicySource,

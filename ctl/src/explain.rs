@@ -165,7 +165,7 @@ pub fn run(args: &ExplainArgs) -> anyhow::Result<()> {
         .collect();
     let table = compile(&policies, &node).context("the policies cannot be compiled together")?;
     let mut explanation = Explanation {
-        policies: table.policies.clone(),
+        policies: table.policies.iter().map(ToString::to_string).collect(),
         rules: rule_lines(&table),
         ingress_default_deny: table.ingress.default_deny,
         egress_default_deny: table.egress.default_deny,
@@ -195,7 +195,7 @@ pub fn run(args: &ExplainArgs) -> anyhow::Result<()> {
         let origin = table.rule(decided.rule_id);
         explanation.verdict = Some(verdict::name(decided.verdict).to_owned());
         explanation.drop_reason = drop_reason::name(decided.drop_reason).map(str::to_owned);
-        explanation.policy = origin.map(|origin| origin.policy.clone());
+        explanation.policy = origin.map(|origin| origin.policy.to_string());
         explanation.rule = origin.map(|origin| origin.path.clone());
         explanation.reason = Some(reason(&table, direction, &decided));
     }

@@ -52,7 +52,7 @@ pub enum PolicyCommand {
     },
     /// Print a policy in force as it was given.
     Get {
-        /// The policy's metadata.name.
+        /// The policy: `NAME`, or `NAMESPACE/NAME` for a CiliumNetworkPolicy.
         name: String,
         /// Output: the policy's TOML as given, or it with its summary as JSON or YAML.
         #[arg(short, long, value_enum, default_value_t = DocumentFormat::Toml)]
@@ -60,7 +60,7 @@ pub enum PolicyCommand {
     },
     /// Remove a policy from the rules in force.
     Delete {
-        /// The policy's metadata.name.
+        /// The policy: `NAME`, or `NAMESPACE/NAME` for a CiliumNetworkPolicy.
         name: String,
         /// Say what would change; change nothing.
         #[arg(long)]

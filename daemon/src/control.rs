@@ -24,7 +24,7 @@ use palisade_api::{
     RotateKeyRequest, RotatedKey, TrafficDirection, paths,
 };
 use palisade_common::protocol;
-use palisade_policy::{Direction, describe::protocol_name};
+use palisade_policy::{Direction, PolicyName, describe::protocol_name};
 use tokio::{
     net::UnixListener,
     sync::{Mutex, OwnedMutexGuard},
@@ -122,7 +122,8 @@ pub fn router(state: ControlState) -> Router {
         .route(paths::COUNTERS, get(counters))
         .route(paths::POLICIES, get(list).post(apply))
         .route(
-            &format!("{}{{name}}", paths::POLICY),
+            // `NAME` or `NAMESPACE/NAME`.
+            &format!("{}{{*name}}", paths::POLICY),
             get(policy).delete(delete),
         )
         .route(paths::DIFF, post(diff))
@@ -244,7 +245,7 @@ async fn list(State(state): State<ControlState>) -> Response {
 }
 
 async fn policy(State(state): State<ControlState>, UrlPath(name): UrlPath<String>) -> Response {
-    match state.engine.lock().await.get(&name) {
+    match state.engine.lock().await.get(&PolicyName::parse(&name)) {
         Ok(document) => Json(document).into_response(),
         Err(e) => refusal(e),
     }
@@ -288,7 +289,7 @@ async fn delete(
     Query(options): Query<DeleteOptions>,
 ) -> Response {
     let (engine, result) = match with_engine_blocking(&state.engine, move |engine| {
-        engine.delete(&name, options.dry_run)
+        engine.delete(&PolicyName::parse(&name), options.dry_run)
     })
     .await
     {

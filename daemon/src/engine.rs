@@ -17,8 +17,9 @@ use palisade_api::{
 };
 use palisade_common::FAILSAFE_RULE;
 use palisade_policy::{
-    CompileError, CompiledTable, Diagnostic, Diagnostics, NodeContext, Policy, ValidateOptions,
-    compile, policies_from_text_with, policy_to_toml, rule_lines, unenforced_rules,
+    CompileError, CompiledTable, Diagnostic, Diagnostics, NodeContext, Policy, PolicyName,
+    ValidateOptions, compile, policies_from_text_with, policy_to_toml, rule_lines,
+    unenforced_rules,
 };
 use tracing::{info, warn};
 
@@ -155,7 +156,7 @@ struct PolicyEntry {
 struct Pending {
     generation: u32,
     rollback_to: u32,
-    previous: BTreeMap<String, PolicyEntry>,
+    previous: BTreeMap<PolicyName, PolicyEntry>,
     deadline: Instant,
 }
 
@@ -178,7 +179,7 @@ impl Pending {
 /// The policies in force and the datapath enforcing them.
 pub struct Engine {
     settings: EngineSettings,
-    policies: BTreeMap<String, PolicyEntry>,
+    policies: BTreeMap<PolicyName, PolicyEntry>,
     table: CompiledTable,
     generation: u32,
     pending: Option<Pending>,
@@ -308,7 +309,7 @@ impl Engine {
         request: &ApplyRequest,
     ) -> Result<ApplyResponse, ApplyError> {
         let parsed = parsed.0;
-        let applied: Vec<String> = parsed.keys().cloned().collect();
+        let applied: Vec<PolicyName> = parsed.keys().cloned().collect();
         let mut policies = self.policies.clone();
         policies.extend(parsed);
         if request.dry_run {
@@ -342,11 +343,15 @@ impl Engine {
     /// # Errors
     ///
     /// [`ApplyError::NotFound`] when no such policy is in force, or as [`Engine::apply`].
-    pub fn delete(&mut self, name: &str, dry_run: bool) -> Result<ApplyResponse, ApplyError> {
+    pub fn delete(
+        &mut self,
+        name: &PolicyName,
+        dry_run: bool,
+    ) -> Result<ApplyResponse, ApplyError> {
         let mut policies = self.policies.clone();
         let entry = policies
             .remove(name)
-            .ok_or_else(|| ApplyError::NotFound(name.to_owned()))?;
+            .ok_or_else(|| ApplyError::NotFound(name.to_string()))?;
         if dry_run {
             return self.preview(&policies, Vec::new());
         }
@@ -354,7 +359,7 @@ impl Engine {
         let response = self.commit(policies, Vec::new(), true)?;
         if entry.source == PolicySource::Directory {
             warn!(
-                policy = name,
+                policy = %name,
                 file = entry.file.name,
                 "policy deleted; it comes from the policy directory and is back on the next reload or restart unless its file is removed"
             );
@@ -458,11 +463,11 @@ impl Engine {
     /// # Errors
     ///
     /// [`ApplyError::NotFound`].
-    pub fn get(&self, name: &str) -> Result<PolicyDocument, ApplyError> {
+    pub fn get(&self, name: &PolicyName) -> Result<PolicyDocument, ApplyError> {
         let entry = self
             .policies
             .get(name)
-            .ok_or_else(|| ApplyError::NotFound(name.to_owned()))?;
+            .ok_or_else(|| ApplyError::NotFound(name.to_string()))?;
         Ok(PolicyDocument {
             summary: self.summary_of(name, entry),
             content: entry.file.content.clone(),
@@ -498,9 +503,9 @@ impl Engine {
             .map_or_else(|| "default".to_owned(), ToString::to_string)
     }
 
-    fn summary_of(&self, name: &str, entry: &PolicyEntry) -> PolicySummary {
+    fn summary_of(&self, name: &PolicyName, entry: &PolicyEntry) -> PolicySummary {
         PolicySummary {
-            name: name.to_owned(),
+            name: name.to_string(),
             source: entry.source,
             file: entry.file.name.clone(),
             selects_node: self.table.policies.iter().any(|selected| selected == name),
@@ -508,7 +513,7 @@ impl Engine {
                 .table
                 .rules
                 .iter()
-                .filter(|origin| origin.policy == name)
+                .filter(|origin| origin.policy == *name)
                 .count(),
         }
     }
@@ -525,7 +530,7 @@ impl Engine {
 
     fn compile(
         &self,
-        policies: &BTreeMap<String, PolicyEntry>,
+        policies: &BTreeMap<PolicyName, PolicyEntry>,
     ) -> Result<CompiledTable, ApplyError> {
         let list: Vec<Policy> = policies
             .values()
@@ -539,22 +544,22 @@ impl Engine {
     fn response(
         &self,
         generation: u32,
-        policies: &BTreeMap<String, PolicyEntry>,
+        policies: &BTreeMap<PolicyName, PolicyEntry>,
         table: &CompiledTable,
-        applied: Vec<String>,
+        applied: Vec<PolicyName>,
         dry_run: bool,
     ) -> ApplyResponse {
         ApplyResponse {
             generation,
             unenforced: self.unenforced(policies, applied.iter()),
-            applied,
+            applied: applied.iter().map(ToString::to_string).collect(),
             removed: self
                 .policies
                 .keys()
                 .filter(|name| !policies.contains_key(*name))
-                .cloned()
+                .map(ToString::to_string)
                 .collect(),
-            policies: table.policies.clone(),
+            policies: table.policies.iter().map(ToString::to_string).collect(),
             rules: table.rules.len(),
             dry_run,
             pending_confirm: None,
@@ -563,8 +568,8 @@ impl Engine {
 
     fn preview(
         &self,
-        policies: &BTreeMap<String, PolicyEntry>,
-        applied: Vec<String>,
+        policies: &BTreeMap<PolicyName, PolicyEntry>,
+        applied: Vec<PolicyName>,
     ) -> Result<ApplyResponse, ApplyError> {
         let table = self.compile(policies)?;
         Ok(self.response(self.generation, policies, &table, applied, true))
@@ -574,8 +579,8 @@ impl Engine {
     /// first (and puts the saved set back if the install fails).
     fn commit(
         &mut self,
-        policies: BTreeMap<String, PolicyEntry>,
-        applied: Vec<String>,
+        policies: BTreeMap<PolicyName, PolicyEntry>,
+        applied: Vec<PolicyName>,
         save: bool,
     ) -> Result<ApplyResponse, ApplyError> {
         let table = self.compile(&policies)?;
@@ -596,7 +601,7 @@ impl Engine {
         }
         info!(
             generation,
-            policy = table.policies.join(","),
+            policy = names(&table.policies),
             rules = table.rules.len(),
             "policy applied"
         );
@@ -609,7 +614,7 @@ impl Engine {
 
     /// Saves the applied (not directory) policies of `policies`, each as its
     /// own TOML file (a file applied may have held several).
-    fn save(&self, policies: &BTreeMap<String, PolicyEntry>) -> anyhow::Result<()> {
+    fn save(&self, policies: &BTreeMap<PolicyName, PolicyEntry>) -> anyhow::Result<()> {
         let mut applied = BTreeMap::new();
         for (name, entry) in policies {
             if entry.source == PolicySource::Applied {
@@ -665,7 +670,7 @@ impl Engine {
             .into_iter()
             .zip(&self.table.rules)
             .map(|(count, origin)| RuleHits {
-                policy: origin.policy.clone(),
+                policy: origin.policy.to_string(),
                 rule: origin.path.clone(),
                 count,
             })
@@ -709,7 +714,12 @@ impl Engine {
             kernel: self.kernel.clone(),
             interfaces: self.datapath.interfaces(),
             generation: self.generation,
-            policies: self.table.policies.clone(),
+            policies: self
+                .table
+                .policies
+                .iter()
+                .map(ToString::to_string)
+                .collect(),
             rules: self.table.rules.len(),
             ingress_default_deny: self.table.ingress.default_deny,
             audit_mode: self.table.audit,
@@ -734,8 +744,8 @@ impl Engine {
     /// enforce nothing on this node.
     fn unenforced<'a>(
         &self,
-        policies: &BTreeMap<String, PolicyEntry>,
-        names: impl Iterator<Item = &'a String>,
+        policies: &BTreeMap<PolicyName, PolicyEntry>,
+        names: impl Iterator<Item = &'a PolicyName>,
     ) -> Vec<UnenforcedRule> {
         names
             .filter_map(|name| policies.get(name))
@@ -743,7 +753,7 @@ impl Engine {
                 unenforced_rules(&entry.policy, Some(&self.settings.node.labels))
                     .into_iter()
                     .map(|(rule, reason)| UnenforcedRule {
-                        policy: entry.policy.metadata.name.clone(),
+                        policy: entry.policy.policy_name().to_string(),
                         rule,
                         reason: reason.to_string(),
                     })
@@ -767,10 +777,19 @@ impl Engine {
     }
 }
 
+/// `policies` as one field of a log line: `a,prod/b`.
+pub fn names(policies: &[PolicyName]) -> String {
+    policies
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 /// The policies of a request's files, parsed and validated, ready for
 /// [`Engine::apply_parsed`] or [`Engine::diff_parsed`].
 #[derive(Debug)]
-pub struct ParsedFiles(BTreeMap<String, PolicyEntry>);
+pub struct ParsedFiles(BTreeMap<PolicyName, PolicyEntry>);
 
 /// Parses and validates a request's files with `options` (from
 /// [`Engine::validate_options`]), without the engine.
@@ -794,14 +813,14 @@ fn parse_files(
     files: &[PolicyFile],
     source: PolicySource,
     options: ValidateOptions,
-) -> Result<BTreeMap<String, PolicyEntry>, Diagnostics> {
+) -> Result<BTreeMap<PolicyName, PolicyEntry>, Diagnostics> {
     let mut policies = BTreeMap::new();
     let mut problems = Vec::new();
     for file in files {
         match policies_from_text_with(&file.name, &file.content, options) {
             Ok(parsed) => {
                 for policy in parsed {
-                    let name = policy.metadata.name.clone();
+                    let name = policy.policy_name();
                     let entry = PolicyEntry {
                         policy,
                         source,
@@ -813,7 +832,7 @@ fn parse_files(
                             &file.content,
                             None,
                             "metadata.name",
-                            format!("policy {name:?} is given more than once"),
+                            format!("policy {:?} is given more than once", name.to_string()),
                         ));
                     }
                 }

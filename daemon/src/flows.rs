@@ -166,6 +166,7 @@ impl FlowHub {
         let decided_by: Vec<FlowPolicy> = if event.rule_id == FAILSAFE_RULE {
             vec![FlowPolicy {
                 name: "failsafe".to_owned(),
+                namespace: None,
                 rule: if egress {
                     "failsafe.outbound"
                 } else {
@@ -177,7 +178,8 @@ impl FlowHub {
             origin
                 .filter(|_| event.rule_id != NO_RULE)
                 .map(|origin| FlowPolicy {
-                    name: origin.policy.clone(),
+                    name: origin.policy.name.clone(),
+                    namespace: origin.policy.namespace.clone(),
                     rule: origin.path.clone(),
                 })
                 .into_iter()
@@ -304,7 +306,7 @@ mod tests {
         hub.set_rule_origins(
             7,
             vec![RuleOrigin {
-                policy: "lockdown".into(),
+                policy: palisade_policy::PolicyName::cluster_wide("lockdown"),
                 path: "spec.ingressDeny[0]".into(),
                 section: palisade_policy::compile::Section::IngressDeny,
             }],

@@ -1,6 +1,7 @@
 //! Policies applied through the control socket, saved under
-//! `policy.state_directory/policies/` (one `NAME.toml` per policy) so a
-//! restart restores them.
+//! `policy.state_directory/policies/` (one `NAME.toml` per cluster-wide
+//! policy, `NAME@NAMESPACE.toml` per CiliumNetworkPolicy) so a restart
+//! restores them.
 //!
 //! The saved set changes as one transaction: the new set is written whole
 //! into a staging directory beside it (`policies.new`; unchanged files are
@@ -21,6 +22,7 @@ use std::{
 use anyhow::Context as _;
 use nix::fcntl::{AT_FDCWD, RenameFlags, renameat2};
 use palisade_api::PolicyFile;
+use palisade_policy::PolicyName;
 
 /// The saved policies.
 #[derive(Debug, Clone)]
@@ -55,14 +57,14 @@ impl PolicyStore {
         crate::policy_files::read_policy_directory(&self.directory)
     }
 
-    /// Makes the saved set exactly `policies` (name → text), all at once.
+    /// Makes the saved set exactly `policies` (policy → text), all at once.
     ///
     /// # Errors
     ///
     /// When a file cannot be written or synced, or the sets cannot be
     /// exchanged; the saved set is then the one before the call, and no
     /// staging files stay behind.
-    pub fn save(&self, policies: &BTreeMap<String, String>) -> anyhow::Result<()> {
+    pub fn save(&self, policies: &BTreeMap<PolicyName, String>) -> anyhow::Result<()> {
         let parent = self
             .directory
             .parent()
@@ -110,7 +112,7 @@ impl PolicyStore {
 
     /// Writes the whole set into `staging`: a file unchanged since the last
     /// save is linked, a new or changed one written and fsynced.
-    fn stage(&self, staging: &Path, policies: &BTreeMap<String, String>) -> anyhow::Result<()> {
+    fn stage(&self, staging: &Path, policies: &BTreeMap<PolicyName, String>) -> anyhow::Result<()> {
         for (name, content) in policies {
             let saved = self.path(name)?;
             let Some(file_name) = saved.file_name() else {
@@ -134,20 +136,27 @@ impl PolicyStore {
         sync_directory(staging)
     }
 
-    /// The file of policy `name`; names that are not plain file names are refused.
-    fn path(&self, name: &str) -> anyhow::Result<PathBuf> {
-        let plain = !name.is_empty()
-            && name != "."
-            && name != ".."
-            && !name.starts_with('.')
-            && name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_'));
+    /// The file of policy `policy`: `NAME.toml`, or `NAME@NAMESPACE.toml`
+    /// (no name holds an `@`); names that are not plain file names are refused.
+    fn path(&self, policy: &PolicyName) -> anyhow::Result<PathBuf> {
+        let plain = |part: &str| {
+            !part.is_empty()
+                && part != "."
+                && part != ".."
+                && !part.starts_with('.')
+                && part
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_'))
+        };
         anyhow::ensure!(
-            plain,
-            "policy name {name:?} cannot be saved as a file name (use lower-case letters, digits, '-' and '.')"
+            plain(&policy.name) && policy.namespace.as_deref().is_none_or(plain),
+            "policy {:?} cannot be saved as a file name (use lower-case letters, digits, '-' and '.')",
+            policy.to_string()
         );
-        Ok(self.directory.join(format!("{name}.toml")))
+        Ok(self.directory.join(match &policy.namespace {
+            Some(namespace) => format!("{}@{namespace}.toml", policy.name),
+            None => format!("{}.toml", policy.name),
+        }))
     }
 }
 
@@ -182,11 +191,11 @@ mod tests {
         let root = scratch("roundtrip");
         let store = PolicyStore::new(&root);
         let mut set = BTreeMap::new();
-        set.insert("a".to_owned(), "one".to_owned());
-        set.insert("b".to_owned(), "two".to_owned());
+        set.insert(PolicyName::cluster_wide("a"), "one".to_owned());
+        set.insert(PolicyName::cluster_wide("b"), "two".to_owned());
         store.save(&set).unwrap();
-        set.remove("a");
-        set.insert("b".to_owned(), "three".to_owned());
+        set.remove(&PolicyName::cluster_wide("a"));
+        set.insert(PolicyName::cluster_wide("b"), "three".to_owned());
         store.save(&set).unwrap();
         let loaded = store.load().unwrap();
         assert_eq!(loaded.len(), 1);
@@ -194,6 +203,45 @@ mod tests {
         assert_eq!(loaded[0].content, "three");
         let leftovers: Vec<_> = std::fs::read_dir(store.directory()).unwrap().collect();
         assert_eq!(leftovers.len(), 1, "no temporary files stay behind");
+        std::fs::remove_dir_all(root).unwrap();
+    }
+
+    #[test]
+    fn one_name_in_two_namespaces_and_cluster_wide_is_three_files() {
+        let root = scratch("namespaces");
+        let store = PolicyStore::new(&root);
+        let in_namespace = |namespace: &str| PolicyName {
+            namespace: Some(namespace.to_owned()),
+            name: "web".to_owned(),
+        };
+        let set = BTreeMap::from([
+            (PolicyName::cluster_wide("web"), "cluster".to_owned()),
+            (in_namespace("prod"), "prod".to_owned()),
+            (in_namespace("staging"), "staging".to_owned()),
+        ]);
+        store.save(&set).unwrap();
+        let mut loaded: Vec<(String, String)> = store
+            .load()
+            .unwrap()
+            .into_iter()
+            .map(|file| {
+                let name = Path::new(&file.name)
+                    .file_name()
+                    .unwrap()
+                    .to_string_lossy()
+                    .into_owned();
+                (name, file.content)
+            })
+            .collect();
+        loaded.sort();
+        assert_eq!(
+            loaded,
+            [
+                ("web.toml".to_owned(), "cluster".to_owned()),
+                ("web@prod.toml".to_owned(), "prod".to_owned()),
+                ("web@staging.toml".to_owned(), "staging".to_owned()),
+            ]
+        );
         std::fs::remove_dir_all(root).unwrap();
     }
 
@@ -234,13 +282,13 @@ mod tests {
         let store = PolicyStore::new(&disk.0);
         // Written in name order: the small one would go first.
         let before = BTreeMap::from([
-            ("a-small".to_owned(), "old small".to_owned()),
-            ("other".to_owned(), "kept".to_owned()),
+            (PolicyName::cluster_wide("a-small"), "old small".to_owned()),
+            (PolicyName::cluster_wide("other"), "kept".to_owned()),
         ]);
         store.save(&before).unwrap();
         let after = BTreeMap::from([
-            ("a-small".to_owned(), "new small".to_owned()),
-            ("z-large".to_owned(), "x".repeat(200_000)),
+            (PolicyName::cluster_wide("a-small"), "new small".to_owned()),
+            (PolicyName::cluster_wide("z-large"), "x".repeat(200_000)),
         ]);
         assert!(store.save(&after).is_err(), "200 kB fit in 64 kB?");
         let mut loaded: Vec<(String, String)> = store
@@ -270,9 +318,18 @@ mod tests {
     fn names_that_are_not_file_names_are_refused() {
         let root = scratch("names");
         let store = PolicyStore::new(&root);
-        for name in ["../escape", "a/b", "", ".hidden"] {
-            let set = BTreeMap::from([(name.to_owned(), String::new())]);
+        for name in ["../escape", "a/b", "", ".hidden", "a@b"] {
+            let set = BTreeMap::from([(PolicyName::cluster_wide(name), String::new())]);
             assert!(store.save(&set).is_err(), "{name:?} must be refused");
+            let namespaced = PolicyName {
+                namespace: Some(name.to_owned()),
+                name: "web".to_owned(),
+            };
+            let set = BTreeMap::from([(namespaced, String::new())]);
+            assert!(
+                store.save(&set).is_err(),
+                "namespace {name:?} must be refused"
+            );
         }
         let _ = std::fs::remove_dir_all(root);
     }

@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 pub use crate::model::Section;
 pub use crate::resolve::NodeContext;
 use crate::{
-    model::{PeerRule, PeerSelection, Policy},
+    model::{PeerRule, PeerSelection, Policy, PolicyName},
     select::{SelectedRule, rules_for_node},
 };
 
@@ -34,8 +34,8 @@ pub enum Direction {
 /// Where a compiled rule came from, for flows and `explain`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct RuleOrigin {
-    /// The policy's `metadata.name`.
-    pub policy: String,
+    /// The policy.
+    pub policy: PolicyName,
     /// Field path of the rule, such as `spec.ingressDeny[0]`.
     pub path: String,
     /// The list it sits in.
@@ -126,8 +126,8 @@ pub struct CompiledTable {
     pub empty_entries: Vec<EmptyEntry>,
     /// Whether would-be drops are forwarded as AUDIT.
     pub audit: bool,
-    /// Names of the policies that select this node.
-    pub policies: Vec<String>,
+    /// The policies that select this node.
+    pub policies: Vec<PolicyName>,
     /// Peers whose traffic must not be seen unencrypted (WireGuard strict
     /// mode); checked before any rule, both ways, tracked packets too.
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -220,8 +220,9 @@ pub fn compile(policies: &[Policy], node: &NodeContext) -> Result<CompiledTable,
     // Default deny asked for by policies in audit mode, per direction.
     let mut audit_default_deny = [false; 2];
     for SelectedRule { policy, path, rule } in rules_for_node(policies, &node.labels) {
-        if !table.policies.contains(&policy.metadata.name) {
-            table.policies.push(policy.metadata.name.clone());
+        let name = policy.policy_name();
+        if !table.policies.contains(&name) {
+            table.policies.push(name);
         }
         // Cilium: a selecting rule with an ingress or ingressDeny section puts
         // ingress into default deny, and likewise for egress, unless its
@@ -273,7 +274,7 @@ pub fn compile(policies: &[Policy], node: &NodeContext) -> Result<CompiledTable,
                     );
                 }
                 let origin = RuleOrigin {
-                    policy: policy.metadata.name.clone(),
+                    policy: policy.policy_name(),
                     path: rule_path,
                     section,
                 };
@@ -525,7 +526,7 @@ fromCIDR = ["10.1.2.0/24"]
             ..NodeContext::default()
         };
         let table = compile(&[policy(&text)], &node).unwrap();
-        assert_eq!(table.policies, ["layered"]);
+        assert_eq!(table.policies, [PolicyName::cluster_wide("layered")]);
     }
 
     #[test]

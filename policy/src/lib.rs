@@ -22,7 +22,7 @@ pub use compile::{CompileError, CompiledTable, Direction, NodeContext, compile};
 pub use describe::rule_lines;
 pub use diagnostic::{Diagnostic, Diagnostics};
 pub use evaluate::{Connection, Verdict, evaluate};
-pub use model::Policy;
+pub use model::{Policy, PolicyName};
 pub use resolve::{ClusterContext, KnownEndpoint, KnownNode};
 pub use select::{SelectedRule, Unenforced, rules_for_endpoint, rules_for_node, unenforced_rules};
 pub use validate::ValidateOptions;

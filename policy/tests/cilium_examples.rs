@@ -19,7 +19,16 @@ use support::{Fixture, filled_in, fixtures, has_host_rules, node_for};
 /// protocol and ports, origin, then the peer prefixes.
 fn render(table: &CompiledTable) -> String {
     let mut out = String::new();
-    let _ = writeln!(out, "policies: {}", table.policies.join(", "));
+    let _ = writeln!(
+        out,
+        "policies: {}",
+        table
+            .policies
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
     let _ = writeln!(
         out,
         "default deny: ingress {}, egress {}; audit {}",

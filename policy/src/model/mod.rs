@@ -9,6 +9,7 @@
 
 mod cidr;
 mod icmp;
+mod name;
 mod peer;
 mod port;
 mod selector;
@@ -19,6 +20,7 @@ use serde::{Deserialize, Serialize};
 
 pub use cidr::Cidr;
 pub use icmp::{IcmpFamily, IcmpField, IcmpRule, IcmpType};
+pub use name::PolicyName;
 pub use peer::{
     Authentication, AuthenticationMode, AwsGroup, CidrRule, EgressRule, Entity, FqdnSelector,
     Groups, IngressRule, K8sService, K8sServiceSelector, NothingSelected, PeerRule, PeerSelection,
@@ -65,6 +67,23 @@ fn default_api_version() -> String {
 pub const AUDIT_ANNOTATION: &str = "cilium.io/policy-audit-mode";
 
 impl Policy {
+    /// Which policy this is: its name, and for a CiliumNetworkPolicy its
+    /// namespace (`default` when unset).
+    pub fn policy_name(&self) -> PolicyName {
+        PolicyName {
+            namespace: match self.kind {
+                PolicyKind::CiliumClusterwideNetworkPolicy => None,
+                PolicyKind::CiliumNetworkPolicy => Some(
+                    self.metadata
+                        .namespace
+                        .clone()
+                        .unwrap_or_else(|| crate::select::DEFAULT_NAMESPACE.to_owned()),
+                ),
+            },
+            name: self.metadata.name.clone(),
+        }
+    }
+
     /// `spec` followed by `specs`, each with the path it has in the document.
     pub fn rules(&self) -> impl Iterator<Item = (String, &Rule)> {
         self.spec
@@ -100,7 +119,8 @@ pub enum PolicyKind {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Metadata {
-    /// The policy's name; applying a policy with the same name replaces it.
+    /// The policy's name; applying a policy of the same name (and, for a
+    /// CiliumNetworkPolicy, namespace) replaces it.
     pub name: String,
     /// The namespace of a CiliumNetworkPolicy (`default` when unset, as
     /// `kubectl apply` does).
