@@ -204,8 +204,9 @@ pub struct InterfaceStatus {
     pub name: String,
     /// Interface index.
     pub ifindex: u32,
-    /// XDP attach mode in use: `native` or `generic`.
-    pub xdp_mode: String,
+    /// How the backend hooks the interface, in its own words (the eBPF
+    /// backend: `tcx ingress/egress, xdp native`).
+    pub hooks: String,
     /// Whether the programs are on it now.
     #[serde(default)]
     pub state: InterfaceState,

@@ -31,8 +31,8 @@ fn table(status: &Status) {
     for interface in &status.interfaces {
         match interface.state {
             InterfaceState::Enforcing => println!(
-                "Interface:      {} (ifindex {}, XDP {})",
-                interface.name, interface.ifindex, interface.xdp_mode
+                "Interface:      {} (ifindex {}, {})",
+                interface.name, interface.ifindex, interface.hooks
             ),
             InterfaceState::Missing => println!(
                 "Interface:      {} MISSING: the interface is gone, nothing is enforced on it until it is back",

@@ -691,7 +691,7 @@ impl Datapath for EbpfDatapath {
             .map(|attachment| InterfaceStatus {
                 name: attachment.name.clone(),
                 ifindex: attachment.ifindex,
-                xdp_mode: attachment.xdp_mode.to_owned(),
+                hooks: format!("tcx ingress/egress, xdp {}", attachment.xdp_mode),
                 state: if attachment.links.is_empty() {
                     InterfaceState::Missing
                 } else {
