@@ -12,8 +12,8 @@ use tokio::net::UnixStream;
 
 use crate::{
     ApplyRequest, ApplyResponse, ConfirmResponse, ConntrackFlush, ConntrackList, Counters,
-    DiffResponse, ErrorBody, Flow, FlowQuery, PolicyDocument, PolicyList, RotateKeyRequest,
-    RotatedKey, Status, WireGuardStatus, paths,
+    DiffResponse, EncryptionStatus, ErrorBody, Flow, FlowQuery, PolicyDocument, PolicyList,
+    RotateKeyRequest, RotatedKey, Status, WireGuardStatus, paths,
 };
 
 /// Why a request failed.
@@ -158,6 +158,15 @@ impl Client {
     pub async fn conntrack(&self, limit: usize) -> Result<ConntrackList, ClientError> {
         let path = format!("{}?limit={limit}", paths::CONNTRACK);
         self.call(Method::GET, &path, None::<&()>).await
+    }
+
+    /// How traffic to the other nodes is encrypted, and the backend's state.
+    ///
+    /// # Errors
+    ///
+    /// See [`ClientError`].
+    pub async fn encryption(&self) -> Result<EncryptionStatus, ClientError> {
+        self.call(Method::GET, paths::ENCRYPTION, None::<&()>).await
     }
 
     /// The WireGuard tunnel's state.

@@ -53,6 +53,9 @@ pub mod paths {
     pub const FLOWS: &str = "/v1/flows";
     /// `GET`: [`super::WireGuardStatus`]; 404 when encryption is off.
     pub const WIREGUARD: &str = "/v1/wireguard";
+    /// `GET`: [`super::EncryptionStatus`], how traffic to the other nodes is
+    /// encrypted, whatever the backend (also when it is not).
+    pub const ENCRYPTION: &str = "/v1/encryption";
     /// `POST` ([`super::RotateKeyRequest`]): a new WireGuard key pair,
     /// switched to or staged ([`super::RotatedKey`]).
     pub const WIREGUARD_ROTATE_KEY: &str = "/v1/wireguard/rotate-key";
@@ -76,6 +79,35 @@ pub struct RotatedKey {
     /// Whether the key is only staged (the tunnel still uses the old one).
     #[serde(default)]
     pub staged: bool,
+}
+
+/// How traffic to the other nodes is encrypted (`GET /v1/encryption`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EncryptionStatus {
+    /// The backend in force.
+    pub mode: EncryptionMode,
+    /// The WireGuard tunnel, in mode `wireguard`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wireguard: Option<WireGuardStatus>,
+}
+
+/// The encryption backends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EncryptionMode {
+    /// Traffic to the other nodes is not encrypted.
+    Disabled,
+    /// A WireGuard tunnel to each node.
+    Wireguard,
+}
+
+impl std::fmt::Display for EncryptionMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Disabled => "disabled",
+            Self::Wireguard => "wireguard",
+        })
+    }
 }
 
 /// The WireGuard tunnel, as `wg show` shows it, with the nodes' names.

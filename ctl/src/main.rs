@@ -2,6 +2,7 @@
 
 mod conntrack;
 mod docs;
+mod encryption;
 mod explain;
 mod files;
 mod observe;
@@ -75,7 +76,10 @@ enum Command {
     /// Show or flush the connection-tracking table.
     #[command(subcommand, name = "ct")]
     Conntrack(ConntrackCommand),
-    /// Show the WireGuard node mesh.
+    /// Show how traffic to the other nodes is encrypted.
+    #[command(subcommand)]
+    Encryption(encryption::EncryptionCommand),
+    /// Show the WireGuard node mesh, or rotate its key.
     #[command(subcommand)]
     Wireguard(wireguard::WireGuardCommand),
     /// Print a shell completion script.
@@ -167,6 +171,7 @@ async fn run(client: &palisade_api::Client, command: Command) -> anyhow::Result<
         Command::Policy(command) => policies::run(client, command).await,
         Command::Observe(args) => observe::run(client, &args).await,
         Command::Conntrack(command) => conntrack::run(client, command).await,
+        Command::Encryption(command) => encryption::run(client, command).await,
         Command::Wireguard(command) => wireguard::run(client, command).await,
         Command::Completion(args) => docs::completion(&args),
         Command::Man(args) => docs::man(&args),

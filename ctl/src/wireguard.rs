@@ -63,7 +63,7 @@ pub async fn run(client: &Client, command: WireGuardCommand) -> anyhow::Result<(
 }
 
 /// The `wg show` layout.
-fn text(status: &WireGuardStatus) -> String {
+pub fn text(status: &WireGuardStatus) -> String {
     let mut out = format!(
         "interface: {}\n  backend: {} ({})\n  public key: {}\n",
         status.interface, status.backend, status.backend_reason, status.public_key,

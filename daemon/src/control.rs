@@ -36,17 +36,17 @@ use crate::{
     authz::{Access, Authorizer, Peer},
     config::ConfigError,
     datapath::{ConnectionState as TrackedState, ConnectionTables, TrackedConnection},
+    encryption::{self, Encryption},
     engine::{ApplyError, Engine, ParsedFiles, parse_request},
     flows::FlowHub,
     metrics::Metrics,
     reload::{ReloadError, Reloader},
     systemd,
-    wireguard::Tunnel,
 };
 
-/// Why WireGuard requests are refused while encryption is off.
-const ENCRYPTION_OFF: &str =
-    "encryption is off: set `mode = \"wireguard\"` under [encryption] in palisade.toml";
+/// Why WireGuard requests are refused while WireGuard is not in use.
+const WIREGUARD_OFF: &str =
+    "WireGuard is not in use: set `mode = \"wireguard\"` under [encryption] in palisade.toml";
 
 /// Largest request body accepted.
 const MAX_REQUEST_BYTES: usize = 8 * 1024 * 1024;
@@ -64,8 +64,8 @@ pub struct ControlState {
     pub metrics: Arc<Metrics>,
     /// Who may do what.
     pub authorizer: Arc<Authorizer>,
-    /// The WireGuard tunnel, when encryption is on.
-    pub wireguard: Option<Arc<Tunnel>>,
+    /// The encryption between nodes, when it is on.
+    pub encryption: Option<Arc<Encryption>>,
     /// The running configuration, read again on reload (lock it after
     /// the engine, as SIGHUP does).
     pub reloader: Arc<std::sync::Mutex<Reloader>>,
@@ -131,6 +131,7 @@ pub fn router(state: ControlState) -> Router {
         .route(paths::RELOAD, post(reload))
         .route(paths::CONNTRACK, get(conntrack).delete(flush_conntrack))
         .route(paths::FLOWS, get(flows))
+        .route(paths::ENCRYPTION, get(encryption_status))
         .route(paths::WIREGUARD, get(wireguard))
         .route(paths::WIREGUARD_ROTATE_KEY, post(rotate_wireguard_key))
         .layer(middleware::from_fn_with_state(state.clone(), authorize))
@@ -300,9 +301,9 @@ async fn delete(
 }
 
 async fn reload(State(state): State<ControlState>) -> Response {
-    let (reloader, tunnel) = (Arc::clone(&state.reloader), state.wireguard.clone());
+    let (reloader, encryption) = (Arc::clone(&state.reloader), state.encryption.clone());
     let (engine, result) = match with_engine_blocking(&state.engine, move |engine| {
-        reload_configuration(&reloader, engine, tunnel.as_deref())
+        reload_configuration(&reloader, engine, encryption.as_deref())
     })
     .await
     {
@@ -325,7 +326,7 @@ async fn reload(State(state): State<ControlState>) -> Response {
         Err(error @ ReloadError::Config(_)) => {
             message(StatusCode::INTERNAL_SERVER_ERROR, error.to_string())
         }
-        Err(error @ (ReloadError::NeedsRestart { .. } | ReloadError::Tunnel(_))) => {
+        Err(error @ (ReloadError::NeedsRestart { .. } | ReloadError::Encryption(_))) => {
             message(StatusCode::UNPROCESSABLE_ENTITY, error.to_string())
         }
     }
@@ -359,7 +360,7 @@ pub async fn with_engine_blocking<T: Send + 'static>(
 }
 
 /// The one reload of SIGHUP and `POST /v1/reload`: the configuration and the
-/// policies, put in force together with the tunnel's nodes, or nothing.
+/// policies, put in force together with the encryption's nodes, or nothing.
 ///
 /// # Errors
 ///
@@ -367,31 +368,30 @@ pub async fn with_engine_blocking<T: Send + 'static>(
 pub fn reload_configuration(
     reloader: &std::sync::Mutex<Reloader>,
     engine: &mut Engine,
-    tunnel: Option<&Tunnel>,
+    encryption: Option<&Encryption>,
 ) -> Result<ApplyResponse, ReloadError> {
     // A reload that panicked left the running configuration as it was.
     let mut reloader = reloader
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
-    reloader.reload(engine, tunnel)
+    reloader.reload(engine, encryption)
 }
 
 async fn rotate_wireguard_key(
     State(state): State<ControlState>,
     request: Option<Json<RotateKeyRequest>>,
 ) -> Response {
-    let Some(tunnel) = &state.wireguard else {
-        return message(StatusCode::NOT_FOUND, ENCRYPTION_OFF.to_owned());
-    };
     let stage = request.is_some_and(|Json(request)| request.stage);
-    match tunnel.rotate_key(stage) {
-        Ok(public_key) => Json(RotatedKey {
-            public_key,
-            staged: stage,
+    on_the_tunnel(&state, move |tunnel| {
+        tunnel.rotate_key(stage).map(|public_key| {
+            Json(RotatedKey {
+                public_key,
+                staged: stage,
+            })
+            .into_response()
         })
-        .into_response(),
-        Err(e) => message(StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}")),
-    }
+    })
+    .await
 }
 
 /// Reports a change to systemd, arms the rollback of an apply on probation,
@@ -586,12 +586,46 @@ fn conntrack_entry(
 }
 
 async fn wireguard(State(state): State<ControlState>) -> Response {
-    let Some(tunnel) = &state.wireguard else {
-        return message(StatusCode::NOT_FOUND, ENCRYPTION_OFF.to_owned());
+    on_the_tunnel(&state, |tunnel| {
+        tunnel.status().map(|status| Json(status).into_response())
+    })
+    .await
+}
+
+/// Runs `work` on the WireGuard tunnel on a blocking thread (it talks
+/// netlink or the UAPI socket); 404 when WireGuard is not in use.
+async fn on_the_tunnel(
+    state: &ControlState,
+    work: impl FnOnce(&encryption::wireguard::Tunnel) -> anyhow::Result<Response> + Send + 'static,
+) -> Response {
+    let Some(encryption) = state
+        .encryption
+        .clone()
+        .filter(|encryption| encryption.wireguard().is_some())
+    else {
+        return message(StatusCode::NOT_FOUND, WIREGUARD_OFF.to_owned());
     };
-    match tunnel.status() {
-        Ok(status) => Json(status).into_response(),
-        Err(e) => message(StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}")),
+    let done = tokio::task::spawn_blocking(move || match encryption.wireguard() {
+        Some(tunnel) => work(tunnel),
+        None => Ok(message(StatusCode::NOT_FOUND, WIREGUARD_OFF.to_owned())),
+    })
+    .await;
+    match done {
+        Ok(Ok(response)) => response,
+        Ok(Err(e)) => message(StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}")),
+        Err(e) => message(StatusCode::INTERNAL_SERVER_ERROR, format!("{e}")),
+    }
+}
+
+/// How traffic to the other nodes is encrypted; `disabled` when it is not.
+async fn encryption_status(State(state): State<ControlState>) -> Response {
+    let Some(encryption) = state.encryption.clone() else {
+        return Json(encryption::disabled()).into_response();
+    };
+    match tokio::task::spawn_blocking(move || encryption.status()).await {
+        Ok(Ok(status)) => Json(status).into_response(),
+        Ok(Err(e)) => message(StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}")),
+        Err(e) => message(StatusCode::INTERNAL_SERVER_ERROR, format!("{e}")),
     }
 }
 

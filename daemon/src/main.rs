@@ -7,10 +7,11 @@ use anyhow::Context as _;
 use clap::Parser;
 use palisade_daemon::{
     authz::Authorizer,
-    config::{ConfigFile, EncryptionMode},
+    config::ConfigFile,
     conntrack_watch,
     control::{self, ControlState},
     datapath::{self, DatapathKind},
+    encryption::Encryption,
     engine::{Engine, EngineSettings},
     flows::FlowHub,
     guard, logging,
@@ -19,7 +20,6 @@ use palisade_daemon::{
     serve::{self, ControlLimits},
     store::PolicyStore,
     systemd,
-    wireguard::{Tunnel, spawn_promotions},
 };
 use tokio::{signal::unix::SignalKind, sync::Mutex};
 use tracing::{error, info, warn};
@@ -149,16 +149,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         "initial policies installed"
     );
     engine.attach(&config.datapath)?;
-    let wireguard = match config.encryption.mode {
-        EncryptionMode::None => None,
-        EncryptionMode::Wireguard => Some(Arc::new(
-            Tunnel::start(&config.wireguard, &config.nodes)
-                .context("setting up the WireGuard tunnel")?,
-        )),
-    };
-    if let Some(tunnel) = &wireguard {
-        spawn_promotions(tunnel);
-    }
+    let encryption = Encryption::start(&config)?.map(Arc::new);
 
     let authorizer = Authorizer::new(&config.control);
     for group in authorizer.missing_groups() {
@@ -176,7 +167,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             listen,
             Arc::clone(&engine),
             Arc::clone(&metrics),
-            wireguard.clone(),
+            encryption.clone(),
         )
         .await?;
     }
@@ -191,7 +182,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         hub,
         metrics,
         authorizer: Arc::new(authorizer),
-        wireguard: wireguard.clone(),
+        encryption: encryption.clone(),
         reloader: Arc::clone(&reloader),
         connections: Arc::new(std::sync::Mutex::new(
             engine
@@ -206,7 +197,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     conntrack_watch::spawn(Arc::clone(&engine))
         .await
         .context("watching the connection tables")?;
-    spawn_reload_on_hangup(engine, state.wireguard.clone(), reloader)?;
+    spawn_reload_on_hangup(engine, state.encryption.clone(), reloader)?;
     fresh_pins.keep();
     info!(socket = %socket.display(), "palisaded ready");
     systemd::ready(&summary);
@@ -214,7 +205,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         listener,
         control::router(state),
         ControlLimits::default(),
-        shutdown_signal(wireguard),
+        shutdown_signal(encryption),
     )
     .await;
     systemd::stopping();
@@ -225,10 +216,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn shutdown_signal(wireguard: Option<Arc<Tunnel>>) {
-    let tunnel_stopped = async {
-        match &wireguard {
-            Some(tunnel) => tunnel.stopped().await,
+async fn shutdown_signal(encryption: Option<Arc<Encryption>>) {
+    let encryption_stopped = async {
+        match &encryption {
+            Some(encryption) => encryption.stopped().await,
             None => std::future::pending().await,
         }
     };
@@ -246,7 +237,7 @@ async fn shutdown_signal(wireguard: Option<Arc<Tunnel>>) {
     tokio::select! {
         _ = terminate => info!("SIGTERM: stopping"),
         _ = tokio::signal::ctrl_c() => info!("SIGINT: stopping"),
-        () = tunnel_stopped => info!("the WireGuard device stopped: stopping"),
+        () = encryption_stopped => info!("the encryption backend stopped: stopping"),
     }
 }
 
@@ -254,7 +245,7 @@ async fn shutdown_signal(wireguard: Option<Arc<Tunnel>>) {
 /// reload palisade`), as `palisadectl reload` does.
 fn spawn_reload_on_hangup(
     engine: Arc<Mutex<Engine>>,
-    wireguard: Option<Arc<Tunnel>>,
+    encryption: Option<Arc<Encryption>>,
     reloader: Arc<std::sync::Mutex<Reloader>>,
 ) -> anyhow::Result<()> {
     let mut hangups =
@@ -262,9 +253,9 @@ fn spawn_reload_on_hangup(
     tokio::spawn(async move {
         while hangups.recv().await.is_some() {
             systemd::reloading();
-            let (reloader, tunnel) = (Arc::clone(&reloader), wireguard.clone());
+            let (reloader, encryption) = (Arc::clone(&reloader), encryption.clone());
             let Ok((engine, result)) = control::with_engine_blocking(&engine, move |engine| {
-                control::reload_configuration(&reloader, engine, tunnel.as_deref())
+                control::reload_configuration(&reloader, engine, encryption.as_deref())
             })
             .await
             else {

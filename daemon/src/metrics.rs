@@ -24,8 +24,8 @@ use tracing::{error, info};
 
 use crate::{
     datapath::TableFill,
+    encryption::Encryption,
     engine::{Engine, EngineStats},
-    wireguard::Tunnel,
 };
 
 /// How an apply ended, for `palisade_policy_apply_total{outcome}`.
@@ -341,7 +341,7 @@ impl Collector for SnapshotCollector {
 struct MetricsState {
     engine: Arc<Mutex<Engine>>,
     metrics: Arc<Metrics>,
-    wireguard: Option<Arc<Tunnel>>,
+    encryption: Option<Arc<Encryption>>,
 }
 
 /// The tunnel's peers: transfer and handshake age per node.
@@ -390,13 +390,14 @@ fn encode_wireguard(
 }
 
 async fn scrape(State(state): State<MetricsState>) -> impl IntoResponse {
-    let wireguard = match &state.wireguard {
-        Some(tunnel) => {
-            let tunnel = Arc::clone(tunnel);
-            tokio::task::spawn_blocking(move || tunnel.status().ok())
+    let wireguard = match &state.encryption {
+        Some(encryption) => {
+            let encryption = Arc::clone(encryption);
+            tokio::task::spawn_blocking(move || encryption.status().ok())
                 .await
                 .ok()
                 .flatten()
+                .and_then(|status| status.wireguard)
         }
         None => None,
     };
@@ -438,7 +439,7 @@ pub async fn serve(
     listen: SocketAddr,
     engine: Arc<Mutex<Engine>>,
     metrics: Arc<Metrics>,
-    wireguard: Option<Arc<Tunnel>>,
+    encryption: Option<Arc<Encryption>>,
 ) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(listen)
         .await
@@ -449,7 +450,7 @@ pub async fn serve(
         .with_state(MetricsState {
             engine,
             metrics,
-            wireguard,
+            encryption,
         });
     // Its own connection budget: a flood of scrapers never reaches the
     // control socket's.

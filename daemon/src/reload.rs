@@ -21,8 +21,8 @@ use crate::{
         FlowsConfig, MetricsConfig, NodeConfig, PolicyConfig, Service, WireGuardConfig,
     },
     datapath::EnforcementSettings,
+    encryption::Encryption,
     engine::{ApplyError, Engine, Reconfiguration},
-    wireguard::Tunnel,
 };
 
 /// Command-line options that replace settings of the file (`--socket`,
@@ -71,9 +71,9 @@ pub enum ReloadError {
         /// The settings, as `section.key`.
         settings: Vec<&'static str>,
     },
-    /// The tunnel refused the new `[[nodes]]`.
-    #[error("the WireGuard nodes were refused; nothing was changed: {0:#}")]
-    Tunnel(anyhow::Error),
+    /// The encryption backend refused the new `[[nodes]]`.
+    #[error("the encryption backend refused the nodes; nothing was changed: {0:#}")]
+    Encryption(anyhow::Error),
     /// The policies or the datapath refused the new generation.
     #[error(transparent)]
     Apply(#[from] ApplyError),
@@ -100,16 +100,16 @@ impl Reloader {
 
     /// Reads the configuration file again and puts it in force with the
     /// policies (the directory and the saved ones) as one new generation;
-    /// the tunnel's nodes follow. On any error nothing is changed.
+    /// the encryption's nodes follow. On any error nothing is changed.
     ///
     /// # Errors
     ///
     /// [`ReloadError`]: the file does not load, a setting needs a restart,
-    /// the tunnel or the engine refused.
+    /// the encryption backend or the engine refused.
     pub fn reload(
         &mut self,
         engine: &mut Engine,
-        tunnel: Option<&Tunnel>,
+        encryption: Option<&Encryption>,
     ) -> Result<ApplyResponse, ReloadError> {
         let mut config = self.file.load()?;
         self.overrides.apply(&mut config);
@@ -120,10 +120,10 @@ impl Reloader {
                 settings,
             });
         }
-        if let Some(tunnel) = tunnel {
-            tunnel
-                .reconcile(&config.nodes)
-                .map_err(ReloadError::Tunnel)?;
+        if let Some(encryption) = encryption {
+            encryption
+                .reconcile(&config)
+                .map_err(ReloadError::Encryption)?;
         }
         match engine.reconfigure(reconfiguration(&config)) {
             Ok(response) => {
@@ -131,12 +131,12 @@ impl Reloader {
                 Ok(response)
             }
             Err(error) => {
-                if let Some(tunnel) = tunnel
-                    && let Err(back) = tunnel.reconcile(&self.running.nodes)
+                if let Some(encryption) = encryption
+                    && let Err(back) = encryption.reconcile(&self.running)
                 {
                     warn!(
                         error = format!("{back:#}"),
-                        "the reload was refused and the WireGuard nodes could not be put back"
+                        "the reload was refused and the encryption's nodes could not be put back"
                     );
                 }
                 Err(error.into())

@@ -339,6 +339,15 @@ fn policy_list_get_reload_and_bad_requests_through_the_socket() {
     assert!(yaml.contains("name: host-ssh-from-bastion"), "{yaml}");
     let status = ok(daemon.ctl(&["status", "-o", "yaml"]).expect("ctl"));
     assert!(status.contains("generation: 1"), "{status}");
+    // Encryption off: the neutral status says so, WireGuard's refuses.
+    let encryption = ok(daemon
+        .ctl(&["encryption", "status", "-o", "json"])
+        .expect("ctl"));
+    let encryption: serde_json::Value = serde_json::from_str(&encryption).expect("JSON");
+    assert_eq!(encryption, serde_json::json!({ "mode": "disabled" }));
+    let (code, stderr) = failed(&daemon.ctl(&["wireguard", "status"]).expect("ctl"));
+    assert_eq!(code, Some(3), "{stderr}");
+    assert!(stderr.contains("WireGuard is not in use"), "{stderr}");
     let kernel = daemon.status().expect("status").kernel;
     assert!(kernel.bpffs && !kernel.release.is_empty(), "{kernel:?}");
     let table = ok(daemon.ctl(&["status"]).expect("ctl"));

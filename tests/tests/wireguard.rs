@@ -126,6 +126,25 @@ fn two_nodes_form_a_mesh_and_only_wireguard_crosses_the_wire() {
         !table.contains(&a_private),
         "the private key is never shown"
     );
+    // The same through the backend-neutral encryption status.
+    let encryption = pair
+        .a_daemon
+        .ctl(&["encryption", "status", "-o", "json"])
+        .expect("palisadectl");
+    assert!(encryption.status.success(), "{encryption:?}");
+    let encryption: serde_json::Value = serde_json::from_slice(&encryption.stdout).expect("JSON");
+    assert_eq!(encryption["mode"], "wireguard", "{encryption}");
+    assert_eq!(encryption["wireguard"]["public_key"], a_public.as_str());
+    assert_eq!(encryption["wireguard"]["peers"][0]["name"], "peer");
+    let encryption = pair
+        .a_daemon
+        .ctl(&["encryption", "status"])
+        .expect("palisadectl");
+    let encryption = String::from_utf8_lossy(&encryption.stdout);
+    assert!(
+        encryption.starts_with("Encryption: wireguard\n") && encryption.contains("node: peer"),
+        "{encryption}"
+    );
 
     // Tunnel metrics, per node.
     let metrics =

@@ -1,0 +1,91 @@
+//! Encryption between nodes: one seam over the backends, chosen by
+//! `encryption.mode` — WireGuard today ([`wireguard`]), IPsec next. The
+//! rest of the daemon (control socket, reload, metrics, shutdown) sees only
+//! [`Encryption`].
+
+pub mod wireguard;
+
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use palisade_api::{EncryptionMode, EncryptionStatus};
+
+use crate::config::{Config, EncryptionMode as ConfiguredMode};
+use wireguard::Tunnel;
+
+/// The encryption in force: one backend.
+pub enum Encryption {
+    /// A WireGuard tunnel to each node.
+    WireGuard(Arc<Tunnel>),
+}
+
+impl Encryption {
+    /// Starts the backend `encryption.mode` names, with its background
+    /// work; `None` when encryption is off.
+    ///
+    /// # Errors
+    ///
+    /// When the backend cannot be set up.
+    pub fn start(config: &Config) -> anyhow::Result<Option<Self>> {
+        match config.encryption.mode {
+            ConfiguredMode::None => Ok(None),
+            ConfiguredMode::Wireguard => {
+                let tunnel = Arc::new(
+                    Tunnel::start(&config.wireguard, &config.nodes)
+                        .context("setting up the WireGuard tunnel")?,
+                );
+                wireguard::spawn_promotions(&tunnel);
+                Ok(Some(Self::WireGuard(tunnel)))
+            }
+        }
+    }
+
+    /// The backend's state, for `/v1/encryption` and the metrics.
+    ///
+    /// # Errors
+    ///
+    /// When the backend cannot be read.
+    pub fn status(&self) -> anyhow::Result<EncryptionStatus> {
+        match self {
+            Self::WireGuard(tunnel) => Ok(EncryptionStatus {
+                mode: EncryptionMode::Wireguard,
+                wireguard: Some(tunnel.status()?),
+            }),
+        }
+    }
+
+    /// Puts `config`'s nodes in force (on reload).
+    ///
+    /// # Errors
+    ///
+    /// When the backend refuses them; what was in force stays.
+    pub fn reconcile(&self, config: &Config) -> anyhow::Result<()> {
+        match self {
+            Self::WireGuard(tunnel) => tunnel.reconcile(&config.nodes),
+        }
+    }
+
+    /// The WireGuard tunnel, in mode `wireguard` (for its own endpoints:
+    /// `/v1/wireguard`, key rotation).
+    pub fn wireguard(&self) -> Option<&Tunnel> {
+        match self {
+            Self::WireGuard(tunnel) => Some(tunnel),
+        }
+    }
+
+    /// Resolves when the backend has stopped by itself (a userspace
+    /// WireGuard device gone): palisaded stops then.
+    pub async fn stopped(&self) {
+        match self {
+            Self::WireGuard(tunnel) => tunnel.stopped().await,
+        }
+    }
+}
+
+/// `/v1/encryption` when encryption is off.
+pub fn disabled() -> EncryptionStatus {
+    EncryptionStatus {
+        mode: EncryptionMode::Disabled,
+        wireguard: None,
+    }
+}
