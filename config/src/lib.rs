@@ -34,29 +34,149 @@ pub struct Config {
     pub metrics: MetricsConfig,
     /// Services that stay reachable whatever the policies say.
     pub failsafe: FailsafeConfig,
-    /// What this node knows about its cluster, for entities, `fromNodes`,
-    /// `fromEndpoints` and CIDR groups.
-    pub cluster: palisade_policy::ClusterContext,
+    /// What this node knows about its cluster besides the nodes, for
+    /// entities, `fromEndpoints` and CIDR groups.
+    pub cluster: ClusterConfig,
     /// Whether and how traffic to the other nodes is encrypted.
     pub encryption: EncryptionConfig,
     /// The WireGuard tunnel, when `encryption.mode` is `wireguard`.
     pub wireguard: WireGuardConfig,
-    /// The other nodes this one tunnels to (`[[nodes]]`).
-    pub nodes: Vec<PeerNode>,
+    /// The other nodes of the cluster (`[[nodes]]`): one list for the
+    /// policies (`remote-node`, `fromNodes`) and the encryption.
+    pub nodes: Vec<Node>,
 }
 
 impl Config {
     /// The prefixes WireGuard strict mode keeps off the wire unencrypted:
-    /// every node's `allowed_ips` when WireGuard runs in strict mode, else
+    /// every tunnel peer's prefixes when WireGuard runs in strict mode, else
     /// none.
     pub fn strict_prefixes(&self) -> Vec<ipnet::IpNet> {
         if self.encryption.mode != EncryptionMode::Wireguard || !self.wireguard.strict {
             return Vec::new();
         }
+        self.wireguard_peers()
+            .iter()
+            .flat_map(|peer| peer.allowed_ips.iter().copied())
+            .collect()
+    }
+
+    /// What the policies know of the cluster: `[cluster]` with the nodes of
+    /// `[[nodes]]` (their pod CIDRs count as the cluster's).
+    pub fn cluster_context(&self) -> palisade_policy::ClusterContext {
+        let cluster = &self.cluster;
+        palisade_policy::ClusterContext {
+            pod_cidrs: cluster
+                .pod_cidrs
+                .iter()
+                .chain(self.nodes.iter().flat_map(|node| &node.pod_cidrs))
+                .copied()
+                .collect(),
+            nodes: self
+                .nodes
+                .iter()
+                .map(|node| palisade_policy::KnownNode {
+                    name: node.name.clone(),
+                    labels: node.labels.clone(),
+                    addresses: node.addresses.clone(),
+                })
+                .collect(),
+            health: cluster.health.clone(),
+            kube_apiserver: cluster.kube_apiserver.clone(),
+            endpoints: cluster.endpoints.clone(),
+            cidr_groups: cluster.cidr_groups.clone(),
+        }
+    }
+
+    /// The WireGuard tunnel's peers: every node with a `[nodes.wireguard]`
+    /// table, its pod CIDRs and `allowed_ips` routed through the tunnel.
+    pub fn wireguard_peers(&self) -> Vec<WireGuardPeer> {
         self.nodes
             .iter()
-            .flat_map(|node| node.allowed_ips.iter().copied())
+            .filter_map(|node| {
+                let wireguard = node.wireguard.as_ref()?;
+                Some(WireGuardPeer {
+                    name: node.name.clone(),
+                    endpoint: wireguard.endpoint,
+                    public_key: wireguard.public_key.clone(),
+                    next_public_key: wireguard.next_public_key.clone(),
+                    allowed_ips: node
+                        .pod_cidrs
+                        .iter()
+                        .chain(&wireguard.allowed_ips)
+                        .copied()
+                        .collect(),
+                })
+            })
             .collect()
+    }
+
+    /// The nodes the WireGuard tunnel cannot reach: those without a
+    /// `[nodes.wireguard]` table.
+    pub fn nodes_without_wireguard(&self) -> impl Iterator<Item = &Node> {
+        self.nodes.iter().filter(|node| node.wireguard.is_none())
+    }
+
+    /// With WireGuard on, traffic to every node goes through the tunnel: a
+    /// node it cannot reach is a configuration error, not a node left in
+    /// the clear. What is wrong, if anything.
+    pub fn node_outside_the_tunnel(&self) -> Option<String> {
+        if self.encryption.mode != EncryptionMode::Wireguard {
+            return None;
+        }
+        self.nodes_without_wireguard().next().map(|node| {
+            format!(
+                "[[nodes]] {:?} has no [nodes.wireguard] table (endpoint, public_key): with encryption.mode = \"wireguard\" every node is reached through the tunnel",
+                node.name
+            )
+        })
+    }
+}
+
+/// `[cluster]`: what this node knows about its cluster besides the nodes.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "ClusterTable")]
+pub struct ClusterConfig {
+    /// Pod CIDRs: part of `cluster`.
+    pub pod_cidrs: Vec<ipnet::IpNet>,
+    /// Health endpoint addresses: `health`.
+    pub health: Vec<ipnet::IpNet>,
+    /// API server addresses: `kube-apiserver`.
+    pub kube_apiserver: Vec<ipnet::IpNet>,
+    /// Pods by labels: `fromEndpoints`.
+    pub endpoints: Vec<palisade_policy::KnownEndpoint>,
+    /// CiliumCIDRGroups: `cidrGroupRef` and `cidrGroupSelector`.
+    pub cidr_groups: Vec<palisade_policy::resolve::CidrGroup>,
+}
+
+/// `[cluster]` as written, with the key that moved.
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct ClusterTable {
+    pod_cidrs: Vec<ipnet::IpNet>,
+    health: Vec<ipnet::IpNet>,
+    kube_apiserver: Vec<ipnet::IpNet>,
+    endpoints: Vec<palisade_policy::KnownEndpoint>,
+    cidr_groups: Vec<palisade_policy::resolve::CidrGroup>,
+    nodes: Option<serde::de::IgnoredAny>,
+}
+
+impl TryFrom<ClusterTable> for ClusterConfig {
+    type Error = String;
+
+    fn try_from(table: ClusterTable) -> Result<Self, String> {
+        if table.nodes.is_some() {
+            return Err(
+                "[[cluster.nodes]] moved to [[nodes]]: one table per node holds its name, addresses, labels, pod_cidrs and its [nodes.wireguard] keys"
+                    .to_owned(),
+            );
+        }
+        Ok(Self {
+            pod_cidrs: table.pod_cidrs,
+            health: table.health,
+            kube_apiserver: table.kube_apiserver,
+            endpoints: table.endpoints,
+            cidr_groups: table.cidr_groups,
+        })
     }
 }
 
@@ -115,12 +235,76 @@ impl Default for WireGuardConfig {
     }
 }
 
-/// One `[[nodes]]` entry: another node of the mesh.
+/// One `[[nodes]]` entry: another node of the cluster, as the policies see
+/// it and as the encryption reaches it.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PeerNode {
+#[serde(try_from = "NodeTable")]
+pub struct Node {
     /// The node's name, shown in status.
     pub name: String,
+    /// Its addresses: what `remote-node` and `fromNodes` stand for.
+    pub addresses: Vec<ipnet::IpNet>,
+    /// Its labels, matched by `fromNodes` / `toNodes`.
+    pub labels: BTreeMap<String, String>,
+    /// Its pods' prefixes: part of `cluster`, and routed through the tunnel.
+    pub pod_cidrs: Vec<ipnet::IpNet>,
+    /// How the WireGuard tunnel reaches it (`[nodes.wireguard]`).
+    pub wireguard: Option<NodeWireGuard>,
+}
+
+/// `[[nodes]]` as written, with the keys that moved.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NodeTable {
+    name: String,
+    #[serde(default)]
+    addresses: Vec<ipnet::IpNet>,
+    #[serde(default)]
+    labels: BTreeMap<String, String>,
+    #[serde(default)]
+    pod_cidrs: Vec<ipnet::IpNet>,
+    #[serde(default)]
+    wireguard: Option<NodeWireGuard>,
+    #[serde(default)]
+    endpoint: Option<serde::de::IgnoredAny>,
+    #[serde(default)]
+    public_key: Option<serde::de::IgnoredAny>,
+    #[serde(default)]
+    next_public_key: Option<serde::de::IgnoredAny>,
+    #[serde(default)]
+    allowed_ips: Option<serde::de::IgnoredAny>,
+}
+
+impl TryFrom<NodeTable> for Node {
+    type Error = String;
+
+    fn try_from(table: NodeTable) -> Result<Self, String> {
+        let moved = [
+            ("endpoint", table.endpoint.is_some()),
+            ("public_key", table.public_key.is_some()),
+            ("next_public_key", table.next_public_key.is_some()),
+            ("allowed_ips", table.allowed_ips.is_some()),
+        ];
+        if let Some((key, _)) = moved.iter().find(|(_, present)| *present) {
+            return Err(format!(
+                "node {:?}: `{key}` moved under [nodes.wireguard] (endpoint, public_key, next_public_key, allowed_ips)",
+                table.name
+            ));
+        }
+        Ok(Self {
+            name: table.name,
+            addresses: table.addresses,
+            labels: table.labels,
+            pod_cidrs: table.pod_cidrs,
+            wireguard: table.wireguard,
+        })
+    }
+}
+
+/// `[nodes.wireguard]`: how the tunnel reaches a node.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeWireGuard {
     /// Where its tunnel listens, `ADDRESS:PORT`.
     pub endpoint: std::net::SocketAddr,
     /// Its WireGuard public key (base64, as `wg pubkey` prints it).
@@ -130,7 +314,26 @@ pub struct PeerNode {
     /// that key's first handshake, so the switch costs at most a handshake.
     #[serde(default)]
     pub next_public_key: Option<WireGuardKey>,
-    /// The prefixes reached through it (its pod CIDR, its tunnel address).
+    /// Prefixes reached through it besides its `pod_cidrs` (its tunnel
+    /// address, say).
+    #[serde(default)]
+    pub allowed_ips: Vec<ipnet::IpNet>,
+}
+
+/// A WireGuard tunnel peer: a node with a `[nodes.wireguard]` table, as the
+/// tunnel uses it ([`Config::wireguard_peers`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WireGuardPeer {
+    /// The node's name.
+    pub name: String,
+    /// Where its tunnel listens.
+    pub endpoint: std::net::SocketAddr,
+    /// Its public key.
+    pub public_key: WireGuardKey,
+    /// The key it will switch to.
+    pub next_public_key: Option<WireGuardKey>,
+    /// Everything routed to it through the tunnel: its pod CIDRs and
+    /// `allowed_ips`.
     pub allowed_ips: Vec<ipnet::IpNet>,
 }
 
@@ -519,6 +722,7 @@ impl Config {
                 state.display()
             ));
         }
+        found.extend(self.node_outside_the_tunnel());
         found
     }
 }
@@ -640,13 +844,69 @@ mod tests {
     }
 
     #[test]
+    fn one_node_list_feeds_the_policies_and_the_tunnel() {
+        let config: Config = from_toml(
+            "c.toml",
+            "[cluster]\npod_cidrs = [\"10.0.0.0/16\"]\n\n[[nodes]]\nname = \"b\"\naddresses = [\"192.0.2.2/32\"]\nlabels = { role = \"db\" }\npod_cidrs = [\"10.99.2.0/24\"]\n[nodes.wireguard]\nendpoint = \"192.0.2.2:51871\"\npublic_key = \"TDC1nJ5eZctCPhtpgG8II00ItlhsYcrVKYG5K8OW4kY=\"\n\n[[nodes]]\nname = \"c\"\naddresses = [\"192.0.2.3/32\"]\n",
+        )
+        .unwrap();
+        let cluster = config.cluster_context();
+        assert_eq!(cluster.nodes.len(), 2);
+        assert_eq!(cluster.nodes[0].labels["role"], "db");
+        assert_eq!(cluster.nodes[1].addresses[0].to_string(), "192.0.2.3/32");
+        assert_eq!(
+            cluster.pod_cidrs,
+            [
+                "10.0.0.0/16".parse().unwrap(),
+                "10.99.2.0/24".parse().unwrap()
+            ]
+        );
+        let peers = config.wireguard_peers();
+        assert_eq!(peers.len(), 1, "c has no [nodes.wireguard]");
+        assert_eq!(peers[0].allowed_ips[0].to_string(), "10.99.2.0/24");
+        let without: Vec<&str> = config
+            .nodes_without_wireguard()
+            .map(|node| node.name.as_str())
+            .collect();
+        assert_eq!(without, ["c"]);
+    }
+
+    #[test]
+    fn the_keys_that_moved_say_where_they_went() {
+        let old_node = from_toml::<Config>(
+            "c.toml",
+            "[[nodes]]\nname = \"b\"\nendpoint = \"192.0.2.2:51871\"\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            old_node.starts_with("c.toml:")
+                && old_node.contains("nodes[0]")
+                && old_node.contains("`endpoint` moved under [nodes.wireguard]"),
+            "{old_node}"
+        );
+        let old_cluster = from_toml::<Config>(
+            "c.toml",
+            "[[cluster.nodes]]\nname = \"b\"\naddresses = [\"192.0.2.2/32\"]\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            old_cluster.contains("[[cluster.nodes]] moved to [[nodes]]"),
+            "{old_cluster}"
+        );
+    }
+
+    #[test]
     fn bad_wireguard_keys_endpoints_and_prefixes_are_placed() {
         let node = |field: &str| {
             let mut entry = vec![
                 "name = \"b\"".to_owned(),
+                "pod_cidrs = [\"10.99.2.0/24\"]".to_owned(),
+                "[nodes.wireguard]".to_owned(),
                 "endpoint = \"192.0.2.2:51871\"".to_owned(),
                 "public_key = \"TDC1nJ5eZctCPhtpgG8II00ItlhsYcrVKYG5K8OW4kY=\"".to_owned(),
-                "allowed_ips = [\"10.99.2.0/24\"]".to_owned(),
+                "allowed_ips = [\"10.99.3.1/32\"]".to_owned(),
             ];
             let key = field.split(" = ").next().unwrap_or_default();
             for line in &mut entry {
@@ -661,19 +921,28 @@ mod tests {
         };
         let good: Config = from_toml("c.toml", &node("name = \"b\"")).unwrap();
         assert_eq!(good.encryption.mode, EncryptionMode::Wireguard);
-        assert_eq!(good.nodes[0].endpoint.port(), 51871);
+        let peers = good.wireguard_peers();
+        assert_eq!(peers[0].endpoint.port(), 51871);
+        assert_eq!(
+            peers[0].allowed_ips,
+            [
+                "10.99.2.0/24".parse().unwrap(),
+                "10.99.3.1/32".parse().unwrap()
+            ],
+            "the pod CIDRs and allowed_ips go through the tunnel"
+        );
         for (field, expected) in [
             (
                 "public_key = \"nope\"",
-                "c.toml:6:14: nodes[0].public_key: invalid WireGuard key \"nope\": expected 32 bytes in base64 (44 characters, as `wg pubkey` prints)",
+                "c.toml:8:14: nodes[0].wireguard.public_key: invalid WireGuard key \"nope\": expected 32 bytes in base64 (44 characters, as `wg pubkey` prints)",
             ),
             (
                 "endpoint = \"192.0.2.2\"",
-                "c.toml:5:12: nodes[0].endpoint: invalid socket address syntax",
+                "c.toml:7:12: nodes[0].wireguard.endpoint: invalid socket address syntax",
             ),
             (
                 "allowed_ips = [\"10.99.2.0/33\"]",
-                "c.toml:7:16: nodes[0].allowed_ips[0]: invalid IP address syntax",
+                "c.toml:9:16: nodes[0].wireguard.allowed_ips[0]: invalid IP address syntax",
             ),
         ] {
             let error = from_toml::<Config>("c.toml", &node(field)).unwrap_err();
@@ -685,7 +954,7 @@ mod tests {
         let error = from_toml::<Config>("c.toml", &next).unwrap_err();
         assert!(
             error.to_string().starts_with(
-                "c.toml:7:19: nodes[0].next_public_key: invalid WireGuard key \"short\""
+                "c.toml:9:19: nodes[0].wireguard.next_public_key: invalid WireGuard key \"short\""
             ),
             "{error}"
         );

@@ -153,7 +153,7 @@ pub fn run(args: &ExplainArgs) -> anyhow::Result<()> {
         audit_mode: args.audit_mode || config.policy.audit_mode,
         fqdn_audit: args.fqdn_audit || config.policy.fqdn_audit,
         addresses,
-        cluster: config.cluster.clone(),
+        cluster: config.cluster_context(),
         strict_prefixes: config.strict_prefixes(),
     };
     let options = ValidateOptions {

@@ -410,7 +410,7 @@ fn veth_drop(method: Method) -> anyhow::Result<DropRate> {
         Method::Tc => vec![policy_from_toml("ssh-only.toml", DENY_ALL_BUT_SSH)?],
         Method::Nftables => Vec::new(),
     };
-    let pin_path = config.datapath.pin_path.clone();
+    let pins = support::PinsRemoved(config.datapath.pin_path.clone());
     // The sink runs palisade in every case (so frames reach it the same way:
     // through its XDP hook); only what drops differs.
     let datapath = sink
@@ -484,7 +484,7 @@ fn veth_drop(method: Method) -> anyhow::Result<DropRate> {
     let through_pair = rate(dropped(&datapath)? - before, elapsed)?;
     drop(datapath);
     drop(topology);
-    pinning::cleanup(&pin_path)?;
+    drop(pins);
     println!(
         "{:<10} {receive_path:>14.0} {through_pair:>14.0}{}",
         method.name(),

@@ -153,7 +153,7 @@ pub fn reconfiguration(config: &Config) -> Reconfiguration {
             audit_mode: config.policy.audit_mode,
             fqdn_audit: config.policy.fqdn_audit,
             addresses: config.node.addresses.clone(),
-            cluster: config.cluster.clone(),
+            cluster: config.cluster_context(),
             strict_prefixes: config.strict_prefixes(),
         },
         failsafe: failsafe_status(config),

@@ -183,10 +183,10 @@ pub fn start_palisade_with(
     std::fs::write(
         &config,
         format!(
-            "[datapath]\ninterfaces = [\"eth0\"]\n\n[metrics]\nlisten = \"{METRICS}\"\n\n[encryption]\nmode = \"wireguard\"\n\n[wireguard]\ninterface = \"{interface}\"\nprivate_key_file = \"{}\"\nstrict = {strict}\n\n[[nodes]]\nname = \"peer\"\nendpoint = \"{}:{PORT}\"\npublic_key = \"{peer_public}\"\nallowed_ips = [\"{}\"]\n",
+            "[datapath]\ninterfaces = [\"eth0\"]\n\n[metrics]\nlisten = \"{METRICS}\"\n\n[encryption]\nmode = \"wireguard\"\n\n[wireguard]\ninterface = \"{interface}\"\nprivate_key_file = \"{}\"\nstrict = {strict}\n\n[[nodes]]\nname = \"peer\"\npod_cidrs = [\"{}\"]\n[nodes.wireguard]\nendpoint = \"{}:{PORT}\"\npublic_key = \"{peer_public}\"\n",
             key_file.display(),
-            peer.underlay,
-            peer.pod_prefix
+            peer.pod_prefix,
+            peer.underlay
         ),
     )?;
     Daemon::start(&node.netns, &config, &policies, dir)

@@ -465,7 +465,7 @@ fn the_deb_installs_runs_upgrades_and_purges_in_a_booted_debian() {
     container.ok(
         "cp /etc/palisade/palisade.toml /root/palisade.toml.saved && \
          sed -i 's/^# mode = \"none\"$/mode = \"wireguard\"/' /etc/palisade/palisade.toml && \
-         printf '\\n[[nodes]]\\nname = \"node-2\"\\nendpoint = \"192.0.2.2:51871\"\\npublic_key = \"TDC1nJ5eZctCPhtpgG8II00ItlhsYcrVKYG5K8OW4kY=\"\\nallowed_ips = [\"10.99.2.0/24\"]\\n' >> /etc/palisade/palisade.toml && \
+         printf '\\n[[nodes]]\\nname = \"node-2\"\\npod_cidrs = [\"10.99.2.0/24\"]\\n[nodes.wireguard]\\nendpoint = \"192.0.2.2:51871\"\\npublic_key = \"TDC1nJ5eZctCPhtpgG8II00ItlhsYcrVKYG5K8OW4kY=\"\\n' >> /etc/palisade/palisade.toml && \
          systemctl restart palisade",
     );
     container.wait_for_unit("active");

@@ -245,7 +245,7 @@ fn bad_keys_endpoints_and_prefixes_stop_palisaded_with_their_position() {
     let config = work.path().join("bad.toml");
     std::fs::write(
         &config,
-        "[encryption]\nmode = \"wireguard\"\n\n[[nodes]]\nname = \"b\"\nendpoint = \"192.0.2.2:51871\"\npublic_key = \"not-a-key\"\nallowed_ips = [\"10.99.2.0/24\"]\n",
+        "[encryption]\nmode = \"wireguard\"\n\n[[nodes]]\nname = \"b\"\npod_cidrs = [\"10.99.2.0/24\"]\n[nodes.wireguard]\nendpoint = \"192.0.2.2:51871\"\npublic_key = \"not-a-key\"\n",
     )
     .expect("config");
     let output = Command::new(palisade_e2e::binary("palisaded").expect("built"))
@@ -256,7 +256,31 @@ fn bad_keys_endpoints_and_prefixes_stop_palisaded_with_their_position() {
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
-        stderr.contains("bad.toml:7:14: nodes[0].public_key: invalid WireGuard key \"not-a-key\""),
+        stderr.contains(
+            "bad.toml:9:14: nodes[0].wireguard.public_key: invalid WireGuard key \"not-a-key\""
+        ),
+        "{stderr}"
+    );
+    // One node list: with WireGuard on, a node without its keys is refused
+    // before anything is loaded, not left in the clear. (Were it not, the
+    // daemon would stop at the pin path, which is no bpffs, and say so.)
+    let scratch = work.path().display();
+    std::fs::write(
+        &config,
+        format!(
+            "[datapath]\npin_path = \"{scratch}/pins\"\n[control]\nsocket = \"{scratch}/palisade.sock\"\n[policy]\ndirectory = \"{scratch}/policies\"\nstate_directory = \"{scratch}/state\"\n\n[encryption]\nmode = \"wireguard\"\n\n[[nodes]]\nname = \"c\"\naddresses = [\"192.0.2.3/32\"]\n"
+        ),
+    )
+    .expect("config");
+    let output = Command::new(palisade_e2e::binary("palisaded").expect("built"))
+        .arg("--config")
+        .arg(&config)
+        .output()
+        .expect("palisaded runs");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("bad.toml: [[nodes]] \"c\" has no [nodes.wireguard] table"),
         "{stderr}"
     );
 }

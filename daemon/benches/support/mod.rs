@@ -31,6 +31,22 @@ pub fn bench_config(name: &str) -> Config {
     config
 }
 
+/// Removes a benchmark datapath's pins when dropped, also when the
+/// benchmark fails half-way (declare it before the datapath, so the
+/// datapath is dropped first).
+pub struct PinsRemoved(pub PathBuf);
+
+impl Drop for PinsRemoved {
+    fn drop(&mut self) {
+        if let Err(error) = palisade_daemon::datapath::cleanup(
+            palisade_daemon::datapath::DatapathKind::Ebpf,
+            &self.0,
+        ) {
+            eprintln!("removing the pins under {}: {error:#}", self.0.display());
+        }
+    }
+}
+
 /// The median of `samples` (the upper one of an even count).
 pub fn median(mut samples: Vec<f64>) -> f64 {
     samples.sort_by(f64::total_cmp);

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use palisade_api::{EncryptionMode, EncryptionStatus};
 
-use crate::config::{Config, EncryptionMode as ConfiguredMode};
+use crate::config::{Config, EncryptionMode as ConfiguredMode, WireGuardPeer};
 use wireguard::Tunnel;
 
 /// The encryption in force: one backend.
@@ -31,7 +31,7 @@ impl Encryption {
             ConfiguredMode::None => Ok(None),
             ConfiguredMode::Wireguard => {
                 let tunnel = Arc::new(
-                    Tunnel::start(&config.wireguard, &config.nodes)
+                    Tunnel::start(&config.wireguard, &wireguard_peers(config)?)
                         .context("setting up the WireGuard tunnel")?,
                 );
                 wireguard::spawn_promotions(&tunnel);
@@ -61,7 +61,7 @@ impl Encryption {
     /// When the backend refuses them; what was in force stays.
     pub fn reconcile(&self, config: &Config) -> anyhow::Result<()> {
         match self {
-            Self::WireGuard(tunnel) => tunnel.reconcile(&config.nodes),
+            Self::WireGuard(tunnel) => tunnel.reconcile(&wireguard_peers(config)?),
         }
     }
 
@@ -80,6 +80,18 @@ impl Encryption {
             Self::WireGuard(tunnel) => tunnel.stopped().await,
         }
     }
+}
+
+/// The tunnel's peers: every node, each with its `[nodes.wireguard]` table.
+///
+/// # Errors
+///
+/// When a node has none ([`Config::node_outside_the_tunnel`]).
+fn wireguard_peers(config: &Config) -> anyhow::Result<Vec<WireGuardPeer>> {
+    if let Some(problem) = config.node_outside_the_tunnel() {
+        anyhow::bail!(problem);
+    }
+    Ok(config.wireguard_peers())
 }
 
 /// `/v1/encryption` when encryption is off.

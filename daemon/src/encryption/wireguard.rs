@@ -35,7 +35,7 @@ use tracing::{info, warn};
 
 use crate::{
     atomic_file::write_atomically,
-    config::{PeerNode, WireGuardConfig},
+    config::{WireGuardConfig, WireGuardPeer},
 };
 
 /// Where userspace WireGuard implementations serve their UAPI sockets.
@@ -78,7 +78,7 @@ struct TunnelState {
     private_key: Key,
     /// The key pair `rotate-key --stage` made, used by the next rotation.
     staged_key: Option<Key>,
-    nodes: Vec<PeerNode>,
+    nodes: Vec<WireGuardPeer>,
     /// Nodes whose `next_public_key` has handshaken, with that key: it is
     /// the node's key in force until the configuration catches up.
     promoted: BTreeMap<String, [u8; 32]>,
@@ -86,7 +86,7 @@ struct TunnelState {
 
 impl TunnelState {
     /// The key in force for `node`.
-    fn key_of(&self, node: &PeerNode) -> [u8; 32] {
+    fn key_of(&self, node: &WireGuardPeer) -> [u8; 32] {
         match (&node.next_public_key, self.promoted.get(&node.name)) {
             (Some(next), Some(promoted)) if next.0 == *promoted => next.0,
             _ => node.public_key.0,
@@ -94,7 +94,7 @@ impl TunnelState {
     }
 
     /// A node's `next_public_key` that still waits for its first handshake.
-    fn standby_of(&self, node: &PeerNode) -> Option<[u8; 32]> {
+    fn standby_of(&self, node: &WireGuardPeer) -> Option<[u8; 32]> {
         node.next_public_key
             .as_ref()
             .map(|next| next.0)
@@ -123,7 +123,7 @@ impl Tunnel {
     ///
     /// When the nodes are inconsistent, the key file cannot be read or
     /// created, no backend is available, or the interface cannot be set up.
-    pub fn start(config: &WireGuardConfig, nodes: &[PeerNode]) -> anyhow::Result<Self> {
+    pub fn start(config: &WireGuardConfig, nodes: &[WireGuardPeer]) -> anyhow::Result<Self> {
         check_nodes(nodes)?;
         let private_key = load_or_create_key(&config.private_key_file)?;
         let staged_key = load_staged_key(&config.private_key_file)?;
@@ -252,7 +252,7 @@ impl Tunnel {
     /// When the interface cannot be read or refuses the change.
     pub fn promote_rotated_nodes(&self) -> anyhow::Result<()> {
         let mut state = self.lock();
-        let waiting: Vec<(PeerNode, [u8; 32])> = state
+        let waiting: Vec<(WireGuardPeer, [u8; 32])> = state
             .nodes
             .iter()
             .filter_map(|node| state.standby_of(node).map(|key| (node.clone(), key)))
@@ -306,7 +306,7 @@ impl Tunnel {
     /// # Errors
     ///
     /// When the nodes are inconsistent or the interface refuses them.
-    pub fn reconcile(&self, nodes: &[PeerNode]) -> anyhow::Result<()> {
+    pub fn reconcile(&self, nodes: &[WireGuardPeer]) -> anyhow::Result<()> {
         check_nodes(nodes)?;
         let mut state = self.lock();
         if state.nodes == nodes {
@@ -499,7 +499,7 @@ fn uapi_answers(socket: &Path) -> bool {
 /// standby peer has no endpoint either, so this side never starts a
 /// handshake with a key the node does not use yet; the node's first
 /// handshake with it brings the endpoint.
-fn peer(node: &PeerNode, key: [u8; 32], standby: bool) -> Peer {
+fn peer(node: &WireGuardPeer, key: [u8; 32], standby: bool) -> Peer {
     let mut peer = Peer::new(Key::new(key));
     if !standby {
         peer.endpoint = Some(node.endpoint);
@@ -515,7 +515,7 @@ fn peer(node: &PeerNode, key: [u8; 32], standby: bool) -> Peer {
 /// Sends an empty datagram (to the discard port) through the tunnel to
 /// `node`'s first prefix: WireGuard starts a handshake with the node when it
 /// has no session to carry it.
-fn nudge(node: &PeerNode) {
+fn nudge(node: &WireGuardPeer) {
     let Some(prefix) = node.allowed_ips.first() else {
         return;
     };
@@ -532,7 +532,7 @@ fn nudge(node: &PeerNode) {
 }
 
 /// Refuses node lists that would hijack this host's routing.
-fn check_nodes(nodes: &[PeerNode]) -> anyhow::Result<()> {
+fn check_nodes(nodes: &[WireGuardPeer]) -> anyhow::Result<()> {
     let mut names = BTreeSet::new();
     let mut keys = BTreeSet::new();
     for node in nodes {
@@ -721,8 +721,8 @@ mod tests {
     use super::*;
     use crate::config::WireGuardKey;
 
-    fn node(name: &str, endpoint: &str, allowed: &[&str], key: u8) -> PeerNode {
-        PeerNode {
+    fn node(name: &str, endpoint: &str, allowed: &[&str], key: u8) -> WireGuardPeer {
+        WireGuardPeer {
             name: name.to_owned(),
             endpoint: endpoint.parse().unwrap(),
             public_key: WireGuardKey([key; 32]),
@@ -731,7 +731,7 @@ mod tests {
         }
     }
 
-    fn state(nodes: Vec<PeerNode>) -> TunnelState {
+    fn state(nodes: Vec<WireGuardPeer>) -> TunnelState {
         TunnelState {
             private_key: Key::new([9; 32]),
             staged_key: None,
