@@ -157,14 +157,11 @@ mod raw_bpf {
 /// TCP 22 from the first of them (a /32).
 fn policy_text(count: usize) -> (String, Ipv4Addr) {
     let mut prefixes = String::new();
-    let mut state: u32 = 0x1234_5678;
+    let mut random = fastrand::Rng::with_seed(0x1234_5678);
     let mut first = Ipv4Addr::UNSPECIFIED;
     for i in 0..count {
-        // xorshift32; addresses in 11.0.0.0 - 126.255.255.255.
-        state ^= state << 13;
-        state ^= state >> 17;
-        state ^= state << 5;
-        let address = Ipv4Addr::from(0x0b00_0000 + state % 0x7400_0000);
+        // Addresses in 11.0.0.0 - 126.255.255.255.
+        let address = Ipv4Addr::from(0x0b00_0000 + random.u32(..0x7400_0000));
         let length = LENGTHS[i % LENGTHS.len()];
         if i == 0 {
             first = address;

@@ -499,28 +499,8 @@ fn conntrack_lists_and_flushes_connections() {
     assert!(ours(&entries()).is_some());
 }
 
-/// A small deterministic generator (xorshift64*), so a failure reproduces.
-struct Random(u64);
-
-impl Random {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        usize::try_from(self.next() % n as u64).unwrap_or(0)
-    }
-
-    fn bytes(&mut self, n: usize) -> Vec<u8> {
-        (0..n).map(|_| self.next() as u8).collect()
-    }
-}
-
 /// One random request: garbage, or HTTP with a random method, path and body.
-fn random_request(random: &mut Random, policy: &str) -> Vec<u8> {
+fn random_request(random: &mut fastrand::Rng, policy: &str) -> Vec<u8> {
     const METHODS: [&str; 6] = ["GET", "POST", "DELETE", "PUT", "PATCH", "BREW"];
     const PATHS: [&str; 12] = [
         "/v1/status",
@@ -536,25 +516,25 @@ fn random_request(random: &mut Random, policy: &str) -> Vec<u8> {
         "/v2/status",
         "/",
     ];
-    if random.below(10) == 0 {
-        let n = random.below(300);
-        return random.bytes(n);
+    if random.usize(..10) == 0 {
+        let n = random.usize(..300);
+        return std::iter::repeat_with(|| random.u8(..)).take(n).collect();
     }
-    let method = METHODS[random.below(METHODS.len())];
-    let path = PATHS[random.below(PATHS.len())];
-    let body: Vec<u8> = match random.below(5) {
+    let method = METHODS[random.usize(..METHODS.len())];
+    let path = PATHS[random.usize(..PATHS.len())];
+    let body: Vec<u8> = match random.usize(..5) {
         0 => Vec::new(),
         1 => {
-            let n = random.below(200);
-            random.bytes(n)
+            let n = random.usize(..200);
+            std::iter::repeat_with(|| random.u8(..)).take(n).collect()
         }
         2 => br#"{"files": 3}"#.to_vec(),
         _ => {
             // A dry run of the example policy with a few bytes changed.
             let mut text = policy.as_bytes().to_vec();
-            for _ in 0..random.below(4) {
-                let at = random.below(text.len());
-                text[at] = random.next() as u8;
+            for _ in 0..random.usize(..4) {
+                let at = random.usize(..text.len());
+                text[at] = random.u8(..);
             }
             let content = String::from_utf8_lossy(&text).into_owned();
             serde_json::to_vec(&serde_json::json!({
@@ -582,7 +562,7 @@ fn the_daemon_stays_up_and_correct_under_ten_thousand_random_requests() {
     let daemon = start(&topology, &workdir, &config, &policies);
     let policy =
         std::fs::read_to_string(policies.join("host-ssh-from-bastion.toml")).expect("policy");
-    let mut random = Random(0x5eed_1234_abcd_0001);
+    let mut random = fastrand::Rng::with_seed(0x5eed_1234_abcd_0001);
     let mut answered = 0;
     for _ in 0..10_000 {
         let request = random_request(&mut random, &policy);

@@ -2,6 +2,8 @@
 //! [`open`] is the one place a backend is chosen; everything above talks to
 //! the [`Datapath`] trait, and only `ebpf` names aya's types.
 
+#[cfg(test)]
+mod differential;
 pub mod ebpf;
 
 use std::{net::IpAddr, path::Path, sync::Arc, time::Duration};
