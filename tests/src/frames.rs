@@ -158,6 +158,18 @@ pub fn set_macs(frame: &mut [u8], destination: [u8; 6], source: [u8; 6]) {
 pub fn set_ipv4_checksum(frame: &mut [u8]) {
     let header_len = (usize::from(frame[IP] & 0x0f) * 4).max(20);
     frame[IP + 10..IP + 12].copy_from_slice(&[0, 0]);
-    let checksum = crate::internet_checksum(&frame[IP..IP + header_len]);
+    let checksum = internet_checksum(&frame[IP..IP + header_len]);
     frame[IP + 10..IP + 12].copy_from_slice(&checksum.to_be_bytes());
+}
+
+/// The RFC 1071 checksum of `bytes`.
+pub(crate) fn internet_checksum(bytes: &[u8]) -> u16 {
+    let mut sum: u32 = bytes
+        .chunks(2)
+        .map(|pair| u32::from(u16::from_be_bytes([pair[0], *pair.get(1).unwrap_or(&0)])))
+        .sum();
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !u16::try_from(sum).unwrap_or(u16::MAX)
 }
