@@ -223,8 +223,13 @@ fn refusal(error: ApplyError) -> Response {
 }
 
 /// A JSON body, or what is wrong with it.
-fn parse<T: serde::de::DeserializeOwned>(body: &Bytes, what: &str) -> Result<T, String> {
-    serde_json::from_slice(body).map_err(|e| format!("malformed {what} request: {e}"))
+fn parse<T: serde::de::DeserializeOwned>(body: &Bytes, what: &str) -> Result<T, Refused> {
+    serde_json::from_slice(body).map_err(|e| {
+        Refused::from(message(
+            StatusCode::BAD_REQUEST,
+            format!("malformed {what} request: {e}"),
+        ))
+    })
 }
 
 async fn status(State(state): State<ControlState>) -> Response {
@@ -252,27 +257,16 @@ async fn policy(State(state): State<ControlState>, UrlPath(name): UrlPath<String
     }
 }
 
-async fn apply(State(state): State<ControlState>, body: Bytes) -> Response {
-    let request: ApplyRequest = match parse(&body, "apply") {
-        Ok(request) => request,
-        Err(text) => return message(StatusCode::BAD_REQUEST, text),
-    };
+async fn apply(State(state): State<ControlState>, body: Bytes) -> Result<Response, Refused> {
+    let request: ApplyRequest = parse(&body, "apply")?;
     let started = Instant::now();
-    let parsed = match parse_off_the_engine(&state, request.files.clone()).await {
-        Ok(parsed) => parsed,
-        Err(response) => {
-            state.metrics.record_apply("invalid", started.elapsed());
-            return *response;
-        }
-    };
-    let (engine, result) = match with_engine_blocking(&state.engine, move |engine| {
+    let parsed = parse_off_the_engine(&state, request.files.clone())
+        .await
+        .inspect_err(|_| state.metrics.record_apply("invalid", started.elapsed()))?;
+    let (engine, result) = with_engine_blocking(&state.engine, move |engine| {
         engine.apply_parsed(parsed, &request)
     })
-    .await
-    {
-        Ok(done) => done,
-        Err(response) => return *response,
-    };
+    .await?;
     let outcome = match &result {
         Ok(response) if response.dry_run => "dry_run",
         Ok(_) => "applied",
@@ -281,36 +275,28 @@ async fn apply(State(state): State<ControlState>, body: Bytes) -> Response {
         Err(_) => "refused",
     };
     state.metrics.record_apply(outcome, started.elapsed());
-    changed(&state.engine, &engine, result)
+    Ok(changed(&state.engine, &engine, result))
 }
 
 async fn delete(
     State(state): State<ControlState>,
     UrlPath(name): UrlPath<String>,
     Query(options): Query<DeleteOptions>,
-) -> Response {
-    let (engine, result) = match with_engine_blocking(&state.engine, move |engine| {
+) -> Result<Response, Refused> {
+    let (engine, result) = with_engine_blocking(&state.engine, move |engine| {
         engine.delete(&PolicyName::parse(&name), options.dry_run)
     })
-    .await
-    {
-        Ok(done) => done,
-        Err(response) => return *response,
-    };
-    changed(&state.engine, &engine, result)
+    .await?;
+    Ok(changed(&state.engine, &engine, result))
 }
 
-async fn reload(State(state): State<ControlState>) -> Response {
+async fn reload(State(state): State<ControlState>) -> Result<Response, Refused> {
     let (reloader, encryption) = (Arc::clone(&state.reloader), state.encryption.clone());
-    let (engine, result) = match with_engine_blocking(&state.engine, move |engine| {
+    let (engine, result) = with_engine_blocking(&state.engine, move |engine| {
         reload_configuration(&reloader, engine, encryption.as_deref())
     })
-    .await
-    {
-        Ok(done) => done,
-        Err(response) => return *response,
-    };
-    match result {
+    .await?;
+    Ok(match result {
         Ok(response) => changed(&state.engine, &engine, Ok(response)),
         Err(ReloadError::Apply(error)) => refusal(error),
         Err(ReloadError::Config(ConfigError::Invalid(diagnostics))) => self::error(
@@ -329,6 +315,23 @@ async fn reload(State(state): State<ControlState>) -> Response {
         Err(error @ (ReloadError::NeedsRestart { .. } | ReloadError::Encryption(_))) => {
             message(StatusCode::UNPROCESSABLE_ENTITY, error.to_string())
         }
+    })
+}
+
+/// A request that ends early with its answer already made (a bad body, a
+/// refused file, a change that failed unexpectedly): handlers return
+/// `Result<Response, Refused>` and stop with `?`.
+pub struct Refused(Box<Response>);
+
+impl IntoResponse for Refused {
+    fn into_response(self) -> Response {
+        *self.0
+    }
+}
+
+impl From<Response> for Refused {
+    fn from(response: Response) -> Self {
+        Self(Box::new(response))
     }
 }
 
@@ -343,7 +346,7 @@ async fn reload(State(state): State<ControlState>) -> Response {
 pub async fn with_engine_blocking<T: Send + 'static>(
     engine: &Arc<Mutex<Engine>>,
     change: impl FnOnce(&mut Engine) -> T + Send + 'static,
-) -> Result<(OwnedMutexGuard<Engine>, T), Box<Response>> {
+) -> Result<(OwnedMutexGuard<Engine>, T), Refused> {
     let mut guard = Arc::clone(engine).lock_owned().await;
     tokio::task::spawn_blocking(move || {
         let result = change(&mut guard);
@@ -352,7 +355,7 @@ pub async fn with_engine_blocking<T: Send + 'static>(
     .await
     .map_err(|error| {
         error!(%error, "a change to the rules failed unexpectedly");
-        Box::new(message(
+        Refused::from(message(
             StatusCode::INTERNAL_SERVER_ERROR,
             format!("the change failed unexpectedly: {error}"),
         ))
@@ -430,22 +433,17 @@ pub fn spawn_rollback(engine: Arc<Mutex<Engine>>, generation: u32, deadline: std
     });
 }
 
-async fn diff(State(state): State<ControlState>, body: Bytes) -> Response {
-    let request: ApplyRequest = match parse(&body, "diff") {
-        Ok(request) => request,
-        Err(text) => return message(StatusCode::BAD_REQUEST, text),
-    };
-    let parsed = match parse_off_the_engine(&state, request.files).await {
-        Ok(parsed) => parsed,
-        Err(response) => return *response,
-    };
+async fn diff(State(state): State<ControlState>, body: Bytes) -> Result<Response, Refused> {
+    let request: ApplyRequest = parse(&body, "diff")?;
+    let parsed = parse_off_the_engine(&state, request.files).await?;
     // Compiling the candidate set and replaying flows is work for a
     // blocking thread too.
-    match with_engine_blocking(&state.engine, move |engine| engine.diff_parsed(parsed)).await {
-        Ok((_, Ok(diff))) => Json(diff).into_response(),
-        Ok((_, Err(e))) => refusal(e),
-        Err(response) => *response,
-    }
+    let (_, diff) =
+        with_engine_blocking(&state.engine, move |engine| engine.diff_parsed(parsed)).await?;
+    Ok(match diff {
+        Ok(diff) => Json(diff).into_response(),
+        Err(e) => refusal(e),
+    })
 }
 
 /// Parses a request's files on a blocking thread, holding the engine only
@@ -454,12 +452,12 @@ async fn diff(State(state): State<ControlState>, body: Bytes) -> Response {
 async fn parse_off_the_engine(
     state: &ControlState,
     files: Vec<palisade_api::PolicyFile>,
-) -> Result<ParsedFiles, Box<Response>> {
+) -> Result<ParsedFiles, Refused> {
     let options = state.engine.lock().await.validate_options();
     match tokio::task::spawn_blocking(move || parse_request(&files, options)).await {
         Ok(Ok(parsed)) => Ok(parsed),
-        Ok(Err(error)) => Err(Box::new(refusal(error))),
-        Err(error) => Err(Box::new(message(
+        Ok(Err(error)) => Err(Refused::from(refusal(error))),
+        Err(error) => Err(Refused::from(message(
             StatusCode::INTERNAL_SERVER_ERROR,
             error.to_string(),
         ))),
