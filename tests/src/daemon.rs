@@ -110,6 +110,24 @@ impl Daemon {
         Self::start_with(netns, config, policy_dir, workdir, &Launch::default())
     }
 
+    /// [`Daemon::start`] with the configuration given as text (written to
+    /// `workdir/config.toml`).
+    ///
+    /// # Errors
+    ///
+    /// As [`Daemon::start`], or when the file cannot be written.
+    pub fn start_with_config_text(
+        netns: &Netns,
+        config_text: &str,
+        policy_dir: &Path,
+        workdir: &Path,
+    ) -> anyhow::Result<Self> {
+        let config = workdir.join("config.toml");
+        std::fs::write(&config, config_text)
+            .with_context(|| format!("writing {}", config.display()))?;
+        Self::start(netns, &config, policy_dir, workdir)
+    }
+
     /// [`Daemon::start`] with extra environment variables and a wrapper
     /// command (run inside the namespace, ending in `exec "$@"` or the like).
     ///

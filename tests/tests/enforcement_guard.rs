@@ -108,16 +108,10 @@ fn a_nearly_full_connection_table_is_shown_and_reported() {
     require_root();
     let topology = Topology::new().expect("namespaces");
     let workdir = TempDir::new("guard-ct").expect("workdir");
-    let config = workdir.path().join("config.toml");
-    std::fs::write(
-        &config,
-        "[datapath]\ninterfaces = [\"eth0\"]\nct_tcp_max = 256\n[metrics]\nlisten = \"127.0.0.1:19962\"\n",
-    )
-    .expect("config written");
     let _listener = Listener::start(&topology.node, Topology::node_port(SSH)).expect("listener");
-    let daemon = Daemon::start(
+    let daemon = Daemon::start_with_config_text(
         &topology.node,
-        &config,
+        "[datapath]\ninterfaces = [\"eth0\"]\nct_tcp_max = 256\n[metrics]\nlisten = \"127.0.0.1:19962\"\n",
         &repo().join("etc/policies.d"),
         workdir.path(),
     )

@@ -202,15 +202,9 @@ fn idle_connection_floods_on_both_listeners_do_not_starve_root() {
     require_root();
     let topology = Topology::new().expect("namespaces");
     let workdir = TempDir::new("hostile-flood").expect("workdir");
-    let config = workdir.path().join("config.toml");
-    std::fs::write(
-        &config,
-        "[datapath]\ninterfaces = [\"eth0\"]\n[control]\ngroup = \"nogroup\"\n[metrics]\nlisten = \"127.0.0.1:19963\"\n",
-    )
-    .expect("config written");
-    let daemon = palisade_e2e::Daemon::start(
+    let daemon = palisade_e2e::Daemon::start_with_config_text(
         &topology.node,
-        &config,
+        "[datapath]\ninterfaces = [\"eth0\"]\n[control]\ngroup = \"nogroup\"\n[metrics]\nlisten = \"127.0.0.1:19963\"\n",
         &repo().join("etc/policies.d"),
         workdir.path(),
     )
@@ -311,17 +305,11 @@ fn a_hostile_local_user_does_everything_at_once() {
     require_root();
     let topology = Topology::new().expect("namespaces");
     let workdir = TempDir::new("hostile-all").expect("workdir");
-    let config = workdir.path().join("config.toml");
-    std::fs::write(
-        &config,
-        "[datapath]\ninterfaces = [\"eth0\"]\n[control]\ngroup = \"nogroup\"\n[metrics]\nlisten = \"127.0.0.1:19964\"\n",
-    )
-    .expect("config written");
     let _listener =
         palisade_e2e::Listener::start(&topology.node, Topology::node_port(22)).expect("listener");
-    let daemon = palisade_e2e::Daemon::start(
+    let daemon = palisade_e2e::Daemon::start_with_config_text(
         &topology.node,
-        &config,
+        "[datapath]\ninterfaces = [\"eth0\"]\n[control]\ngroup = \"nogroup\"\n[metrics]\nlisten = \"127.0.0.1:19964\"\n",
         &repo().join("etc/policies.d"),
         workdir.path(),
     )
