@@ -11,13 +11,13 @@ use std::{
 };
 
 use palisade_policy::{Diagnostics, from_toml};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// Where the configuration is read from unless `--config` says otherwise.
 pub const DEFAULT_CONFIG: &str = "/etc/palisade/palisade.toml";
 
 /// The whole configuration.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     /// This node.
@@ -133,7 +133,7 @@ impl Config {
 }
 
 /// `[cluster]`: what this node knows about its cluster besides the nodes.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(try_from = "ClusterTable")]
 pub struct ClusterConfig {
     /// Pod CIDRs: part of `cluster`.
@@ -181,7 +181,7 @@ impl TryFrom<ClusterTable> for ClusterConfig {
 }
 
 /// `[encryption]`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct EncryptionConfig {
     /// How traffic to the other nodes is encrypted.
@@ -189,7 +189,7 @@ pub struct EncryptionConfig {
 }
 
 /// `encryption.mode`.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum EncryptionMode {
     /// Not at all.
@@ -200,7 +200,7 @@ pub enum EncryptionMode {
 }
 
 /// `[wireguard]`.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct WireGuardConfig {
     /// The tunnel interface's name.
@@ -237,7 +237,7 @@ impl Default for WireGuardConfig {
 
 /// One `[[nodes]]` entry: another node of the cluster, as the policies see
 /// it and as the encryption reaches it.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(try_from = "NodeTable")]
 pub struct Node {
     /// The node's name, shown in status.
@@ -302,7 +302,7 @@ impl TryFrom<NodeTable> for Node {
 }
 
 /// `[nodes.wireguard]`: how the tunnel reaches a node.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct NodeWireGuard {
     /// Where its tunnel listens, `ADDRESS:PORT`.
@@ -371,6 +371,12 @@ impl std::str::FromStr for WireGuardKey {
     }
 }
 
+impl Serialize for WireGuardKey {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
 impl<'de> Deserialize<'de> for WireGuardKey {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let text = String::deserialize(deserializer)?;
@@ -379,7 +385,7 @@ impl<'de> Deserialize<'de> for WireGuardKey {
 }
 
 /// `[metrics]`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MetricsConfig {
     /// Address to serve `/metrics` on; no listener when unset.
@@ -387,7 +393,7 @@ pub struct MetricsConfig {
 }
 
 /// `[node]`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct NodeConfig {
     /// Node name shown in flows; the host name when unset.
@@ -399,7 +405,7 @@ pub struct NodeConfig {
 }
 
 /// `[datapath]`.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DatapathConfig {
     /// Interfaces to enforce on. Empty: enforce nowhere (and say so in the log).
@@ -442,7 +448,7 @@ impl Default for DatapathConfig {
 }
 
 /// `datapath.ct_full`.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum CtFullAction {
     /// Drop the packet (reason `CT_MAP_INSERTION_FAILED`): fail closed.
@@ -453,7 +459,7 @@ pub enum CtFullAction {
 }
 
 /// `[datapath.ct_timeouts]`, in seconds (defaults as Cilium's).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct CtTimeoutsConfig {
     /// TCP connection before its first reply.
@@ -491,7 +497,7 @@ impl From<CtTimeoutsConfig> for palisade_common::CtTimeouts {
 
 /// `[failsafe]`: services new connections may always reach, whatever the
 /// policies say (Calico's failsafe ports). An empty list turns it off.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct FailsafeConfig {
     /// Ports on this node reachable from anywhere: SSH, and DHCP replies.
@@ -576,6 +582,12 @@ impl std::str::FromStr for Service {
     }
 }
 
+impl Serialize for Service {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
 impl<'de> Deserialize<'de> for Service {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let text = String::deserialize(deserializer)?;
@@ -584,7 +596,7 @@ impl<'de> Deserialize<'de> for Service {
 }
 
 /// `datapath.xdp_mode`.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum XdpModeConfig {
     /// Native (driver) mode where the driver supports it, generic otherwise.
@@ -597,7 +609,7 @@ pub enum XdpModeConfig {
 }
 
 /// `[policy]`.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PolicyConfig {
     /// Directory whose `*.toml` files are loaded at start and on reload, in
@@ -624,7 +636,7 @@ impl Default for PolicyConfig {
 }
 
 /// `[control]`.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ControlConfig {
     /// Path of the control socket.
@@ -647,7 +659,7 @@ impl Default for ControlConfig {
 }
 
 /// `[flows]`.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct FlowsConfig {
     /// How many recent flows the daemon keeps for `palisadectl observe`.
@@ -841,6 +853,32 @@ mod tests {
         .unwrap();
         assert!(config.failsafe.inbound.is_empty());
         assert_eq!(config.failsafe.outbound[0].to_string(), "udp:53");
+    }
+
+    /// Tests build configurations as values and write them out: what is
+    /// written reads back the same.
+    #[test]
+    fn a_configuration_written_out_reads_back_the_same() {
+        let mut config: Config = from_toml(
+            "c.toml",
+            "[[nodes]]\nname = \"b\"\naddresses = [\"192.0.2.2/32\"]\npod_cidrs = [\"10.99.2.0/24\"]\n[nodes.wireguard]\nendpoint = \"192.0.2.2:51871\"\npublic_key = \"TDC1nJ5eZctCPhtpgG8II00ItlhsYcrVKYG5K8OW4kY=\"\n\n[[cluster.endpoints]]\nlabels = { app = \"dns\" }\naddresses = [\"10.0.0.10/32\"]\n",
+        )
+        .unwrap();
+        config.datapath.interfaces = vec!["eth0".to_owned()];
+        config.failsafe.inbound.clear();
+        config.wireguard.userspace_threads = std::num::NonZeroUsize::new(2);
+        let text = toml::to_string(&config).unwrap();
+        assert_eq!(
+            from_toml::<Config>("written.toml", &text).unwrap(),
+            config,
+            "{text}"
+        );
+        let defaults = toml::to_string(&Config::default()).unwrap();
+        assert_eq!(
+            from_toml::<Config>("defaults.toml", &defaults).unwrap(),
+            Config::default(),
+            "{defaults}"
+        );
     }
 
     #[test]

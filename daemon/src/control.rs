@@ -37,7 +37,7 @@ use crate::{
     config::ConfigError,
     datapath::{ConnectionState as TrackedState, ConnectionTables, TrackedConnection},
     encryption::{self, Encryption},
-    engine::{ApplyError, Engine, ParsedFiles, parse_request},
+    engine::{ApplyError, Engine, ParsedFiles, on_blocking_thread, parse_request},
     flows::FlowHub,
     metrics::Metrics,
     reload::{ReloadError, Reloader},
@@ -347,13 +347,7 @@ pub async fn with_engine_blocking<T: Send + 'static>(
     engine: &Arc<Mutex<Engine>>,
     change: impl FnOnce(&mut Engine) -> T + Send + 'static,
 ) -> Result<(OwnedMutexGuard<Engine>, T), Refused> {
-    let mut guard = Arc::clone(engine).lock_owned().await;
-    tokio::task::spawn_blocking(move || {
-        let result = change(&mut guard);
-        (guard, result)
-    })
-    .await
-    .map_err(|error| {
+    on_blocking_thread(engine, change).await.map_err(|error| {
         error!(%error, "a change to the rules failed unexpectedly");
         Refused::from(message(
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -424,11 +418,11 @@ fn changed(
 pub fn spawn_rollback(engine: Arc<Mutex<Engine>>, generation: u32, deadline: std::time::Instant) {
     tokio::spawn(async move {
         tokio::time::sleep_until(deadline.into()).await;
-        let mut engine = engine.lock().await;
-        match engine.roll_back(generation) {
-            Ok(true) => systemd::status(&engine.summary()),
-            Ok(false) => {}
-            Err(e) => error!("rolling back generation {generation} failed: {e}"),
+        match on_blocking_thread(&engine, move |engine| engine.roll_back(generation)).await {
+            Ok((engine, Ok(true))) => systemd::status(&engine.summary()),
+            Ok((_, Ok(false))) => {}
+            Ok((_, Err(e))) => error!("rolling back generation {generation} failed: {e}"),
+            Err(e) => error!("rolling back generation {generation} failed unexpectedly: {e}"),
         }
     });
 }
@@ -464,15 +458,16 @@ async fn parse_off_the_engine(
     }
 }
 
-async fn confirm(State(state): State<ControlState>) -> Response {
-    let mut engine = state.engine.lock().await;
-    match engine.confirm() {
+async fn confirm(State(state): State<ControlState>) -> Result<Response, Refused> {
+    // Confirming saves the policies: file writes and fsync.
+    let (engine, confirmed) = with_engine_blocking(&state.engine, Engine::confirm).await?;
+    Ok(match confirmed {
         Ok(generation) => {
             systemd::status(&engine.summary());
             Json(ConfirmResponse { generation }).into_response()
         }
         Err(e) => refusal(e),
-    }
+    })
 }
 
 /// Query of `GET /v1/conntrack`.
@@ -627,11 +622,14 @@ async fn encryption_status(State(state): State<ControlState>) -> Response {
     }
 }
 
-async fn flush_conntrack(State(state): State<ControlState>) -> Response {
-    match state.engine.lock().await.flush_connections() {
+async fn flush_conntrack(State(state): State<ControlState>) -> Result<Response, Refused> {
+    // Hundreds of thousands of map deletions, perhaps.
+    let (_, flushed) =
+        with_engine_blocking(&state.engine, |engine| engine.flush_connections()).await?;
+    Ok(match flushed {
         Ok(removed) => Json(ConntrackFlush { removed }).into_response(),
         Err(e) => message(StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}")),
-    }
+    })
 }
 
 /// Query of `DELETE /v1/policies/NAME`.

@@ -777,6 +777,26 @@ impl Engine {
     }
 }
 
+/// Runs `work` with the engine held, on a blocking thread: installs write
+/// maps and wait for a grace period, saves fsync, repairs talk netlink, none
+/// of which belongs on the executor that answers everyone else. Hands the
+/// engine back with the result.
+///
+/// # Errors
+///
+/// When `work` panicked (the engine is released then).
+pub async fn on_blocking_thread<T: Send + 'static>(
+    engine: &Arc<tokio::sync::Mutex<Engine>>,
+    work: impl FnOnce(&mut Engine) -> T + Send + 'static,
+) -> Result<(tokio::sync::OwnedMutexGuard<Engine>, T), tokio::task::JoinError> {
+    let mut guard = Arc::clone(engine).lock_owned().await;
+    tokio::task::spawn_blocking(move || {
+        let result = work(&mut guard);
+        (guard, result)
+    })
+    .await
+}
+
 /// `policies` as one field of a log line: `a,prod/b`.
 pub fn names(policies: &[PolicyName]) -> String {
     policies

@@ -12,7 +12,10 @@ use netlink_sys::{Socket, constants::NETLINK_ROUTE};
 use tokio::sync::{Mutex, Notify};
 use tracing::{error, warn};
 
-use crate::{datapath::Repair, engine::Engine};
+use crate::{
+    datapath::Repair,
+    engine::{Engine, on_blocking_thread},
+};
 
 /// How often the attachments are checked without a link event (pins
 /// removed make no event).
@@ -35,8 +38,11 @@ pub fn spawn(engine: Arc<Mutex<Engine>>) -> anyhow::Result<()> {
                 _ = ticks.tick() => {}
                 () = events.notified() => {}
             }
-            let repairs = engine.lock().await.repair();
-            repairs.iter().for_each(report);
+            // Re-attaching talks netlink: not on the executor.
+            match on_blocking_thread(&engine, Engine::repair).await {
+                Ok((_, repairs)) => repairs.iter().for_each(report),
+                Err(error) => error!(%error, "checking the attachments failed unexpectedly"),
+            }
         }
     });
     Ok(())

@@ -25,7 +25,7 @@ use tracing::{error, info};
 use crate::{
     datapath::TableFill,
     encryption::Encryption,
-    engine::{Engine, EngineStats},
+    engine::{Engine, EngineStats, on_blocking_thread},
 };
 
 /// How an apply ended, for `palisade_policy_apply_total{outcome}`.
@@ -401,12 +401,11 @@ async fn scrape(State(state): State<MetricsState>) -> impl IntoResponse {
         }
         None => None,
     };
-    let snapshot = state
-        .engine
-        .lock()
-        .await
-        .stats()
-        .map(|engine| Snapshot { engine, wireguard });
+    // A counter per rule, per CPU: many map reads, off the executor.
+    let snapshot = match on_blocking_thread(&state.engine, |engine| engine.stats()).await {
+        Ok((_, stats)) => stats.map(|engine| Snapshot { engine, wireguard }),
+        Err(error) => Err(anyhow::anyhow!("reading the engine's stats: {error}")),
+    };
     let body = match snapshot {
         Ok(snapshot) => state.metrics.render(snapshot),
         Err(e) => {

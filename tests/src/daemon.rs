@@ -12,6 +12,7 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
+use palisade_config::{Config, ConfigFile};
 
 use crate::{
     host::{ChildGuard, TempDir, binary, repo},
@@ -41,42 +42,34 @@ fn derived_config(
     workdir: &Path,
     failsafe: bool,
 ) -> anyhow::Result<(PathBuf, PathBuf)> {
-    let text =
-        std::fs::read_to_string(config).with_context(|| format!("reading {}", config.display()))?;
-    let mut table: toml::Table = toml::from_str(&text)?;
+    let mut derived = read_config(config)?;
     let pin_path = PathBuf::from(format!(
         "/sys/fs/bpf/palisade-e2e-{}-{}",
         std::process::id(),
         PIN_DIRS.fetch_add(1, Ordering::Relaxed)
     ));
-    let section = |table: &mut toml::Table, name: &str| -> anyhow::Result<toml::Table> {
-        match table.remove(name) {
-            Some(toml::Value::Table(section)) => Ok(section),
-            None => Ok(toml::Table::new()),
-            Some(_) => bail!("[{name}] is not a table in {}", config.display()),
-        }
-    };
-    let mut datapath = section(&mut table, "datapath")?;
-    datapath.insert(
-        "pin_path".into(),
-        toml::Value::String(pin_path.display().to_string()),
-    );
-    table.insert("datapath".into(), toml::Value::Table(datapath));
-    let mut policy = section(&mut table, "policy")?;
-    policy.insert(
-        "state_directory".into(),
-        toml::Value::String(workdir.join("state").display().to_string()),
-    );
-    table.insert("policy".into(), toml::Value::Table(policy));
+    derived.datapath.pin_path.clone_from(&pin_path);
+    derived.policy.state_directory = workdir.join("state");
     if !failsafe {
-        let mut lists = section(&mut table, "failsafe")?;
-        lists.insert("inbound".into(), toml::Value::Array(Vec::new()));
-        lists.insert("outbound".into(), toml::Value::Array(Vec::new()));
-        table.insert("failsafe".into(), toml::Value::Table(lists));
+        derived.failsafe.inbound.clear();
+        derived.failsafe.outbound.clear();
     }
-    let derived = workdir.join("palisade.toml");
-    std::fs::write(&derived, toml::to_string(&table)?)?;
-    Ok((derived, pin_path))
+    let path = workdir.join("palisade.toml");
+    write_config(&path, &derived)?;
+    Ok((path, pin_path))
+}
+
+/// The configuration in `path`, as palisaded reads it.
+fn read_config(path: &Path) -> anyhow::Result<Config> {
+    ConfigFile::new(Some(path.to_owned()))
+        .load()
+        .with_context(|| format!("reading {}", path.display()))
+}
+
+/// Writes `config` to `path` as TOML.
+fn write_config(path: &Path, config: &Config) -> anyhow::Result<()> {
+    std::fs::write(path, toml::to_string(config)?)
+        .with_context(|| format!("writing {}", path.display()))
 }
 
 /// A running palisaded inside a namespace, with its own socket, config,
@@ -265,12 +258,10 @@ impl Daemon {
     /// # Errors
     ///
     /// When the file cannot be read, parsed or written.
-    pub fn edit_config(&self, edit: impl FnOnce(&mut toml::Table)) -> anyhow::Result<()> {
-        let text = std::fs::read_to_string(&self.config)?;
-        let mut table: toml::Table = toml::from_str(&text)?;
-        edit(&mut table);
-        std::fs::write(&self.config, toml::to_string(&table)?)?;
-        Ok(())
+    pub fn edit_config(&self, edit: impl FnOnce(&mut Config)) -> anyhow::Result<()> {
+        let mut config = read_config(&self.config)?;
+        edit(&mut config);
+        write_config(&self.config, &config)
     }
 
     /// The control socket.

@@ -5,22 +5,13 @@
 use std::time::Duration;
 
 use palisade_api::Verdict;
+use palisade_config::ConfigFile;
 use palisade_e2e::{
     Connect, Daemon, Listener, Netns, TempDir, Topology, address, palisaded_until_it_stops, repo,
     require_root,
 };
 
 const SSH: u16 = 22;
-
-/// Sets `[section] key = value` in a configuration table.
-fn set(table: &mut toml::Table, section: &str, key: &str, value: toml::Value) {
-    let entry = table
-        .entry(section)
-        .or_insert_with(|| toml::Value::Table(toml::Table::new()));
-    if let toml::Value::Table(section) = entry {
-        section.insert(key.to_owned(), value);
-    }
-}
 
 /// Waits until `status` says the generation moved past `before`.
 fn wait_for_generation(daemon: &Daemon, before: u32) {
@@ -39,16 +30,11 @@ fn the_readme_steps_go_from_audit_to_enforcing_by_reload() {
     let topology = Topology::new().expect("namespaces");
     let workdir = TempDir::new("reload-audit").expect("workdir");
     let config = workdir.path().join("audit.toml");
-    let mut table: toml::Table =
-        toml::from_str(&std::fs::read_to_string(repo().join("etc/palisade.toml")).expect("config"))
-            .expect("the example config");
-    set(
-        &mut table,
-        "policy",
-        "audit_mode",
-        toml::Value::Boolean(true),
-    );
-    std::fs::write(&config, toml::to_string(&table).expect("toml")).expect("config written");
+    let mut example = ConfigFile::new(Some(repo().join("etc/palisade.toml")))
+        .load()
+        .expect("the example config");
+    example.policy.audit_mode = true;
+    std::fs::write(&config, toml::to_string(&example).expect("toml")).expect("config written");
     let _listener = Listener::start(&topology.node, Topology::node_port(SSH)).expect("listener");
     let daemon = Daemon::start(
         &topology.node,
@@ -72,7 +58,7 @@ fn the_readme_steps_go_from_audit_to_enforcing_by_reload() {
 
     let before = daemon.status().expect("status").generation;
     daemon
-        .edit_config(|table| set(table, "policy", "audit_mode", toml::Value::Boolean(false)))
+        .edit_config(|config| config.policy.audit_mode = false)
         .expect("config edited");
     daemon.hang_up().expect("SIGHUP");
     wait_for_generation(&daemon, before);
@@ -123,13 +109,8 @@ spec:
 
     // The failsafe list: SSH from anywhere, whatever the policy says.
     daemon
-        .edit_config(|table| {
-            set(
-                table,
-                "failsafe",
-                "inbound",
-                toml::Value::Array(vec![toml::Value::String("tcp:22".into())]),
-            );
+        .edit_config(|config| {
+            config.failsafe.inbound = vec!["tcp:22".parse().expect("a service")];
         })
         .expect("config edited");
     let reloaded = daemon.ctl(&["reload"]).expect("palisadectl");
@@ -142,17 +123,9 @@ spec:
 
     // Back without it, and the node relabelled out of the policy's nodeSelector.
     daemon
-        .edit_config(|table| {
-            set(table, "failsafe", "inbound", toml::Value::Array(Vec::new()));
-            set(
-                table,
-                "node",
-                "labels",
-                toml::Value::Table(toml::Table::from_iter([(
-                    "role".to_owned(),
-                    toml::Value::String("core".into()),
-                )])),
-            );
+        .edit_config(|config| {
+            config.failsafe.inbound.clear();
+            config.node.labels = [("role".to_owned(), "core".to_owned())].into();
         })
         .expect("config edited");
     let reloaded = daemon.ctl(&["reload"]).expect("palisadectl");
@@ -163,13 +136,8 @@ spec:
 
     // The prefilter list drops the outsider again, without a policy.
     daemon
-        .edit_config(|table| {
-            set(
-                table,
-                "datapath",
-                "prefilter",
-                toml::Value::Array(vec![toml::Value::String("10.200.0.100/32".into())]),
-            );
+        .edit_config(|config| {
+            config.datapath.prefilter = vec!["10.200.0.100/32".parse().expect("a prefix")];
         })
         .expect("config edited");
     let reloaded = daemon.ctl(&["reload"]).expect("palisadectl");
@@ -180,14 +148,9 @@ spec:
     // (the prefilter removal in the same edit is not put in force).
     let generation = daemon.status().expect("status").generation;
     daemon
-        .edit_config(|table| {
-            set(table, "datapath", "ct_tcp_max", toml::Value::Integer(1024));
-            set(
-                table,
-                "datapath",
-                "prefilter",
-                toml::Value::Array(Vec::new()),
-            );
+        .edit_config(|config| {
+            config.datapath.ct_tcp_max = 1024;
+            config.datapath.prefilter.clear();
         })
         .expect("config edited");
     let refused = daemon.ctl(&["reload"]).expect("palisadectl");
