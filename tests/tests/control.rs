@@ -710,34 +710,30 @@ fn one_name_in_two_namespaces_is_two_policies() {
     ok(daemon
         .ctl(&["apply", "-f", &prod, "-f", &staging, "-f", &cluster])
         .expect("ctl"));
+    let sorted_names = |daemon: &Daemon| {
+        let mut listed = names(&list(daemon))
+            .into_iter()
+            .map(str::to_owned)
+            .collect::<Vec<_>>();
+        listed.sort();
+        listed
+    };
     let expected = ["host-ssh-from-bastion", "prod/web", "staging/web", "web"];
-    let mut listed = names(&list(&daemon))
-        .into_iter()
-        .map(str::to_owned)
-        .collect::<Vec<_>>();
-    listed.sort();
-    assert_eq!(listed, expected);
+    assert_eq!(sorted_names(&daemon), expected);
     let got = ok(daemon.ctl(&["policy", "get", "staging/web"]).expect("ctl"));
     assert!(got.contains("namespace: staging"), "{got}");
 
     // Saved apart: a restart brings all three back.
     daemon.restart().expect("restart");
-    let mut listed = names(&list(&daemon))
-        .into_iter()
-        .map(str::to_owned)
-        .collect::<Vec<_>>();
-    listed.sort();
-    assert_eq!(listed, expected);
+    assert_eq!(sorted_names(&daemon), expected);
 
     // Deleting one namespace's leaves the other's and the cluster-wide one.
     let deleted = ok(daemon.ctl(&["policy", "delete", "prod/web"]).expect("ctl"));
     assert!(deleted.contains("prod/web"), "{deleted}");
-    let mut listed = names(&list(&daemon))
-        .into_iter()
-        .map(str::to_owned)
-        .collect::<Vec<_>>();
-    listed.sort();
-    assert_eq!(listed, ["host-ssh-from-bastion", "staging/web", "web"]);
+    assert_eq!(
+        sorted_names(&daemon),
+        ["host-ssh-from-bastion", "staging/web", "web"]
+    );
 
     // The same namespace and name twice in one request is refused.
     let (code, stderr) = failed(

@@ -248,13 +248,7 @@ fn bad_keys_endpoints_and_prefixes_stop_palisaded_with_their_position() {
         "[encryption]\nmode = \"wireguard\"\n\n[[nodes]]\nname = \"b\"\npod_cidrs = [\"10.99.2.0/24\"]\n[nodes.wireguard]\nendpoint = \"192.0.2.2:51871\"\npublic_key = \"not-a-key\"\n",
     )
     .expect("config");
-    let output = Command::new(palisade_e2e::binary("palisaded").expect("built"))
-        .arg("--config")
-        .arg(&config)
-        .output()
-        .expect("palisaded runs");
-    assert!(!output.status.success());
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let stderr = refused_start(&config);
     assert!(
         stderr.contains(
             "bad.toml:9:14: nodes[0].wireguard.public_key: invalid WireGuard key \"not-a-key\""
@@ -272,17 +266,22 @@ fn bad_keys_endpoints_and_prefixes_stop_palisaded_with_their_position() {
         ),
     )
     .expect("config");
-    let output = Command::new(palisade_e2e::binary("palisaded").expect("built"))
-        .arg("--config")
-        .arg(&config)
-        .output()
-        .expect("palisaded runs");
-    assert!(!output.status.success());
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let stderr = refused_start(&config);
     assert!(
         stderr.contains("bad.toml: [[nodes]] \"c\" has no [nodes.wireguard] table"),
         "{stderr}"
     );
+}
+
+/// Runs palisaded on `config`, which it must refuse; its stderr.
+fn refused_start(config: &Path) -> String {
+    let output = Command::new(palisade_e2e::binary("palisaded").expect("built"))
+        .arg("--config")
+        .arg(config)
+        .output()
+        .expect("palisaded runs");
+    assert!(!output.status.success(), "{output:?}");
+    String::from_utf8_lossy(&output.stderr).into_owned()
 }
 
 /// Pings `to` from `from`'s pods ten times a second for `seconds`; returns
