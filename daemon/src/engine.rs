@@ -267,19 +267,60 @@ impl Engine {
     ///
     /// [`ApplyError`]; the rules in force are unchanged then.
     pub fn reload(&mut self) -> Result<ApplyResponse, ApplyError> {
-        self.refuse_while_pending()?;
         let directory =
             read_policy_directory(&self.settings.directory).map_err(ApplyError::Storage)?;
         let saved = self.settings.store.load().map_err(ApplyError::Storage)?;
-        let mut policies =
-            parse_files(&directory, PolicySource::Directory, self.validate_options())?;
-        policies.extend(parse_files(
-            &saved,
-            PolicySource::Applied,
-            self.validate_options(),
-        )?);
-        let applied = policies.keys().cloned().collect();
-        self.commit(policies, applied, false)
+        self.replace_sources(vec![
+            (PolicySource::Directory, directory),
+            (PolicySource::Applied, saved),
+        ])
+    }
+
+    /// Puts in force, for each `(source, files)`, exactly that source's
+    /// policies — what the source held and `files` lacks is removed — and
+    /// keeps the other sources' policies: the seam through which a source
+    /// that knows its whole set (the directory and the saved policies on
+    /// reload; a cluster watcher) pushes it. A name two sources give goes to
+    /// the source of higher [`precedence`]. All or nothing, one generation.
+    ///
+    /// # Errors
+    ///
+    /// [`ApplyError`] with every problem of every file; the rules in force
+    /// are unchanged then.
+    pub fn replace_sources(
+        &mut self,
+        sets: Vec<(PolicySource, Vec<PolicyFile>)>,
+    ) -> Result<ApplyResponse, ApplyError> {
+        self.refuse_while_pending()?;
+        let replaced: Vec<PolicySource> = sets.iter().map(|(source, _)| *source).collect();
+        let mut policies: BTreeMap<PolicyName, PolicyEntry> = self
+            .policies
+            .iter()
+            .filter(|(_, entry)| !replaced.contains(&entry.source))
+            .map(|(name, entry)| (name.clone(), entry.clone()))
+            .collect();
+        let mut given = BTreeSet::new();
+        let mut problems = Vec::new();
+        for (source, files) in sets {
+            match parse_files(&files, source, self.validate_options()) {
+                Ok(parsed) => {
+                    for (name, entry) in parsed {
+                        given.insert(name.clone());
+                        let outranked = policies
+                            .get(&name)
+                            .is_some_and(|held| precedence(held.source) > precedence(source));
+                        if !outranked {
+                            policies.insert(name, entry);
+                        }
+                    }
+                }
+                Err(Diagnostics(found)) => problems.extend(found),
+            }
+        }
+        if !problems.is_empty() {
+            return Err(Diagnostics(problems).into());
+        }
+        self.commit(policies, given.into_iter().collect(), false)
     }
 
     /// Adds or replaces (by `metadata.name`) the policies in the request's
@@ -795,6 +836,15 @@ pub async fn on_blocking_thread<T: Send + 'static>(
         (guard, result)
     })
     .await
+}
+
+/// Which source's policy is in force when two give the same name: what an
+/// operator applied through the socket beats the policy directory.
+pub fn precedence(source: PolicySource) -> u8 {
+    match source {
+        PolicySource::Directory => 0,
+        PolicySource::Applied => 1,
+    }
 }
 
 /// `policies` as one field of a log line: `a,prod/b`.

@@ -309,6 +309,25 @@ fn confirmed_and_plain_applies_are_saved_and_restored_after_a_restart() {
         ["allow-docs", "host-ssh-from-bastion"]
     );
     assert_eq!(topology.ssh_from(Topology::OUTSIDER), Connect::TimedOut);
+
+    // Applied under a directory policy's name, it replaces that policy, and
+    // keeps it replaced across a reload, which puts the directory and the
+    // saved set in force again.
+    let over = write_policy(
+        &workdir,
+        "override",
+        &allow_from_policy("host-ssh-from-bastion", "10.200.0.100/32"),
+    );
+    ok(daemon.ctl(&["apply", "-f", &over]).expect("ctl"));
+    ok(daemon.ctl(&["reload"]).expect("ctl"));
+    let listed = list(&daemon);
+    let overridden = listed
+        .policies
+        .iter()
+        .find(|policy| policy.name == "host-ssh-from-bastion")
+        .expect("listed");
+    assert_eq!(overridden.source, PolicySource::Applied, "{listed:?}");
+    assert_eq!(topology.ssh_from(Topology::OUTSIDER), Connect::Established);
 }
 
 #[test]
