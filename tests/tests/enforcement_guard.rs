@@ -148,3 +148,30 @@ fn a_nearly_full_connection_table_is_shown_and_reported() {
         "{metrics}"
     );
 }
+
+/// An interface taken out of `datapath.interfaces` is let go at the next
+/// start: its pinned programs are detached, not left enforcing where the
+/// operator asked for nothing (an operator who locked themselves out this
+/// way must get in by removing the interface and restarting).
+#[test]
+#[ignore = "privileged: needs root (namespaces, BPF); `cargo xtask test` runs it"]
+fn an_interface_taken_out_of_the_config_is_detached_at_the_next_start() {
+    require_root();
+    let topology = Topology::new().expect("namespaces");
+    let workdir = TempDir::new("guard-unconfigured").expect("workdir");
+    let _listener = Listener::start(&topology.node, Topology::node_port(SSH)).expect("listener");
+    let mut daemon = Daemon::start_example(&topology, &workdir);
+    assert_eq!(topology.ssh_from(Topology::OUTSIDER), Connect::TimedOut);
+    daemon.kill();
+    daemon
+        .edit_config(|config| config.datapath.interfaces.clear())
+        .expect("config edited");
+    daemon.restart().expect("restart");
+    assert!(daemon.status().expect("status").interfaces.is_empty());
+    let links: Vec<_> = std::fs::read_dir(daemon.pin_path().join("links"))
+        .expect("links directory")
+        .map(|entry| entry.expect("entry").file_name())
+        .collect();
+    assert!(links.is_empty(), "still pinned: {links:?}");
+    assert_eq!(topology.ssh_from(Topology::OUTSIDER), Connect::Established);
+}

@@ -130,9 +130,18 @@ impl LinkPins {
         }
     }
 
+    /// `links/KIND:INTERFACE`, the interface's dots written as colons
+    /// (bpffs refuses dots; interface names cannot hold colons).
     fn path(&self, interface: &str, kind: &str) -> PathBuf {
         self.dir
             .join(format!("{kind}:{}", interface.replace('.', ":")))
+    }
+
+    /// The interface a pin of [`LinkPins::path`] is for.
+    fn interface_of(pin_name: &str) -> Option<String> {
+        pin_name
+            .split_once(':')
+            .map(|(_, interface)| interface.replace(':', "."))
     }
 
     /// Puts `program` on `interface`'s TC hook: into the pinned link when
@@ -258,12 +267,10 @@ impl LinkPins {
             .with_context(|| format!("reading {}", self.dir.display()))?
         {
             let path = entry?.path();
-            let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
-            let interface = name
-                .as_deref()
-                .and_then(|n| n.rsplit_once('.'))
-                .map(|(i, _)| i);
-            if interface.is_some_and(|i| !keep.iter().any(|k| k == i)) {
+            let interface = path
+                .file_name()
+                .and_then(|name| Self::interface_of(&name.to_string_lossy()));
+            if interface.is_some_and(|i| !keep.contains(&i)) {
                 info!(path = %path.display(), "detaching from an interface no longer configured");
                 remove_pin(&path)?;
             }
@@ -405,5 +412,21 @@ pub fn cleanup(pin_path: &Path) -> anyhow::Result<bool> {
         Ok(()) => Ok(true),
         Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(false),
         Err(error) => Err(error).with_context(|| format!("removing {}", pin_path.display())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_link_pin_names_its_interface_back() {
+        let pins = LinkPins::new(Path::new("/sys/fs/bpf/p"));
+        for interface in ["eth0", "eth0.100", "br-lan.2.3"] {
+            let path = pins.path(interface, "tc-ingress");
+            let name = path.file_name().unwrap().to_string_lossy();
+            assert!(!name.contains('.'), "{name}");
+            assert_eq!(LinkPins::interface_of(&name).as_deref(), Some(interface));
+        }
     }
 }
