@@ -90,9 +90,13 @@ pub struct EbpfDatapath {
     failsafe_written: [Vec<u32>; 2],
     policy_map_max: u32,
     active: u32,
-    /// Whether `active` has ever been switched (then the idle slot may still
-    /// be read by programs that started before the switch).
+    /// Whether a switch happened whose grace period has not been seen to
+    /// end: until it has, the idle slot may still have readers.
     switched: bool,
+    /// That grace period, waited for on a thread of its own right after the
+    /// switch, so that an apply waits only when it comes before the readers
+    /// of the previous table are gone.
+    retiring: Option<std::thread::JoinHandle<anyhow::Result<()>>>,
 }
 
 /// The conntrack tables on handles of their own.
@@ -256,6 +260,7 @@ impl EbpfDatapath {
             policy_map_max,
             active: 0,
             switched: false,
+            retiring: None,
             pin_path: datapath.pin_path.clone(),
             attachments: Vec::new(),
             xdp_mode: XdpModeConfig::default(),
@@ -547,7 +552,14 @@ impl EbpfDatapath {
         let index = slot as usize;
         let rule_set_count = table.ingress.rule_sets.len() + table.egress.rule_sets.len();
         if self.switched {
-            wait_for_readers()?;
+            let waited = self
+                .retiring
+                .take()
+                .is_some_and(|retiring| matches!(retiring.join(), Ok(Ok(()))));
+            if !waited {
+                wait_for_readers()?;
+            }
+            self.switched = false;
         }
         for key in &self.written_keys[index] {
             if !keys.contains_key(key) {
@@ -609,6 +621,7 @@ impl EbpfDatapath {
         self.active_slot.set(0, &slot, 0)?;
         self.active = slot;
         self.switched = true;
+        self.retiring = Some(std::thread::spawn(wait_for_readers));
         Ok(())
     }
 }
