@@ -43,8 +43,9 @@ enum Task {
     /// and nftables; target/bench/datapath.json), `flow-events` (the cost
     /// of a flow event; target/bench/flow_events.json), `policy` (reading
     /// and compiling 1k/10k/100k CIDR rules; target/bench/policy_compile.json)
-    /// and `wireguard` (iperf3 through palisade's tunnel and wireguard-go's;
-    /// target/bench/wireguard.json).
+    /// `wireguard` (iperf3 through palisade's tunnel and wireguard-go's;
+    /// target/bench/wireguard.json) and `apply` (palisadectl apply against
+    /// nft -f, one-rule changes and whole tables; target/bench/apply.json).
     Bench {
         /// Which benchmark; all when left out.
         #[arg(value_enum)]
@@ -63,6 +64,8 @@ enum Benchmark {
     Policy,
     /// WireGuard throughput, palisade against wireguard-go.
     Wireguard,
+    /// How long an apply takes, palisade against nft -f.
+    Apply,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -99,6 +102,11 @@ fn main() -> anyhow::Result<()> {
             }
             if which.is_none_or(|w| w == Benchmark::Wireguard) {
                 cargo(&["bench", "-p", "palisade-daemon", "--bench", "wireguard"])?;
+            }
+            if which.is_none_or(|w| w == Benchmark::Apply) {
+                // It runs the release palisaded and palisadectl beside it.
+                cargo(&["build", "--release", "--bins"])?;
+                cargo(&["bench", "-p", "palisade-daemon", "--bench", "apply"])?;
             }
             Ok(())
         }
