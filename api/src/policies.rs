@@ -14,8 +14,8 @@ pub struct PolicyFile {
     pub content: String,
 }
 
-/// Add or replace policies (by `metadata.name`), all or nothing. A diff
-/// takes the same request.
+/// Add or replace policies (by name, and namespace for a
+/// CiliumNetworkPolicy), all or nothing. A diff takes the same request.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ApplyRequest {
     /// The files to apply.

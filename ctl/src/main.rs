@@ -57,7 +57,8 @@ enum Command {
         #[arg(short, long, value_enum, default_value_t = Format::Table)]
         output: Format,
     },
-    /// Add or replace policies (by metadata.name), all or nothing.
+    /// Add or replace policies (by name, and namespace for a
+    /// CiliumNetworkPolicy), all or nothing.
     Apply(policies::ApplyArgs),
     /// Show what an apply of these files would change: rules added and
     /// removed, and recent flows that would get another verdict.
