@@ -72,11 +72,13 @@ pub struct EbpfDatapath {
     counters: PerCpuArray<MapData, CounterValue>,
     /// The conntrack tables: TCP, and everything else.
     connections: [HashMap<MapData, CtKey, CtEntry>; 2],
-    /// Keys written to each slot's prefix map, so the next install there can
-    /// remove the ones it no longer has.
-    written_keys: [Vec<PrefixKey>; 2],
-    /// Rule sets and rules written to each slot by the last install there.
-    rule_sets_written: [usize; 2],
+    /// What each slot's prefix map holds, key by key, kept in step with
+    /// every write: the next install there writes only what differs and
+    /// removes the keys it no longer has.
+    written_keys: [BTreeMap<PrefixKey, u32>; 2],
+    /// What each slot's rule-set array holds, kept in step likewise.
+    written_rule_sets: [Vec<RuleSet>; 2],
+    /// Rules written to each slot by the last install there.
     rules_written: [usize; 2],
     /// What every slot carries besides the policy (staged settings).
     template: SlotSettings,
@@ -249,8 +251,8 @@ impl EbpfDatapath {
                 HashMap::try_from(take(CT_TCP_MAP)?)?,
                 HashMap::try_from(take(CT_ANY_MAP)?)?,
             ],
-            written_keys: [Vec::new(), Vec::new()],
-            rule_sets_written: [0, 0],
+            written_keys: [BTreeMap::new(), BTreeMap::new()],
+            written_rule_sets: [Vec::new(), Vec::new()],
             rules_written: [0, 0],
             template: SlotSettings::default(),
             config_prefilter: Vec::new(),
@@ -561,14 +563,20 @@ impl EbpfDatapath {
             }
             self.switched = false;
         }
-        for key in &self.written_keys[index] {
-            if !keys.contains_key(key) {
-                if key.family == family::IPV4 {
-                    self.prefixes_v4[index].remove(&PrefixKeyV4::from_key(key))?;
-                } else {
-                    self.prefixes[index].remove(key)?;
-                }
+        // Only what differs from what the slot holds is written; the record
+        // follows each write, so a failure half-way leaves it true.
+        let stale: Vec<PrefixKey> = self.written_keys[index]
+            .keys()
+            .filter(|key| !keys.contains_key(key))
+            .copied()
+            .collect();
+        for key in stale {
+            if key.family == family::IPV4 {
+                self.prefixes_v4[index].remove(&PrefixKeyV4::from_key(&key))?;
+            } else {
+                self.prefixes[index].remove(&key)?;
             }
+            self.written_keys[index].remove(&key);
         }
         // Egress rule sets follow the ingress ones in the same array.
         let sets = table
@@ -577,15 +585,28 @@ impl EbpfDatapath {
             .iter()
             .chain(&table.egress.rule_sets);
         for (i, entries) in sets.enumerate() {
-            self.rule_sets[index].set(u32::try_from(i)?, &rule_set(entries)?, 0)?;
+            let set = rule_set(entries)?;
+            if self.written_rule_sets[index].get(i) == Some(&set) {
+                continue;
+            }
+            self.rule_sets[index].set(u32::try_from(i)?, &set, 0)?;
+            match self.written_rule_sets[index].get_mut(i) {
+                Some(written) => *written = set,
+                None => self.written_rule_sets[index].push(set),
+            }
         }
+        self.written_rule_sets[index].truncate(rule_set_count);
         for (key, value) in &keys {
+            if self.written_keys[index].get(key) == Some(value) {
+                continue;
+            }
             if key.family == family::IPV4 {
                 self.prefixes_v4[index].insert(&PrefixKeyV4::from_key(key), value, 0)
             } else {
                 self.prefixes[index].insert(key, value, 0)
             }
             .context("writing a prefix (raise datapath.policy_map_max)")?;
+            self.written_keys[index].insert(*key, *value);
         }
         let cpus = usize::try_from(nr_cpus().map_err(|(_, e)| e)?.get())?;
         let rules = table.rules.len().min(DEFAULT_RULE_CAPACITY as usize);
@@ -605,15 +626,13 @@ impl EbpfDatapath {
                 .context("writing the failsafe services")?;
         }
         self.failsafe_written[index] = self.failsafe_words.keys().copied().collect();
-        self.written_keys[index] = keys.into_keys().collect();
-        self.rule_sets_written[index] = rule_set_count;
         self.rules_written[index] = rules;
         let settings = SlotSettings {
             generation,
             ingress_default_deny: default_deny_code(&table.ingress),
             egress_default_deny: default_deny_code(&table.egress),
             audit: u8::from(table.audit),
-            lengths: prefix_lengths(self.written_keys[index].iter()),
+            lengths: prefix_lengths(self.written_keys[index].keys()),
             ..self.template
         };
         self.slot_settings.set(slot, &settings, 0)?;
@@ -856,7 +875,7 @@ impl Datapath for EbpfDatapath {
     fn map_usage(&self) -> Vec<MapUsage> {
         let active = self.active as usize;
         let v4 = self.written_keys[active]
-            .iter()
+            .keys()
             .filter(|key| key.family == family::IPV4)
             .count();
         vec![
@@ -872,7 +891,7 @@ impl Datapath for EbpfDatapath {
             },
             MapUsage {
                 map: "rule_sets",
-                entries: self.rule_sets_written[active],
+                entries: self.written_rule_sets[active].len(),
                 capacity: DEFAULT_RULE_SET_CAPACITY as usize,
             },
         ]
