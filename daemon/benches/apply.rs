@@ -131,6 +131,37 @@ fn summary(mut samples: Vec<Duration>) -> (f64, f64) {
     )
 }
 
+/// The medians, in ms, of the stage timings palisaded logged with each
+/// "policy applied" line of `log` after its first `skip` lines: compile,
+/// save, install (the rest of an apply is reading the request and the
+/// round trip).
+fn stages(log: &str, skip: usize) -> [f64; 3] {
+    let mut columns = [Vec::new(), Vec::new(), Vec::new()];
+    for line in log
+        .lines()
+        .skip(skip)
+        .filter(|line| line.contains("policy applied"))
+    {
+        for (column, field) in columns
+            .iter_mut()
+            .zip(["compile_ms=", "save_ms=", "install_ms="])
+        {
+            let value = line
+                .split_once(field)
+                .and_then(|(_, rest)| rest.split_whitespace().next())
+                .and_then(|text| text.parse::<f64>().ok());
+            column.extend(value);
+        }
+    }
+    columns.map(|column| {
+        if column.is_empty() {
+            f64::NAN
+        } else {
+            support::median(column)
+        }
+    })
+}
+
 /// Runs `command` and how long it took; fails with its stderr.
 fn timed(command: &mut Command) -> anyhow::Result<Duration> {
     let started = Instant::now();
@@ -181,7 +212,7 @@ fn main() -> anyhow::Result<()> {
         "apply: palisadectl apply through the socket against nft -f, {APPLIES} applies per case (ms)"
     );
     println!(
-        "{:<32} {:>14} {:>14} {:>10} {:>10}",
+        "{:<32} {:>14} {:>14} {:>10} {:>10}   palisaded's stages (p50): compile, save, install",
         "case", "palisade p50", "palisade p99", "nft p50", "nft p99"
     );
     let mut rows = Vec::new();
@@ -206,20 +237,23 @@ fn main() -> anyhow::Result<()> {
             ),
         ];
         let (mut palisade, mut nft) = (Vec::new(), Vec::new());
+        let log_lines = daemon.log().lines().count();
         for i in 0..APPLIES {
             let (policy, ruleset) = &files[i % 2];
             palisade.push(palisade_apply(&daemon, policy)?);
             nft.push(nft_apply(&nft_host, ruleset)?);
         }
         let (palisade, nft) = (summary(palisade), summary(nft));
+        let [compile, save, install] = stages(&daemon.log(), log_lines);
         println!(
-            "{:<32} {:>14.1} {:>14.1} {:>10.1} {:>10.1}",
+            "{:<32} {:>14.1} {:>14.1} {:>10.1} {:>10.1}   {compile:.1}, {save:.1}, {install:.1}",
             case.name, palisade.0, palisade.1, nft.0, nft.1
         );
         rows.push(serde_json::json!({
             "case": case.name,
             "palisade_ms": { "p50": palisade.0, "p99": palisade.1 },
             "nft_ms": { "p50": nft.0, "p99": nft.1 },
+            "palisaded_stages_p50_ms": { "compile": compile, "save": save, "install": install },
         }));
         // The next case starts from an empty node, as it says.
         for name in ["base", "delta", "whole"] {

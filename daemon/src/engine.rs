@@ -624,10 +624,13 @@ impl Engine {
         applied: Vec<PolicyName>,
         save: bool,
     ) -> Result<ApplyResponse, ApplyError> {
+        let started = Instant::now();
         let table = self.compile(&policies)?;
+        let compiled = started.elapsed();
         if save {
             self.save(&policies).map_err(ApplyError::Storage)?;
         }
+        let saved = started.elapsed();
         let generation = self.generation + 1;
         // Origins first: events of the new generation may arrive right after the switch.
         self.hub.set_rule_origins(generation, table.rules.clone());
@@ -640,10 +643,14 @@ impl Engine {
             }
             return Err(error.into());
         }
+        let millis = |duration: Duration| duration.as_secs_f64() * 1000.0;
         info!(
             generation,
             policy = names(&table.policies),
             rules = table.rules.len(),
+            compile_ms = millis(compiled),
+            save_ms = millis(saved - compiled),
+            install_ms = millis(started.elapsed() - saved),
             "policy applied"
         );
         let response = self.response(generation, &policies, &table, applied, false);
