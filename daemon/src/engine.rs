@@ -143,12 +143,17 @@ pub struct Reconfiguration {
     pub enforcement: EnforcementSettings,
 }
 
-/// A policy in force and where it came from.
-#[derive(Debug, Clone)]
+/// A policy in force and where it came from. Shared (`Arc`) between the
+/// sets an apply builds, so that a change beside a large policy does not
+/// copy it.
+#[derive(Debug)]
 struct PolicyEntry {
     policy: Policy,
     source: PolicySource,
     file: PolicyFile,
+    /// The policy as the store saves it (TOML), made once when it is read,
+    /// for the policies applied through the socket; none for the others.
+    saved_text: Option<String>,
 }
 
 /// An apply that rolls back unless confirmed.
@@ -156,7 +161,7 @@ struct PolicyEntry {
 struct Pending {
     generation: u32,
     rollback_to: u32,
-    previous: BTreeMap<PolicyName, PolicyEntry>,
+    previous: BTreeMap<PolicyName, Arc<PolicyEntry>>,
     deadline: Instant,
 }
 
@@ -179,7 +184,7 @@ impl Pending {
 /// The policies in force and the datapath enforcing them.
 pub struct Engine {
     settings: EngineSettings,
-    policies: BTreeMap<PolicyName, PolicyEntry>,
+    policies: BTreeMap<PolicyName, Arc<PolicyEntry>>,
     table: CompiledTable,
     generation: u32,
     pending: Option<Pending>,
@@ -293,7 +298,7 @@ impl Engine {
     ) -> Result<ApplyResponse, ApplyError> {
         self.refuse_while_pending()?;
         let replaced: Vec<PolicySource> = sets.iter().map(|(source, _)| *source).collect();
-        let mut policies: BTreeMap<PolicyName, PolicyEntry> = self
+        let mut policies: BTreeMap<PolicyName, Arc<PolicyEntry>> = self
             .policies
             .iter()
             .filter(|(_, entry)| !replaced.contains(&entry.source))
@@ -571,7 +576,7 @@ impl Engine {
 
     fn compile(
         &self,
-        policies: &BTreeMap<PolicyName, PolicyEntry>,
+        policies: &BTreeMap<PolicyName, Arc<PolicyEntry>>,
     ) -> Result<CompiledTable, ApplyError> {
         let list: Vec<Policy> = policies
             .values()
@@ -585,7 +590,7 @@ impl Engine {
     fn response(
         &self,
         generation: u32,
-        policies: &BTreeMap<PolicyName, PolicyEntry>,
+        policies: &BTreeMap<PolicyName, Arc<PolicyEntry>>,
         table: &CompiledTable,
         applied: Vec<PolicyName>,
         dry_run: bool,
@@ -609,7 +614,7 @@ impl Engine {
 
     fn preview(
         &self,
-        policies: &BTreeMap<PolicyName, PolicyEntry>,
+        policies: &BTreeMap<PolicyName, Arc<PolicyEntry>>,
         applied: Vec<PolicyName>,
     ) -> Result<ApplyResponse, ApplyError> {
         let table = self.compile(policies)?;
@@ -620,7 +625,7 @@ impl Engine {
     /// first (and puts the saved set back if the install fails).
     fn commit(
         &mut self,
-        policies: BTreeMap<PolicyName, PolicyEntry>,
+        policies: BTreeMap<PolicyName, Arc<PolicyEntry>>,
         applied: Vec<PolicyName>,
         save: bool,
     ) -> Result<ApplyResponse, ApplyError> {
@@ -662,12 +667,15 @@ impl Engine {
 
     /// Saves the applied (not directory) policies of `policies`, each as its
     /// own TOML file (a file applied may have held several).
-    fn save(&self, policies: &BTreeMap<PolicyName, PolicyEntry>) -> anyhow::Result<()> {
+    fn save(&self, policies: &BTreeMap<PolicyName, Arc<PolicyEntry>>) -> anyhow::Result<()> {
         let mut applied = BTreeMap::new();
         for (name, entry) in policies {
             if entry.source == PolicySource::Applied {
-                let text = policy_to_toml(&entry.policy)
-                    .with_context(|| format!("writing policy {name} as TOML"))?;
+                let text = match &entry.saved_text {
+                    Some(text) => text.clone(),
+                    None => policy_to_toml(&entry.policy)
+                        .with_context(|| format!("writing policy {name} as TOML"))?,
+                };
                 applied.insert(name.clone(), text);
             }
         }
@@ -792,7 +800,7 @@ impl Engine {
     /// enforce nothing on this node.
     fn unenforced<'a>(
         &self,
-        policies: &BTreeMap<PolicyName, PolicyEntry>,
+        policies: &BTreeMap<PolicyName, Arc<PolicyEntry>>,
         names: impl Iterator<Item = &'a PolicyName>,
     ) -> Vec<UnenforcedRule> {
         names
@@ -866,7 +874,7 @@ pub fn names(policies: &[PolicyName]) -> String {
 /// The policies of a request's files, parsed and validated, ready for
 /// [`Engine::apply_parsed`] or [`Engine::diff_parsed`].
 #[derive(Debug)]
-pub struct ParsedFiles(BTreeMap<PolicyName, PolicyEntry>);
+pub struct ParsedFiles(BTreeMap<PolicyName, Arc<PolicyEntry>>);
 
 /// Parses and validates a request's files with `options` (from
 /// [`Engine::validate_options`]), without the engine.
@@ -890,7 +898,7 @@ fn parse_files(
     files: &[PolicyFile],
     source: PolicySource,
     options: ValidateOptions,
-) -> Result<BTreeMap<PolicyName, PolicyEntry>, Diagnostics> {
+) -> Result<BTreeMap<PolicyName, Arc<PolicyEntry>>, Diagnostics> {
     let mut policies = BTreeMap::new();
     let mut problems = Vec::new();
     for file in files {
@@ -898,11 +906,28 @@ fn parse_files(
             Ok(parsed) => {
                 for policy in parsed {
                     let name = policy.policy_name();
-                    let entry = PolicyEntry {
+                    let saved_text = match source {
+                        PolicySource::Applied => match policy_to_toml(&policy) {
+                            Ok(text) => Some(text),
+                            Err(error) => {
+                                problems.push(Diagnostic::at(
+                                    &file.name,
+                                    &file.content,
+                                    None,
+                                    "metadata.name",
+                                    format!("policy {name} cannot be saved as TOML: {error}"),
+                                ));
+                                continue;
+                            }
+                        },
+                        PolicySource::Directory => None,
+                    };
+                    let entry = Arc::new(PolicyEntry {
                         policy,
                         source,
                         file: file.clone(),
-                    };
+                        saved_text,
+                    });
                     if policies.insert(name.clone(), entry).is_some() {
                         problems.push(Diagnostic::at(
                             &file.name,
