@@ -116,8 +116,13 @@ fn a_nearly_full_connection_table_is_shown_and_reported() {
         workdir.path(),
     )
     .expect("palisaded starts");
-    for _ in 0..300 {
-        assert_eq!(topology.ssh_from(Topology::BASTION), Connect::Established);
+    // Each connection gets a second try: in an LRU table this small the
+    // kernel can fail an insert now and then (both CPUs' free lists dry),
+    // and with `ct_full = "drop"` that SYN is dropped, fail-closed; a busy
+    // machine can also leave the listener's backlog full for a moment.
+    for i in 0..300 {
+        let opened = (0..2).any(|_| topology.ssh_from(Topology::BASTION) == Connect::Established);
+        assert!(opened, "connection {i} did not open in two tries");
     }
     let tcp = |status: &palisade_api::Status| {
         status
