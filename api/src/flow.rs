@@ -274,10 +274,11 @@ pub struct FlowPolicy {
 impl FlowPolicy {
     /// The policy as `palisadectl` names it: `NAME` or `NAMESPACE/NAME`.
     pub fn policy(&self) -> String {
-        match &self.namespace {
-            Some(namespace) => format!("{namespace}/{}", self.name),
-            None => self.name.clone(),
+        palisade_policy::PolicyName {
+            namespace: self.namespace.clone(),
+            name: self.name.clone(),
         }
+        .to_string()
     }
 }
 

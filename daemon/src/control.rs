@@ -591,18 +591,15 @@ async fn on_the_tunnel(
     state: &ControlState,
     work: impl FnOnce(&encryption::wireguard::Tunnel) -> anyhow::Result<Response> + Send + 'static,
 ) -> Response {
-    let Some(encryption) = state
+    let Some(tunnel) = state
         .encryption
-        .clone()
-        .filter(|encryption| encryption.wireguard().is_some())
+        .as_deref()
+        .and_then(Encryption::wireguard)
+        .cloned()
     else {
         return message(StatusCode::NOT_FOUND, WIREGUARD_OFF.to_owned());
     };
-    let done = tokio::task::spawn_blocking(move || match encryption.wireguard() {
-        Some(tunnel) => work(tunnel),
-        None => Ok(message(StatusCode::NOT_FOUND, WIREGUARD_OFF.to_owned())),
-    })
-    .await;
+    let done = tokio::task::spawn_blocking(move || work(&tunnel)).await;
     match done {
         Ok(Ok(response)) => response,
         Ok(Err(e)) => message(StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}")),

@@ -29,16 +29,14 @@ fn the_readme_steps_go_from_audit_to_enforcing_by_reload() {
     require_root();
     let topology = Topology::new().expect("namespaces");
     let workdir = TempDir::new("reload-audit").expect("workdir");
-    let config = workdir.path().join("audit.toml");
     let mut example = ConfigFile::new(Some(repo().join("etc/palisade.toml")))
         .load()
         .expect("the example config");
     example.policy.audit_mode = true;
-    std::fs::write(&config, toml::to_string(&example).expect("toml")).expect("config written");
     let _listener = Listener::start(&topology.node, Topology::node_port(SSH)).expect("listener");
-    let daemon = Daemon::start(
+    let daemon = Daemon::start_with_config_text(
         &topology.node,
-        &config,
+        &toml::to_string(&example).expect("toml"),
         &repo().join("etc/policies.d"),
         workdir.path(),
     )
@@ -96,15 +94,14 @@ spec:
 "#,
     )
     .expect("policy written");
-    let config = workdir.path().join("config.toml");
-    std::fs::write(
-        &config,
-        "[node]\nlabels = { role = \"edge\" }\n[datapath]\ninterfaces = [\"eth0\"]\n",
-    )
-    .expect("config written");
     let _listener = Listener::start(&topology.node, Topology::node_port(SSH)).expect("listener");
-    let daemon = Daemon::start(&topology.node, &config, &policies, workdir.path())
-        .expect("palisaded starts");
+    let daemon = Daemon::start_with_config_text(
+        &topology.node,
+        "[node]\nlabels = { role = \"edge\" }\n[datapath]\ninterfaces = [\"eth0\"]\n",
+        &policies,
+        workdir.path(),
+    )
+    .expect("palisaded starts");
     assert_eq!(topology.ssh_from(Topology::OUTSIDER), Connect::TimedOut);
 
     // The failsafe list: SSH from anywhere, whatever the policy says.

@@ -67,7 +67,7 @@ impl Encryption {
 
     /// The WireGuard tunnel, in mode `wireguard` (for its own endpoints:
     /// `/v1/wireguard`, key rotation).
-    pub fn wireguard(&self) -> Option<&Tunnel> {
+    pub fn wireguard(&self) -> Option<&Arc<Tunnel>> {
         match self {
             Self::WireGuard(tunnel) => Some(tunnel),
         }
