@@ -262,9 +262,10 @@ pub struct CounterValue {
 
 /// Most distinct prefix lengths one table and family can use (IPv6: 0-128).
 pub const MAX_PREFIX_LENGTHS: usize = 129;
-/// Room for lengths in a [`PrefixLengths`]: 255, so that any `u8` index is in
-/// bounds and the verifier needs no range proof for it.
-pub const PREFIX_LENGTH_SLOTS: usize = 255;
+/// Room for lengths in a [`PrefixLengths`]: 256, so that any `u8` index is in
+/// bounds and the verifier needs no range proof beyond the `u8` mask (which
+/// every verifier tracks through register copies, unlike a compared bound).
+pub const PREFIX_LENGTH_SLOTS: usize = 256;
 
 /// The distinct prefix lengths of one table and family, longest first: the
 /// programs probe one hash lookup per length, so the cost of a lookup depends
@@ -671,7 +672,7 @@ pub struct FlowEvent {
 
 // The layouts have no implicit padding: each size is the sum of its fields.
 const _: () = {
-    assert!(core::mem::size_of::<SlotSettings>() == 12 + 16 + 4 + 256 * 8);
+    assert!(core::mem::size_of::<SlotSettings>() == 12 + 16 + 4 + 257 * 8);
     assert!(core::mem::size_of::<PrefixKey>() == 20);
     assert!(core::mem::size_of::<PrefixKeyV4>() == 8);
     assert!(core::mem::size_of::<CtKey>() == 40);

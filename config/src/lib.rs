@@ -412,6 +412,8 @@ pub struct DatapathConfig {
     pub interfaces: Vec<String>,
     /// How to attach XDP.
     pub xdp_mode: XdpModeConfig,
+    /// How to attach the TC programs.
+    pub attach: TcAttachConfig,
     /// bpffs directory for the programs' links and the connection state, so
     /// enforcement survives a restart or crash of palisaded.
     pub pin_path: PathBuf,
@@ -436,6 +438,7 @@ impl Default for DatapathConfig {
         Self {
             interfaces: Vec::new(),
             xdp_mode: XdpModeConfig::default(),
+            attach: TcAttachConfig::default(),
             pin_path: PathBuf::from("/sys/fs/bpf/palisade"),
             prefilter: Vec::new(),
             policy_map_max: palisade_common::DEFAULT_PREFIX_CAPACITY,
@@ -606,6 +609,20 @@ pub enum XdpModeConfig {
     Native,
     /// Generic (skb) mode.
     Generic,
+}
+
+/// `datapath.attach`: how the TC programs are attached.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TcAttachConfig {
+    /// TCX links where the kernel has them (6.6 and later), else a clsact
+    /// qdisc with cls_bpf filters.
+    #[default]
+    Auto,
+    /// TCX links only; fail on a kernel without them.
+    Tcx,
+    /// clsact + cls_bpf filters in direct-action mode (any supported kernel).
+    Tc,
 }
 
 /// `[policy]`.
@@ -834,7 +851,7 @@ mod tests {
             from_toml::<Config>("c.toml", "[datapath]\ninterface = [\"eth0\"]\n").unwrap_err();
         assert_eq!(
             error.to_string(),
-            "c.toml:2:1: datapath.interface: unknown field `interface`, expected one of `interfaces`, `xdp_mode`, `pin_path`, `prefilter`, `policy_map_max`, `ct_tcp_max`, `ct_any_max`, `ct_full`, `ct_timeouts`"
+            "c.toml:2:1: datapath.interface: unknown field `interface`, expected one of `interfaces`, `xdp_mode`, `attach`, `pin_path`, `prefilter`, `policy_map_max`, `ct_tcp_max`, `ct_any_max`, `ct_full`, `ct_timeouts`"
         );
     }
 

@@ -93,6 +93,10 @@ fn report(repair: &Repair) {
             interface,
             "the pins of this interface's programs were removed while palisaded ran (rm of the pin path, or palisaded --cleanup); the programs stayed attached and are pinned again"
         ),
+        Repair::Restored { interface } => warn!(
+            interface,
+            "palisade's TC filter was deleted from this interface while palisaded ran (tc filter del, or the clsact qdisc removed); it is back"
+        ),
         Repair::Failed { interface, error } => {
             error!(interface, error, "cannot mend the enforcement: see status")
         }

@@ -1,4 +1,5 @@
-//! Bringing a network interface up over rtnetlink (`ip link set NAME up`).
+//! Network interfaces over rtnetlink: bringing one up (`ip link set NAME
+//! up`), deleting one (`ip link del NAME`).
 
 use netlink_packet_core::{NLM_F_ACK, NLM_F_REQUEST, NetlinkMessage, NetlinkPayload};
 use netlink_packet_route::{
@@ -18,7 +19,29 @@ pub fn set_up(name: &str) -> std::io::Result<()> {
     message.header.index = index;
     message.header.flags = LinkFlags::Up;
     message.header.change_mask = LinkFlags::Up;
-    let mut request = NetlinkMessage::from(RouteNetlinkMessage::SetLink(message));
+    request(RouteNetlinkMessage::SetLink(message))
+}
+
+/// Deletes interface `name`; one already gone is not an error.
+///
+/// # Errors
+///
+/// When the kernel refuses.
+pub fn delete(name: &str) -> std::io::Result<()> {
+    let Ok(index) = nix::net::if_::if_nametoindex(name) else {
+        return Ok(());
+    };
+    let mut message = LinkMessage::default();
+    message.header.index = index;
+    match request(RouteNetlinkMessage::DelLink(message)) {
+        Err(error) if error.raw_os_error() == Some(libc::ENODEV) => Ok(()),
+        result => result,
+    }
+}
+
+/// Sends one rtnetlink request and reads its acknowledgement.
+fn request(message: RouteNetlinkMessage) -> std::io::Result<()> {
+    let mut request = NetlinkMessage::from(message);
     request.header.flags = NLM_F_REQUEST | NLM_F_ACK;
     request.finalize();
     let mut buffer = vec![0; request.buffer_len()];

@@ -62,6 +62,11 @@ struct Args {
     /// `datapath.pin_path`, then exit. Enforcement stops.
     #[arg(long)]
     cleanup: bool,
+    /// Probe what the kernel offers the eBPF programs, print it and exit:
+    /// 0 when palisade can run here, 1 when the kernel lacks something, 2
+    /// when it cannot tell (probing needs CAP_BPF).
+    #[arg(long)]
+    check_kernel: bool,
     /// Print palisaded's man page (roff, section 8) and exit.
     #[arg(long, hide = true)]
     man_page: bool,
@@ -78,6 +83,15 @@ async fn main() -> ExitCode {
                 eprintln!("error: writing the man page: {e}");
                 ExitCode::FAILURE
             }
+        };
+    }
+    if args.check_kernel {
+        let support = datapath::ebpf::kernel_probe::KernelSupport::probe();
+        println!("{support}");
+        return match (support.check(), support.fully_probed()) {
+            (Err(_), _) => ExitCode::FAILURE,
+            (Ok(()), true) => ExitCode::SUCCESS,
+            (Ok(()), false) => ExitCode::from(2),
         };
     }
     logging::init();

@@ -194,6 +194,7 @@ pub fn restart_only_changes(running: &Config, new: &Config) -> Vec<&'static str>
     let DatapathConfig {
         interfaces,
         xdp_mode,
+        attach,
         pin_path,
         prefilter: _,
         policy_map_max,
@@ -207,6 +208,7 @@ pub fn restart_only_changes(running: &Config, new: &Config) -> Vec<&'static str>
         *interfaces == new.datapath.interfaces,
     );
     check("datapath.xdp_mode", *xdp_mode == new.datapath.xdp_mode);
+    check("datapath.attach", *attach == new.datapath.attach);
     check("datapath.pin_path", *pin_path == new.datapath.pin_path);
     check(
         "datapath.policy_map_max",

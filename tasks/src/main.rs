@@ -1,6 +1,7 @@
 //! `cargo xtask setup | demo | test | docs | package | bench`: the project's tasks.
 
 mod demo;
+mod kernel_matrix;
 mod package;
 mod setup;
 
@@ -29,9 +30,18 @@ enum Task {
     /// send allowed and denied traffic, and show the flows.
     Demo,
     /// fmt check, clippy -D warnings, the packages, every test (unit and
-    /// end to end, the package tests among them), and a minute of each fuzz
-    /// target.
+    /// end to end, the package tests among them; the host-firewall suites
+    /// once more with cls_bpf filters instead of TCX links), the kernel
+    /// matrix, and a minute of each fuzz target.
     Test,
+    /// The kernel-only tests on Debian's kernels booted under qemu (as
+    /// root): the programs against each kernel's verifier, the differential
+    /// corpus, the host-firewall suites and the kernel WireGuard mesh.
+    KernelMatrix {
+        /// Only these suites (`palisade-daemon`, `host_firewall`,
+        /// `datapath`, `enforcement_guard`, `wireguard`); all when left out.
+        suites: Vec<String>,
+    },
     /// Generate the man pages and shell completions into target/assets/
     /// (man/man1, man/man8 and completions/).
     Docs,
@@ -80,6 +90,10 @@ fn main() -> anyhow::Result<()> {
             setup::run()?;
             test()
         }
+        Task::KernelMatrix { suites } => {
+            setup::run()?;
+            kernel_matrix::run(&suites)
+        }
         Task::Docs => {
             cargo(&["build", "--bins"])?;
             let root = workspace();
@@ -123,9 +137,19 @@ fn workspace() -> PathBuf {
 
 /// Runs cargo in the workspace with `args`, failing if it fails.
 fn cargo(args: &[&str]) -> anyhow::Result<()> {
-    eprintln!("+ cargo {}", args.join(" "));
+    cargo_with_env(args, &[])
+}
+
+/// [`cargo`] with extra environment variables.
+fn cargo_with_env(args: &[&str], env: &[(&str, &str)]) -> anyhow::Result<()> {
+    let shown: Vec<String> = env
+        .iter()
+        .map(|(key, value)| format!("{key}={value} "))
+        .collect();
+    eprintln!("+ {}cargo {}", shown.concat(), args.join(" "));
     let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
         .args(args)
+        .envs(env.iter().copied())
         .current_dir(workspace())
         .status()
         .with_context(|| format!("running cargo {}", args.join(" ")))?;
@@ -200,8 +224,28 @@ fn test() -> anyhow::Result<()> {
     // The privileged tests (namespaces, BPF, the packages) are `#[ignore]`d
     // for a plain `cargo test`; here they run, and fail without root.
     let tested = cargo(&["test", "--no-fail-fast", "--", "--include-ignored"]);
+    // This kernel has TCX: the host-firewall suites again on the other
+    // attach path, cls_bpf filters.
+    let tc_path = cargo_with_env(
+        &[
+            "test",
+            "--no-fail-fast",
+            "-p",
+            "palisade-e2e",
+            "--test",
+            "host_firewall",
+            "--test",
+            "datapath",
+            "--test",
+            "enforcement_guard",
+            "--",
+            "--include-ignored",
+        ],
+        &[(palisade_e2e::ATTACH_OVERRIDE, "tc")],
+    );
+    let matrix = kernel_matrix::run(&[]);
     let fuzzed = fuzz();
-    tested.and(fuzzed)
+    tested.and(tc_path).and(matrix).and(fuzzed)
 }
 
 /// clippy -D warnings on the eBPF crate, for its own target with the

@@ -25,7 +25,8 @@ const LLVM_PREFIX: &str = "/opt/rustllvm";
 /// iproute2, nftables and bpftool for the namespace tests; binutils (strip),
 /// lintian, rpmlint, rpm, debootstrap and systemd-container for the package
 /// tests (lint, and a booted Debian root); wg, wireguard-go, tcpdump and ping for the
-/// WireGuard tests, iperf3 for the WireGuard benchmark.
+/// WireGuard tests, iperf3 for the WireGuard benchmark; qemu, busybox-static,
+/// kmod (depmod) and cpio for the kernel matrix.
 const APT_PACKAGES: &[&str] = &[
     "iproute2",
     "nftables",
@@ -41,6 +42,10 @@ const APT_PACKAGES: &[&str] = &[
     "tcpdump",
     "iputils-ping",
     "iperf3",
+    "qemu-system-x86",
+    "busybox-static",
+    "kmod",
+    "cpio",
 ];
 
 /// cargo-fuzz, which `cargo xtask test` runs the fuzz targets with.

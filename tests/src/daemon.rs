@@ -49,6 +49,9 @@ fn derived_config(
         PIN_DIRS.fetch_add(1, Ordering::Relaxed)
     ));
     derived.datapath.pin_path.clone_from(&pin_path);
+    if let Some(attach) = attach_override()? {
+        derived.datapath.attach = attach;
+    }
     derived.policy.state_directory = workdir.join("state");
     if !failsafe {
         derived.failsafe.inbound.clear();
@@ -57,6 +60,20 @@ fn derived_config(
     let path = workdir.join("palisade.toml");
     write_config(&path, &derived)?;
     Ok((path, pin_path))
+}
+
+/// The environment variable that makes every test daemon attach TC its way
+/// (`tcx` or `tc`), so one test suite covers both attach paths.
+pub const ATTACH_OVERRIDE: &str = "PALISADE_E2E_ATTACH";
+
+/// The `datapath.attach` [`ATTACH_OVERRIDE`] asks for.
+fn attach_override() -> anyhow::Result<Option<palisade_config::TcAttachConfig>> {
+    let Ok(value) = std::env::var(ATTACH_OVERRIDE) else {
+        return Ok(None);
+    };
+    let attach = serde_json::from_value(serde_json::Value::String(value.clone()))
+        .with_context(|| format!("{ATTACH_OVERRIDE}={value}: expected auto, tcx or tc"))?;
+    Ok(Some(attach))
 }
 
 /// The configuration in `path`, as palisaded reads it.
@@ -175,13 +192,36 @@ impl Daemon {
                 .map(|o| o.status.success())
                 .unwrap_or(false)
             {
-                return Ok(());
+                return self.check_attach();
             }
             if self.process.has_exited() || Instant::now() > deadline {
                 bail!("palisaded did not come up; its log:\n{}", self.log());
             }
             thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// That every enforced interface is attached the way the config's
+    /// `datapath.attach` asks: a suite run for one attach path (see
+    /// [`ATTACH_OVERRIDE`]) must not pass on the other.
+    fn check_attach(&self) -> anyhow::Result<()> {
+        let want = match read_config(&self.config)?.datapath.attach {
+            palisade_config::TcAttachConfig::Auto => return Ok(()),
+            palisade_config::TcAttachConfig::Tcx => "tcx",
+            palisade_config::TcAttachConfig::Tc => "tc",
+        };
+        for interface in self.status()?.interfaces {
+            if interface.state == palisade_api::InterfaceState::Enforcing
+                && !interface.hooks.starts_with(&format!("{want} "))
+            {
+                bail!(
+                    "datapath.attach = {want:?} but {} is attached as {:?}",
+                    interface.name,
+                    interface.hooks
+                );
+            }
+        }
+        Ok(())
     }
 
     /// Kills the daemon with SIGKILL (no cleanup of any kind runs), then

@@ -74,9 +74,12 @@ fn removed_pins_neither_stop_enforcement_nor_stay_removed() {
     );
     let pins = daemon.pin_path().join("links");
     let link_pinned = |kind: &str| pins.join(format!("{kind}:eth0")).exists();
+    // A TCX link's pin, or the program pin of a cls_bpf filter.
+    let tc_pinned =
+        |way: &str| link_pinned(&format!("tc-{way}")) || link_pinned(&format!("tcfilter-{way}"));
     daemon.wait_until(Duration::from_secs(3), "the pins put back", || {
-        link_pinned("tc-ingress")
-            && link_pinned("tc-egress")
+        tc_pinned("ingress")
+            && tc_pinned("egress")
             && (link_pinned("xdp-native") || link_pinned("xdp-generic"))
             && Path::new(daemon.pin_path()).join("CT_TCP").exists()
     });
@@ -184,4 +187,106 @@ fn an_interface_taken_out_of_the_config_is_detached_at_the_next_start() {
         "the outsider let in once eth0 is let go",
         || topology.ssh_from(Topology::OUTSIDER) == Connect::Established,
     );
+}
+
+/// palisade's cls_bpf filters in `node`'s eth0 hook of `way` (`tc filter
+/// show`, one line per filter with palisade's handle).
+fn palisade_filters(topology: &Topology, way: &str) -> usize {
+    let shown = palisade_e2e::run(
+        topology
+            .node
+            .command("tc")
+            .args(["filter", "show", "dev", "eth0", way]),
+    )
+    .unwrap_or_default();
+    shown
+        .lines()
+        .filter(|line| line.contains("handle 0x50414c49") && line.contains("direct-action"))
+        .count()
+}
+
+/// The two TC attach paths on one node: switched by a restart without an
+/// open moment, a deleted cls_bpf filter or clsact qdisc put back by the
+/// guard, the filters of the other path removed, and `--cleanup` from
+/// another network namespace deleting the filters.
+#[test]
+#[ignore = "privileged: needs root (namespaces, BPF); `cargo xtask test` runs it"]
+fn cls_bpf_filters_switch_with_tcx_come_back_when_deleted_and_go_at_cleanup() {
+    use palisade_config::TcAttachConfig;
+    require_root();
+    let topology = Topology::new().expect("namespaces");
+    let workdir = TempDir::new("guard-tc").expect("workdir");
+    let _listener = Listener::start(&topology.node, Topology::node_port(SSH)).expect("listener");
+    let mut daemon = Daemon::start_example(&topology, &workdir);
+    let tcx_pin = daemon.pin_path().join("links/tc-ingress:eth0");
+    let tcx_pinned = || tcx_pin.exists();
+    let switch = |daemon: &mut Daemon, attach: TcAttachConfig| {
+        daemon
+            .edit_config(|config| config.datapath.attach = attach)
+            .expect("config");
+        // kill -9 leaves the old path attached; the new start puts the
+        // other in place before taking the old one off (Daemon::restart
+        // checks that status shows the path asked for).
+        daemon.kill_and_restart().expect("restart");
+        assert_eq!(topology.ssh_from(Topology::OUTSIDER), Connect::TimedOut);
+        assert_eq!(topology.ssh_from(Topology::BASTION), Connect::Established);
+    };
+
+    switch(&mut daemon, TcAttachConfig::Tcx);
+    assert!(tcx_pinned());
+    assert_eq!(palisade_filters(&topology, "ingress"), 0);
+
+    switch(&mut daemon, TcAttachConfig::Tc);
+    assert_eq!(palisade_filters(&topology, "ingress"), 1);
+    assert_eq!(palisade_filters(&topology, "egress"), 1);
+    assert!(!tcx_pinned(), "the TCX link stayed beside the filter");
+    assert!(daemon.log().contains("adopted_links=1"), "{}", daemon.log());
+
+    // Deleted under palisaded: back within the guard's second.
+    for deletion in [
+        &[
+            "filter",
+            "del",
+            "dev",
+            "eth0",
+            "ingress",
+            "pref",
+            "1",
+            "handle",
+            "0x50414c49",
+            "bpf",
+        ][..],
+        &["qdisc", "del", "dev", "eth0", "clsact"][..],
+    ] {
+        palisade_e2e::run(topology.node.command("tc").args(deletion)).expect("tc");
+        daemon.wait_until(Duration::from_secs(3), "the filter put back", || {
+            palisade_filters(&topology, "ingress") == 1
+                && palisade_filters(&topology, "egress") == 1
+        });
+        assert_eq!(topology.ssh_from(Topology::OUTSIDER), Connect::TimedOut);
+    }
+    assert!(daemon.log().contains("it is back"), "{}", daemon.log());
+
+    switch(&mut daemon, TcAttachConfig::Tcx);
+    assert_eq!(
+        palisade_filters(&topology, "ingress"),
+        0,
+        "the filter stayed beside TCX"
+    );
+    switch(&mut daemon, TcAttachConfig::Tc);
+
+    // Stopped, the filters still enforce; --cleanup run from the test's own
+    // network namespace finds theirs and deletes them.
+    daemon.stop();
+    assert_eq!(topology.ssh_from(Topology::OUTSIDER), Connect::TimedOut);
+    let cleanup = std::process::Command::new(palisade_e2e::binary("palisaded").expect("palisaded"))
+        .arg("--config")
+        .arg(workdir.path().join("palisade.toml"))
+        .arg("--cleanup")
+        .output()
+        .expect("cleanup");
+    assert!(cleanup.status.success(), "{cleanup:?}");
+    assert_eq!(palisade_filters(&topology, "ingress"), 0);
+    assert_eq!(palisade_filters(&topology, "egress"), 0);
+    assert_eq!(topology.ssh_from(Topology::OUTSIDER), Connect::Established);
 }

@@ -96,6 +96,13 @@ pub enum Repair {
         /// Its name.
         interface: String,
     },
+    /// palisade's cls_bpf filter was deleted from an interface while
+    /// palisaded ran (`tc filter del`, `tc qdisc del ... clsact`); it is put
+    /// back.
+    Restored {
+        /// Its name.
+        interface: String,
+    },
     /// Something could not be mended (empty interface: the pinned state).
     Failed {
         /// The interface.

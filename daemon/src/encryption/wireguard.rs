@@ -468,7 +468,19 @@ pub fn spawn_promotions(tunnel: &Arc<Tunnel>) {
 
 impl Drop for Tunnel {
     fn drop(&mut self) {
-        if let Err(error) = self.backend.api().remove_interface() {
+        // The kernel's interface is deleted over rtnetlink directly: the
+        // library's removal first reverts DNS settings palisade never makes,
+        // and fails (leaving the interface) on hosts with neither
+        // systemd-resolved nor resolvconf.
+        let removed = match self.backend {
+            Backend::Kernel(_) => crate::link::delete(&self.interface).map_err(anyhow::Error::from),
+            Backend::Userspace { .. } => self
+                .backend
+                .api()
+                .remove_interface()
+                .map_err(anyhow::Error::from),
+        };
+        if let Err(error) = removed {
             warn!(interface = %self.interface, %error, "removing the WireGuard interface");
         }
     }

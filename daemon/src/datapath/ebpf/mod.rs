@@ -34,7 +34,9 @@ use tracing::{info, warn};
 
 pub mod conntrack;
 pub mod events;
+pub mod kernel_probe;
 pub mod pinning;
+mod tc_filter;
 
 #[cfg(test)]
 mod differential_tests;
@@ -44,7 +46,7 @@ use super::{
     ConnectionTables, Datapath, DatapathError, EnforcementSettings, MapUsage, Repair, TableFill,
     TrackedConnection,
 };
-use crate::config::{Config, CtFullAction, DatapathConfig, XdpModeConfig};
+use crate::config::{Config, CtFullAction, DatapathConfig, TcAttachConfig, XdpModeConfig};
 
 /// The compiled eBPF object, built by build.rs.
 static PROGRAMS: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/palisade"));
@@ -59,6 +61,8 @@ pub struct EbpfDatapath {
     attachments: Vec<Attachment>,
     /// How XDP is attached (`datapath.xdp_mode`), for re-attaching.
     xdp_mode: XdpModeConfig,
+    /// How TC is attached (`datapath.attach`), for re-attaching.
+    tc_attach: TcAttachConfig,
     /// Map ids of the pinned connection tables, to pin them again.
     pinned_maps: Vec<(PathBuf, u32)>,
     /// Capacities of the connection tables (TCP, other).
@@ -153,6 +157,8 @@ struct Attachment {
     name: String,
     /// Its index when the links were made.
     ifindex: u32,
+    /// `"tcx"` or `"tc"` (cls_bpf filters).
+    tc_hook: &'static str,
     xdp_mode: &'static str,
     links: Vec<HeldLink>,
 }
@@ -185,9 +191,11 @@ impl EbpfDatapath {
     ///
     /// # Errors
     ///
-    /// When loading fails: no BPF permission, no bpffs, a verifier rejection,
+    /// When loading fails: a kernel without what the programs need (one
+    /// line naming it), no BPF permission, no bpffs, a verifier rejection,
     /// or pinned state of another size than configured.
     pub fn load(config: &Config) -> anyhow::Result<(Self, RingBuf<MapData>)> {
+        kernel_probe::KernelSupport::probe().check()?;
         let datapath = &config.datapath;
         pinning::prepare(&datapath.pin_path)?;
         let policy_map_max = capacity("policy_map_max", datapath.policy_map_max)?;
@@ -266,6 +274,7 @@ impl EbpfDatapath {
             pin_path: datapath.pin_path.clone(),
             attachments: Vec::new(),
             xdp_mode: XdpModeConfig::default(),
+            tc_attach: TcAttachConfig::default(),
             pinned_maps: Vec::new(),
             connections_capacity: [datapath.ct_tcp_max as usize, datapath.ct_any_max as usize],
             ebpf,
@@ -328,15 +337,17 @@ impl EbpfDatapath {
         let pins = LinkPins::new(&self.pin_path);
         // TC first: it enforces everything; XDP only drops earlier.
         let mut links = Vec::new();
+        let mut tc_hook = "tcx";
         for (program, attach_type) in [
             (TC_INGRESS_PROGRAM, TcAttachType::Ingress),
             (TC_EGRESS_PROGRAM, TcAttachType::Egress),
         ] {
             let program = program_mut::<SchedClassifier>(&mut self.ebpf, program)?;
-            links.push(
-                pins.attach_tc(program, name, ifindex, attach_type)
-                    .with_context(|| format!("attaching TC to {name}"))?,
-            );
+            let (hook, link) = pins
+                .attach_tc(program, name, ifindex, attach_type, self.tc_attach)
+                .with_context(|| format!("attaching TC to {name}"))?;
+            tc_hook = hook;
+            links.push(link);
         }
         let xdp = program_mut::<Xdp>(&mut self.ebpf, XDP_PREFILTER_PROGRAM)?;
         let (xdp_mode, link) = pins
@@ -346,6 +357,7 @@ impl EbpfDatapath {
         Ok(Attachment {
             name: name.to_owned(),
             ifindex,
+            tc_hook,
             xdp_mode,
             links,
         })
@@ -693,6 +705,7 @@ impl Datapath for EbpfDatapath {
 
     fn attach(&mut self, config: &DatapathConfig) -> anyhow::Result<()> {
         self.xdp_mode = config.xdp_mode;
+        self.tc_attach = config.attach;
         for name in &config.interfaces {
             if name == "lo" {
                 return Err(anyhow!(
@@ -707,7 +720,7 @@ impl Datapath for EbpfDatapath {
             }
             let attachment = self.attach_interface(name, ifindex)?;
             let adopted = attachment.links.iter().filter(|link| link.adopted).count();
-            info!(interface = %name, ifindex, xdp_mode = attachment.xdp_mode, adopted_links = adopted, "enforcing");
+            info!(interface = %name, ifindex, tc = attachment.tc_hook, xdp_mode = attachment.xdp_mode, adopted_links = adopted, "enforcing");
             self.attachments.push(attachment);
         }
         LinkPins::new(&self.pin_path).remove_others(&config.interfaces)?;
@@ -723,7 +736,10 @@ impl Datapath for EbpfDatapath {
             .map(|attachment| InterfaceStatus {
                 name: attachment.name.clone(),
                 ifindex: attachment.ifindex,
-                hooks: format!("tcx ingress/egress, xdp {}", attachment.xdp_mode),
+                hooks: format!(
+                    "{} ingress/egress, xdp {}",
+                    attachment.tc_hook, attachment.xdp_mode
+                ),
                 state: if attachment.links.is_empty() {
                     InterfaceState::Missing
                 } else {
@@ -756,15 +772,21 @@ impl Datapath for EbpfDatapath {
                 }
                 continue;
             }
-            if ifindex != attachment.ifindex || attachment.links.is_empty() {
+            let deleted = ifindex == attachment.ifindex
+                && attachment.links.iter().any(|link| !link.is_attached());
+            if ifindex != attachment.ifindex || attachment.links.is_empty() || deleted {
                 let previous = attachment.ifindex;
                 match self.attach_interface(&name, ifindex) {
                     Ok(attached) => {
                         self.attachments[index] = attached;
-                        repairs.push(Repair::Reattached {
-                            interface: name,
-                            previous_ifindex: previous,
-                            ifindex,
+                        repairs.push(if deleted {
+                            Repair::Restored { interface: name }
+                        } else {
+                            Repair::Reattached {
+                                interface: name,
+                                previous_ifindex: previous,
+                                ifindex,
+                            }
                         });
                     }
                     Err(error) => repairs.push(Repair::Failed {

@@ -6,9 +6,15 @@
 //! - `links/tc-ingress:IFACE`, `links/tc-egress:IFACE`,
 //!   `links/xdp-native:IFACE` or `links/xdp-generic:IFACE`: one bpf_link per
 //!   attachment (bpffs refuses `.` in names, so a `.` of the interface name is
-//!   written `:`, which interface names cannot contain). A pinned link stays attached when the process exits (even by
-//!   kill -9); the next start swaps its own program into the same link with
-//!   one `bpf_link_update`, so no packet meets an unprotected interface.
+//!   written `:`, which interface names cannot contain). A pinned link stays
+//!   attached when the process exits (even by kill -9); the next start swaps
+//!   its own program into the same link with one `bpf_link_update`, so no
+//!   packet meets an unprotected interface;
+//! - `links/tcfilter-ingress:IFACE`, `links/tcfilter-egress:IFACE`: the
+//!   program of a cls_bpf filter ([`tc_filter`], kernels without TCX),
+//!   pinned as the record that the filter is palisade's; the filter itself
+//!   stays in the kernel without a pin, and `tc-filters-netns-DEV-INO` names
+//!   the network namespace it is in, for `--cleanup` from another one.
 
 use std::{
     ffi::CString,
@@ -19,14 +25,15 @@ use std::{
 
 use anyhow::{Context as _, anyhow};
 use aya::programs::{
-    SchedClassifier, TcAttachType, Xdp, XdpMode,
+    LinkOrder, SchedClassifier, TcAttachType, Xdp, XdpMode,
     links::{FdLink, LinkError, PinnedLink},
-    tc::SchedClassifierLink,
+    tc::{SchedClassifierLink, TcAttach},
     xdp::XdpLink,
 };
 use tracing::{info, warn};
 
-use crate::config::XdpModeConfig;
+use super::tc_filter;
+use crate::config::{TcAttachConfig, XdpModeConfig};
 
 /// `statfs` magic of a bpf filesystem.
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
@@ -144,10 +151,10 @@ impl LinkPins {
             .map(|(_, interface)| interface.replace(':', "."))
     }
 
-    /// Puts `program` on `interface`'s TC hook: into the pinned link when
-    /// there is one (atomic replacement), else through a new pinned link.
-    /// Returns the link (the caller holds it, so removing the pin does not
-    /// detach it) and whether a running link was adopted.
+    /// Puts `program` on `interface`'s TC hook the way `mode` says, and
+    /// takes palisade's attachment of the other kind off that hook once the
+    /// new one is in place (both enforce the same table meanwhile). Returns
+    /// the kind in force (`"tcx"` or `"tc"`) and the held link.
     ///
     /// # Errors
     ///
@@ -158,12 +165,52 @@ impl LinkPins {
         interface: &str,
         ifindex: u32,
         attach_type: TcAttachType,
-    ) -> anyhow::Result<HeldLink> {
-        let kind = match attach_type {
-            TcAttachType::Egress => "tc-egress",
-            _ => "tc-ingress",
+        mode: TcAttachConfig,
+    ) -> anyhow::Result<(&'static str, HeldLink)> {
+        let held = match mode {
+            TcAttachConfig::Tcx => self.attach_tcx(program, interface, ifindex, attach_type)?,
+            TcAttachConfig::Tc => self.attach_filter(program, interface, ifindex, attach_type)?,
+            TcAttachConfig::Auto => {
+                match self.attach_tcx(program, interface, ifindex, attach_type) {
+                    Ok(held) => held,
+                    Err(error) => {
+                        info!(
+                            interface,
+                            error = format!("{error:#}"),
+                            "no TCX link; attaching a clsact cls_bpf filter"
+                        );
+                        self.attach_filter(program, interface, ifindex, attach_type)?
+                    }
+                }
+            }
         };
-        let path = self.path(interface, kind);
+        if matches!(held.held, Held::Link(_)) {
+            self.detach_filter(interface, ifindex, attach_type)?;
+            Ok(("tcx", held))
+        } else {
+            remove_pin(&self.path(interface, Self::tc_kinds(attach_type).0))?;
+            Ok(("tc", held))
+        }
+    }
+
+    /// The pin kinds of a TC direction: (TCX link, cls_bpf filter).
+    fn tc_kinds(attach_type: TcAttachType) -> (&'static str, &'static str) {
+        match attach_type {
+            TcAttachType::Egress => ("tc-egress", "tcfilter-egress"),
+            _ => ("tc-ingress", "tcfilter-ingress"),
+        }
+    }
+
+    /// Puts `program` into the pinned TCX link when there is one (atomic
+    /// replacement), else into a new pinned link.
+    fn attach_tcx(
+        &self,
+        program: &mut SchedClassifier,
+        interface: &str,
+        ifindex: u32,
+        attach_type: TcAttachType,
+    ) -> anyhow::Result<HeldLink> {
+        let path = self.path(interface, Self::tc_kinds(attach_type).0);
         if let Some(link) = open_pinned(&path)? {
             match SchedClassifierLink::try_from(link).map(|link| program.attach_to_link(link)) {
                 Ok(Ok(id)) => {
@@ -171,7 +218,7 @@ impl LinkPins {
                         .map_err(|_| anyhow!("the adopted TC link on {interface} has no fd"))?;
                     return Ok(HeldLink {
                         path,
-                        link,
+                        held: Held::Link(link),
                         adopted: true,
                     });
                 }
@@ -184,11 +231,63 @@ impl LinkPins {
             }
             remove_pin(&path)?;
         }
-        let id = program.attach(ifindex, attach_type)?;
-        let link = FdLink::try_from(program.take_link(id)?).map_err(|_| {
-            anyhow!("TC on {interface} is not attached through a bpf_link (kernel < 6.6?)")
-        })?;
+        let id = program
+            .attach(
+                ifindex,
+                TcAttach::Tcx {
+                    attach_type,
+                    order: LinkOrder::default(),
+                },
+            )
+            .context("attaching a TCX link (Linux 6.6 or later; `datapath.attach = \"tc\"` uses a cls_bpf filter instead)")?;
+        let link = FdLink::try_from(program.take_link(id)?)
+            .map_err(|_| anyhow!("TC on {interface} is not attached through a bpf_link"))?;
         HeldLink::pinned(link, path)
+    }
+
+    /// Puts `program` into palisade's cls_bpf filter on the hook (replacing
+    /// the program of one already there), and pins the program as the
+    /// record that the filter is palisade's to delete.
+    fn attach_filter(
+        &self,
+        program: &mut SchedClassifier,
+        interface: &str,
+        ifindex: u32,
+        attach_type: TcAttachType,
+    ) -> anyhow::Result<HeldLink> {
+        if let Some(root) = self.dir.parent() {
+            record_netns(root)?;
+        }
+        let adopted = tc_filter::attach(program, ifindex, attach_type)?;
+        let program_id = program.info().context("reading the TC program's id")?.id();
+        let path = self.path(interface, Self::tc_kinds(attach_type).1);
+        remove_pin(&path)?;
+        pin_object_by_id(ObjectKind::Program, program_id, &path)?;
+        Ok(HeldLink {
+            path,
+            held: Held::Filter {
+                program_id,
+                ifindex,
+                attach_type,
+            },
+            adopted,
+        })
+    }
+
+    /// Deletes palisade's cls_bpf filter from the hook if palisade put one
+    /// there (its pin says so), and the pin.
+    fn detach_filter(
+        &self,
+        interface: &str,
+        ifindex: u32,
+        attach_type: TcAttachType,
+    ) -> anyhow::Result<()> {
+        let path = self.path(interface, Self::tc_kinds(attach_type).1);
+        if path.exists() {
+            tc_filter::detach(ifindex, attach_type)?;
+            remove_pin(&path)?;
+        }
+        Ok(())
     }
 
     /// Puts `program` on `interface`'s XDP hook, adopting a pinned link whose
@@ -225,7 +324,7 @@ impl LinkPins {
                             pinned_mode,
                             HeldLink {
                                 path,
-                                link,
+                                held: Held::Link(link),
                                 adopted: true,
                             },
                         ));
@@ -270,10 +369,17 @@ impl LinkPins {
             let interface = path
                 .file_name()
                 .and_then(|name| Self::interface_of(&name.to_string_lossy()));
-            if interface.is_some_and(|i| !keep.contains(&i)) {
-                info!(path = %path.display(), "detaching from an interface no longer configured");
-                remove_pin(&path)?;
+            let Some(interface) = interface.filter(|i| !keep.contains(i)) else {
+                continue;
+            };
+            info!(path = %path.display(), "detaching from an interface no longer configured");
+            if let Some(attach_type) = filter_direction(&path) {
+                let ifindex = nix::net::if_::if_nametoindex(interface.as_str()).unwrap_or(0);
+                if ifindex != 0 {
+                    tc_filter::detach(ifindex, attach_type)?;
+                }
             }
+            remove_pin(&path)?;
         }
         Ok(())
     }
@@ -285,9 +391,23 @@ impl LinkPins {
 #[derive(Debug)]
 pub struct HeldLink {
     path: PathBuf,
-    link: FdLink,
-    /// Whether it was adopted from an earlier run's pin.
+    held: Held,
+    /// Whether it was adopted from an earlier run's pin or filter.
     pub adopted: bool,
+}
+
+/// What a [`HeldLink`] holds.
+#[derive(Debug)]
+enum Held {
+    /// A bpf_link (TCX, XDP), pinned at the path.
+    Link(FdLink),
+    /// A cls_bpf filter, which the kernel keeps by itself; its program is
+    /// pinned at the path as the record that the filter is palisade's.
+    Filter {
+        program_id: u32,
+        ifindex: u32,
+        attach_type: TcAttachType,
+    },
 }
 
 impl HeldLink {
@@ -297,7 +417,7 @@ impl HeldLink {
             .pin(&path)
             .with_context(|| format!("pinning {}", path.display()))?;
         Ok(Self {
-            link: FdLink::from(pinned),
+            held: Held::Link(FdLink::from(pinned)),
             path,
             adopted: false,
         })
@@ -318,8 +438,32 @@ impl HeldLink {
             std::fs::create_dir_all(parent)
                 .with_context(|| format!("creating {}", parent.display()))?;
         }
-        let id = self.link.info().context("reading a held link's id")?.id();
-        pin_object_by_id(ObjectKind::Link, id, &self.path)
+        match &self.held {
+            Held::Link(link) => {
+                let id = link.info().context("reading a held link's id")?.id();
+                pin_object_by_id(ObjectKind::Link, id, &self.path)
+            }
+            Held::Filter { program_id, .. } => {
+                if let Some(root) = self.path.parent().and_then(Path::parent) {
+                    record_netns(root)?;
+                }
+                pin_object_by_id(ObjectKind::Program, *program_id, &self.path)
+            }
+        }
+    }
+
+    /// Whether the attachment is still in the kernel: a cls_bpf filter can
+    /// be deleted under palisaded (`tc filter del`, `tc qdisc del ... clsact`);
+    /// a held bpf_link cannot. A failed check counts as present.
+    pub fn is_attached(&self) -> bool {
+        match &self.held {
+            Held::Link(_) => true,
+            Held::Filter {
+                ifindex,
+                attach_type,
+                ..
+            } => tc_filter::present(*ifindex, *attach_type).unwrap_or(true),
+        }
     }
 }
 
@@ -330,6 +474,8 @@ pub enum ObjectKind {
     Map,
     /// A link.
     Link,
+    /// A program.
+    Program,
 }
 
 /// Pins the map or link `id` at `path` (`BPF_*_GET_FD_BY_ID`, then
@@ -342,11 +488,13 @@ pub enum ObjectKind {
 /// When the object is gone or the pin fails.
 pub fn pin_object_by_id(kind: ObjectKind, id: u32, path: &Path) -> anyhow::Result<()> {
     const BPF_OBJ_PIN: libc::c_long = 6;
+    const BPF_PROG_GET_FD_BY_ID: libc::c_long = 13;
     const BPF_MAP_GET_FD_BY_ID: libc::c_long = 14;
     const BPF_LINK_GET_FD_BY_ID: libc::c_long = 30;
     let command = match kind {
         ObjectKind::Map => BPF_MAP_GET_FD_BY_ID,
         ObjectKind::Link => BPF_LINK_GET_FD_BY_ID,
+        ObjectKind::Program => BPF_PROG_GET_FD_BY_ID,
     };
     // union bpf_attr, zero beyond the fields a command reads: for the
     // GET_FD_BY_ID commands the id first; for BPF_OBJ_PIN the path pointer,
@@ -408,11 +556,107 @@ fn remove_pin(path: &Path) -> anyhow::Result<()> {
 ///
 /// When a pin cannot be removed.
 pub fn cleanup(pin_path: &Path) -> anyhow::Result<bool> {
+    delete_filters(pin_path)?;
     match std::fs::remove_dir_all(pin_path) {
         Ok(()) => Ok(true),
         Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(false),
         Err(error) => Err(error).with_context(|| format!("removing {}", pin_path.display())),
     }
+}
+
+/// Deletes the cls_bpf filters the pins under `pin_path` record, in the
+/// network namespace they were attached in (entered when it is another).
+fn delete_filters(pin_path: &Path) -> anyhow::Result<()> {
+    let links = pin_path.join("links");
+    let filters: Vec<(String, TcAttachType)> = match std::fs::read_dir(&links) {
+        Ok(entries) => entries
+            .flatten()
+            .filter_map(|entry| {
+                let path = entry.path();
+                let interface = LinkPins::interface_of(&entry.file_name().to_string_lossy())?;
+                Some((interface, filter_direction(&path)?))
+            })
+            .collect(),
+        Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(error) => return Err(error).with_context(|| format!("reading {}", links.display())),
+    };
+    if filters.is_empty() {
+        return Ok(());
+    }
+    let Some(netns) = netns_markers(pin_path)?.into_iter().next() else {
+        warn!(path = %pin_path.display(), "cls_bpf filters are pinned but their network namespace is not recorded; deleting them in this one");
+        return delete_filters_here(&filters);
+    };
+    match tc_filter::find_netns(netns) {
+        Ok(path) => tc_filter::in_netns(path.as_deref(), || delete_filters_here(&filters)),
+        Err(()) => {
+            info!(
+                "the network namespace of palisade's cls_bpf filters is gone, and the filters with it"
+            );
+            Ok(())
+        }
+    }
+}
+
+fn delete_filters_here(filters: &[(String, TcAttachType)]) -> anyhow::Result<()> {
+    for (interface, attach_type) in filters {
+        let ifindex = nix::net::if_::if_nametoindex(interface.as_str()).unwrap_or(0);
+        if ifindex != 0 {
+            tc_filter::detach(ifindex, *attach_type).with_context(|| format!("on {interface}"))?;
+        }
+    }
+    Ok(())
+}
+
+/// The direction of a cls_bpf filter pin (`None`: not a filter pin).
+fn filter_direction(path: &Path) -> Option<TcAttachType> {
+    let name = path.file_name()?.to_string_lossy();
+    let (kind, _) = name.split_once(':')?;
+    match kind {
+        "tcfilter-ingress" => Some(TcAttachType::Ingress),
+        "tcfilter-egress" => Some(TcAttachType::Egress),
+        _ => None,
+    }
+}
+
+/// Writes down in the pin directory `root` which network namespace the
+/// cls_bpf filters are in, so `palisaded --cleanup` can delete them from
+/// another one.
+fn record_netns(root: &Path) -> anyhow::Result<()> {
+    let netns = tc_filter::own_netns().context("reading the network namespace")?;
+    let marker = root.join(netns_marker_name(netns));
+    if !marker.exists() {
+        for stale in netns_markers(root)? {
+            std::fs::remove_dir(root.join(netns_marker_name(stale)))
+                .with_context(|| format!("removing a stale marker in {}", root.display()))?;
+        }
+        std::fs::create_dir(&marker).with_context(|| format!("creating {}", marker.display()))?;
+    }
+    Ok(())
+}
+
+/// The prefix of the directory naming the filters' network namespace.
+const NETNS_MARKER: &str = "tc-filters-netns-";
+
+fn netns_marker_name((dev, ino): (u64, u64)) -> String {
+    format!("{NETNS_MARKER}{dev}-{ino}")
+}
+
+/// The network namespaces recorded under `root` (normally one).
+fn netns_markers(root: &Path) -> anyhow::Result<Vec<(u64, u64)>> {
+    let entries = match std::fs::read_dir(root) {
+        Ok(entries) => entries,
+        Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(error) => return Err(error).with_context(|| format!("reading {}", root.display())),
+    };
+    Ok(entries
+        .flatten()
+        .filter_map(|entry| {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let (dev, ino) = name.strip_prefix(NETNS_MARKER)?.split_once('-')?;
+            Some((dev.parse().ok()?, ino.parse().ok()?))
+        })
+        .collect())
 }
 
 #[cfg(test)]
@@ -428,5 +672,32 @@ mod tests {
             assert!(!name.contains('.'), "{name}");
             assert_eq!(LinkPins::interface_of(&name).as_deref(), Some(interface));
         }
+    }
+
+    #[test]
+    fn filter_pins_name_their_direction_and_link_pins_are_not_filters() {
+        let pins = LinkPins::new(Path::new("/sys/fs/bpf/p"));
+        let (_, ingress) = LinkPins::tc_kinds(TcAttachType::Ingress);
+        let (tcx, egress) = LinkPins::tc_kinds(TcAttachType::Egress);
+        assert!(matches!(
+            filter_direction(&pins.path("eth0.7", ingress)),
+            Some(TcAttachType::Ingress)
+        ));
+        assert!(matches!(
+            filter_direction(&pins.path("eth0", egress)),
+            Some(TcAttachType::Egress)
+        ));
+        assert!(filter_direction(&pins.path("eth0", tcx)).is_none());
+        assert!(filter_direction(&pins.path("eth0", "xdp-native")).is_none());
+    }
+
+    #[test]
+    fn the_recorded_network_namespace_reads_back_and_replaces_a_stale_one() {
+        let root = std::env::temp_dir().join(format!("palisade-netns-{}", std::process::id()));
+        std::fs::create_dir_all(root.join(netns_marker_name((1, 2)))).unwrap();
+        record_netns(&root).unwrap();
+        let own = tc_filter::own_netns().unwrap();
+        assert_eq!(netns_markers(&root).unwrap(), vec![own]);
+        std::fs::remove_dir_all(&root).unwrap();
     }
 }
