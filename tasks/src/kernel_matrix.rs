@@ -101,19 +101,38 @@ const SUITES: &[Suite] = &[
     },
 ];
 
+/// The scenario that boots Debian 12 with the .deb installed.
+pub const PACKAGE_SCENARIO: &str = "package";
+
 /// Runs the suites (those named in `only`, or all) on every kernel of the
-/// matrix.
+/// matrix, and, unless `only` leaves it out, the package scenario with
+/// `deb`: Debian 12's userland booted by systemd on Debian 12's kernel.
 ///
 /// # Errors
 ///
 /// When a kernel cannot be fetched or booted, or a suite fails.
-pub fn run(only: &[String]) -> anyhow::Result<()> {
+pub fn run(only: &[String], deb: &Path) -> anyhow::Result<()> {
     let binaries = build_suites(only)?;
+    let package = only.is_empty() || only.iter().any(|name| name == PACKAGE_SCENARIO);
     let mut failures = Vec::new();
-    for package in KERNEL_PACKAGES {
-        let kernel = GuestKernel::fetch(package)?;
-        eprintln!("== kernel matrix: Linux {} ({package})", kernel.release);
-        let results = kernel.run_suites(&binaries)?;
+    for package_name in KERNEL_PACKAGES {
+        let kernel = GuestKernel::fetch(package_name)?;
+        eprintln!(
+            "== kernel matrix: Linux {} ({package_name})",
+            kernel.release
+        );
+        let mut results = if binaries.is_empty() {
+            Vec::new()
+        } else {
+            kernel.run_suites(&binaries)?
+        };
+        if package {
+            let booted = kernel.run_package(deb);
+            if let Err(error) = &booted {
+                eprintln!("   {PACKAGE_SCENARIO}: {error:#}");
+            }
+            results.push((PACKAGE_SCENARIO.to_owned(), booted.is_ok()));
+        }
         for (suite, passed) in results {
             eprintln!("   {suite}: {}", if passed { "ok" } else { "FAILED" });
             if !passed {
@@ -249,8 +268,9 @@ impl GuestKernel {
         self.root.join("lib/modules").join(&self.release)
     }
 
-    /// The initramfs: busybox, the 9p modules in load order, `/init`.
-    fn initramfs(&self, directory: &Path) -> anyhow::Result<PathBuf> {
+    /// The initramfs: busybox, the 9p modules in load order, `init` as
+    /// `/init`.
+    fn initramfs(&self, directory: &Path, init_script: &str) -> anyhow::Result<PathBuf> {
         let tree = directory.join("initramfs");
         for dir in [
             "bin",
@@ -283,7 +303,7 @@ impl GuestKernel {
             .with_context(|| format!("copying {}", module.display()))?;
         }
         let init = tree.join("init");
-        std::fs::write(&init, INIT)?;
+        std::fs::write(&init, init_script)?;
         std::fs::set_permissions(&init, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
         let image = directory.join("initramfs.cpio");
         let cpio = Command::new("sh")
@@ -314,7 +334,7 @@ impl GuestKernel {
         let _ = std::fs::remove_dir_all(&directory);
         let share = directory.join("share");
         std::fs::create_dir_all(&share)?;
-        let initramfs = self.initramfs(&directory)?;
+        let initramfs = self.initramfs(&directory, INIT)?;
         let mut script = String::from(
             "export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/root \
              CI=true RUST_BACKTRACE=1 PALISADE_E2E_KERNEL_WIREGUARD=1\n\
@@ -341,6 +361,38 @@ impl GuestKernel {
             )?;
         }
         std::fs::write(share.join("run.sh"), script)?;
+        self.boot(
+            &initramfs,
+            &[],
+            &[("hostroot", Path::new("/"), true), ("guest", &share, false)],
+            false,
+        )?;
+        let results = std::fs::read_to_string(share.join("results")).unwrap_or_default();
+        let codes: BTreeMap<&str, &str> = results
+            .lines()
+            .filter_map(|line| line.rsplit_once(' '))
+            .collect();
+        let outcome = binaries
+            .iter()
+            .map(|(name, ..)| (name.clone(), codes.get(name.as_str()) == Some(&"0")))
+            .collect();
+        let _ = std::fs::remove_dir_all(&directory);
+        Ok(outcome)
+    }
+}
+
+impl GuestKernel {
+    /// Boots the kernel with `initramfs` and the 9p `shares` (tag, host
+    /// directory, read-only), `append` added to the command line and, with
+    /// `nic`, a virtio NIC with no way out (`restrict=on`); waits until the
+    /// guest powers off.
+    fn boot(
+        &self,
+        initramfs: &Path,
+        append: &[&str],
+        shares: &[(&str, &Path, bool)],
+        nic: bool,
+    ) -> anyhow::Result<()> {
         let modules = self.root.join("lib/modules");
         let modules = modules
             .strip_prefix("/")
@@ -368,22 +420,26 @@ impl GuestKernel {
         .arg("-kernel")
         .arg(self.root.join(format!("boot/vmlinuz-{}", self.release)))
         .arg("-initrd")
-        .arg(&initramfs)
+        .arg(initramfs)
         .arg("-append")
         .arg(format!(
-            "console=ttyS0 panic=-1 quiet PALISADE_KERNEL_MODULES={}",
-            modules.display()
-        ))
-        .args([
-            "-virtfs",
-            "local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap",
-        ])
-        .arg("-virtfs")
-        .arg(format!(
-            "local,path={},mount_tag=guest,security_model=none",
-            share.display()
+            "console=ttyS0 panic=-1 quiet PALISADE_KERNEL_MODULES={} {}",
+            modules.display(),
+            append.join(" ")
         ))
         .stdin(Stdio::null());
+        for (tag, path, read_only) in shares {
+            qemu.arg("-virtfs").arg(format!(
+                "local,path={},mount_tag={tag},security_model=none,multidevs=remap{}",
+                path.display(),
+                if *read_only { ",readonly=on" } else { "" }
+            ));
+        }
+        if nic {
+            qemu.args(["-nic", "user,model=virtio-net-pci,restrict=on"]);
+        } else {
+            qemu.args(["-nic", "none"]);
+        }
         eprintln!("+ {qemu:?}");
         let mut child = qemu.spawn().context("starting qemu-system-x86_64")?;
         let started = Instant::now();
@@ -405,17 +461,64 @@ impl GuestKernel {
             std::thread::sleep(Duration::from_millis(200));
         }
         eprintln!("   guest ran {:.0?}", started.elapsed());
-        let results = std::fs::read_to_string(share.join("results")).unwrap_or_default();
-        let codes: BTreeMap<&str, &str> = results
-            .lines()
-            .filter_map(|line| line.rsplit_once(' '))
-            .collect();
-        let outcome = binaries
-            .iter()
-            .map(|(name, ..)| (name.clone(), codes.get(name.as_str()) == Some(&"0")))
-            .collect();
+        Ok(())
+    }
+
+    /// The package scenario: a copy of the Debian 12 root booted by
+    /// systemd on this kernel (over 9p, with a NIC `eth0`) installs the
+    /// .deb, enforces on `eth0` and is purged; a unit in the root runs
+    /// [`PACKAGE_CHECK`] and powers off; its findings come back in the
+    /// root's /root/results.
+    fn run_package(&self, deb: &Path) -> anyhow::Result<()> {
+        let template = palisade_e2e::debian_root().context("a Debian root from debootstrap")?;
+        let directory = workspace()
+            .join("target/nspawn")
+            .join(format!("guest-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&directory);
-        Ok(outcome)
+        std::fs::create_dir_all(&directory)?;
+        let root = directory.join("root");
+        check(Command::new("cp").arg("-a").arg(&template).arg(&root))?;
+        let outcome = (|| {
+            std::fs::copy(deb, root.join("root/palisade.deb")).context("copying the .deb")?;
+            std::fs::write(root.join("root/check.sh"), PACKAGE_CHECK)?;
+            std::fs::write(
+                root.join("etc/systemd/system/palisade-guest-check.service"),
+                PACKAGE_CHECK_UNIT,
+            )?;
+            let wants = root.join("etc/systemd/system/multi-user.target.wants");
+            std::fs::create_dir_all(&wants)?;
+            std::os::unix::fs::symlink(
+                "/etc/systemd/system/palisade-guest-check.service",
+                wants.join("palisade-guest-check.service"),
+            )?;
+            let initramfs = self.initramfs(&directory, INIT_SYSTEMD)?;
+            self.boot(
+                &initramfs,
+                &["net.ifnames=0", "systemd.show_status=0"],
+                &[
+                    ("hostroot", Path::new("/"), true),
+                    ("debroot", &root, false),
+                ],
+                true,
+            )?;
+            let results = root.join("root/results");
+            let read = |name: &str| std::fs::read_to_string(results.join(name)).unwrap_or_default();
+            let log = read("log");
+            if read("done").trim() != "ok" {
+                bail!("the check in the booted Debian did not finish:\n{log}");
+            }
+            let failed: Vec<&str> = log
+                .lines()
+                .filter(|line| line.starts_with("FAIL"))
+                .collect();
+            if !failed.is_empty() {
+                bail!("{}\n{log}", failed.join("\n"));
+            }
+            eprint!("{log}");
+            Ok(())
+        })();
+        let _ = std::fs::remove_dir_all(&directory);
+        outcome
     }
 }
 
@@ -479,6 +582,72 @@ fn load_order(modules: &Path, roots: &[&str]) -> anyhow::Result<Vec<PathBuf>> {
 fn shell_quote(path: &Path) -> String {
     format!("'{}'", path.display().to_string().replace('\'', "'\\''"))
 }
+
+/// The package scenario's `/init`: load the 9p modules, preload what the
+/// root cannot load itself (it has no modprobe: the NIC, clsact, cls_bpf),
+/// mount the Debian root (read-write, a copy) and the kernel's modules in
+/// it, and hand over to its systemd.
+const INIT_SYSTEMD: &str = r#"#!/bin/sh
+export PATH=/bin:/sbin
+busybox mount -t proc proc /proc
+busybox mount -t sysfs sysfs /sys
+busybox mount -t devtmpfs devtmpfs /dev
+for module in /boot-modules/*.ko; do
+    busybox insmod "$module" || echo "init: insmod $module failed"
+done
+busybox mkdir -p /newroot
+busybox mount -t 9p -o ro,trans=virtio,version=9p2000.L,msize=262144 hostroot /host
+busybox mount -t 9p -o trans=virtio,version=9p2000.L,msize=262144 debroot /newroot
+busybox mount --bind "/host/$PALISADE_KERNEL_MODULES" /lib/modules
+for module in virtio_net sch_ingress cls_bpf; do
+    busybox modprobe "$module" || echo "init: modprobe $module failed"
+done
+busybox mkdir -p /newroot/lib/modules
+busybox mount --bind "/host/$PALISADE_KERNEL_MODULES" /newroot/lib/modules
+exec busybox switch_root /newroot /lib/systemd/systemd
+"#;
+
+/// The unit that runs [`PACKAGE_CHECK`] once the system is up, then powers
+/// off.
+const PACKAGE_CHECK_UNIT: &str = "[Unit]
+Description=palisade kernel matrix: the package on this kernel
+After=multi-user.target
+[Service]
+Type=oneshot
+ExecStart=/bin/sh /root/check.sh
+ExecStartPost=/bin/systemctl poweroff --no-block
+StandardOutput=journal+console
+[Install]
+WantedBy=multi-user.target
+";
+
+/// The package scenario's check, in the booted Debian: install, enforce
+/// on eth0 (cls_bpf filters on 6.1), purge. Each finding is a line of
+/// /root/results/log; `FAIL` lines fail the scenario.
+const PACKAGE_CHECK: &str = r#"#!/bin/sh
+mkdir -p /root/results
+exec >/root/results/log 2>&1
+say() { echo "$*"; }
+fail() { echo "FAIL: $*"; }
+say "kernel: $(uname -r)"
+palisade_status() { palisadectl status -o json; }
+dpkg -i /root/palisade.deb || fail "dpkg -i"
+/usr/sbin/palisaded --check-kernel || fail "palisaded --check-kernel"
+sed -i 's/^interfaces = \[\]/interfaces = ["eth0"]/' /etc/palisade/palisade.toml
+grep -q '^interfaces = \["eth0"\]' /etc/palisade/palisade.toml || fail "could not name eth0 in the config"
+systemctl restart palisade
+state=$(systemctl is-active palisade)
+[ "$state" = active ] || fail "palisade.service is $state"
+status=$(palisade_status)
+say "status: $status"
+echo "$status" | grep -Eq '"hooks": *"tc ingress/egress' || fail "eth0 is not enforced through cls_bpf filters"
+echo "$status" | grep -Eq '"state": *"enforcing"' || fail "eth0 is not enforced"
+journalctl -u palisade --no-pager -o cat | grep -E 'enforcing|error|ERROR' | head -20
+ls /sys/fs/bpf/palisade/links
+dpkg --purge palisade || fail "dpkg --purge"
+[ -e /sys/fs/bpf/palisade ] && fail "the pins stayed after purge"
+echo ok > /root/results/done
+"#;
 
 /// The guest's `/init`: load the 9p modules, mount the host's root
 /// read-only with tmpfs where tests write, chroot into it, run the script,

@@ -39,7 +39,8 @@ enum Task {
     /// corpus, the host-firewall suites and the kernel WireGuard mesh.
     KernelMatrix {
         /// Only these suites (`palisade-daemon`, `host_firewall`,
-        /// `datapath`, `enforcement_guard`, `wireguard`); all when left out.
+        /// `datapath`, `enforcement_guard`, `wireguard`, and `package`: the
+        /// .deb in a booted Debian 12); all when left out.
         suites: Vec<String>,
     },
     /// Generate the man pages and shell completions into target/assets/
@@ -92,7 +93,8 @@ fn main() -> anyhow::Result<()> {
         }
         Task::KernelMatrix { suites } => {
             setup::run()?;
-            kernel_matrix::run(&suites)
+            let packages = package::run()?;
+            kernel_matrix::run(&suites, &deb(&packages)?)
         }
         Task::Docs => {
             cargo(&["build", "--bins"])?;
@@ -220,7 +222,7 @@ fn test() -> anyhow::Result<()> {
     // The end-to-end tests run the built palisaded and palisadectl, and the
     // package tests install the packages.
     cargo(&["build", "--bins"])?;
-    package::run()?;
+    let packages = package::run()?;
     // The privileged tests (namespaces, BPF, the packages) are `#[ignore]`d
     // for a plain `cargo test`; here they run, and fail without root.
     let tested = cargo(&["test", "--no-fail-fast", "--", "--include-ignored"]);
@@ -243,9 +245,18 @@ fn test() -> anyhow::Result<()> {
         ],
         &[(palisade_e2e::ATTACH_OVERRIDE, "tc")],
     );
-    let matrix = kernel_matrix::run(&[]);
+    let matrix = deb(&packages).and_then(|deb| kernel_matrix::run(&[], &deb));
     let fuzzed = fuzz();
     tested.and(tc_path).and(matrix).and(fuzzed)
+}
+
+/// The .deb among the built `packages`.
+fn deb(packages: &[PathBuf]) -> anyhow::Result<PathBuf> {
+    packages
+        .iter()
+        .find(|path| path.extension().is_some_and(|extension| extension == "deb"))
+        .cloned()
+        .context("no .deb was built")
 }
 
 /// clippy -D warnings on the eBPF crate, for its own target with the

@@ -27,7 +27,7 @@ const EXAMPLE_INTERFACES: &str = "interfaces = [\"eth0\"]";
 /// The line of etc/palisade.toml the package changes to start in audit mode.
 const EXAMPLE_AUDIT_MODE: &str = "# audit_mode = false";
 
-/// Builds both packages and returns their paths (.deb first).
+/// Builds both packages and returns their paths, sorted by name.
 pub fn run() -> anyhow::Result<Vec<PathBuf>> {
     tools()?;
     cargo(&["build", "--release", "--bins"])?;

@@ -31,6 +31,16 @@ pub struct Launch<'a> {
     pub failsafe: bool,
 }
 
+/// A [`Launch::wrapper`] that runs palisaded with only the capabilities the
+/// packaged unit grants (CAP_BPF, CAP_NET_ADMIN, CAP_PERFMON), as under
+/// systemd: what works as full root may need more.
+pub const UNIT_CAPABILITIES: &[&str] = &[
+    "setpriv",
+    "--bounding-set",
+    "-all,+bpf,+net_admin,+perfmon",
+    "--",
+];
+
 /// Pin directories handed out in this process, for unique names.
 static PIN_DIRS: AtomicUsize = AtomicUsize::new(0);
 

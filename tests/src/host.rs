@@ -186,3 +186,33 @@ pub fn binary(name: &str) -> anyhow::Result<PathBuf> {
     }
     Ok(path)
 }
+
+/// A Debian 12 root made once by debootstrap (minbase with systemd), under
+/// target/ so nothing is kept outside the repository; each user boots a
+/// copy (the package test under systemd-nspawn, the kernel matrix under
+/// qemu).
+///
+/// # Errors
+///
+/// When debootstrap fails.
+pub fn debian_root() -> anyhow::Result<PathBuf> {
+    let template = repo().join("target/nspawn/bookworm");
+    let complete = template.with_extension("complete");
+    if complete.exists() {
+        return Ok(template);
+    }
+    if template.exists() {
+        std::fs::remove_dir_all(&template)?;
+    }
+    std::fs::create_dir_all(template.parent().context("template has a parent")?)?;
+    run(Command::new("debootstrap")
+        .args([
+            "--variant=minbase",
+            "--include=systemd,systemd-sysv,dbus",
+            "bookworm",
+        ])
+        .arg(&template)
+        .arg("http://deb.debian.org/debian"))?;
+    std::fs::write(&complete, "")?;
+    Ok(template)
+}

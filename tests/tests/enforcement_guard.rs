@@ -10,9 +10,27 @@ use std::{
 };
 
 use palisade_api::InterfaceState;
-use palisade_e2e::{Connect, Daemon, Listener, TempDir, Topology, http_get, repo, require_root};
+use palisade_e2e::{
+    Connect, Daemon, Launch, Listener, TempDir, Topology, UNIT_CAPABILITIES, http_get, repo,
+    require_root,
+};
 
 const SSH: u16 = 22;
+
+/// The example daemon with only the packaged unit's capabilities.
+fn start_with_unit_capabilities(topology: &Topology, workdir: &TempDir) -> Daemon {
+    Daemon::start_with(
+        &topology.node,
+        &repo().join("etc/palisade.toml"),
+        &repo().join("etc/policies.d"),
+        workdir.path(),
+        &Launch {
+            wrapper: UNIT_CAPABILITIES,
+            ..Launch::default()
+        },
+    )
+    .expect("palisaded starts")
+}
 
 #[test]
 #[ignore = "privileged: needs root (namespaces, BPF); `cargo xtask test` runs it"]
@@ -62,7 +80,9 @@ fn removed_pins_neither_stop_enforcement_nor_stay_removed() {
     let topology = Topology::new().expect("namespaces");
     let workdir = TempDir::new("guard-pins").expect("workdir");
     let _listener = Listener::start(&topology.node, Topology::node_port(SSH)).expect("listener");
-    let mut daemon = Daemon::start_example(&topology, &workdir);
+    // With the unit's capabilities only: putting pins back must not need
+    // CAP_SYS_ADMIN (opening BPF objects by id does).
+    let mut daemon = start_with_unit_capabilities(&topology, &workdir);
     assert_eq!(topology.ssh_from(Topology::OUTSIDER), Connect::TimedOut);
 
     // What a second `palisaded --cleanup` or an operator's rm -rf does.
@@ -217,7 +237,7 @@ fn cls_bpf_filters_switch_with_tcx_come_back_when_deleted_and_go_at_cleanup() {
     let topology = Topology::new().expect("namespaces");
     let workdir = TempDir::new("guard-tc").expect("workdir");
     let _listener = Listener::start(&topology.node, Topology::node_port(SSH)).expect("listener");
-    let mut daemon = Daemon::start_example(&topology, &workdir);
+    let mut daemon = start_with_unit_capabilities(&topology, &workdir);
     let tcx_pin = daemon.pin_path().join("links/tc-ingress:eth0");
     let tcx_pinned = || tcx_pin.exists();
     let switch = |daemon: &mut Daemon, attach: TcAttachConfig| {

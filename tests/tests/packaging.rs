@@ -19,7 +19,7 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
-use palisade_e2e::{ChildGuard, Netns, repo, require_root, require_tools, run};
+use palisade_e2e::{ChildGuard, Netns, debian_root, repo, require_root, require_tools, run};
 
 /// Where `cargo xtask package` puts the packages.
 fn packages_dir() -> PathBuf {
@@ -162,30 +162,6 @@ fn lintian_and_rpmlint_report_no_errors() {
         report.contains(" 0 errors,") && !report.contains(": E: "),
         "rpmlint errors:\n{report}"
     );
-}
-
-/// A Debian root made once by debootstrap, under target/ so nothing is kept
-/// outside the repository; each test run boots a copy.
-fn debian_root() -> anyhow::Result<PathBuf> {
-    let template = repo().join("target/nspawn/bookworm");
-    let complete = template.with_extension("complete");
-    if complete.exists() {
-        return Ok(template);
-    }
-    if template.exists() {
-        std::fs::remove_dir_all(&template)?;
-    }
-    std::fs::create_dir_all(template.parent().context("template has a parent")?)?;
-    run(Command::new("debootstrap")
-        .args([
-            "--variant=minbase",
-            "--include=systemd,systemd-sysv,dbus",
-            "bookworm",
-        ])
-        .arg(&template)
-        .arg("http://deb.debian.org/debian"))?;
-    std::fs::write(&complete, "")?;
-    Ok(template)
 }
 
 /// A booted systemd-nspawn container with its own bpffs, powered off and

@@ -41,7 +41,7 @@ mod tc_filter;
 #[cfg(test)]
 mod differential_tests;
 
-use self::pinning::{HeldLink, LinkPins, ObjectKind};
+use self::pinning::{HeldLink, LinkPins};
 use super::{
     ConnectionTables, Datapath, DatapathError, EnforcementSettings, MapUsage, Repair, TableFill,
     TrackedConnection,
@@ -63,8 +63,9 @@ pub struct EbpfDatapath {
     xdp_mode: XdpModeConfig,
     /// How TC is attached (`datapath.attach`), for re-attaching.
     tc_attach: TcAttachConfig,
-    /// Map ids of the pinned connection tables, to pin them again.
-    pinned_maps: Vec<(PathBuf, u32)>,
+    /// The pinned connection tables, opened from their pins, to pin them
+    /// again when the pins are removed.
+    pinned_maps: Vec<(PathBuf, std::os::fd::OwnedFd)>,
     /// Capacities of the connection tables (TCP, other).
     connections_capacity: [usize; 2],
     active_slot: Array<MapData, u32>,
@@ -282,11 +283,8 @@ impl EbpfDatapath {
         datapath.stage(&EnforcementSettings::from_config(config))?;
         for name in [CT_TCP_MAP, CT_ANY_MAP] {
             let path = datapath.pin_path.join(name);
-            let id = MapData::from_pin(&path)
-                .and_then(|map| map.info())
-                .with_context(|| format!("reading the id of {}", path.display()))?
-                .id();
-            datapath.pinned_maps.push((path, id));
+            let fd = pinning::open_pin(&path)?;
+            datapath.pinned_maps.push((path, fd));
         }
         // Once per pin directory: the tables pinned from then on are
         // canonical, so later starts do not walk them again.
@@ -812,10 +810,10 @@ impl Datapath for EbpfDatapath {
                 });
             }
         }
-        for (path, id) in &self.pinned_maps {
+        for (path, fd) in &self.pinned_maps {
             if !path.exists() {
                 let result = pinning::prepare(&self.pin_path)
-                    .and_then(|()| pinning::pin_object_by_id(ObjectKind::Map, *id, path));
+                    .and_then(|()| pinning::pin_fd(std::os::fd::AsFd::as_fd(fd), path));
                 if let Err(error) = result {
                     repairs.push(Repair::Failed {
                         interface: String::new(),

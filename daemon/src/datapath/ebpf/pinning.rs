@@ -19,7 +19,10 @@
 use std::{
     ffi::CString,
     io,
-    os::unix::ffi::OsStrExt as _,
+    os::{
+        fd::{AsFd as _, AsRawFd as _, BorrowedFd, FromRawFd as _, OwnedFd},
+        unix::ffi::OsStrExt as _,
+    },
     path::{Path, PathBuf},
 };
 
@@ -184,7 +187,7 @@ impl LinkPins {
                 }
             }
         };
-        if matches!(held.held, Held::Link(_)) {
+        if matches!(held.held, Held::Link) {
             self.detach_filter(interface, ifindex, attach_type)?;
             Ok(("tcx", held))
         } else {
@@ -216,11 +219,7 @@ impl LinkPins {
                 Ok(Ok(id)) => {
                     let link = FdLink::try_from(program.take_link(id)?)
                         .map_err(|_| anyhow!("the adopted TC link on {interface} has no fd"))?;
-                    return Ok(HeldLink {
-                        path,
-                        held: Held::Link(link),
-                        adopted: true,
-                    });
+                    return HeldLink::adopted(link, path);
                 }
                 Ok(Err(error)) => {
                     warn!(%error, path = %path.display(), "cannot adopt pinned link; attaching anew")
@@ -259,17 +258,22 @@ impl LinkPins {
             record_netns(root)?;
         }
         let adopted = tc_filter::attach(program, ifindex, attach_type)?;
-        let program_id = program.info().context("reading the TC program's id")?.id();
+        let pinnable = program
+            .fd()
+            .context("the TC program has no fd")?
+            .as_fd()
+            .try_clone_to_owned()
+            .context("duplicating the TC program's fd")?;
         let path = self.path(interface, Self::tc_kinds(attach_type).1);
         remove_pin(&path)?;
-        pin_object_by_id(ObjectKind::Program, program_id, &path)?;
+        pin_fd(pinnable.as_fd(), &path)?;
         Ok(HeldLink {
             path,
             held: Held::Filter {
-                program_id,
                 ifindex,
                 attach_type,
             },
+            pinnable,
             adopted,
         })
     }
@@ -320,14 +324,7 @@ impl LinkPins {
                         let link = FdLink::try_from(program.take_link(id)?).map_err(|_| {
                             anyhow!("the adopted XDP link on {interface} has no fd")
                         })?;
-                        return Ok((
-                            pinned_mode,
-                            HeldLink {
-                                path,
-                                held: Held::Link(link),
-                                adopted: true,
-                            },
-                        ));
+                        return Ok((pinned_mode, HeldLink::adopted(link, path)?));
                     }
                     Ok(Err(error)) => {
                         warn!(%error, path = %path.display(), "cannot adopt pinned XDP link; attaching anew")
@@ -392,6 +389,10 @@ impl LinkPins {
 pub struct HeldLink {
     path: PathBuf,
     held: Held,
+    /// A reference to what is pinned (the link, or the filter's program),
+    /// opened from the pin: it keeps a link attached while palisaded runs
+    /// and pins it again when the pin is removed.
+    pinnable: OwnedFd,
     /// Whether it was adopted from an earlier run's pin or filter.
     pub adopted: bool,
 }
@@ -399,12 +400,12 @@ pub struct HeldLink {
 /// What a [`HeldLink`] holds.
 #[derive(Debug)]
 enum Held {
-    /// A bpf_link (TCX, XDP), pinned at the path.
-    Link(FdLink),
+    /// A bpf_link (TCX, XDP), pinned at the path; the held fd keeps it
+    /// attached while palisaded runs, pin or no pin.
+    Link,
     /// A cls_bpf filter, which the kernel keeps by itself; its program is
     /// pinned at the path as the record that the filter is palisade's.
     Filter {
-        program_id: u32,
         ifindex: u32,
         attach_type: TcAttachType,
     },
@@ -413,13 +414,26 @@ enum Held {
 impl HeldLink {
     /// Pins a new `link` at `path` and keeps it open.
     fn pinned(link: FdLink, path: PathBuf) -> anyhow::Result<Self> {
-        let pinned = link
-            .pin(&path)
+        link.pin(&path)
             .with_context(|| format!("pinning {}", path.display()))?;
         Ok(Self {
-            held: Held::Link(FdLink::from(pinned)),
+            held: Held::Link,
+            pinnable: open_pin(&path)?,
             path,
             adopted: false,
+        })
+    }
+
+    /// A link adopted from the pin at `path` (`link`, aya's handle, may go:
+    /// the pin and the fd opened from it hold the link).
+    fn adopted(link: FdLink, path: PathBuf) -> anyhow::Result<Self> {
+        let pinnable = open_pin(&path)?;
+        drop(link);
+        Ok(Self {
+            held: Held::Link,
+            pinnable,
+            path,
+            adopted: true,
         })
     }
 
@@ -438,18 +452,12 @@ impl HeldLink {
             std::fs::create_dir_all(parent)
                 .with_context(|| format!("creating {}", parent.display()))?;
         }
-        match &self.held {
-            Held::Link(link) => {
-                let id = link.info().context("reading a held link's id")?.id();
-                pin_object_by_id(ObjectKind::Link, id, &self.path)
-            }
-            Held::Filter { program_id, .. } => {
-                if let Some(root) = self.path.parent().and_then(Path::parent) {
-                    record_netns(root)?;
-                }
-                pin_object_by_id(ObjectKind::Program, *program_id, &self.path)
-            }
+        if matches!(self.held, Held::Filter { .. })
+            && let Some(root) = self.path.parent().and_then(Path::parent)
+        {
+            record_netns(root)?;
         }
+        pin_fd(self.pinnable.as_fd(), &self.path)
     }
 
     /// Whether the attachment is still in the kernel: a cls_bpf filter can
@@ -457,7 +465,7 @@ impl HeldLink {
     /// a held bpf_link cannot. A failed check counts as present.
     pub fn is_attached(&self) -> bool {
         match &self.held {
-            Held::Link(_) => true,
+            Held::Link => true,
             Held::Filter {
                 ifindex,
                 attach_type,
@@ -467,56 +475,48 @@ impl HeldLink {
     }
 }
 
-/// What kind of BPF object an id names.
-#[derive(Debug, Clone, Copy)]
-pub enum ObjectKind {
-    /// A map.
-    Map,
-    /// A link.
-    Link,
-    /// A program.
-    Program,
-}
+/// `bpf(2)` commands used here directly: aya pins a link only by consuming
+/// it (which would detach the link if the pin failed) and reopens objects
+/// by id (`BPF_*_GET_FD_BY_ID`, which needs CAP_SYS_ADMIN, a capability the
+/// packaged unit does not grant). A second fd from the pin (`BPF_OBJ_GET`:
+/// only the file's permissions) pins again later.
+const BPF_OBJ_PIN: libc::c_long = 6;
+const BPF_OBJ_GET: libc::c_long = 7;
 
-/// Pins the map or link `id` at `path` (`BPF_*_GET_FD_BY_ID`, then
-/// `BPF_OBJ_PIN`). aya pins a link only by consuming it, which would
-/// detach the link if the pin failed, and a typed map only by value; the
-/// objects palisaded holds are pinned again through a second fd instead.
+/// Opens the BPF object pinned at `path` (a second reference to it).
 ///
 /// # Errors
 ///
-/// When the object is gone or the pin fails.
-pub fn pin_object_by_id(kind: ObjectKind, id: u32, path: &Path) -> anyhow::Result<()> {
-    const BPF_OBJ_PIN: libc::c_long = 6;
-    const BPF_PROG_GET_FD_BY_ID: libc::c_long = 13;
-    const BPF_MAP_GET_FD_BY_ID: libc::c_long = 14;
-    const BPF_LINK_GET_FD_BY_ID: libc::c_long = 30;
-    let command = match kind {
-        ObjectKind::Map => BPF_MAP_GET_FD_BY_ID,
-        ObjectKind::Link => BPF_LINK_GET_FD_BY_ID,
-        ObjectKind::Program => BPF_PROG_GET_FD_BY_ID,
-    };
-    // union bpf_attr, zero beyond the fields a command reads: for the
-    // GET_FD_BY_ID commands the id first; for BPF_OBJ_PIN the path pointer,
-    // then the fd.
+/// When there is no pin or it cannot be opened.
+pub fn open_pin(path: &Path) -> anyhow::Result<OwnedFd> {
+    let path_c = c_path(path)?;
+    // union bpf_attr for BPF_OBJ_GET: the path pointer, then bpf_fd and
+    // file_flags (zero).
     let mut attr = [0u64; 8];
-    attr[0] = u64::from(id);
+    attr[0] = path_c.as_ptr() as u64;
     let size = std::mem::size_of_val(&attr);
-    // SAFETY: attr is a valid, zeroed bpf_attr of `size` bytes.
-    let fd = unsafe { libc::syscall(libc::SYS_bpf, command, attr.as_mut_ptr(), size) };
+    // SAFETY: attr holds a NUL-terminated path that outlives the call.
+    let fd = unsafe { libc::syscall(libc::SYS_bpf, BPF_OBJ_GET, attr.as_mut_ptr(), size) };
     if fd < 0 {
         return Err(io::Error::last_os_error())
-            .with_context(|| format!("opening BPF object {id} to pin it at {}", path.display()));
+            .with_context(|| format!("opening the pin {}", path.display()));
     }
     let fd = i32::try_from(fd).context("a BPF fd out of range")?;
     // SAFETY: the kernel just returned this fd to us; OwnedFd closes it.
-    let fd = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Pins the BPF object `fd` refers to at `path` (`BPF_OBJ_PIN`).
+///
+/// # Errors
+///
+/// When the pin fails.
+pub fn pin_fd(fd: BorrowedFd<'_>, path: &Path) -> anyhow::Result<()> {
     let path_c = c_path(path)?;
     let mut attr = [0u64; 8];
     attr[0] = path_c.as_ptr() as u64;
-    attr[1] = u64::from(
-        u32::try_from(std::os::fd::AsRawFd::as_raw_fd(&fd)).context("a BPF fd out of range")?,
-    );
+    attr[1] = u64::from(u32::try_from(fd.as_raw_fd()).context("a BPF fd out of range")?);
+    let size = std::mem::size_of_val(&attr);
     // SAFETY: attr holds a NUL-terminated path that outlives the call and
     // an open fd.
     let rc = unsafe { libc::syscall(libc::SYS_bpf, BPF_OBJ_PIN, attr.as_mut_ptr(), size) };
