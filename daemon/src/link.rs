@@ -39,16 +39,27 @@ pub fn delete(name: &str) -> std::io::Result<()> {
     }
 }
 
-/// Sends one rtnetlink request and reads its acknowledgement.
-fn request(message: RouteNetlinkMessage) -> std::io::Result<()> {
+/// Sends `message` with `flags` on a new rtnetlink socket, returned for
+/// the replies.
+///
+/// # Errors
+///
+/// When the socket cannot be opened or the send fails.
+pub fn send(message: RouteNetlinkMessage, flags: u16) -> std::io::Result<Socket> {
     let mut request = NetlinkMessage::from(message);
-    request.header.flags = NLM_F_REQUEST | NLM_F_ACK;
+    request.header.flags = flags;
     request.finalize();
     let mut buffer = vec![0; request.buffer_len()];
     request.serialize(&mut buffer);
     let socket = Socket::new(NETLINK_ROUTE)?;
     socket.connect(&SocketAddr::new(0, 0))?;
     socket.send(&buffer, 0)?;
+    Ok(socket)
+}
+
+/// Sends one rtnetlink request and reads its acknowledgement.
+fn request(message: RouteNetlinkMessage) -> std::io::Result<()> {
+    let socket = send(message, NLM_F_REQUEST | NLM_F_ACK)?;
     let mut reply = vec![0; 4096];
     let length = socket.recv(&mut &mut reply[..], 0)?;
     let answer = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&reply[..length])

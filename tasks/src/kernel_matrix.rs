@@ -5,9 +5,9 @@
 //! A guest boots a kernel from Debian's archive (`apt-get download`,
 //! extracted and `depmod`ed once into a cache outside the repository) with a
 //! small initramfs: busybox, the modules that mount 9p, and an `/init` that
-//! mounts this machine's root read-only over 9p (tmpfs over the directories
-//! tests write), chroots into it and runs a script from a second, writable
-//! share. So the guest runs the very test binaries and tools (`ip`, `nft`,
+//! mounts this machine's root read-only over 9p under an overlay (writes
+//! stay in guest memory), chroots into it and runs a script from a second,
+//! writable share. So the guest runs the very test binaries and tools (`ip`, `nft`,
 //! `tc`, `wg`, `tcpdump`) of the host, on its own kernel; modules load on
 //! demand through the initramfs's busybox `modprobe` from the kernel's own
 //! module tree. The console streams to this process's output; each suite's
@@ -29,9 +29,9 @@ use crate::{cargo, setup::check, workspace};
 /// kernel the archive here serves and palisade's minimum.
 const KERNEL_PACKAGES: &[&str] = &["linux-image-amd64"];
 
-/// The modules that mount the host's root over 9p (virtio-pci transport),
-/// loaded from the initramfs with their dependencies.
-const BOOT_MODULES: &[&str] = &["virtio_pci", "9pnet_virtio", "9p"];
+/// The modules that mount the host's root over 9p (virtio-pci transport)
+/// under an overlay, loaded from the initramfs with their dependencies.
+const BOOT_MODULES: &[&str] = &["virtio_pci", "9pnet_virtio", "9p", "overlay"];
 
 /// Longest a guest may run before it is killed.
 const GUEST_TIMEOUT: Duration = Duration::from_secs(25 * 60);
@@ -268,8 +268,8 @@ impl GuestKernel {
         self.root.join("lib/modules").join(&self.release)
     }
 
-    /// The initramfs: busybox, the 9p modules in load order, `init` as
-    /// `/init`.
+    /// The initramfs: busybox, the 9p modules in load order, `/init`
+    /// ([`INIT_PRELUDE`], then `init_script`).
     fn initramfs(&self, directory: &Path, init_script: &str) -> anyhow::Result<PathBuf> {
         let tree = directory.join("initramfs");
         for dir in [
@@ -303,7 +303,7 @@ impl GuestKernel {
             .with_context(|| format!("copying {}", module.display()))?;
         }
         let init = tree.join("init");
-        std::fs::write(&init, init_script)?;
+        std::fs::write(&init, format!("{INIT_PRELUDE}{init_script}"))?;
         std::fs::set_permissions(&init, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
         let image = directory.join("initramfs.cpio");
         let cpio = Command::new("sh")
@@ -583,11 +583,9 @@ fn shell_quote(path: &Path) -> String {
     format!("'{}'", path.display().to_string().replace('\'', "'\\''"))
 }
 
-/// The package scenario's `/init`: load the 9p modules, preload what the
-/// root cannot load itself (it has no modprobe: the NIC, clsact, cls_bpf),
-/// mount the Debian root (read-write, a copy) and the kernel's modules in
-/// it, and hand over to its systemd.
-const INIT_SYSTEMD: &str = r#"#!/bin/sh
+/// The start of every guest's `/init`: the kernel's file systems and the
+/// 9p modules.
+const INIT_PRELUDE: &str = r#"#!/bin/sh
 export PATH=/bin:/sbin
 busybox mount -t proc proc /proc
 busybox mount -t sysfs sysfs /sys
@@ -595,7 +593,13 @@ busybox mount -t devtmpfs devtmpfs /dev
 for module in /boot-modules/*.ko; do
     busybox insmod "$module" || echo "init: insmod $module failed"
 done
-busybox mkdir -p /newroot
+"#;
+
+/// The package scenario's `/init` after [`INIT_PRELUDE`]: preload what the
+/// root cannot load itself (it has no modprobe: the NIC, clsact, cls_bpf),
+/// mount the Debian root (read-write, a copy) and the kernel's modules in
+/// it, and hand over to its systemd.
+const INIT_SYSTEMD: &str = r#"busybox mkdir -p /newroot
 busybox mount -t 9p -o ro,trans=virtio,version=9p2000.L,msize=262144 hostroot /host
 busybox mount -t 9p -o trans=virtio,version=9p2000.L,msize=262144 debroot /newroot
 busybox mount --bind "/host/$PALISADE_KERNEL_MODULES" /lib/modules
@@ -649,23 +653,19 @@ dpkg --purge palisade || fail "dpkg --purge"
 echo ok > /root/results/done
 "#;
 
-/// The guest's `/init`: load the 9p modules, mount the host's root
-/// read-only with tmpfs where tests write, chroot into it, run the script,
-/// power off.
-const INIT: &str = r#"#!/bin/sh
-export PATH=/bin:/sbin
-busybox mount -t proc proc /proc
-busybox mount -t sysfs sysfs /sys
-busybox mount -t devtmpfs devtmpfs /dev
-for module in /boot-modules/*.ko; do
-    busybox insmod "$module" || echo "init: insmod $module failed"
-done
-if ! busybox mount -t 9p -o trans=virtio,version=9p2000.L,ro,msize=262144,cache=loose hostroot /host; then
+/// The test guest's `/init` after [`INIT_PRELUDE`]: mount the host's root
+/// read-only under an overlay whose writes go to guest memory (nothing of
+/// the host is hidden, wherever the repository or the cache lie), chroot
+/// into it, run the script, power off.
+const INIT: &str = r#"busybox mkdir -p /lower /rw
+if ! busybox mount -t 9p -o trans=virtio,version=9p2000.L,ro,msize=262144,cache=loose hostroot /lower; then
     echo "init: cannot mount the host's root"
     busybox poweroff -f
 fi
+busybox mount -t tmpfs tmpfs /rw
+busybox mkdir -p /rw/upper /rw/work
+busybox mount -t overlay overlay -o lowerdir=/lower,upperdir=/rw/upper,workdir=/rw/work /host
 busybox mount --bind "/host/$PALISADE_KERNEL_MODULES" /lib/modules
-for dir in tmp run var/tmp root; do busybox mount -t tmpfs tmpfs "/host/$dir"; done
 busybox mount -t proc proc /host/proc
 busybox mount -t sysfs sysfs /host/sys
 busybox mount -t bpf bpf /host/sys/fs/bpf

@@ -449,6 +449,21 @@ impl Daemon {
         serde_json::from_slice(&output.stdout).context("status JSON")
     }
 
+    /// Runs `palisaded --cleanup` with this daemon's config, from the test's
+    /// own network namespace (as an operator or a package's removal would).
+    ///
+    /// # Errors
+    ///
+    /// When palisaded cannot be run.
+    pub fn cleanup(&self) -> anyhow::Result<std::process::Output> {
+        Command::new(binary("palisaded")?)
+            .arg("--config")
+            .arg(&self.config)
+            .arg("--cleanup")
+            .output()
+            .context("running palisaded --cleanup")
+    }
+
     /// Stops the daemon (SIGTERM, then SIGKILL). Its pinned programs stay.
     pub fn stop(&mut self) {
         self.process.stop();

@@ -487,12 +487,7 @@ fn kill_nine_keeps_enforcement_and_connections_and_cleanup_removes_it() {
     );
     assert!(echoes(&mut stream, b"no daemon"));
     // ...until `palisaded --cleanup` removes it.
-    let cleanup = Command::new(binary("palisaded").expect("palisaded"))
-        .arg("--config")
-        .arg(workdir.path().join("palisade.toml"))
-        .arg("--cleanup")
-        .output()
-        .expect("cleanup");
+    let cleanup = daemon.cleanup().expect("cleanup");
     assert!(cleanup.status.success(), "{cleanup:?}");
     assert!(!daemon.pin_path().exists());
     // The kernel detaches a link once its last pin is gone, a moment later.

@@ -299,12 +299,7 @@ fn cls_bpf_filters_switch_with_tcx_come_back_when_deleted_and_go_at_cleanup() {
     // network namespace finds theirs and deletes them.
     daemon.stop();
     assert_eq!(topology.ssh_from(Topology::OUTSIDER), Connect::TimedOut);
-    let cleanup = std::process::Command::new(palisade_e2e::binary("palisaded").expect("palisaded"))
-        .arg("--config")
-        .arg(workdir.path().join("palisade.toml"))
-        .arg("--cleanup")
-        .output()
-        .expect("cleanup");
+    let cleanup = daemon.cleanup().expect("cleanup");
     assert!(cleanup.status.success(), "{cleanup:?}");
     assert_eq!(palisade_filters(&topology, "ingress"), 0);
     assert_eq!(palisade_filters(&topology, "egress"), 0);

@@ -25,7 +25,6 @@ use netlink_packet_route::{
     RouteNetlinkMessage,
     tc::{TcHandle as NlTcHandle, TcMessage},
 };
-use netlink_sys::{Socket, SocketAddr, constants::NETLINK_ROUTE};
 
 /// The filter preference palisade's filters take: 1, the first to run.
 pub const PRIORITY: u16 = 1;
@@ -116,14 +115,10 @@ pub fn present(ifindex: u32, attach_type: TcAttachType) -> io::Result<bool> {
     let mut message = TcMessage::default();
     message.header.index = index;
     message.header.parent = NlTcHandle::from(u32::from(parent(attach_type)));
-    let mut request = NetlinkMessage::from(RouteNetlinkMessage::GetTrafficFilter(message));
-    request.header.flags = NLM_F_REQUEST | NLM_F_DUMP;
-    request.finalize();
-    let mut buffer = vec![0; request.buffer_len()];
-    request.serialize(&mut buffer);
-    let socket = Socket::new(NETLINK_ROUTE)?;
-    socket.connect(&SocketAddr::new(0, 0))?;
-    socket.send(&buffer, 0)?;
+    let socket = crate::link::send(
+        RouteNetlinkMessage::GetTrafficFilter(message),
+        NLM_F_REQUEST | NLM_F_DUMP,
+    )?;
     let want_handle = u32::from(HANDLE);
     let mut found = false;
     let mut reply = vec![0; 64 * 1024];
