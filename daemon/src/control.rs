@@ -11,8 +11,8 @@ use anyhow::Context as _;
 use axum::{
     Json, Router,
     body::{Body, Bytes},
-    extract::{ConnectInfo, Path as UrlPath, Query, Request, State},
-    http::{Method, StatusCode},
+    extract::{ConnectInfo, Path as UrlPath, Query, Request, State, rejection::BytesRejection},
+    http::{HeaderMap, Method, StatusCode, header},
     middleware::{self, Next},
     response::{IntoResponse, Response},
     routing::{get, post},
@@ -41,6 +41,7 @@ use crate::{
     flows::FlowHub,
     metrics::Metrics,
     reload::{ReloadError, Reloader},
+    request_body::{self, BodyError},
     systemd,
 };
 
@@ -48,8 +49,16 @@ use crate::{
 const WIREGUARD_OFF: &str =
     "WireGuard is not in use: set `mode = \"wireguard\"` under [encryption] in palisade.toml";
 
-/// Largest request body accepted.
+/// Largest request body accepted as sent (compressed or not).
 const MAX_REQUEST_BYTES: usize = 8 * 1024 * 1024;
+/// Largest apply request once decompressed: a policy of 100,000 one-CIDR
+/// rules is about 12 MiB of JSON, which palisadectl sends gzip-compressed
+/// (about 1 MiB). Applying takes the write permission.
+const MAX_APPLY_BYTES: usize = 64 * 1024 * 1024;
+/// Largest diff request once decompressed: the read permission suffices
+/// for a diff, so it keeps the plain limit (palisaded's memory under a
+/// hostile reader).
+const MAX_DIFF_BYTES: usize = MAX_REQUEST_BYTES;
 /// Longest a request may take, reading its body included (flow streams excepted).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -257,7 +266,44 @@ async fn policy(State(state): State<ControlState>, UrlPath(name): UrlPath<String
     }
 }
 
-async fn apply(State(state): State<ControlState>, body: Bytes) -> Result<Response, Refused> {
+/// The request body of `what`, decompressed within `limit`; a body over
+/// [`MAX_REQUEST_BYTES`] as sent, or refused by [`request_body::decode`],
+/// is answered 413 or 400 with the limit named.
+fn request_body(
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+    limit: usize,
+    what: &'static str,
+) -> Result<Bytes, Refused> {
+    let body = body.map_err(|rejection| {
+        message(
+            rejection.status(),
+            format!(
+                "the {what} request could not be read ({}); palisaded takes request bodies of up to {} MiB as sent (palisadectl compresses large ones)",
+                rejection.body_text(),
+                MAX_REQUEST_BYTES / (1024 * 1024)
+            ),
+        )
+    })?;
+    let encoding = headers
+        .get(header::CONTENT_ENCODING)
+        .map(|value| value.to_str().unwrap_or("(not text)"));
+    request_body::decode(encoding, body, limit, what).map_err(|error| {
+        let status = match error {
+            BodyError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            BodyError::UnknownEncoding(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            BodyError::Corrupt(_) => StatusCode::BAD_REQUEST,
+        };
+        Refused::from(message(status, error.to_string()))
+    })
+}
+
+async fn apply(
+    State(state): State<ControlState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, Refused> {
+    let body = request_body(&headers, body, MAX_APPLY_BYTES, "apply")?;
     let request: ApplyRequest = parse(&body, "apply")?;
     let started = Instant::now();
     let parsed = parse_off_the_engine(&state, request.files.clone())
@@ -427,7 +473,12 @@ pub fn spawn_rollback(engine: Arc<Mutex<Engine>>, generation: u32, deadline: std
     });
 }
 
-async fn diff(State(state): State<ControlState>, body: Bytes) -> Result<Response, Refused> {
+async fn diff(
+    State(state): State<ControlState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, Refused> {
+    let body = request_body(&headers, body, MAX_DIFF_BYTES, "diff")?;
     let request: ApplyRequest = parse(&body, "diff")?;
     let parsed = parse_off_the_engine(&state, request.files).await?;
     // Compiling the candidate set and replaying flows is work for a

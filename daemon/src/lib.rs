@@ -20,6 +20,7 @@ pub mod logging;
 pub mod metrics;
 pub mod policy_files;
 pub mod reload;
+pub mod request_body;
 pub mod serve;
 pub mod store;
 pub mod systemd;

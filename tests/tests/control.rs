@@ -766,3 +766,39 @@ fn one_name_in_two_namespaces_is_two_policies() {
         "{stderr}"
     );
 }
+
+/// A policy of 100,000 one-CIDR rules: about 12 MiB of request, over the
+/// 8 MiB palisaded reads as sent. palisadectl sends it gzip-compressed, so
+/// it reaches validation and compilation, where the datapath's capacity
+/// (`policy_map_max`, then its 4,096 rule sets) is its limit today, said as
+/// such; `diff` (read permission) keeps the plain limit and names it.
+#[test]
+#[ignore = "privileged: needs root (namespaces, BPF); `cargo xtask test` runs it"]
+fn a_policy_over_the_body_limit_reaches_palisaded_compressed() {
+    require_root();
+    let topology = Topology::new().expect("namespaces");
+    let (workdir, config, policies) = setup("large-apply", "");
+    let daemon = start(&topology, &workdir, &config, &policies);
+    let mut text = String::from(
+        "kind = \"CiliumClusterwideNetworkPolicy\"\nmetadata = { name = \"large\" }\n[spec]\nnodeSelector = {}\n",
+    );
+    for index in 0..100_000u32 {
+        let [_, a, b, c] = (0x0a00_0000 | index).to_be_bytes();
+        text.push_str(&format!(
+            "[[spec.ingress]]\nfromCIDR = [\"10.{a}.{b}.{c}/32\"]\ntoPorts = [{{ ports = [{{ port = \"22\", protocol = \"TCP\" }}] }}]\n"
+        ));
+    }
+    assert!(text.len() > 8 * 1024 * 1024, "{} bytes", text.len());
+    let file = write_policy(&workdir, "large", &text);
+    let (_, stderr) = failed(&daemon.ctl(&["apply", "-f", &file]).expect("ctl"));
+    assert!(
+        stderr.contains("more than datapath.policy_map_max = 65536")
+            && stderr.contains("nothing was changed"),
+        "{stderr}"
+    );
+    let (_, stderr) = failed(&daemon.ctl(&["diff", "-f", &file]).expect("ctl"));
+    assert!(
+        stderr.contains("the diff request is over 8 MiB once decompressed"),
+        "{stderr}"
+    );
+}
