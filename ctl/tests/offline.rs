@@ -19,10 +19,11 @@ fn example_policy() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../etc/policies.d/host-ssh-from-bastion.toml")
 }
 
-/// A scratch file with `text`, removed at the end of the process's tests.
+/// A scratch file with `text`, in cargo's scratch directory for tests
+/// (target/tmp, not the system's /tmp, where nothing would remove it); each
+/// name is used by one test and written the same on every run.
 fn scratch(name: &str, text: &str) -> PathBuf {
-    let directory =
-        std::env::temp_dir().join(format!("palisadectl-offline-{}", std::process::id()));
+    let directory = Path::new(env!("CARGO_TARGET_TMPDIR")).join("palisadectl-offline");
     std::fs::create_dir_all(&directory).expect("scratch dir");
     let path = directory.join(name);
     std::fs::write(&path, text).expect("scratch file");
