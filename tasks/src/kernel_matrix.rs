@@ -178,12 +178,9 @@ fn build_suites(only: &[String]) -> anyhow::Result<Vec<(String, PathBuf, Vec<Str
         }
         let executable = String::from_utf8_lossy(&output.stdout)
             .lines()
-            .filter(|line| line.contains("\"reason\":\"compiler-artifact\""))
-            .filter_map(|line| {
-                let start = line.find("\"executable\":\"")? + "\"executable\":\"".len();
-                let end = start + line[start..].find('"')?;
-                Some(PathBuf::from(&line[start..end]))
-            })
+            .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+            .filter(|message| message["reason"] == "compiler-artifact")
+            .filter_map(|message| message["executable"].as_str().map(PathBuf::from))
             .next_back()
             .with_context(|| format!("no test executable from cargo {}", args.join(" ")))?;
         let mut arguments = vec![format!("--test-threads={}", suite.threads)];
@@ -341,17 +338,11 @@ impl GuestKernel {
              echo \"guest: Linux $(uname -r)\"\n",
         );
         for (name, executable, filters) in binaries {
-            let directory = executable
-                .parent()
-                .and_then(Path::parent)
-                .and_then(Path::parent)
-                .and_then(Path::parent)
-                .unwrap_or(Path::new("/"));
             writeln!(
                 script,
                 "echo \"guest: == {name}\"; cd {dir}; {exe} --include-ignored {filters}; \
                  echo \"{name} $?\" >> /tmp/guest/results",
-                dir = shell_quote(directory),
+                dir = shell_quote(&workspace()),
                 exe = shell_quote(executable),
                 filters = filters
                     .iter()
@@ -379,9 +370,7 @@ impl GuestKernel {
         let _ = std::fs::remove_dir_all(&directory);
         Ok(outcome)
     }
-}
 
-impl GuestKernel {
     /// Boots the kernel with `initramfs` and the 9p `shares` (tag, host
     /// directory, read-only), `append` added to the command line and, with
     /// `nic`, a virtio NIC with no way out (`restrict=on`); waits until the

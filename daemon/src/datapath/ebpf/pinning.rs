@@ -371,10 +371,7 @@ impl LinkPins {
             };
             info!(path = %path.display(), "detaching from an interface no longer configured");
             if let Some(attach_type) = filter_direction(&path) {
-                let ifindex = nix::net::if_::if_nametoindex(interface.as_str()).unwrap_or(0);
-                if ifindex != 0 {
-                    tc_filter::detach(ifindex, attach_type)?;
-                }
+                detach_filter_by_name(&interface, attach_type)?;
             }
             remove_pin(&path)?;
         }
@@ -600,10 +597,18 @@ fn delete_filters(pin_path: &Path) -> anyhow::Result<()> {
 
 fn delete_filters_here(filters: &[(String, TcAttachType)]) -> anyhow::Result<()> {
     for (interface, attach_type) in filters {
-        let ifindex = nix::net::if_::if_nametoindex(interface.as_str()).unwrap_or(0);
-        if ifindex != 0 {
-            tc_filter::detach(ifindex, *attach_type).with_context(|| format!("on {interface}"))?;
-        }
+        detach_filter_by_name(interface, *attach_type)?;
+    }
+    Ok(())
+}
+
+/// Deletes palisade's cls_bpf filter from the hook of the interface named
+/// `interface` in this network namespace; none there (or no such
+/// interface) is not an error.
+fn detach_filter_by_name(interface: &str, attach_type: TcAttachType) -> anyhow::Result<()> {
+    let ifindex = nix::net::if_::if_nametoindex(interface).unwrap_or(0);
+    if ifindex != 0 {
+        tc_filter::detach(ifindex, attach_type).with_context(|| format!("on {interface}"))?;
     }
     Ok(())
 }
@@ -612,11 +617,9 @@ fn delete_filters_here(filters: &[(String, TcAttachType)]) -> anyhow::Result<()>
 fn filter_direction(path: &Path) -> Option<TcAttachType> {
     let name = path.file_name()?.to_string_lossy();
     let (kind, _) = name.split_once(':')?;
-    match kind {
-        "tcfilter-ingress" => Some(TcAttachType::Ingress),
-        "tcfilter-egress" => Some(TcAttachType::Egress),
-        _ => None,
-    }
+    [TcAttachType::Ingress, TcAttachType::Egress]
+        .into_iter()
+        .find(|&attach_type| LinkPins::tc_kinds(attach_type).1 == kind)
 }
 
 /// Writes down in the pin directory `root` which network namespace the
