@@ -423,6 +423,11 @@ pub struct DatapathConfig {
     /// Most prefixes of each address family all tables of one policy
     /// generation may hold.
     pub policy_map_max: u32,
+    /// Most distinct rule sets (the rows that apply to a prefix, with
+    /// those of the prefixes containing it) one policy generation may
+    /// hold, both directions together; each of the two table slots holds
+    /// this many, at 388 bytes each.
+    pub rule_set_max: u32,
     /// Most TCP connections tracked at once (least recently used go first).
     pub ct_tcp_max: u32,
     /// Most non-TCP flows tracked at once.
@@ -442,6 +447,7 @@ impl Default for DatapathConfig {
             pin_path: PathBuf::from("/sys/fs/bpf/palisade"),
             prefilter: Vec::new(),
             policy_map_max: palisade_common::DEFAULT_PREFIX_CAPACITY,
+            rule_set_max: palisade_common::DEFAULT_RULE_SET_CAPACITY,
             ct_tcp_max: palisade_common::DEFAULT_CT_TCP_CAPACITY,
             ct_any_max: palisade_common::DEFAULT_CT_ANY_CAPACITY,
             ct_full: CtFullAction::default(),
@@ -851,7 +857,7 @@ mod tests {
             from_toml::<Config>("c.toml", "[datapath]\ninterface = [\"eth0\"]\n").unwrap_err();
         assert_eq!(
             error.to_string(),
-            "c.toml:2:1: datapath.interface: unknown field `interface`, expected one of `interfaces`, `xdp_mode`, `attach`, `pin_path`, `prefilter`, `policy_map_max`, `ct_tcp_max`, `ct_any_max`, `ct_full`, `ct_timeouts`"
+            "c.toml:2:1: datapath.interface: unknown field `interface`, expected one of `interfaces`, `xdp_mode`, `attach`, `pin_path`, `prefilter`, `policy_map_max`, `rule_set_max`, `ct_tcp_max`, `ct_any_max`, `ct_full`, `ct_timeouts`"
         );
     }
 

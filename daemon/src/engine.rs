@@ -18,7 +18,7 @@ use palisade_api::{
 use palisade_common::FAILSAFE_RULE;
 use palisade_policy::{
     CompileError, CompiledTable, Diagnostic, Diagnostics, NodeContext, Policy, PolicyName,
-    ValidateOptions, compile, policies_from_text_with, policy_to_toml, rule_lines,
+    TableCompiler, ValidateOptions, policies_from_text_with, policy_to_toml, rule_lines,
     unenforced_rules,
 };
 use tracing::{info, warn};
@@ -148,7 +148,8 @@ pub struct Reconfiguration {
 /// copy it.
 #[derive(Debug)]
 struct PolicyEntry {
-    policy: Policy,
+    /// Shared with the compiler, which knows an unchanged policy by it.
+    policy: Arc<Policy>,
     source: PolicySource,
     file: PolicyFile,
     /// The policy as the store saves it (TOML), made once when it is read,
@@ -186,6 +187,8 @@ pub struct Engine {
     settings: EngineSettings,
     policies: BTreeMap<PolicyName, Arc<PolicyEntry>>,
     table: CompiledTable,
+    /// The compiler holding `table`: the next compile starts from it.
+    compiler: TableCompiler,
     generation: u32,
     pending: Option<Pending>,
     /// Read once at start: it does not change while palisaded runs.
@@ -199,10 +202,12 @@ pub struct Engine {
 impl Engine {
     /// An engine with no policies; call [`Engine::reload`] to install the first table.
     pub fn new(settings: EngineSettings, datapath: Box<dyn Datapath>, hub: Arc<FlowHub>) -> Self {
+        let compiler = TableCompiler::new(settings.node.clone());
         Self {
             settings,
             policies: BTreeMap::new(),
             table: CompiledTable::default(),
+            compiler,
             generation: 0,
             pending: None,
             kernel: datapath.kernel_features(),
@@ -480,7 +485,7 @@ impl Engine {
     pub fn diff_parsed(&self, parsed: ParsedFiles) -> Result<DiffResponse, ApplyError> {
         let mut policies = self.policies.clone();
         policies.extend(parsed.0);
-        let table = self.compile(&policies)?;
+        let (table, _) = self.compile(&policies)?;
         let before: BTreeSet<String> = rule_lines(&self.table).into_iter().collect();
         let after: BTreeSet<String> = rule_lines(&table).into_iter().collect();
         let (flows, _) = self.hub.snapshot(&FlowFilter::default(), None, false);
@@ -559,6 +564,7 @@ impl Engine {
                 .table
                 .rules
                 .iter()
+                .flatten()
                 .filter(|origin| origin.policy == *name)
                 .count(),
         }
@@ -574,15 +580,24 @@ impl Engine {
         }
     }
 
+    /// Compiles `policies`, starting from the table in force (only the
+    /// policies that changed are compiled again) unless the node changed.
     fn compile(
         &self,
         policies: &BTreeMap<PolicyName, Arc<PolicyEntry>>,
-    ) -> Result<CompiledTable, ApplyError> {
-        let list: Vec<Policy> = policies
+    ) -> Result<(CompiledTable, TableCompiler), ApplyError> {
+        let list: Vec<Arc<Policy>> = policies
             .values()
             .map(|entry| entry.policy.clone())
             .collect();
-        Ok(compile(&list, &self.settings.node)?)
+        let fresh;
+        let compiler = if *self.compiler.node() == self.settings.node {
+            &self.compiler
+        } else {
+            fresh = TableCompiler::new(self.settings.node.clone());
+            &fresh
+        };
+        Ok(compiler.compile(&list)?)
     }
 
     /// The response to a change from the policies in force to `policies`
@@ -606,7 +621,7 @@ impl Engine {
                 .map(ToString::to_string)
                 .collect(),
             policies: table.policies.iter().map(ToString::to_string).collect(),
-            rules: table.rules.len(),
+            rules: table.rule_count(),
             dry_run,
             pending_confirm: None,
         }
@@ -617,7 +632,7 @@ impl Engine {
         policies: &BTreeMap<PolicyName, Arc<PolicyEntry>>,
         applied: Vec<PolicyName>,
     ) -> Result<ApplyResponse, ApplyError> {
-        let table = self.compile(policies)?;
+        let (table, _) = self.compile(policies)?;
         Ok(self.response(self.generation, policies, &table, applied, true))
     }
 
@@ -630,7 +645,7 @@ impl Engine {
         save: bool,
     ) -> Result<ApplyResponse, ApplyError> {
         let started = Instant::now();
-        let table = self.compile(&policies)?;
+        let (table, compiler) = self.compile(&policies)?;
         let compiled = started.elapsed();
         if save {
             self.save(&policies).map_err(ApplyError::Storage)?;
@@ -652,7 +667,7 @@ impl Engine {
         info!(
             generation,
             policy = names(&table.policies),
-            rules = table.rules.len(),
+            rules = table.rule_count(),
             compile_ms = millis(compiled),
             save_ms = millis(saved - compiled),
             install_ms = millis(started.elapsed() - saved),
@@ -661,6 +676,7 @@ impl Engine {
         let response = self.response(generation, &policies, &table, applied, false);
         self.policies = policies;
         self.table = table;
+        self.compiler = compiler;
         self.generation = generation;
         Ok(response)
     }
@@ -705,7 +721,7 @@ impl Engine {
             "policy generation {}{probation}: {} policies, {} rules; enforcing on {}",
             self.generation,
             self.table.policies.len(),
-            self.table.rules.len(),
+            self.table.rule_count(),
             if interfaces.is_empty() {
                 "no interface".to_owned()
             } else {
@@ -725,6 +741,7 @@ impl Engine {
             .rule_counters()?
             .into_iter()
             .zip(&self.table.rules)
+            .filter_map(|(count, origin)| Some((count, origin.as_ref()?)))
             .map(|(count, origin)| RuleHits {
                 policy: origin.policy.to_string(),
                 rule: origin.path.clone(),
@@ -735,7 +752,7 @@ impl Engine {
             rule_hits,
             counters: self.datapath.counters()?,
             policies: self.table.policies.len(),
-            rules: self.table.rules.len(),
+            rules: self.table.rule_count(),
             generation: self.generation,
             maps: self.datapath.map_usage(),
             conntrack: self.conntrack_fill.clone(),
@@ -776,7 +793,7 @@ impl Engine {
                 .iter()
                 .map(ToString::to_string)
                 .collect(),
-            rules: self.table.rules.len(),
+            rules: self.table.rule_count(),
             ingress_default_deny: self.table.ingress.default_deny,
             audit_mode: self.table.audit,
             failsafe: self.settings.failsafe.clone(),
@@ -923,7 +940,7 @@ fn parse_files(
                         PolicySource::Directory => None,
                     };
                     let entry = Arc::new(PolicyEntry {
-                        policy,
+                        policy: Arc::new(policy),
                         source,
                         file: file.clone(),
                         saved_text,

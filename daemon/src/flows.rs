@@ -40,7 +40,7 @@ struct HubState {
     recent: VecDeque<Flow>,
     capacity: usize,
     followers: broadcast::Sender<Flow>,
-    origins: BTreeMap<u32, Arc<Vec<RuleOrigin>>>,
+    origins: BTreeMap<u32, Arc<Vec<Option<RuleOrigin>>>>,
 }
 
 impl FlowHub {
@@ -68,8 +68,9 @@ impl FlowHub {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Remembers which rules a generation's rule ids refer to.
-    pub fn set_rule_origins(&self, generation: u32, origins: Vec<RuleOrigin>) {
+    /// Remembers which rules a generation's rule ids refer to (`None`: an
+    /// id no rule holds).
+    pub fn set_rule_origins(&self, generation: u32, origins: Vec<Option<RuleOrigin>>) {
         let mut state = self.state();
         state.origins.insert(generation, Arc::new(origins));
         while state.origins.len() > GENERATIONS_KEPT {
@@ -106,7 +107,7 @@ impl FlowHub {
             state
                 .origins
                 .get(&event.generation)
-                .and_then(|origins| origins.get(event.rule_id as usize).cloned())
+                .and_then(|origins| origins.get(event.rule_id as usize).cloned().flatten())
         };
         let flow = self.to_flow(event, origin.as_ref());
         self.trail
@@ -305,11 +306,11 @@ mod tests {
         let hub = FlowHub::new("node-a".into(), 2, 0);
         hub.set_rule_origins(
             7,
-            vec![RuleOrigin {
+            vec![Some(RuleOrigin {
                 policy: palisade_policy::PolicyName::cluster_wide("lockdown"),
                 path: "spec.ingressDeny[0]".into(),
                 section: palisade_policy::compile::Section::IngressDeny,
-            }],
+            })],
         );
         hub.record(&event(0, 7));
         let (flows, _) = hub.snapshot(&FlowFilter::default(), None, false);

@@ -198,6 +198,7 @@ pub fn restart_only_changes(running: &Config, new: &Config) -> Vec<&'static str>
         pin_path,
         prefilter: _,
         policy_map_max,
+        rule_set_max,
         ct_tcp_max,
         ct_any_max,
         ct_full: _,
@@ -213,6 +214,10 @@ pub fn restart_only_changes(running: &Config, new: &Config) -> Vec<&'static str>
     check(
         "datapath.policy_map_max",
         *policy_map_max == new.datapath.policy_map_max,
+    );
+    check(
+        "datapath.rule_set_max",
+        *rule_set_max == new.datapath.rule_set_max,
     );
     check(
         "datapath.ct_tcp_max",

@@ -1,9 +1,14 @@
-//! How long a policy of 1k, 10k and 100k CIDR rules takes to read
-//! (TOML text to a validated policy) and to compile (to the flattened rule
-//! table), median of several runs. Target: compiling 100k rules under 1 s.
-//! Run with `cargo xtask bench policy`.
+//! Where reading and compiling a policy of 1k, 10k and 100k CIDR rules
+//! spends its time, median of several runs, stage by stage:
+//! - TOML: syntax and schema (`from_toml`), then validation; the whole
+//!   reader (`policy_from_toml`);
+//! - YAML: the reader (`policies_from_yaml`) and, on its own, its walk of
+//!   field positions (`walk_field_positions`), which it makes first;
+//! - compiling from scratch (`compile`), and a one-rule change beside the
+//!   policy through a [`TableCompiler`] that holds it (what an apply pays).
 //!
-//! The rules are what large host firewalls hold: one peer CIDR each
+//! Target: compiling 100k rules under 1 s. Run with `cargo xtask bench
+//! policy`. The rules are what large host firewalls hold: one peer CIDR each
 //! (IPv4 /32s and /24s, IPv6 /64s), a port or a port range, one in ten a
 //! deny, and one in fifty a /28 that covers some of the /32s, so the
 //! compiler's flattening of nested prefixes is exercised.
@@ -13,10 +18,14 @@
 use std::{
     fmt::Write as _,
     path::PathBuf,
+    sync::Arc,
     time::{Duration, Instant},
 };
 
-use palisade_policy::{NodeContext, compile, policy_from_toml};
+use palisade_policy::{
+    NodeContext, Policy, TableCompiler, compile, from_toml, policies_from_yaml, policies_to_yaml,
+    policy_from_toml, validate::validate, yaml::walk_field_positions,
+};
 
 const SIZES: [usize; 3] = [1_000, 10_000, 100_000];
 const ROUNDS: usize = 5;
@@ -33,10 +42,10 @@ fn cidr(i: usize) -> String {
     }
 }
 
-/// A host policy with `rules` ingress and egress entries.
-fn policy_text(rules: usize) -> String {
-    let mut text = String::from(
-        "kind = \"CiliumClusterwideNetworkPolicy\"\nmetadata = { name = \"bench\" }\n[spec]\nnodeSelector = {}\n",
+/// A host policy named `name` with `rules` ingress and egress entries.
+fn policy_text(name: &str, rules: usize) -> String {
+    let mut text = format!(
+        "kind = \"CiliumClusterwideNetworkPolicy\"\nmetadata = {{ name = \"{name}\" }}\n[spec]\nnodeSelector = {{}}\n"
     );
     for i in 0..rules {
         let section = match (i % 10, i % 2) {
@@ -71,56 +80,105 @@ fn policy_text(rules: usize) -> String {
     text
 }
 
-fn median(mut times: Vec<Duration>) -> Duration {
+/// A one-rule policy beside the large one, on `port`.
+fn one_rule(port: u16) -> Arc<Policy> {
+    let text = format!(
+        "kind = \"CiliumClusterwideNetworkPolicy\"\nmetadata = {{ name = \"one\" }}\n[spec]\nnodeSelector = {{}}\n[[spec.ingress]]\nfromCIDR = [\"192.0.2.0/24\"]\ntoPorts = [{{ ports = [{{ port = {port}, protocol = \"TCP\" }}] }}]\n"
+    );
+    Arc::new(policy_from_toml("one.toml", &text).expect("the one-rule policy parses"))
+}
+
+/// Milliseconds.
+fn ms(duration: Duration) -> f64 {
+    duration.as_secs_f64() * 1e3
+}
+
+/// Runs `work` `ROUNDS` times; the median time.
+fn timed<T>(mut work: impl FnMut() -> T) -> Duration {
+    let mut times: Vec<Duration> = (0..ROUNDS)
+        .map(|_| {
+            let start = Instant::now();
+            std::hint::black_box(work());
+            start.elapsed()
+        })
+        .collect();
     times.sort();
     times[times.len() / 2]
+}
+
+/// The stages' medians for one size.
+struct Row {
+    rules: usize,
+    stages: [(&'static str, Duration); 7],
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let node = NodeContext::default();
     let mut results = Vec::new();
-    println!(
-        "{:>8} {:>12} {:>12} {:>10}",
-        "rules", "read ms", "compile ms", "rows"
-    );
-    for rules in SIZES {
-        let text = policy_text(rules);
-        let mut read_times = Vec::new();
-        let mut compile_times = Vec::new();
-        let mut rows = 0;
-        for _ in 0..ROUNDS {
-            let start = Instant::now();
-            let policy = policy_from_toml("bench.toml", &text)?;
-            read_times.push(start.elapsed());
-            let start = Instant::now();
-            let table = compile(std::slice::from_ref(&policy), &node)?;
-            compile_times.push(start.elapsed());
-            rows = table.ingress.entries.len() + table.egress.entries.len();
-        }
-        let (read, compiled) = (median(read_times), median(compile_times));
-        println!(
-            "{rules:>8} {:>12.1} {:>12.1} {rows:>10}",
-            read.as_secs_f64() * 1e3,
-            compiled.as_secs_f64() * 1e3
-        );
-        results.push((rules, read, compiled, rows));
+    let names = [
+        "toml_schema",
+        "toml_validate",
+        "toml_read",
+        "yaml_walk",
+        "yaml_read",
+        "compile",
+        "one_rule_change",
+    ];
+    print!("{:>8}", "rules");
+    for name in names {
+        print!(" {:>16}", format!("{name} ms"));
     }
-    let (_, _, largest, _) = results[results.len() - 1];
+    println!();
+    for rules in SIZES {
+        let text = policy_text("bench", rules);
+        let policy = policy_from_toml("bench.toml", &text)?;
+        let yaml = policies_to_yaml(std::slice::from_ref(&policy))?;
+        let large = Arc::new(policy.clone());
+        let (_, holding) =
+            TableCompiler::new(node.clone()).compile(&[large.clone(), one_rule(1)])?;
+        let mut port = 1;
+        let stages = [
+            timed(|| from_toml::<Policy>("bench.toml", &text)),
+            timed(|| validate(&policy)),
+            timed(|| policy_from_toml("bench.toml", &text)),
+            timed(|| walk_field_positions(&yaml)),
+            timed(|| policies_from_yaml("bench.yaml", &yaml)),
+            timed(|| compile(std::slice::from_ref(&policy), &node)),
+            timed(|| {
+                port += 1;
+                holding.compile(&[large.clone(), one_rule(port)])
+            }),
+        ];
+        print!("{rules:>8}");
+        for stage in stages {
+            print!(" {:>16.1}", ms(stage));
+        }
+        println!();
+        let stages: Vec<(&'static str, Duration)> = names.into_iter().zip(stages).collect();
+        results.push(Row {
+            rules,
+            stages: stages.try_into().expect("one time per stage"),
+        });
+    }
+    let largest = results[results.len() - 1].stages[5].1;
     println!(
         "compile at 100k rules: {:.0} ms (target < {} ms: {})",
-        largest.as_secs_f64() * 1e3,
+        ms(largest),
         TARGET.as_millis(),
         if largest < TARGET { "met" } else { "MISSED" }
     );
     let mut json = String::from("{\"compile\": [");
-    for (i, (rules, read, compiled, rows)) in results.iter().enumerate() {
+    for (i, row) in results.iter().enumerate() {
         let _ = write!(
             json,
-            "{}{{\"rules\": {rules}, \"read_ms\": {:.3}, \"compile_ms\": {:.3}, \"rows\": {rows}}}",
+            "{}{{\"rules\": {}",
             if i > 0 { ", " } else { "" },
-            read.as_secs_f64() * 1e3,
-            compiled.as_secs_f64() * 1e3
+            row.rules
         );
+        for (name, time) in row.stages {
+            let _ = write!(json, ", \"{name}_ms\": {:.3}", ms(time));
+        }
+        json.push('}');
     }
     json.push_str("]}\n");
     let path = std::env::var_os("CARGO_TARGET_DIR")

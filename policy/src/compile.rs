@@ -6,17 +6,31 @@
 //! - `prefixes` + `rule_sets`: the view a longest-prefix-match datapath needs.
 //!   Each prefix's rule set already holds the rows of every prefix containing
 //!   it, so one lookup of the most specific prefix finds everything that
-//!   applies. Identical rule sets are stored once.
+//!   applies. Identical rule sets are stored once, for both directions.
+//!
+//! A [`TableCompiler`] keeps each policy's compiled rows and the flattened
+//! view between compiles: a change recompiles only the policies that
+//! changed, each policy keeps its rule ids, and the table says what changed
+//! ([`TableChanges`]) so a datapath can write only that.
 
-use std::collections::{BTreeMap, HashMap};
+use std::{
+    ops::Range,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+};
 
+use imbl::OrdMap;
 use ipnet::IpNet;
-use palisade_common::{MAX_ENTRIES_PER_RULE_SET, PortEntry, action, protocol};
+use palisade_common::{PortEntry, action, protocol};
 use serde::{Deserialize, Serialize};
 
+pub use crate::flat_view::{FlatChanges, FlatPrefix, PrefixMap, RuleSetRows, RuleSets};
 pub use crate::model::Section;
 pub use crate::resolve::NodeContext;
 use crate::{
+    flat_view::FlatView,
     model::{PeerRule, PeerSelection, Policy, PolicyName},
     select::{SelectedRule, rules_for_node},
 };
@@ -29,6 +43,17 @@ pub enum Direction {
     Ingress,
     /// From this node; the peer is the destination.
     Egress,
+}
+
+impl Direction {
+    /// Position of the direction in per-direction arrays (ingress first).
+    #[must_use]
+    pub const fn index(self) -> usize {
+        match self {
+            Self::Ingress => 0,
+            Self::Egress => 1,
+        }
+    }
 }
 
 /// Where a compiled rule came from, for flows and `explain`.
@@ -57,15 +82,6 @@ pub struct TableEntry {
     /// Protocol, ports (ICMP: the type), action and rule id.
     #[serde(skip)]
     pub port: PortEntry,
-}
-
-/// A prefix of the flattened view and the rule set its packets use.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-pub struct PrefixEntry {
-    /// The prefix.
-    pub prefix: IpNet,
-    /// Index into [`DirectionTable::rule_sets`].
-    pub rule_set: u32,
 }
 
 /// An entry that selects no peer (Cilium's `ingress: [{}]`, or a peer
@@ -100,27 +116,41 @@ pub struct DirectionTable {
     pub default_deny_audited: bool,
     /// The rows as written in the policies.
     pub entries: Vec<TableEntry>,
-    /// Flattened view: prefixes, most specific wins.
-    pub prefixes: Vec<PrefixEntry>,
-    /// Flattened view: rule sets, deny rows first, each group by rule id.
-    /// Index 0 is always the empty set.
+    /// Flattened view: each prefix with its own rows and the index of its
+    /// rule set in [`CompiledTable::rule_sets`]; most specific prefix wins.
     #[serde(skip)]
-    pub rule_sets: Vec<Vec<PortEntry>>,
+    pub prefixes: PrefixMap,
+}
+
+/// What changed since an earlier table of the same [`TableCompiler`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TableChanges {
+    /// The [`CompiledTable::serial`] of the earlier table.
+    pub since: u64,
+    /// The flattened prefixes and rule sets that differ from it. The
+    /// prefilter and strict lists are not tracked: they are small, and a
+    /// datapath compares them whole.
+    pub flat: FlatChanges,
 }
 
 /// The compiled rules for this node.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, Serialize)]
 pub struct CompiledTable {
     /// Ingress rules (peer = source).
     pub ingress: DirectionTable,
     /// Egress rules (peer = destination).
     pub egress: DirectionTable,
+    /// Flattened view: rule sets by index, shared by both directions.
+    /// Index 0, and any index no prefix uses, is the empty set.
+    #[serde(skip)]
+    pub rule_sets: RuleSets,
     /// Stateless source-prefix drops: the prefixes of `ingressDeny` rules
     /// that name peers (`fromCIDR`, never the whole address space) and no
     /// ports. Empty in audit mode.
     pub prefilter: Vec<PrefilterEntry>,
-    /// Rule id → where it came from.
-    pub rules: Vec<RuleOrigin>,
+    /// Rule id → where it came from; ids no rule holds (freed by a policy
+    /// that changed) are `None`.
+    pub rules: Vec<Option<RuleOrigin>>,
     /// Entries that select no peer, for `explain` and `diff`.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub empty_entries: Vec<EmptyEntry>,
@@ -132,7 +162,32 @@ pub struct CompiledTable {
     /// mode); checked before any rule, both ways, tracked packets too.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub strict: Vec<IpNet>,
+    /// Names this table among all tables compiled by this process (0: the
+    /// empty table).
+    #[serde(skip)]
+    pub serial: u64,
+    /// What changed since the table the compiler held before.
+    #[serde(skip)]
+    pub changes: Option<Arc<TableChanges>>,
 }
+
+/// Two tables are equal when they hold the same rules, whatever their
+/// serials and changes.
+impl PartialEq for CompiledTable {
+    fn eq(&self, other: &Self) -> bool {
+        self.ingress == other.ingress
+            && self.egress == other.egress
+            && self.rule_sets == other.rule_sets
+            && self.prefilter == other.prefilter
+            && self.rules == other.rules
+            && self.empty_entries == other.empty_entries
+            && self.audit == other.audit
+            && self.policies == other.policies
+            && self.strict == other.strict
+    }
+}
+
+impl Eq for CompiledTable {}
 
 impl CompiledTable {
     /// The table for one direction.
@@ -149,6 +204,19 @@ impl CompiledTable {
         usize::try_from(rule_id)
             .ok()
             .and_then(|id| self.rules.get(id))
+            .and_then(Option::as_ref)
+    }
+
+    /// How many rules the table holds.
+    pub fn rule_count(&self) -> usize {
+        self.rules.iter().flatten().count()
+    }
+
+    /// The rows of rule set `index` (empty for an index out of range).
+    pub fn rule_set(&self, index: u32) -> &[PortEntry] {
+        self.rule_sets
+            .get(index as usize)
+            .map_or(&[], |rows| &rows[..])
     }
 }
 
@@ -194,6 +262,12 @@ pub enum CompileError {
         /// `IPv4` or `IPv6`.
         family: String,
     },
+    /// More rules than rule ids.
+    #[error("the policies hold more rules than palisade can number ({max})")]
+    TooManyRules {
+        /// The limit.
+        max: u32,
+    },
 }
 
 /// Why `toFQDNs` is refused (validation and compiler say the same).
@@ -212,58 +286,308 @@ pub const FQDN_AUDIT_HINT: &str = "set `fqdn_audit = true` under [policy] in pal
 /// [`CompileError::NamedPort`] and [`CompileError::FqdnNotEnforced`] for
 /// what a host policy cannot use (validation refuses them first).
 pub fn compile(policies: &[Policy], node: &NodeContext) -> Result<CompiledTable, CompileError> {
-    let mut table = CompiledTable {
-        audit: node.audit_mode,
-        strict: node.strict_prefixes.iter().map(IpNet::trunc).collect(),
-        ..CompiledTable::default()
-    };
-    // Default deny asked for by policies in audit mode, per direction.
-    let mut audit_default_deny = [false; 2];
-    for SelectedRule { policy, path, rule } in rules_for_node(policies, &node.labels) {
-        let name = policy.policy_name();
-        if !table.policies.contains(&name) {
-            table.policies.push(name);
+    let sources: Vec<(&Policy, Option<&Arc<Policy>>)> =
+        policies.iter().map(|policy| (policy, None)).collect();
+    let (table, _) = TableCompiler::new(node.clone()).compile_sources(&sources)?;
+    Ok(table)
+}
+
+/// The highest rule id handed out, below the datapath's reserved ids.
+const MAX_RULE_ID: u32 = u32::MAX - 16;
+
+/// Compiles tables change by change: it holds the last table's compiled
+/// policies and flattened view. Cloning it is cheap (persistent maps), and
+/// [`TableCompiler::compile`] leaves it unchanged: keep the compiler it
+/// returns once its table is in force.
+#[derive(Debug, Clone)]
+pub struct TableCompiler {
+    node: Arc<NodeContext>,
+    policies: OrdMap<(PolicyName, u32), Arc<CompiledPolicy>>,
+    ids: RuleIds,
+    view: FlatView,
+    serial: u64,
+}
+
+/// Serials of compiled tables, unique in the process.
+static NEXT_SERIAL: AtomicU64 = AtomicU64::new(1);
+
+impl TableCompiler {
+    /// A compiler for `node` that holds no policies (its table is empty).
+    #[must_use]
+    pub fn new(node: NodeContext) -> Self {
+        Self {
+            node: Arc::new(node),
+            policies: OrdMap::new(),
+            ids: RuleIds::default(),
+            view: FlatView::default(),
+            serial: 0,
         }
+    }
+
+    /// The node the compiler compiles for.
+    #[must_use]
+    pub fn node(&self) -> &NodeContext {
+        &self.node
+    }
+
+    /// Compiles `policies` (in order; a policy is known by its name, and is
+    /// recompiled only when it is not the same `Arc` as last time) and
+    /// returns the table with the compiler that holds it.
+    ///
+    /// # Errors
+    ///
+    /// As [`compile`]; `self` is unchanged either way.
+    pub fn compile(&self, policies: &[Arc<Policy>]) -> Result<(CompiledTable, Self), CompileError> {
+        let sources: Vec<(&Policy, Option<&Arc<Policy>>)> = policies
+            .iter()
+            .map(|policy| (&**policy, Some(policy)))
+            .collect();
+        self.compile_sources(&sources)
+    }
+
+    /// [`TableCompiler::compile`] of policies each given with the `Arc` that
+    /// knows it again next time (none: it is compiled every time).
+    fn compile_sources(
+        &self,
+        policies: &[(&Policy, Option<&Arc<Policy>>)],
+    ) -> Result<(CompiledTable, Self), CompileError> {
+        let mut next = self.clone();
+        let keys = occurrence_keys(policies.iter().map(|(policy, _)| *policy));
+        let wanted: std::collections::HashSet<&(PolicyName, u32)> = keys.iter().collect();
+        let gone: Vec<(PolicyName, u32)> = next
+            .policies
+            .keys()
+            .filter(|key| !wanted.contains(key))
+            .cloned()
+            .collect();
+        for key in gone {
+            if let Some(old) = next.policies.remove(&key) {
+                next.replace(Some(&old), None);
+            }
+        }
+        for (key, (policy, shared)) in keys.iter().zip(policies) {
+            let old = next.policies.get(key).cloned();
+            let unchanged = old
+                .as_ref()
+                .and_then(|old| old.source.as_ref())
+                .zip(*shared)
+                .is_some_and(|(held, given)| Arc::ptr_eq(held, given));
+            if unchanged {
+                continue;
+            }
+            let mut compiled = compile_policy(policy, *shared, &next.node)?;
+            let count = u32::try_from(compiled.origins.len()).unwrap_or(u32::MAX);
+            let ids = next
+                .ids
+                .resize(old.as_ref().map(|old| old.ids.clone()), count)?;
+            compiled.rebase(ids);
+            let compiled = Arc::new(compiled);
+            next.replace(old.as_deref(), Some(&compiled));
+            next.policies.insert(key.clone(), compiled);
+        }
+        let flat = next.view.flatten()?;
+        next.serial = NEXT_SERIAL.fetch_add(1, Ordering::Relaxed);
+        let mut table = next.assemble(&keys);
+        table.changes = Some(Arc::new(TableChanges {
+            since: self.serial,
+            flat,
+        }));
+        Ok((table, next))
+    }
+
+    /// Swaps `old`'s rows in the flattened view for `new`'s.
+    fn replace(&mut self, old: Option<&CompiledPolicy>, new: Option<&CompiledPolicy>) {
+        let old_ids = old.map_or(0..0, |old| old.ids.clone());
+        for direction in 0..2 {
+            self.view.replace_rows(
+                direction,
+                old.map_or(&[], |old| &old.rows[direction]),
+                old_ids.clone(),
+                new.map_or(&[], |new| &new.rows[direction]),
+            );
+        }
+        if let Some(old) = old
+            && new.is_none()
+        {
+            self.ids.release(old.ids.clone());
+        }
+    }
+
+    /// The table of the policies `keys` names, in that order.
+    fn assemble(&self, keys: &[(PolicyName, u32)]) -> CompiledTable {
+        let mut table = CompiledTable {
+            audit: self.node.audit_mode,
+            strict: self.node.strict_prefixes.iter().map(IpNet::trunc).collect(),
+            rules: vec![None; self.ids.end as usize],
+            serial: self.serial,
+            ..CompiledTable::default()
+        };
+        // Default deny asked for by policies in audit mode, per direction.
+        let mut audit_default_deny = [false; 2];
+        for compiled in keys.iter().filter_map(|key| self.policies.get(key)) {
+            if compiled.selected && !table.policies.contains(&compiled.name) {
+                table.policies.push(compiled.name.clone());
+            }
+            table.audit |= compiled.fqdn_audit;
+            for (i, direction) in [&mut table.ingress, &mut table.egress]
+                .into_iter()
+                .enumerate()
+            {
+                direction.entries.extend_from_slice(&compiled.rows[i]);
+                direction.default_deny |= compiled.default_deny[i];
+                audit_default_deny[i] |= compiled.audit_default_deny[i];
+            }
+            table.prefilter.extend_from_slice(&compiled.prefilter);
+            table
+                .empty_entries
+                .extend(compiled.empty_entries.iter().cloned());
+            for (id, origin) in compiled.ids.clone().zip(&compiled.origins) {
+                if let Some(slot) = table.rules.get_mut(id as usize) {
+                    *slot = Some(origin.clone());
+                }
+            }
+        }
+        for (direction, audited) in [&mut table.ingress, &mut table.egress]
+            .into_iter()
+            .zip(audit_default_deny)
+        {
+            direction.default_deny_audited = audited && !direction.default_deny;
+            direction.default_deny |= audited;
+        }
+        // Audit mode forwards what deny rules match, so nothing is prefiltered.
+        if table.audit {
+            table.prefilter.clear();
+        }
+        table.ingress.prefixes = self.view.prefixes(Direction::Ingress.index());
+        table.egress.prefixes = self.view.prefixes(Direction::Egress.index());
+        table.rule_sets = self.view.rule_sets();
+        table
+    }
+}
+
+/// Each policy's name with how many policies of that name come before it
+/// (0 but for a list that gives a name twice).
+fn occurrence_keys<'a>(policies: impl Iterator<Item = &'a Policy>) -> Vec<(PolicyName, u32)> {
+    let mut seen: std::collections::HashMap<PolicyName, u32> = std::collections::HashMap::new();
+    policies
+        .map(|policy| {
+            let name = policy.policy_name();
+            let count = seen.entry(name.clone()).or_insert(0);
+            let key = (name, *count);
+            *count += 1;
+            key
+        })
+        .collect()
+}
+
+/// One policy compiled for the node: its rules numbered from its block of
+/// rule ids.
+#[derive(Debug, Clone)]
+struct CompiledPolicy {
+    /// The policy as given, to know it again (none: not to be known again).
+    source: Option<Arc<Policy>>,
+    name: PolicyName,
+    /// Whether any of its rules selects the node.
+    selected: bool,
+    /// Its rule ids, one per origin.
+    ids: Range<u32>,
+    origins: Vec<RuleOrigin>,
+    /// Rows per direction (ingress, egress).
+    rows: [Vec<TableEntry>; 2],
+    prefilter: Vec<PrefilterEntry>,
+    empty_entries: Vec<EmptyEntry>,
+    default_deny: [bool; 2],
+    audit_default_deny: [bool; 2],
+    /// Whether it holds `toFQDNs` accepted in audit-only form.
+    fqdn_audit: bool,
+}
+
+impl CompiledPolicy {
+    /// Numbers the rules from `ids.start` (they are numbered from 0 when compiled).
+    fn rebase(&mut self, ids: Range<u32>) {
+        let base = ids.start;
+        for row in self.rows.iter_mut().flatten() {
+            row.port.rule_id += base;
+        }
+        for entry in &mut self.prefilter {
+            entry.rule_id += base;
+        }
+        self.ids = ids;
+    }
+}
+
+/// Compiles the rules of `policy` that select the node, numbered from 0.
+fn compile_policy(
+    policy: &Policy,
+    shared: Option<&Arc<Policy>>,
+    node: &NodeContext,
+) -> Result<CompiledPolicy, CompileError> {
+    let mut compiled = CompiledPolicy {
+        source: shared.cloned(),
+        name: policy.policy_name(),
+        selected: false,
+        ids: 0..0,
+        origins: Vec::new(),
+        rows: [Vec::new(), Vec::new()],
+        prefilter: Vec::new(),
+        empty_entries: Vec::new(),
+        default_deny: [false; 2],
+        audit_default_deny: [false; 2],
+        fqdn_audit: false,
+    };
+    for SelectedRule { path, rule, .. } in
+        rules_for_node(std::slice::from_ref(policy), &node.labels)
+    {
+        compiled.selected = true;
         // Cilium: a selecting rule with an ingress or ingressDeny section puts
         // ingress into default deny, and likewise for egress, unless its
         // enableDefaultDeny says otherwise; one rule asking is enough
         // (Documentation/security/policy/intro.rst, rule.go EnableDefaultDeny).
         let audited = policy.audit_annotation();
-        if audited {
-            audit_default_deny[0] |= rule.default_deny_ingress();
-            audit_default_deny[1] |= rule.default_deny_egress();
+        let asks = [rule.default_deny_ingress(), rule.default_deny_egress()];
+        let flags = if audited {
+            &mut compiled.audit_default_deny
         } else {
-            table.ingress.default_deny |= rule.default_deny_ingress();
-            table.egress.default_deny |= rule.default_deny_egress();
+            &mut compiled.default_deny
+        };
+        for (flag, asked) in flags.iter_mut().zip(asks) {
+            *flag |= asked;
         }
         for (section, rules) in rule.sections() {
             for (i, peer_rule) in rules.iter().enumerate() {
-                let rule_id = u32::try_from(table.rules.len()).unwrap_or(u32::MAX - 2);
+                let rule_id = u32::try_from(compiled.origins.len()).unwrap_or(u32::MAX);
                 let rule_path = format!("{path}.{}[{i}]", section.field());
                 if !peer_rule.peers.fqdns.is_empty() {
                     if !node.fqdn_audit {
                         return Err(CompileError::FqdnNotEnforced { path: rule_path });
                     }
-                    table.audit = true;
+                    compiled.fqdn_audit = true;
                 }
                 let verdict = match (section.is_deny(), audited) {
                     (true, false) => action::DENY,
                     (true, true) => action::AUDIT_DENY,
                     (false, _) => action::ALLOW,
                 };
-                let rows = if section.is_ingress() {
-                    &mut table.ingress.entries
+                let direction = if section.is_ingress() {
+                    Direction::Ingress
                 } else {
-                    &mut table.egress.entries
+                    Direction::Egress
                 };
                 let prefixes = node.peers(peer_rule);
-                add_rows(rows, &prefixes, peer_rule, verdict, rule_id, &rule_path)?;
+                add_rows(
+                    &mut compiled.rows[direction.index()],
+                    &prefixes,
+                    peer_rule,
+                    verdict,
+                    rule_id,
+                    &rule_path,
+                )?;
                 if verdict == action::DENY
                     && section == Section::IngressDeny
                     && peer_rule.to_ports.is_empty()
                     && peer_rule.icmps.is_empty()
                 {
-                    table.prefilter.extend(
+                    compiled.prefilter.extend(
                         prefixes
                             .iter()
                             .filter(|prefix| prefix.prefix_len() > 0)
@@ -274,39 +598,93 @@ pub fn compile(policies: &[Policy], node: &NodeContext) -> Result<CompiledTable,
                     );
                 }
                 let origin = RuleOrigin {
-                    policy: policy.policy_name(),
+                    policy: compiled.name.clone(),
                     path: rule_path,
                     section,
                 };
                 if let PeerSelection::Nothing(reason) = peer_rule.selection() {
-                    table.empty_entries.push(EmptyEntry {
-                        direction: if section.is_ingress() {
-                            Direction::Ingress
-                        } else {
-                            Direction::Egress
-                        },
+                    compiled.empty_entries.push(EmptyEntry {
+                        direction,
                         origin: origin.clone(),
                         reason: reason.to_string(),
                     });
                 }
-                table.rules.push(origin);
+                compiled.origins.push(origin);
             }
         }
     }
-    for (direction, audited) in [&mut table.ingress, &mut table.egress]
-        .into_iter()
-        .zip(audit_default_deny)
-    {
-        direction.default_deny_audited = audited && !direction.default_deny;
-        direction.default_deny |= audited;
+    Ok(compiled)
+}
+
+/// Rule ids handed out in blocks, a block per policy, so that a policy's
+/// rules keep their ids while other policies come, go and change.
+#[derive(Debug, Clone, Default)]
+struct RuleIds {
+    /// Free blocks below `end`: start → end.
+    free: OrdMap<u32, u32>,
+    /// One past the highest id in use.
+    end: u32,
+}
+
+impl RuleIds {
+    /// A block of `count` ids for a policy that held `old` (kept in place
+    /// when it is large enough).
+    fn resize(&mut self, old: Option<Range<u32>>, count: u32) -> Result<Range<u32>, CompileError> {
+        if let Some(old) = old {
+            if count <= old.end - old.start {
+                self.release(old.start + count..old.end);
+                return Ok(old.start..old.start + count);
+            }
+            self.release(old);
+        }
+        self.take(count)
     }
-    // Audit mode forwards what deny rules match, so nothing is prefiltered.
-    if table.audit {
-        table.prefilter.clear();
+
+    fn take(&mut self, count: u32) -> Result<Range<u32>, CompileError> {
+        if count == 0 {
+            return Ok(0..0);
+        }
+        let fit = self
+            .free
+            .iter()
+            .find(|(start, end)| *end - *start >= count)
+            .map(|(start, end)| (*start, *end));
+        if let Some((start, end)) = fit {
+            self.free.remove(&start);
+            if start + count < end {
+                self.free.insert(start + count, end);
+            }
+            return Ok(start..start + count);
+        }
+        let start = self.end;
+        let end = start
+            .checked_add(count)
+            .filter(|end| *end <= MAX_RULE_ID)
+            .ok_or(CompileError::TooManyRules { max: MAX_RULE_ID })?;
+        self.end = end;
+        Ok(start..end)
     }
-    flatten(&mut table.ingress)?;
-    flatten(&mut table.egress)?;
-    Ok(table)
+
+    fn release(&mut self, ids: Range<u32>) {
+        if ids.is_empty() {
+            return;
+        }
+        let (mut start, mut end) = (ids.start, ids.end);
+        if let Some((&before, &before_end)) = self.free.range(..start).next_back()
+            && before_end == start
+        {
+            self.free.remove(&before);
+            start = before;
+        }
+        if let Some(after_end) = self.free.remove(&end) {
+            end = after_end;
+        }
+        if end == self.end {
+            self.end = start;
+        } else {
+            self.free.insert(start, end);
+        }
+    }
 }
 
 fn add_rows(
@@ -364,76 +742,10 @@ fn add_rows(
     Ok(())
 }
 
-/// Builds `prefixes` and `rule_sets` from `entries`.
-fn flatten(direction: &mut DirectionTable) -> Result<(), CompileError> {
-    let mut own: BTreeMap<IpNet, Vec<PortEntry>> = BTreeMap::new();
-    for row in &direction.entries {
-        own.entry(row.prefix).or_default().push(row.port);
-    }
-    direction.rule_sets = vec![Vec::new()];
-    let mut set_index: HashMap<Vec<PortEntry>, u32> = HashMap::from([(Vec::new(), 0)]);
-    // Sorted by (address, length): every prefix comes after all prefixes that
-    // contain it, so a stack of open ancestors gives each prefix its parents.
-    let mut ancestors: Vec<(IpNet, Vec<PortEntry>)> = Vec::new();
-    for (prefix, rows) in own {
-        while let Some((top, _)) = ancestors.last() {
-            if top.contains(&prefix) && top.prefix_len() < prefix.prefix_len() {
-                break;
-            }
-            ancestors.pop();
-        }
-        let mut set: Vec<PortEntry> = ancestors
-            .last()
-            .map(|(_, set)| set.clone())
-            .unwrap_or_default();
-        set.extend(rows);
-        let set = canonical(set);
-        if set.len() > MAX_ENTRIES_PER_RULE_SET {
-            return Err(CompileError::TooManyEntries {
-                prefix,
-                count: set.len(),
-                max: MAX_ENTRIES_PER_RULE_SET,
-            });
-        }
-        let next = u32::try_from(direction.rule_sets.len()).unwrap_or(u32::MAX);
-        let index = *set_index.entry(set.clone()).or_insert_with(|| {
-            direction.rule_sets.push(set.clone());
-            next
-        });
-        direction.prefixes.push(PrefixEntry {
-            prefix,
-            rule_set: index,
-        });
-        ancestors.push((prefix, set));
-    }
-    Ok(())
-}
-
-/// Deny rows first, then the deny rows of policies in audit mode, then
-/// allow rows, each by rule id; a row that matches exactly what an earlier
-/// row matches is dropped.
-fn canonical(mut set: Vec<PortEntry>) -> Vec<PortEntry> {
-    let precedence = |entry: &PortEntry| match entry.action {
-        action::DENY => 0,
-        action::AUDIT_DENY => 1,
-        _ => 2,
-    };
-    set.sort_by_key(|entry| {
-        (
-            precedence(entry),
-            entry.rule_id,
-            entry.protocol,
-            entry.port_lo,
-            entry.port_hi,
-        )
-    });
-    let mut seen = std::collections::HashSet::new();
-    set.retain(|entry| seen.insert((entry.action, entry.protocol, entry.port_lo, entry.port_hi)));
-    set
-}
-
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
+
     use super::*;
     use crate::codec::policy_from_toml;
 
@@ -467,13 +779,13 @@ fromCIDR = ["10.1.2.0/24"]
             .ingress
             .prefixes
             .iter()
-            .map(|p| {
-                let set = &table.ingress.rule_sets[p.rule_set as usize];
-                let rows = set
+            .map(|(prefix, flat)| {
+                let rows = table
+                    .rule_set(flat.rule_set)
                     .iter()
                     .map(|e| (e.action, e.port_lo, e.rule_id))
                     .collect();
-                (p.prefix.to_string(), rows)
+                (prefix.to_string(), rows)
             })
             .collect();
         assert_eq!(
@@ -504,9 +816,9 @@ fromCIDR = ["10.1.2.0/24"]
             .ingress
             .prefixes
             .iter()
-            .find(|p| p.prefix.to_string() == "11.0.0.0/8")
+            .find(|(prefix, _)| prefix.to_string() == "11.0.0.0/8")
             .unwrap();
-        let rows = &table.ingress.rule_sets[eleven.rule_set as usize];
+        let rows = table.rule_set(eleven.1.rule_set);
         assert_eq!(rows.len(), 1);
         assert_eq!(rows[0].port_lo, 80);
     }

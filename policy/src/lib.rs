@@ -8,6 +8,7 @@ pub mod compile;
 pub mod describe;
 pub mod diagnostic;
 pub mod evaluate;
+pub mod flat_view;
 pub mod model;
 pub mod resolve;
 pub mod select;
@@ -18,7 +19,7 @@ pub use codec::{
     Format, from_toml, is_policy_file, policies_from_text, policies_from_text_with,
     policy_from_toml, policy_from_toml_with, policy_to_toml,
 };
-pub use compile::{CompileError, CompiledTable, Direction, NodeContext, compile};
+pub use compile::{CompileError, CompiledTable, Direction, NodeContext, TableCompiler, compile};
 pub use describe::rule_lines;
 pub use diagnostic::{Diagnostic, Diagnostics};
 pub use evaluate::{Connection, Verdict, evaluate};

@@ -43,7 +43,10 @@ pub fn policies_from_yaml_with(
     text: &str,
     options: ValidateOptions,
 ) -> Result<Vec<Policy>, Diagnostics> {
-    let positions = Positions::of(text).map_err(|error| {
+    // A walk that records nothing: syntax, depth and how many documents,
+    // before yaml_serde reads it. Positions are walked for only when a
+    // problem has to be placed.
+    let checked = Positions::walk(text, 0).map_err(|error| {
         let (mark, message) = match &error {
             WalkError::Syntax(error) => (*error.marker(), error.info().to_owned()),
             WalkError::TooDeep(mark) => (
@@ -62,7 +65,13 @@ pub fn policies_from_yaml_with(
     let mut problems = Vec::new();
     // After a syntax error yaml_serde's document iterator repeats that error
     // for ever; yaml-rust2 counted the documents.
-    let documents = yaml_serde::Deserializer::from_str(text).take(positions.documents.len().max(1));
+    let documents = yaml_serde::Deserializer::from_str(text).take(checked.documents.len().max(1));
+    let positions = std::cell::OnceCell::new();
+    let find = |document: usize, path: &str, target: Target| {
+        positions
+            .get_or_init(|| Positions::of(text).unwrap_or_default())
+            .find(document, path, target)
+    };
     for (number, document) in documents.enumerate() {
         let value = match Option::<yaml_serde::Value>::deserialize(document) {
             Ok(Some(value)) => value,
@@ -95,7 +104,7 @@ pub fn policies_from_yaml_with(
                     } else {
                         Target::Value
                     };
-                    let position = positions.find(number, &field, target);
+                    let position = find(number, &field, target);
                     problems.push(placed(file, position, field, text));
                     continue;
                 }
@@ -107,7 +116,7 @@ pub fn policies_from_yaml_with(
             for problem in found {
                 let path = format!("{prefix}{}", problem.path);
                 let path = path.trim_end_matches('.').to_owned();
-                let position = positions.find(number, &path, Target::Key);
+                let position = find(number, &path, Target::Key);
                 problems
                     .push(placed(file, position, path, problem.message).with_hint(problem.hint));
             }
@@ -117,6 +126,22 @@ pub fn policies_from_yaml_with(
         Ok(policies)
     } else {
         Err(Diagnostics(problems))
+    }
+}
+
+/// Walks `text` as [`policies_from_yaml`] does before deserialising it
+/// (every field's position, within the depth and size bounds) and says how
+/// many documents it holds; for measuring that walk on its own
+/// (`cargo xtask bench policy`).
+///
+/// # Errors
+///
+/// The first syntax error, or nesting too deep, as a message.
+pub fn walk_field_positions(text: &str) -> Result<usize, String> {
+    match Positions::of(text) {
+        Ok(positions) => Ok(positions.documents.len()),
+        Err(WalkError::Syntax(error)) => Err(error.info().to_owned()),
+        Err(WalkError::TooDeep(_)) => Err(format!("nested deeper than {MAX_DEPTH} levels")),
     }
 }
 
@@ -229,11 +254,22 @@ impl Positions {
     ///
     /// The first syntax error, or nesting deeper than [`MAX_DEPTH`].
     fn of(text: &str) -> Result<Self, WalkError> {
+        let budget = text
+            .len()
+            .saturating_mul(PATH_BYTES_PER_INPUT_BYTE)
+            .saturating_add(PATH_BYTES_ALLOWANCE);
+        Self::walk(text, budget)
+    }
+
+    /// [`Positions::of`] recording at most `budget` bytes of paths (0:
+    /// only the documents, for the syntax and depth checks).
+    ///
+    /// # Errors
+    ///
+    /// As [`Positions::of`].
+    fn walk(text: &str, budget: usize) -> Result<Self, WalkError> {
         let mut walker = Walker {
-            budget: text
-                .len()
-                .saturating_mul(PATH_BYTES_PER_INPUT_BYTE)
-                .saturating_add(PATH_BYTES_ALLOWANCE),
+            budget,
             ..Walker::default()
         };
         let mut parser = Parser::new_from_str(text);

@@ -67,11 +67,18 @@ fn render(table: &CompiledTable) -> String {
             let _ = writeln!(out, "{key}: {}", prefixes.join(" "));
         }
         let flat = table.direction(direction);
+        // The empty set (index 0) and the distinct sets of this direction.
+        let rule_sets: std::collections::BTreeSet<u32> = flat
+            .prefixes
+            .values()
+            .map(|prefix| prefix.rule_set)
+            .chain([0])
+            .collect();
         let _ = writeln!(
             out,
             "{direction:?} flattened: {} prefixes, {} rule sets",
             flat.prefixes.len(),
-            flat.rule_sets.len()
+            rule_sets.len()
         );
     }
     let prefilter: Vec<String> = table

@@ -769,16 +769,17 @@ fn one_name_in_two_namespaces_is_two_policies() {
 
 /// A policy of 100,000 one-CIDR rules: about 12 MiB of request, over the
 /// 8 MiB palisaded reads as sent. palisadectl sends it gzip-compressed, so
-/// it reaches validation and compilation, where the datapath's capacity
-/// (`policy_map_max`, then its 4,096 rule sets) is its limit today, said as
-/// such; `diff` (read permission) keeps the plain limit and names it.
+/// it reaches validation and compilation; the datapath's capacities
+/// (`policy_map_max`, then `rule_set_max`: each rule's set is its own) are
+/// named when the defaults are too small, and once raised it is applied.
+/// `diff` (read permission) keeps the plain limit and names it.
 #[test]
 #[ignore = "privileged: needs root (namespaces, BPF); `cargo xtask test` runs it"]
 fn a_policy_over_the_body_limit_reaches_palisaded_compressed() {
     require_root();
     let topology = Topology::new().expect("namespaces");
     let (workdir, config, policies) = setup("large-apply", "");
-    let daemon = start(&topology, &workdir, &config, &policies);
+    let mut daemon = start(&topology, &workdir, &config, &policies);
     let mut text = String::from(
         "kind = \"CiliumClusterwideNetworkPolicy\"\nmetadata = { name = \"large\" }\n[spec]\nnodeSelector = {}\n",
     );
@@ -801,4 +802,20 @@ fn a_policy_over_the_body_limit_reaches_palisaded_compressed() {
         stderr.contains("the diff request is over 8 MiB once decompressed"),
         "{stderr}"
     );
+    daemon
+        .edit_config(|config| config.datapath.policy_map_max = 131_072)
+        .expect("config");
+    daemon.restart().expect("palisaded restarts");
+    let (_, stderr) = failed(&daemon.ctl(&["apply", "-f", &file]).expect("ctl"));
+    assert!(
+        stderr.contains("100002 distinct rule sets, more than datapath.rule_set_max = 4096"),
+        "{stderr}"
+    );
+    daemon
+        .edit_config(|config| config.datapath.rule_set_max = 131_072)
+        .expect("config");
+    daemon.restart().expect("palisaded restarts");
+    let before = daemon.status().expect("status").rules;
+    ok(daemon.ctl(&["apply", "-f", &file]).expect("ctl"));
+    assert_eq!(daemon.status().expect("status").rules, before + 100_000);
 }

@@ -9,7 +9,8 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use fastrand::Rng;
 use palisade_common::{drop_reason, protocol, verdict};
 use palisade_policy::{
-    CompiledTable, Connection, Direction, NodeContext, compile, evaluate, policy_from_toml,
+    CompileError, CompiledTable, Connection, Direction, NodeContext, Policy, TableCompiler,
+    evaluate, policy_from_toml,
 };
 
 use palisade_e2e::frames::frame;
@@ -44,13 +45,58 @@ pub(crate) struct Judgement {
 /// A datapath backend as the harness drives it: a table installed, frames
 /// judged one at a time, with the backend's own connection tracking.
 pub(crate) trait FrameJudge: Sized {
-    /// A fresh backend (empty connection tables) with `table` installed as
-    /// `generation`; `name` keeps its kernel state apart from other tests'.
-    fn with_table(name: &str, table: &CompiledTable, generation: u32) -> Self;
+    /// A fresh backend (empty connection tables) with `previous` installed
+    /// as the two generations before `generation` and then `table` as
+    /// `generation` (whose changes lead from `previous`: a backend that
+    /// writes only changes writes them over a table that held something
+    /// else); `name` keeps its kernel state apart from other tests'.
+    fn with_table(
+        name: &str,
+        previous: &CompiledTable,
+        table: &CompiledTable,
+        generation: u32,
+    ) -> Self;
     /// The prefilter hook's judgement of an arriving frame.
     fn prefilter(&mut self, frame: &[u8]) -> Judgement;
     /// The filter hook's judgement of a frame crossing `direction`.
     fn filter(&mut self, direction: Direction, frame: &[u8]) -> Judgement;
+}
+
+/// The table installed before the one under test: stale prefixes, rule
+/// sets and defaults of it must all be gone or rewritten.
+const PREVIOUS: &str = r#"
+kind = "CiliumClusterwideNetworkPolicy"
+metadata = { name = "previous" }
+[spec]
+nodeSelector = {}
+[[spec.ingressDeny]]
+fromCIDR = ["10.0.0.0/8", "2001:db8::/32"]
+toPorts = [{ ports = [{ port = "22", protocol = "TCP" }] }]
+[[spec.ingress]]
+fromCIDR = ["0.0.0.0/0", "::/0"]
+[[spec.egress]]
+toCIDR = ["192.0.2.0/24", "fd00::/8"]
+toPorts = [{ ports = [{ port = "53", protocol = "UDP" }] }]
+[[spec.egressDeny]]
+toCIDR = ["0.0.0.0/1"]
+"#;
+
+/// [`PREVIOUS`] compiled for `node`, and `policies` compiled after it by
+/// the same compiler (so the second table's changes lead from the first,
+/// and its rule ids are those a running node would give).
+///
+/// # Errors
+///
+/// When `policies` do not compile.
+pub(crate) fn compiled_after_previous(
+    policies: &[Policy],
+    node: &NodeContext,
+) -> Result<(CompiledTable, CompiledTable), CompileError> {
+    let previous = std::sync::Arc::new(policy_from_toml("previous", PREVIOUS).expect("parses"));
+    let (before, compiler) = TableCompiler::new(node.clone()).compile(&[previous])?;
+    let policies: Vec<_> = policies.iter().cloned().map(std::sync::Arc::new).collect();
+    let (table, _) = compiler.compile(&policies)?;
+    Ok((before, table))
 }
 
 /// One of `items` (not empty), drawn by `rng`: seeded, so failures reproduce.
@@ -158,19 +204,29 @@ pub(crate) fn check_on_node<J: FrameJudge>(name: &str, texts: &[&str], node: &No
 /// `PACKETS_PER_FIXTURE` packets each way.
 pub(crate) fn check_policies_on_node<J: FrameJudge>(
     name: &str,
-    policies: &[palisade_policy::Policy],
+    policies: &[Policy],
     node: &NodeContext,
 ) {
-    let table = compile(policies, node).expect("fixture compiles");
+    let (previous, table) = compiled_after_previous(policies, node).expect("fixture compiles");
     for direction in [Direction::Ingress, Direction::Egress] {
-        check_direction::<J>(name, &table, direction);
+        check_direction::<J>(name, &previous, &table, direction);
     }
 }
 
 /// Runs the generated packets of `direction` through a fresh `J` holding
 /// `table`, each compared with the evaluator.
-fn check_direction<J: FrameJudge>(name: &str, table: &CompiledTable, direction: Direction) {
-    let mut judge = J::with_table(&format!("{name}-{direction:?}"), table, GENERATION);
+fn check_direction<J: FrameJudge>(
+    name: &str,
+    previous: &CompiledTable,
+    table: &CompiledTable,
+    direction: Direction,
+) {
+    let mut judge = J::with_table(
+        &format!("{name}-{direction:?}"),
+        previous,
+        table,
+        GENERATION,
+    );
     // TC never sees what the prefilter dropped; it judges with the rows alone.
     let mut rows_only = table.clone();
     rows_only.prefilter.clear();

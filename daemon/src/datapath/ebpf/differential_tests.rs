@@ -30,7 +30,7 @@ use crate::{
         Datapath as _,
         differential::{
             FrameJudge, Judgement, Report, check_fixture, check_on_node, check_policies,
-            check_policies_on_node,
+            check_policies_on_node, compiled_after_previous,
         },
     },
 };
@@ -109,39 +109,17 @@ impl EbpfJudge {
     }
 }
 
-/// Tables installed into both slots before the one under test, so that
-/// its install is a diff over a slot that held something else: stale
-/// prefixes, rule sets and defaults must all be gone or rewritten.
-const PREVIOUS: &str = r#"
-kind = "CiliumClusterwideNetworkPolicy"
-metadata = { name = "previous" }
-[spec]
-nodeSelector = {}
-[[spec.ingressDeny]]
-fromCIDR = ["10.0.0.0/8", "2001:db8::/32"]
-toPorts = [{ ports = [{ port = "22", protocol = "TCP" }] }]
-[[spec.ingress]]
-fromCIDR = ["0.0.0.0/0", "::/0"]
-[[spec.egress]]
-toCIDR = ["192.0.2.0/24", "fd00::/8"]
-toPorts = [{ ports = [{ port = "53", protocol = "UDP" }] }]
-[[spec.egressDeny]]
-toCIDR = ["0.0.0.0/1"]
-"#;
-
 impl FrameJudge for EbpfJudge {
-    fn with_table(name: &str, table: &CompiledTable, generation: u32) -> Self {
+    fn with_table(
+        name: &str,
+        previous: &CompiledTable,
+        table: &CompiledTable,
+        generation: u32,
+    ) -> Self {
         let pins = TestPins::new(name);
         let (mut datapath, ring) = EbpfDatapath::load(&test_config(&pins)).expect("eBPF loads");
-        let previous = compile(
-            &[policy_from_toml("previous", PREVIOUS).expect("parses")],
-            &NodeContext::default(),
-        )
-        .expect("compiles");
         for earlier in [generation - 2, generation - 1] {
-            datapath
-                .install(&previous, earlier)
-                .expect("table installs");
+            datapath.install(previous, earlier).expect("table installs");
         }
         datapath.install(table, generation).expect("table installs");
         Self {
@@ -355,9 +333,10 @@ fn the_programs_give_cilium_s_verdicts() {
     require_root();
     let mut failures = Vec::new();
     for case in cilium_cases::cases() {
-        let table = compile(&case.policies, &NodeContext::default())
+        let (previous, table) = compiled_after_previous(&case.policies, &NodeContext::default())
             .unwrap_or_else(|error| panic!("{}: {error}", case.name));
-        let mut judge = EbpfJudge::with_table(&format!("cilium-{}", case.name), &table, 7);
+        let mut judge =
+            EbpfJudge::with_table(&format!("cilium-{}", case.name), &previous, &table, 7);
         for (i, packet) in case.packets.iter().enumerate() {
             let data = frame(&packet.connection, 40_000 + u16::try_from(i).unwrap_or(0));
             let prefiltered =

@@ -7,7 +7,7 @@
 //! grace period (`membarrier(MEMBARRIER_CMD_GLOBAL)`) makes sure no program
 //! run that saw it as live is still reading it.
 
-use std::{collections::BTreeMap, ffi::CString, path::PathBuf};
+use std::{collections::BTreeMap, ffi::CString, path::PathBuf, sync::Arc};
 
 use anyhow::{Context as _, anyhow};
 use aya::{
@@ -22,26 +22,35 @@ use palisade_api::{
 };
 use palisade_common::{
     ACTIVE_SLOT_MAP, COUNTER_COUNT, COUNTERS_MAP, CT_ANY_MAP, CT_TCP_MAP, Counter, CounterValue,
-    CtEntry, CtKey, CtTimeouts, DEFAULT_RULE_CAPACITY, DEFAULT_RULE_SET_CAPACITY, FAILSAFE_MAP,
-    FAILSAFE_WORDS, FLOW_EVENTS_MAP, MAX_ENTRIES_PER_RULE_SET, NO_RULE, PREFIX_MAPS,
-    PREFIX_MASKS_MAP, PREFIX_V4_MAPS, PortEntry, PrefixKey, PrefixKeyV4, PrefixLengths,
-    RULE_COUNTER_MAPS, RULE_SET_MAPS, RuleSet, SLOT_SETTINGS_MAP, SlotSettings, TC_EGRESS_PROGRAM,
+    CtEntry, CtKey, CtTimeouts, DEFAULT_RULE_CAPACITY, FAILSAFE_MAP, FAILSAFE_WORDS,
+    FLOW_EVENTS_MAP, NO_RULE, PREFIX_MAPS, PREFIX_MASKS_MAP, PREFIX_V4_MAPS, PrefixKey,
+    RULE_COUNTER_MAPS, RULE_SET_MAPS, SLOT_SETTINGS_MAP, SlotSettings, TC_EGRESS_PROGRAM,
     TC_INGRESS_PROGRAM, XDP_PREFILTER_PROGRAM, ct_flag, default_deny, direction, failsafe_bit,
-    family, lengths_index, prefix_mask, table,
+    family, prefix_mask, table,
 };
-use palisade_policy::{CompiledTable, compile::DirectionTable};
+use palisade_policy::{
+    CompiledTable,
+    compile::{DirectionTable, TableChanges},
+};
 use tracing::{info, warn};
 
 pub mod conntrack;
 pub mod events;
 pub mod kernel_probe;
+mod map_batch;
 pub mod pinning;
+mod slot_record;
+mod table_slot;
 mod tc_filter;
 
 #[cfg(test)]
 mod differential_tests;
 
-use self::pinning::{HeldLink, LinkPins};
+use self::{
+    pinning::{HeldLink, LinkPins},
+    slot_record::{SlotPlan, SlotRecord, prefix_key},
+    table_slot::{CatchUp, FlatTable, TableSlot},
+};
 use super::{
     ConnectionTables, Datapath, DatapathError, EnforcementSettings, MapUsage, Repair, TableFill,
     TrackedConnection,
@@ -70,19 +79,16 @@ pub struct EbpfDatapath {
     connections_capacity: [usize; 2],
     active_slot: Array<MapData, u32>,
     slot_settings: Array<MapData, SlotSettings>,
-    prefixes: [HashMap<MapData, PrefixKey, u32>; 2],
-    prefixes_v4: [HashMap<MapData, PrefixKeyV4, u32>; 2],
-    rule_sets: [Array<MapData, RuleSet>; 2],
+    /// Each slot's policy maps with the record of what they hold; `None`
+    /// while lent to the thread catching the idle slot up.
+    slots: [Option<TableSlot>; 2],
     rule_counters: [PerCpuArray<MapData, CounterValue>; 2],
     counters: PerCpuArray<MapData, CounterValue>,
     /// The conntrack tables: TCP, and everything else.
     connections: [HashMap<MapData, CtKey, CtEntry>; 2],
-    /// What each slot's prefix map holds, key by key, kept in step with
-    /// every write: the next install there writes only what differs and
-    /// removes the keys it no longer has.
-    written_keys: [BTreeMap<PrefixKey, u32>; 2],
-    /// What each slot's rule-set array holds, kept in step likewise.
-    written_rule_sets: [Vec<RuleSet>; 2],
+    /// The last table installed (its serial) and its changes, which lead
+    /// from the table the idle slot holds when the chain is unbroken.
+    last_install: Option<(u64, Arc<TableChanges>)>,
     /// Rules written to each slot by the last install there.
     rules_written: [usize; 2],
     /// What every slot carries besides the policy (staged settings).
@@ -96,14 +102,16 @@ pub struct EbpfDatapath {
     /// Indexes of the non-zero words the last install wrote to each slot.
     failsafe_written: [Vec<u32>; 2],
     policy_map_max: u32,
+    /// Rule sets each slot holds (`datapath.rule_set_max`).
+    rule_set_max: u32,
     active: u32,
     /// Whether a switch happened whose grace period has not been seen to
     /// end: until it has, the idle slot may still have readers.
     switched: bool,
-    /// That grace period, waited for on a thread of its own right after the
-    /// switch, so that an apply waits only when it comes before the readers
-    /// of the previous table are gone.
-    retiring: Option<std::thread::JoinHandle<anyhow::Result<()>>>,
+    /// The idle slot, lent right after the switch to a thread that waits
+    /// for that grace period and then writes the new table into it too, so
+    /// that an apply waits only when it comes before that is done.
+    catching_up: Option<CatchUp>,
 }
 
 /// The conntrack tables on handles of their own.
@@ -200,6 +208,7 @@ impl EbpfDatapath {
         let datapath = &config.datapath;
         pinning::prepare(&datapath.pin_path)?;
         let policy_map_max = capacity("policy_map_max", datapath.policy_map_max)?;
+        let rule_set_max = capacity("rule_set_max", datapath.rule_set_max)?;
         let mut loader = EbpfLoader::new();
         loader
             .default_map_pin_directory(&datapath.pin_path)
@@ -207,6 +216,8 @@ impl EbpfDatapath {
             .map_max_entries(PREFIX_MAPS[1], policy_map_max)
             .map_max_entries(PREFIX_V4_MAPS[0], policy_map_max)
             .map_max_entries(PREFIX_V4_MAPS[1], policy_map_max)
+            .map_max_entries(RULE_SET_MAPS[0], rule_set_max)
+            .map_max_entries(RULE_SET_MAPS[1], rule_set_max)
             .map_max_entries(CT_TCP_MAP, capacity("ct_tcp_max", datapath.ct_tcp_max)?)
             .map_max_entries(CT_ANY_MAP, capacity("ct_any_max", datapath.ct_any_max)?);
         let mut ebpf = loader.load(PROGRAMS).map_err(|error| match error {
@@ -236,21 +247,19 @@ impl EbpfDatapath {
             masks.set(length, &prefix_mask(length), 0)?;
         }
         let failsafe = Array::try_from(take(FAILSAFE_MAP)?)?;
+        let mut take_slot = |slot: usize| -> anyhow::Result<TableSlot> {
+            Ok(TableSlot {
+                prefixes: HashMap::try_from(take(PREFIX_MAPS[slot])?)?,
+                prefixes_v4: HashMap::try_from(take(PREFIX_V4_MAPS[slot])?)?,
+                rule_sets: Array::try_from(take(RULE_SET_MAPS[slot])?)?,
+                record: SlotRecord::default(),
+            })
+        };
+        let slots = [Some(take_slot(0)?), Some(take_slot(1)?)];
         let mut datapath = Self {
             active_slot: Array::try_from(take(ACTIVE_SLOT_MAP)?)?,
             slot_settings: Array::try_from(take(SLOT_SETTINGS_MAP)?)?,
-            prefixes: [
-                HashMap::try_from(take(PREFIX_MAPS[0])?)?,
-                HashMap::try_from(take(PREFIX_MAPS[1])?)?,
-            ],
-            prefixes_v4: [
-                HashMap::try_from(take(PREFIX_V4_MAPS[0])?)?,
-                HashMap::try_from(take(PREFIX_V4_MAPS[1])?)?,
-            ],
-            rule_sets: [
-                Array::try_from(take(RULE_SET_MAPS[0])?)?,
-                Array::try_from(take(RULE_SET_MAPS[1])?)?,
-            ],
+            slots,
             rule_counters: [
                 PerCpuArray::try_from(take(RULE_COUNTER_MAPS[0])?)?,
                 PerCpuArray::try_from(take(RULE_COUNTER_MAPS[1])?)?,
@@ -260,8 +269,7 @@ impl EbpfDatapath {
                 HashMap::try_from(take(CT_TCP_MAP)?)?,
                 HashMap::try_from(take(CT_ANY_MAP)?)?,
             ],
-            written_keys: [BTreeMap::new(), BTreeMap::new()],
-            written_rule_sets: [Vec::new(), Vec::new()],
+            last_install: None,
             rules_written: [0, 0],
             template: SlotSettings::default(),
             config_prefilter: Vec::new(),
@@ -269,9 +277,10 @@ impl EbpfDatapath {
             failsafe_words: BTreeMap::new(),
             failsafe_written: [Vec::new(), Vec::new()],
             policy_map_max,
+            rule_set_max,
             active: 0,
             switched: false,
-            retiring: None,
+            catching_up: None,
             pin_path: datapath.pin_path.clone(),
             attachments: Vec::new(),
             xdp_mode: XdpModeConfig::default(),
@@ -428,54 +437,12 @@ fn wait_for_readers() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The prefix map key of `prefix` in table `table_code`.
-fn prefix_key(table_code: u8, prefix: &IpNet) -> PrefixKey {
-    let mut key = PrefixKey {
-        table: table_code,
-        prefix_len: prefix.prefix_len(),
-        ..PrefixKey::default()
-    };
-    match prefix.trunc() {
-        IpNet::V4(net) => {
-            key.family = family::IPV4;
-            key.address[..4].copy_from_slice(&net.network().octets());
-        }
-        IpNet::V6(net) => {
-            key.family = family::IPV6;
-            key.address = net.network().octets();
-        }
-    }
-    key
-}
-
-fn rule_set(entries: &[PortEntry]) -> anyhow::Result<RuleSet> {
-    let mut set = RuleSet::default();
-    if entries.len() > MAX_ENTRIES_PER_RULE_SET {
-        return Err(anyhow!(
-            "rule set of {} entries is too large",
-            entries.len()
-        ));
-    }
-    set.entries[..entries.len()].copy_from_slice(entries);
-    set.len = u32::try_from(entries.len())?;
-    Ok(set)
-}
-
 impl EbpfDatapath {
-    /// Every key the table needs with its map value: the rule-set index
-    /// (egress rule sets follow the ingress ones in the same array), or the
-    /// rule id for the prefilter.
-    fn keys(&self, table: &CompiledTable) -> anyhow::Result<BTreeMap<PrefixKey, u32>> {
+    /// The keys of the prefilter and strict tables with their map values:
+    /// the rule id for the prefilter (the lowest wins a shared prefix; the
+    /// config's entries have none), `NO_RULE` for strict.
+    fn listed_keys(&self, table: &CompiledTable) -> BTreeMap<PrefixKey, u32> {
         let mut keys = BTreeMap::new();
-        let egress_offset = u32::try_from(table.ingress.rule_sets.len())?;
-        for (code, direction, offset) in [
-            (table::INGRESS, &table.ingress, 0),
-            (table::EGRESS, &table.egress, egress_offset),
-        ] {
-            for entry in &direction.prefixes {
-                keys.insert(prefix_key(code, &entry.prefix), entry.rule_set + offset);
-            }
-        }
         let prefilter = table
             .prefilter
             .iter()
@@ -486,7 +453,6 @@ impl EbpfDatapath {
                     .map(|prefix| (*prefix, NO_RULE)),
             );
         for (prefix, rule_id) in prefilter {
-            // The lowest rule id wins a shared prefix (config entries last).
             keys.entry(prefix_key(table::PREFILTER, &prefix))
                 .and_modify(|existing: &mut u32| *existing = (*existing).min(rule_id))
                 .or_insert(rule_id);
@@ -494,7 +460,7 @@ impl EbpfDatapath {
         for prefix in &table.strict {
             keys.insert(prefix_key(table::STRICT, prefix), NO_RULE);
         }
-        Ok(keys)
+        keys
     }
 }
 
@@ -507,35 +473,29 @@ fn default_deny_code(rows: &DirectionTable) -> u8 {
     }
 }
 
-/// The distinct prefix lengths per table and family, longest first.
-fn prefix_lengths<'a>(
-    keys: impl Iterator<Item = &'a PrefixKey>,
-) -> [PrefixLengths; table::COUNT * 2] {
-    let mut seen = [[false; 129]; table::COUNT * 2];
-    for key in keys {
-        seen[lengths_index(key.table, key.family)][usize::from(key.prefix_len)] = true;
-    }
-    let mut lists = [PrefixLengths::default(); table::COUNT * 2];
-    for (list, seen) in lists.iter_mut().zip(seen) {
-        for length in (0..=128u8).rev() {
-            if seen[usize::from(length)] {
-                list.lengths[usize::from(list.count)] = length;
-                list.count += 1;
-            }
-        }
-    }
-    lists
-}
-
 impl EbpfDatapath {
-    /// Refuses a table larger than the maps were sized for.
+    /// Refuses a table larger than the maps were sized for: the slot's
+    /// keys once `plan` is written, and the table's rule sets.
     fn check_capacity(
         &self,
-        keys: &BTreeMap<PrefixKey, u32>,
+        record: &SlotRecord,
+        plan: &SlotPlan,
         table: &CompiledTable,
     ) -> Result<(), DatapathError> {
-        let v4 = keys.keys().filter(|key| key.family == family::IPV4).count();
-        for (family_name, count) in [("IPv4", v4), ("IPv6", keys.len() - v4)] {
+        let (mut v4, mut v6) = record.counts();
+        for (key, value) in &plan.keys {
+            let count = if key.family == family::IPV4 {
+                &mut v4
+            } else {
+                &mut v6
+            };
+            match (record.key(key).is_some(), value.is_some()) {
+                (false, true) => *count += 1,
+                (true, false) => *count -= 1,
+                _ => {}
+            }
+        }
+        for (family_name, count) in [("IPv4", v4), ("IPv6", v6)] {
             if count > self.policy_map_max as usize {
                 return Err(DatapathError::Capacity(format!(
                     "the policies need {count} {family_name} prefix entries, more than datapath.policy_map_max = {}; raise it or merge prefixes",
@@ -543,87 +503,66 @@ impl EbpfDatapath {
                 )));
             }
         }
-        let rule_set_count = table.ingress.rule_sets.len() + table.egress.rule_sets.len();
-        if rule_set_count > DEFAULT_RULE_SET_CAPACITY as usize {
+        let rule_set_count = table.rule_sets.len();
+        if rule_set_count > self.rule_set_max as usize {
             return Err(DatapathError::Capacity(format!(
-                "the policies need {rule_set_count} distinct rule sets, more than the {DEFAULT_RULE_SET_CAPACITY} the datapath holds"
+                "the policies need {rule_set_count} distinct rule sets, more than datapath.rule_set_max = {}; raise it (388 bytes per set and slot) or give more prefixes the same rules",
+                self.rule_set_max
             )));
         }
         Ok(())
     }
 
-    /// Writes `table` (whose prefix keys are `keys`) into the idle slot and
-    /// switches to it.
-    fn write_and_switch(
-        &mut self,
-        keys: BTreeMap<PrefixKey, u32>,
-        table: &CompiledTable,
-        generation: u32,
-    ) -> anyhow::Result<()> {
-        let slot = 1 - self.active;
-        let index = slot as usize;
-        let rule_set_count = table.ingress.rule_sets.len() + table.egress.rule_sets.len();
-        if self.switched {
-            let waited = self
-                .retiring
-                .take()
-                .is_some_and(|retiring| matches!(retiring.join(), Ok(Ok(()))));
-            if !waited {
+    /// Takes the idle slot back from the thread catching it up, if it is
+    /// lent, or else waits for the grace period of the last switch if it
+    /// has not been seen to end: until then the idle slot may have readers.
+    fn reclaim_idle_slot(&mut self) -> anyhow::Result<&mut TableSlot> {
+        let index = 1 - self.active as usize;
+        if let Some(catching_up) = self.catching_up.take() {
+            let (slot, result) = catching_up.join().map_err(|_| {
+                anyhow!("the thread writing the idle table slot panicked; restart palisaded")
+            })?;
+            self.slots[index] = Some(slot);
+            if let Err(error) = result {
+                warn!(
+                    error = format!("{error:#}"),
+                    "could not bring the idle table slot up to date; the next install compares it key by key"
+                );
                 wait_for_readers()?;
             }
             self.switched = false;
         }
-        // Only what differs from what the slot holds is written; the record
-        // follows each write, so a failure half-way leaves it true.
-        let stale: Vec<PrefixKey> = self.written_keys[index]
-            .keys()
-            .filter(|key| !keys.contains_key(key))
-            .copied()
-            .collect();
-        for key in stale {
-            if key.family == family::IPV4 {
-                self.prefixes_v4[index].remove(&PrefixKeyV4::from_key(&key))?;
-            } else {
-                self.prefixes[index].remove(&key)?;
-            }
-            self.written_keys[index].remove(&key);
+        if self.switched {
+            wait_for_readers()?;
+            self.switched = false;
         }
-        // Egress rule sets follow the ingress ones in the same array.
-        let sets = table
-            .ingress
-            .rule_sets
-            .iter()
-            .chain(&table.egress.rule_sets);
-        for (i, entries) in sets.enumerate() {
-            let set = rule_set(entries)?;
-            if self.written_rule_sets[index].get(i) == Some(&set) {
-                continue;
-            }
-            self.rule_sets[index].set(u32::try_from(i)?, &set, 0)?;
-            match self.written_rule_sets[index].get_mut(i) {
-                Some(written) => *written = set,
-                None => self.written_rule_sets[index].push(set),
-            }
-        }
-        self.written_rule_sets[index].truncate(rule_set_count);
-        for (key, value) in &keys {
-            if self.written_keys[index].get(key) == Some(value) {
-                continue;
-            }
-            if key.family == family::IPV4 {
-                self.prefixes_v4[index].insert(&PrefixKeyV4::from_key(key), value, 0)
-            } else {
-                self.prefixes[index].insert(key, value, 0)
-            }
-            .context("writing a prefix (raise datapath.policy_map_max)")?;
-            self.written_keys[index].insert(*key, *value);
-        }
-        let cpus = usize::try_from(nr_cpus().map_err(|(_, e)| e)?.get())?;
+        self.slots[index]
+            .as_mut()
+            .ok_or_else(|| anyhow!("the idle table slot is missing"))
+    }
+
+    /// Writes `table` into the idle slot as `plan` says and switches to it.
+    fn write_and_switch(
+        &mut self,
+        plan: &SlotPlan,
+        table: &CompiledTable,
+        flat: FlatTable,
+        listed: BTreeMap<PrefixKey, u32>,
+        generation: u32,
+    ) -> anyhow::Result<()> {
+        let slot = 1 - self.active;
+        let index = slot as usize;
+        let idle = self.reclaim_idle_slot()?;
+        idle.write(plan, &flat)?;
+        let lengths = idle.record.lengths();
         let rules = table.rules.len().min(DEFAULT_RULE_CAPACITY as usize);
-        for rule in 0..rules.max(self.rules_written[index]) {
-            let zero = PerCpuValues::try_from(vec![CounterValue::default(); cpus])?;
-            self.rule_counters[index].set(u32::try_from(rule)?, zero, 0)?;
-        }
+        let zeroed = u32::try_from(rules.max(self.rules_written[index]))?;
+        map_batch::zero_per_cpu(
+            aya::maps::IterableMap::map(&self.rule_counters[index]),
+            zeroed,
+            std::mem::size_of::<CounterValue>(),
+        )
+        .context("zeroing the rule counters")?;
         let failsafe_base = slot * FAILSAFE_WORDS;
         for word in &self.failsafe_written[index] {
             if !self.failsafe_words.contains_key(word) {
@@ -642,15 +581,19 @@ impl EbpfDatapath {
             ingress_default_deny: default_deny_code(&table.ingress),
             egress_default_deny: default_deny_code(&table.egress),
             audit: u8::from(table.audit),
-            lengths: prefix_lengths(self.written_keys[index].keys()),
+            lengths,
             ..self.template
         };
         self.slot_settings.set(slot, &settings, 0)?;
         // The switch: one 4-byte map update.
         self.active_slot.set(0, &slot, 0)?;
+        let retired = self.active as usize;
         self.active = slot;
         self.switched = true;
-        self.retiring = Some(std::thread::spawn(wait_for_readers));
+        self.last_install = flat.changes.clone().map(|changes| (flat.serial, changes));
+        if let Some(retired) = self.slots[retired].take() {
+            self.catching_up = Some(retired.catch_up(flat, listed, wait_for_readers));
+        }
         Ok(())
     }
 }
@@ -696,9 +639,20 @@ impl Datapath for EbpfDatapath {
     }
 
     fn install(&mut self, table: &CompiledTable, generation: u32) -> Result<(), DatapathError> {
-        let keys = self.keys(table)?;
-        self.check_capacity(&keys, table)?;
-        Ok(self.write_and_switch(keys, table, generation)?)
+        let flat = FlatTable::of(table);
+        let listed = self.listed_keys(table);
+        let previous = self.last_install.clone();
+        let record = &self.reclaim_idle_slot()?.record;
+        let plan = record.plan(&flat, &listed, previous.as_ref());
+        self.check_capacity(
+            &self.slots[1 - self.active as usize]
+                .as_ref()
+                .ok_or_else(|| anyhow!("the idle table slot is missing"))?
+                .record,
+            &plan,
+            table,
+        )?;
+        Ok(self.write_and_switch(&plan, table, flat, listed, generation)?)
     }
 
     fn attach(&mut self, config: &DatapathConfig) -> anyhow::Result<()> {
@@ -893,11 +847,13 @@ impl Datapath for EbpfDatapath {
     }
 
     fn map_usage(&self) -> Vec<MapUsage> {
-        let active = self.active as usize;
-        let v4 = self.written_keys[active]
-            .keys()
-            .filter(|key| key.family == family::IPV4)
-            .count();
+        let Some(active) = self.slots[self.active as usize]
+            .as_ref()
+            .map(|slot| &slot.record)
+        else {
+            return Vec::new();
+        };
+        let (v4, v6) = active.counts();
         vec![
             MapUsage {
                 map: "prefixes_ipv4",
@@ -906,13 +862,13 @@ impl Datapath for EbpfDatapath {
             },
             MapUsage {
                 map: "prefixes_ipv6",
-                entries: self.written_keys[active].len() - v4,
+                entries: v6,
                 capacity: self.policy_map_max as usize,
             },
             MapUsage {
                 map: "rule_sets",
-                entries: self.written_rule_sets[active].len(),
-                capacity: DEFAULT_RULE_SET_CAPACITY as usize,
+                entries: active.rule_set_count(),
+                capacity: self.rule_set_max as usize,
             },
         ]
     }
@@ -1013,35 +969,5 @@ fromCIDR = ["192.0.2.1/32"]
         assert_eq!(listed.len(), 1);
         assert_eq!(listed[0].source, IpAddr::from([10, 0, 0, 9]));
         assert_eq!(listed[0].destination_port, 443);
-    }
-
-    #[test]
-    fn keys_are_per_family_and_masked() {
-        let key = prefix_key(table::INGRESS, &"10.1.0.0/16".parse().unwrap());
-        assert_eq!((key.family, key.prefix_len), (family::IPV4, 16));
-        assert_eq!(key.address[..4], [10, 1, 0, 0]);
-        assert!(key.address[4..].iter().all(|b| *b == 0));
-        let key = prefix_key(table::EGRESS, &"2001:db8::/32".parse().unwrap());
-        assert_eq!(
-            (key.table, key.family, key.prefix_len, key.address[0]),
-            (table::EGRESS, family::IPV6, 32, 0x20)
-        );
-    }
-
-    #[test]
-    fn lengths_are_listed_longest_first_per_table_and_family() {
-        let keys = [
-            prefix_key(table::INGRESS, &"10.0.0.0/8".parse().unwrap()),
-            prefix_key(table::INGRESS, &"10.1.2.3/32".parse().unwrap()),
-            prefix_key(table::INGRESS, &"10.1.0.0/16".parse().unwrap()),
-            prefix_key(table::INGRESS, &"10.2.0.0/16".parse().unwrap()),
-            prefix_key(table::INGRESS, &"::/0".parse().unwrap()),
-        ];
-        let lists = prefix_lengths(keys.iter());
-        let v4 = lists[lengths_index(table::INGRESS, family::IPV4)];
-        assert_eq!(v4.lengths[..usize::from(v4.count)], [32, 16, 8]);
-        let v6 = lists[lengths_index(table::INGRESS, family::IPV6)];
-        assert_eq!(v6.lengths[..usize::from(v6.count)], [0]);
-        assert_eq!(lists[lengths_index(table::EGRESS, family::IPV4)].count, 0);
     }
 }
