@@ -802,19 +802,19 @@ fn a_policy_over_the_body_limit_reaches_palisaded_compressed() {
         stderr.contains("the diff request is over 8 MiB once decompressed"),
         "{stderr}"
     );
-    daemon
-        .edit_config(|config| config.datapath.policy_map_max = 131_072)
-        .expect("config");
-    daemon.restart().expect("palisaded restarts");
+    let restart_with = |daemon: &mut Daemon, edit: fn(&mut palisade_config::Config)| {
+        daemon.edit_config(edit).expect("config");
+        daemon.restart().expect("palisaded restarts");
+    };
+    restart_with(&mut daemon, |config| {
+        config.datapath.policy_map_max = 131_072
+    });
     let (_, stderr) = failed(&daemon.ctl(&["apply", "-f", &file]).expect("ctl"));
     assert!(
         stderr.contains("100002 distinct rule sets, more than datapath.rule_set_max = 4096"),
         "{stderr}"
     );
-    daemon
-        .edit_config(|config| config.datapath.rule_set_max = 131_072)
-        .expect("config");
-    daemon.restart().expect("palisaded restarts");
+    restart_with(&mut daemon, |config| config.datapath.rule_set_max = 131_072);
     let before = daemon.status().expect("status").rules;
     ok(daemon.ctl(&["apply", "-f", &file]).expect("ctl"));
     assert_eq!(daemon.status().expect("status").rules, before + 100_000);
