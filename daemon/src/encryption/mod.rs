@@ -1,8 +1,13 @@
 //! Encryption between nodes: one seam over the backends, chosen by
-//! `encryption.mode` — WireGuard today ([`wireguard`]), IPsec next. The
-//! rest of the daemon (control socket, reload, metrics, shutdown) sees only
+//! `encryption.mode` — WireGuard today ([`wireguard`]), IPsec next: its
+//! pure core is here ([`ipsec_keys`]: the key file and per-node-pair keys;
+//! [`ipsec_plan`]: the XFRM states and policies of the mesh), the netlink
+//! shell and `encryption.mode = "ipsec"` are not yet. The rest of the
+//! daemon (control socket, reload, metrics, shutdown) sees only
 //! [`Encryption`].
 
+pub mod ipsec_keys;
+pub mod ipsec_plan;
 pub mod wireguard;
 
 use std::sync::Arc;

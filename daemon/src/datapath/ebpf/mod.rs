@@ -26,7 +26,7 @@ use palisade_common::{
     FLOW_EVENTS_MAP, NO_RULE, PREFIX_MAPS, PREFIX_MASKS_MAP, PREFIX_V4_MAPS, PrefixKey,
     RULE_COUNTER_MAPS, RULE_SET_MAPS, SLOT_SETTINGS_MAP, SlotSettings, TC_EGRESS_PROGRAM,
     TC_INGRESS_PROGRAM, XDP_PREFILTER_PROGRAM, ct_flag, default_deny, direction, failsafe_bit,
-    family, prefix_mask, table,
+    prefix_mask, table,
 };
 use palisade_policy::{
     CompiledTable,
@@ -474,27 +474,13 @@ fn default_deny_code(rows: &DirectionTable) -> u8 {
 }
 
 impl EbpfDatapath {
-    /// Refuses a table larger than the maps were sized for: the slot's
-    /// keys once `plan` is written, and the table's rule sets.
+    /// Refuses a table larger than the maps were sized for: `keys` IPv4
+    /// and IPv6 prefix keys, `rule_set_count` rule sets.
     fn check_capacity(
         &self,
-        record: &SlotRecord,
-        plan: &SlotPlan,
-        table: &CompiledTable,
+        (v4, v6): (usize, usize),
+        rule_set_count: usize,
     ) -> Result<(), DatapathError> {
-        let (mut v4, mut v6) = record.counts();
-        for (key, value) in &plan.keys {
-            let count = if key.family == family::IPV4 {
-                &mut v4
-            } else {
-                &mut v6
-            };
-            match (record.key(key).is_some(), value.is_some()) {
-                (false, true) => *count += 1,
-                (true, false) => *count -= 1,
-                _ => {}
-            }
-        }
         for (family_name, count) in [("IPv4", v4), ("IPv6", v6)] {
             if count > self.policy_map_max as usize {
                 return Err(DatapathError::Capacity(format!(
@@ -503,7 +489,6 @@ impl EbpfDatapath {
                 )));
             }
         }
-        let rule_set_count = table.rule_sets.len();
         if rule_set_count > self.rule_set_max as usize {
             return Err(DatapathError::Capacity(format!(
                 "the policies need {rule_set_count} distinct rule sets, more than datapath.rule_set_max = {}; raise it (388 bytes per set and slot) or give more prefixes the same rules",
@@ -644,14 +629,8 @@ impl Datapath for EbpfDatapath {
         let previous = self.last_install.clone();
         let record = &self.reclaim_idle_slot()?.record;
         let plan = record.plan(&flat, &listed, previous.as_ref());
-        self.check_capacity(
-            &self.slots[1 - self.active as usize]
-                .as_ref()
-                .ok_or_else(|| anyhow!("the idle table slot is missing"))?
-                .record,
-            &plan,
-            table,
-        )?;
+        let keys = record.counts_after(&plan);
+        self.check_capacity(keys, table.rule_sets.len())?;
         Ok(self.write_and_switch(&plan, table, flat, listed, generation)?)
     }
 

@@ -116,6 +116,24 @@ impl SlotRecord {
         (self.v4, self.keys.len() - self.v4)
     }
 
+    /// IPv4 and IPv6 keys the slot will hold once `plan` is written.
+    pub fn counts_after(&self, plan: &SlotPlan) -> (usize, usize) {
+        let (mut v4, mut v6) = self.counts();
+        for (key, value) in &plan.keys {
+            let count = if key.family == family::IPV4 {
+                &mut v4
+            } else {
+                &mut v6
+            };
+            match (self.key(key).is_some(), value.is_some()) {
+                (false, true) => *count += 1,
+                (true, false) => *count -= 1,
+                _ => {}
+            }
+        }
+        (v4, v6)
+    }
+
     /// The rule set held at `index`.
     pub fn rule_set(&self, index: usize) -> Option<&RuleSet> {
         self.rule_sets.get(index)
@@ -367,6 +385,8 @@ mod tests {
         let plan = record.plan(&table, &BTreeMap::new(), None);
         assert!(plan.keys.contains(&(stale, None)), "{plan:?}");
         assert_eq!(plan.keys.len(), 2, "{plan:?}");
+        assert_eq!(record.counts(), (1, 0));
+        assert_eq!(record.counts_after(&plan), (1, 0));
     }
 
     #[test]
