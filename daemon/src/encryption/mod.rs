@@ -9,6 +9,7 @@
 pub mod ipsec_keys;
 pub mod ipsec_plan;
 pub mod wireguard;
+pub mod xfrm;
 
 use std::sync::Arc;
 
