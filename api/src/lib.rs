@@ -89,6 +89,49 @@ pub struct EncryptionStatus {
     /// The WireGuard tunnel, in mode `wireguard`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub wireguard: Option<WireGuardStatus>,
+    /// The IPsec mesh, in mode `ipsec`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipsec: Option<IpsecStatus>,
+}
+
+/// The IPsec mesh: keys, each node's states and policies, the kernel's
+/// XFRM error counters.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IpsecStatus {
+    /// `tunnel` or `transport`.
+    pub mode: String,
+    /// The SPIs of the keys installed, lowest first.
+    pub keys: Vec<u8>,
+    /// The newest key installed: what the other nodes' `ipsec_key` should
+    /// say of this node once they have it too.
+    pub newest_key: u8,
+    /// One entry per configured node.
+    pub nodes: Vec<IpsecNodeStatus>,
+    /// `/proc/net/xfrm_stat` (XfrmInNoStates, XfrmInStateProtoError, ...).
+    pub xfrm_stats: std::collections::BTreeMap<String, u64>,
+}
+
+/// One node of the IPsec mesh.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IpsecNodeStatus {
+    /// The node's name (`[[nodes]] name`).
+    pub name: String,
+    /// Its address, where ESP goes.
+    pub address: String,
+    /// The key traffic to it is encrypted with.
+    pub outbound_key: u8,
+    /// Its security associations in the kernel (both directions).
+    pub states: usize,
+    /// How many it should have.
+    pub states_expected: usize,
+    /// Its policies in the kernel.
+    pub policies: usize,
+    /// How many it should have.
+    pub policies_expected: usize,
+    /// Bytes encrypted to it.
+    pub tx_bytes: u64,
+    /// Bytes decrypted from it.
+    pub rx_bytes: u64,
 }
 
 /// The encryption backends.
@@ -99,6 +142,8 @@ pub enum EncryptionMode {
     Disabled,
     /// A WireGuard tunnel to each node.
     Wireguard,
+    /// IPsec (ESP) to each node.
+    Ipsec,
 }
 
 impl std::fmt::Display for EncryptionMode {
@@ -106,6 +151,7 @@ impl std::fmt::Display for EncryptionMode {
         f.write_str(match self {
             Self::Disabled => "disabled",
             Self::Wireguard => "wireguard",
+            Self::Ipsec => "ipsec",
         })
     }
 }

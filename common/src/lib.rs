@@ -71,6 +71,14 @@ pub const FAILSAFE_WORDS: u32 = 6 * FAILSAFE_WORDS_PER_LIST;
 pub const FLOW_RING_BYTES: u32 = 256 * 1024;
 /// Rule id carried by a verdict no rule decided (default deny, default allow).
 pub const NO_RULE: u32 = u32::MAX;
+
+/// The mark palisade's inbound IPsec states put on the packets they decrypt
+/// (Cilium's `MARK_MAGIC_DECRYPT`): in tunnel mode those come back through
+/// the interface, and strict mode must let them pass.
+pub const IPSEC_DECRYPTED_MARK: u32 = 0x0d00;
+
+/// The bits of the packet mark [`IPSEC_DECRYPTED_MARK`] is in.
+pub const IPSEC_DECRYPTED_MARK_MASK: u32 = 0x0f00;
 /// Rule id carried by a verdict the failsafe list decided.
 pub const FAILSAFE_RULE: u32 = u32::MAX - 1;
 
@@ -202,6 +210,8 @@ pub mod protocol {
     pub const TCP: u8 = 6;
     /// UDP.
     pub const UDP: u8 = 17;
+    /// IPsec ESP.
+    pub const ESP: u8 = 50;
     /// ICMPv6.
     pub const ICMPV6: u8 = 58;
     /// SCTP.

@@ -41,33 +41,52 @@ pub struct Config {
     pub encryption: EncryptionConfig,
     /// The WireGuard tunnel, when `encryption.mode` is `wireguard`.
     pub wireguard: WireGuardConfig,
+    /// IPsec, when `encryption.mode` is `ipsec`.
+    pub ipsec: IpsecConfig,
     /// The other nodes of the cluster (`[[nodes]]`): one list for the
     /// policies (`remote-node`, `fromNodes`) and the encryption.
     pub nodes: Vec<Node>,
 }
 
 impl Config {
-    /// The prefixes WireGuard strict mode keeps off the wire unencrypted:
-    /// every tunnel peer's prefixes when WireGuard runs in strict mode, else
-    /// none.
+    /// The prefixes strict mode keeps off the wire unencrypted: with
+    /// WireGuard, every tunnel peer's prefixes; with IPsec, the nodes' pod
+    /// CIDRs (tunnel mode) or node addresses (transport mode); none when
+    /// strict mode is off.
     pub fn strict_prefixes(&self) -> Vec<ipnet::IpNet> {
-        if self.encryption.mode != EncryptionMode::Wireguard || !self.wireguard.strict {
-            return Vec::new();
+        match self.encryption.mode {
+            EncryptionMode::Wireguard if self.wireguard.strict => self
+                .wireguard_peers()
+                .iter()
+                .flat_map(|peer| peer.allowed_ips.iter().copied())
+                .collect(),
+            EncryptionMode::Ipsec if self.ipsec.strict => match self.ipsec.mode {
+                IpsecMode::Tunnel => self
+                    .nodes
+                    .iter()
+                    .flat_map(|node| node.pod_cidrs.iter().copied())
+                    .collect(),
+                IpsecMode::Transport => self
+                    .nodes
+                    .iter()
+                    .filter_map(|node| node.addresses.first())
+                    .map(|address| ipnet::IpNet::from(address.addr()))
+                    .collect(),
+            },
+            _ => Vec::new(),
         }
-        self.wireguard_peers()
-            .iter()
-            .flat_map(|peer| peer.allowed_ips.iter().copied())
-            .collect()
     }
 
-    /// What the policies know of the cluster: `[cluster]` with the nodes of
-    /// `[[nodes]]` (their pod CIDRs count as the cluster's).
+    /// What the policies know of the cluster: `[cluster]` with this node's
+    /// and the nodes of `[[nodes]]` (their pod CIDRs count as the
+    /// cluster's).
     pub fn cluster_context(&self) -> palisade_policy::ClusterContext {
         let cluster = &self.cluster;
         palisade_policy::ClusterContext {
             pod_cidrs: cluster
                 .pod_cidrs
                 .iter()
+                .chain(&self.node.pod_cidrs)
                 .chain(self.nodes.iter().flat_map(|node| &node.pod_cidrs))
                 .copied()
                 .collect(),
@@ -129,6 +148,32 @@ impl Config {
                 node.name
             )
         })
+    }
+}
+
+impl Config {
+    /// What IPsec needs and the configuration lacks: the node addresses ESP
+    /// goes between, and in tunnel mode the pod CIDRs it carries.
+    pub fn ipsec_gaps(&self) -> Vec<String> {
+        if self.encryption.mode != EncryptionMode::Ipsec {
+            return Vec::new();
+        }
+        let mut gaps = Vec::new();
+        if self.node.addresses.is_empty() {
+            gaps.push("with encryption.mode = \"ipsec\", node.addresses must name this node's address: ESP goes to and from the first".to_owned());
+        }
+        if self.ipsec.mode == IpsecMode::Tunnel && self.node.pod_cidrs.is_empty() {
+            gaps.push("with ipsec.mode = \"tunnel\", node.pod_cidrs must name this node's pod prefixes: the tunnels carry their traffic".to_owned());
+        }
+        for node in &self.nodes {
+            if node.addresses.is_empty() {
+                gaps.push(format!(
+                    "[[nodes]] {:?} has no addresses: with encryption.mode = \"ipsec\", ESP goes to a node's first address",
+                    node.name
+                ));
+            }
+        }
+        gaps
     }
 }
 
@@ -197,6 +242,52 @@ pub enum EncryptionMode {
     None,
     /// Through a WireGuard tunnel to each node in `[[nodes]]`.
     Wireguard,
+    /// With IPsec (ESP) to each node in `[[nodes]]`.
+    Ipsec,
+}
+
+/// `[ipsec]`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IpsecConfig {
+    /// The keys, in Cilium's format (`SPI[+] ALGORITHM KEY ICV_BITS`, one
+    /// per line), mode 0600; read at start and at each reload, never
+    /// logged or shown.
+    pub keys_file: PathBuf,
+    /// What is encrypted: the pods' traffic between the nodes (`tunnel`) or
+    /// the nodes' own traffic (`transport`).
+    pub mode: IpsecMode,
+    /// Seconds an older key's states stay after the newest key was
+    /// installed and every node uses it (Cilium's
+    /// `ipsec-key-rotation-duration`).
+    pub key_rotation_window: u64,
+    /// Strict mode: traffic of the nodes' encrypted prefixes seen
+    /// unencrypted on an enforced interface is dropped as
+    /// `UNENCRYPTED_TRAFFIC`.
+    pub strict: bool,
+}
+
+impl Default for IpsecConfig {
+    fn default() -> Self {
+        Self {
+            keys_file: PathBuf::from("/etc/palisade/ipsec.keys"),
+            mode: IpsecMode::default(),
+            key_rotation_window: 300,
+            strict: false,
+        }
+    }
+}
+
+/// `ipsec.mode`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum IpsecMode {
+    /// ESP tunnels between the node addresses carry the traffic between
+    /// the nodes' pod CIDRs.
+    #[default]
+    Tunnel,
+    /// ESP between the node addresses themselves.
+    Transport,
 }
 
 /// `[wireguard]`.
@@ -250,6 +341,10 @@ pub struct Node {
     pub pod_cidrs: Vec<ipnet::IpNet>,
     /// How the WireGuard tunnel reaches it (`[nodes.wireguard]`).
     pub wireguard: Option<NodeWireGuard>,
+    /// The newest IPsec key (SPI) it has installed, as its `palisadectl
+    /// encryption status` shows: traffic to it is encrypted with the newest
+    /// key it has. Unset: it has every key of the key file.
+    pub ipsec_key: Option<u8>,
 }
 
 /// `[[nodes]]` as written, with the keys that moved.
@@ -265,6 +360,8 @@ struct NodeTable {
     pod_cidrs: Vec<ipnet::IpNet>,
     #[serde(default)]
     wireguard: Option<NodeWireGuard>,
+    #[serde(default)]
+    ipsec_key: Option<u8>,
     #[serde(default)]
     endpoint: Option<serde::de::IgnoredAny>,
     #[serde(default)]
@@ -297,6 +394,7 @@ impl TryFrom<NodeTable> for Node {
             labels: table.labels,
             pod_cidrs: table.pod_cidrs,
             wireguard: table.wireguard,
+            ipsec_key: table.ipsec_key,
         })
     }
 }
@@ -400,8 +498,12 @@ pub struct NodeConfig {
     pub name: Option<String>,
     /// Labels matched by policies' `nodeSelector`.
     pub labels: BTreeMap<String, String>,
-    /// This node's addresses: what the `host` entity stands for.
+    /// This node's addresses: what the `host` entity stands for; IPsec
+    /// goes to and from the first.
     pub addresses: Vec<ipnet::IpNet>,
+    /// This node's pods' prefixes: what IPsec tunnel mode encrypts to the
+    /// other nodes.
+    pub pod_cidrs: Vec<ipnet::IpNet>,
 }
 
 /// `[datapath]`.
@@ -758,6 +860,7 @@ impl Config {
             ));
         }
         found.extend(self.node_outside_the_tunnel());
+        found.extend(self.ipsec_gaps());
         found
     }
 }
@@ -1027,12 +1130,55 @@ mod tests {
                 .starts_with("c.toml:2:21: wireguard.userspace_threads: "),
             "{threads}"
         );
-        let ipsec = from_toml::<Config>("c.toml", "[encryption]\nmode = \"ipsec\"\n").unwrap_err();
+    }
+
+    #[test]
+    fn ipsec_names_what_it_lacks_and_strict_covers_the_mode_s_prefixes() {
+        let bare = from_toml::<Config>("c.toml", "[encryption]\nmode = \"ipsec\"\n").unwrap();
+        let gaps = bare.conflicts();
         assert!(
-            ipsec
-                .to_string()
-                .starts_with("c.toml:2:8: encryption.mode: unknown variant `ipsec`"),
-            "{ipsec}"
+            gaps.iter().any(|gap| gap.contains("node.addresses")),
+            "{gaps:?}"
+        );
+        assert!(
+            gaps.iter().any(|gap| gap.contains("node.pod_cidrs")),
+            "{gaps:?}"
+        );
+        let mesh = |mode: &str| {
+            from_toml::<Config>(
+                "c.toml",
+                &format!(
+                    "[encryption]\nmode = \"ipsec\"\n[ipsec]\nmode = \"{mode}\"\nstrict = true\nkey_rotation_window = 60\n\
+                     [node]\naddresses = [\"192.0.2.1/24\"]\npod_cidrs = [\"10.1.0.0/24\"]\n\
+                     [[nodes]]\nname = \"b\"\naddresses = [\"192.0.2.2/24\"]\npod_cidrs = [\"10.2.0.0/24\"]\nipsec_key = 3\n\
+                     [[nodes]]\nname = \"c\"\n"
+                ),
+            )
+            .unwrap()
+        };
+        let tunnel = mesh("tunnel");
+        assert_eq!(tunnel.ipsec.key_rotation_window, 60);
+        assert_eq!(tunnel.nodes[0].ipsec_key, Some(3));
+        assert_eq!(
+            tunnel.conflicts(),
+            [
+                "[[nodes]] \"c\" has no addresses: with encryption.mode = \"ipsec\", ESP goes to a node's first address"
+            ]
+        );
+        assert_eq!(
+            tunnel.strict_prefixes(),
+            ["10.2.0.0/24".parse::<ipnet::IpNet>().unwrap()]
+        );
+        let transport = mesh("transport");
+        assert_eq!(
+            transport.strict_prefixes(),
+            ["192.0.2.2/32".parse::<ipnet::IpNet>().unwrap()]
+        );
+        let mode = from_toml::<Config>("c.toml", "[ipsec]\nmode = \"beet\"\n").unwrap_err();
+        assert!(
+            mode.to_string()
+                .starts_with("c.toml:2:8: ipsec.mode: unknown variant `beet`"),
+            "{mode}"
         );
     }
 }

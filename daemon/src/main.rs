@@ -59,7 +59,8 @@ struct Args {
     #[arg(long)]
     state_dir: Option<PathBuf>,
     /// Detach every program and remove the pinned state under
-    /// `datapath.pin_path`, then exit. Enforcement stops.
+    /// `datapath.pin_path`, and palisade's IPsec states and policies (no
+    /// one else's), then exit. Enforcement and encryption stop.
     #[arg(long)]
     cleanup: bool,
     /// Probe what the kernel offers the eBPF programs, print it and exit:
@@ -125,8 +126,24 @@ async fn run(args: Args) -> anyhow::Result<()> {
         } else {
             info!(path = %pin_path.display(), "nothing pinned: nothing to clean up");
         }
+        // IPsec states and policies a killed palisaded left: palisade's only
+        // (its request id), whatever encryption.mode says now.
+        match palisade_daemon::encryption::ipsec::remove_all() {
+            Ok(0) => {}
+            Ok(removed) => info!(removed, "removed palisade's IPsec states and policies"),
+            Err(error)
+                if config.encryption.mode == palisade_daemon::config::EncryptionMode::Ipsec =>
+            {
+                return Err(error.context("removing palisade's IPsec states and policies"));
+            }
+            Err(error) => warn!(
+                error = format!("{error:#}"),
+                "could not look for IPsec states to remove"
+            ),
+        }
         return Ok(());
     }
+    Encryption::preflight(&config)?;
     let node_name = config.node.name.clone().unwrap_or_else(host_name);
     let reconfigured = reconfiguration(&config);
     let settings = EngineSettings {

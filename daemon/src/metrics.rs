@@ -41,6 +41,8 @@ pub struct Snapshot {
     pub engine: EngineStats,
     /// The WireGuard tunnel, when encryption is on and it could be read.
     pub wireguard: Option<palisade_api::WireGuardStatus>,
+    /// The IPsec mesh, when encryption is on and it could be read.
+    pub ipsec: Option<palisade_api::IpsecStatus>,
 }
 
 #[derive(Debug, Default)]
@@ -266,6 +268,9 @@ impl Collector for SnapshotCollector {
         if let Some(tunnel) = &snapshot.wireguard {
             encode_wireguard(&mut encoder, tunnel)?;
         }
+        if let Some(mesh) = &snapshot.ipsec {
+            encode_ipsec(&mut encoder, mesh)?;
+        }
         let events_lost = stats.counters.events_lost();
         let mut lost = encoder.encode_descriptor(
             "flow_events_lost",
@@ -344,6 +349,61 @@ struct MetricsState {
     encryption: Option<Arc<Encryption>>,
 }
 
+/// The IPsec mesh: transfer per node, the key in use, the kernel's XFRM
+/// error counters (as Cilium's `cilium_ipsec_xfrm_error`).
+fn encode_ipsec(
+    encoder: &mut DescriptorEncoder<'_>,
+    mesh: &palisade_api::IpsecStatus,
+) -> Result<(), std::fmt::Error> {
+    gauge(
+        encoder,
+        "ipsec_newest_key",
+        "The SPI of the newest IPsec key installed",
+        i64::from(mesh.newest_key),
+    )?;
+    for (name, help, pick) in [
+        (
+            "ipsec_node_receive_bytes",
+            "Bytes decrypted from each node",
+            (|node: &palisade_api::IpsecNodeStatus| node.rx_bytes) as fn(&_) -> u64,
+        ),
+        (
+            "ipsec_node_transmit_bytes",
+            "Bytes encrypted to each node",
+            |node: &palisade_api::IpsecNodeStatus| node.tx_bytes,
+        ),
+    ] {
+        let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+        for node in &mesh.nodes {
+            family
+                .encode_family(&[("node", node.name.as_str())])?
+                .encode_counter::<NoLabelSet, _, u64>(&pick(node), None)?;
+        }
+    }
+    let mut keys = encoder.encode_descriptor(
+        "ipsec_node_outbound_key",
+        "The SPI of the key traffic to each node is encrypted with",
+        None,
+        MetricType::Gauge,
+    )?;
+    for node in &mesh.nodes {
+        keys.encode_family(&[("node", node.name.as_str())])?
+            .encode_gauge(&i64::from(node.outbound_key))?;
+    }
+    let mut errors = encoder.encode_descriptor(
+        "ipsec_xfrm_errors",
+        "The kernel's XFRM error counters (/proc/net/xfrm_stat), by name",
+        None,
+        MetricType::Counter,
+    )?;
+    for (name, value) in &mesh.xfrm_stats {
+        errors
+            .encode_family(&[("error", name.as_str())])?
+            .encode_counter::<NoLabelSet, _, u64>(value, None)?;
+    }
+    Ok(())
+}
+
 /// The tunnel's peers: transfer and handshake age per node.
 fn encode_wireguard(
     encoder: &mut DescriptorEncoder<'_>,
@@ -390,20 +450,25 @@ fn encode_wireguard(
 }
 
 async fn scrape(State(state): State<MetricsState>) -> impl IntoResponse {
-    let wireguard = match &state.encryption {
+    let encryption = match &state.encryption {
         Some(encryption) => {
             let encryption = Arc::clone(encryption);
             tokio::task::spawn_blocking(move || encryption.status().ok())
                 .await
                 .ok()
                 .flatten()
-                .and_then(|status| status.wireguard)
         }
         None => None,
     };
+    let (wireguard, ipsec) =
+        encryption.map_or((None, None), |status| (status.wireguard, status.ipsec));
     // A counter per rule, per CPU: many map reads, off the executor.
     let snapshot = match on_blocking_thread(&state.engine, |engine| engine.stats()).await {
-        Ok((_, stats)) => stats.map(|engine| Snapshot { engine, wireguard }),
+        Ok((_, stats)) => stats.map(|engine| Snapshot {
+            engine,
+            wireguard,
+            ipsec,
+        }),
         Err(error) => Err(anyhow::anyhow!("reading the engine's stats: {error}")),
     };
     let body = match snapshot {
@@ -481,6 +546,7 @@ mod tests {
                     ..EngineStats::default()
                 },
                 wireguard: None,
+                ipsec: None,
             })
             .unwrap();
         for line in [

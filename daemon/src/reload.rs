@@ -18,7 +18,8 @@ use tracing::warn;
 use crate::{
     config::{
         Config, ConfigError, ConfigFile, ControlConfig, DatapathConfig, EncryptionConfig,
-        FlowsConfig, MetricsConfig, NodeConfig, PolicyConfig, Service, WireGuardConfig,
+        FlowsConfig, IpsecConfig, MetricsConfig, NodeConfig, PolicyConfig, Service,
+        WireGuardConfig,
     },
     datapath::EnforcementSettings,
     encryption::Encryption,
@@ -189,6 +190,7 @@ pub fn restart_only_changes(running: &Config, new: &Config) -> Vec<&'static str>
         name,
         labels: _,
         addresses: _,
+        pod_cidrs: _,
     } = &running.node;
     check("node.name", *name == new.node.name);
     let DatapathConfig {
@@ -264,6 +266,13 @@ pub fn restart_only_changes(running: &Config, new: &Config) -> Vec<&'static str>
     check("metrics.listen", *listen == new.metrics.listen);
     let EncryptionConfig { mode } = &running.encryption;
     check("encryption.mode", *mode == new.encryption.mode);
+    let IpsecConfig {
+        keys_file: _,
+        mode,
+        key_rotation_window: _,
+        strict: _,
+    } = &running.ipsec;
+    check("ipsec.mode", *mode == new.ipsec.mode);
     let WireGuardConfig {
         interface,
         listen_port,

@@ -33,12 +33,13 @@ mod prefix;
 mod report;
 
 use aya_ebpf::{
-    bindings::{TC_ACT_SHOT, TC_ACT_UNSPEC, xdp_action},
+    EbpfContext as _,
+    bindings::{__sk_buff, TC_ACT_SHOT, TC_ACT_UNSPEC, xdp_action},
     macros::{classifier, xdp},
     programs::{TcContext, XdpContext},
 };
 use palisade_common::{
-    Counter, FAILSAFE_RULE, NO_RULE, SlotSettings, direction, drop_reason, verdict,
+    Counter, FAILSAFE_RULE, NO_RULE, SlotSettings, direction, drop_reason, protocol, verdict,
 };
 
 use crate::{
@@ -96,6 +97,18 @@ fn firewall(ctx: &TcContext, way: u8) -> i32 {
     }
 }
 
+/// Whether IPsec protects the packet: ESP on the wire, or a packet one of
+/// palisade's inbound states decrypted (their mark), which tunnel mode hands
+/// back through the interface. Strict mode lets both pass.
+#[inline(always)]
+fn ipsec_protected(ctx: &TcContext, packet: &Packet) -> bool {
+    // SAFETY: the context points at the kernel's __sk_buff for this program.
+    let mark = unsafe { (*(ctx.as_ptr() as *const __sk_buff)).mark };
+    packet.protocol == protocol::ESP
+        || mark & palisade_common::IPSEC_DECRYPTED_MARK_MASK
+            == palisade_common::IPSEC_DECRYPTED_MARK
+}
+
 /// The verdict on a packet, or `None` when it is not ours to judge (not IP,
 /// always allowed) or belongs to a tracked connection (counted here).
 #[inline(always)]
@@ -128,7 +141,10 @@ fn judge(
             NO_RULE,
         ));
     }
-    if strict_mode(settings, packet.family) && unencrypted(slot, settings, way, packet) {
+    if strict_mode(settings, packet.family)
+        && !ipsec_protected(ctx, packet)
+        && unencrypted(slot, settings, way, packet)
+    {
         return Some(drop_or_audit(
             settings,
             drop_reason::UNENCRYPTED_TRAFFIC,

@@ -45,7 +45,8 @@ pub struct Verdict {
 /// the source on ingress and the destination on egress. On ingress the
 /// prefilter comes first: the longest matching prefilter prefix drops (the
 /// lowest rule id among equal prefixes is reported). Then a peer in a
-/// strict-mode prefix is dropped as unencrypted, before any rule.
+/// strict-mode prefix is dropped as unencrypted, before any rule, unless
+/// the packet is ESP.
 pub fn evaluate(table: &CompiledTable, direction: Direction, connection: &Connection) -> Verdict {
     let peer = match direction {
         Direction::Ingress => connection.source,
@@ -74,7 +75,9 @@ pub fn evaluate(table: &CompiledTable, direction: Direction, connection: &Connec
         drop_reason: reason,
         rule_id,
     };
-    if table.strict.iter().any(|prefix| prefix.contains(&peer)) {
+    if connection.protocol != protocol::ESP
+        && table.strict.iter().any(|prefix| prefix.contains(&peer))
+    {
         return would_drop(drop_reason::UNENCRYPTED_TRAFFIC, NO_RULE);
     }
     let rows = table.direction(direction);
@@ -183,6 +186,27 @@ toCIDR = ["192.0.2.0/24"]
 fromCIDR = ["10.66.1.0/24"]
 toPorts = [{ ports = [{ port = 22, protocol = "TCP" }] }]
 "#;
+
+    #[test]
+    fn strict_mode_drops_a_prefix_in_the_clear_and_lets_esp_pass() {
+        let policy = policy_from_toml("p.toml", POLICY).unwrap();
+        let table = compile(
+            &[policy],
+            &NodeContext {
+                strict_prefixes: vec!["10.0.0.0/8".parse().unwrap()],
+                ..NodeContext::default()
+            },
+        )
+        .unwrap();
+        let clear = evaluate(&table, Direction::Ingress, &connection("10.1.2.3", 6, 22));
+        assert_eq!(clear.drop_reason, drop_reason::UNENCRYPTED_TRAFFIC);
+        let esp = evaluate(
+            &table,
+            Direction::Ingress,
+            &connection("10.1.2.3", protocol::ESP, 0),
+        );
+        assert_ne!(esp.drop_reason, drop_reason::UNENCRYPTED_TRAFFIC);
+    }
 
     #[test]
     fn a_policy_in_audit_mode_reports_what_it_would_drop_and_forwards_it() {

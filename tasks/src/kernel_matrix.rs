@@ -96,6 +96,13 @@ const SUITES: &[Suite] = &[
     },
     Suite {
         package: "palisade-e2e",
+        test: Some("ipsec"),
+        filters: &[ESP_ONLY],
+        skip: &[],
+        threads: 1,
+    },
+    Suite {
+        package: "palisade-e2e",
         test: Some("wireguard"),
         filters: &["two_nodes_form_a_mesh"],
         skip: &[],
@@ -149,6 +156,49 @@ pub fn run(only: &[String], deb: &Path) -> anyhow::Result<()> {
     if !failures.is_empty() {
         bail!("kernel matrix failures: {}", failures.join(", "));
     }
+    Ok(())
+}
+
+/// Runs the benchmark `executable` in a guest on the matrix's first kernel
+/// and copies the result file it writes (`result`, under
+/// `$PALISADE_BENCH_RESULTS`) to `destination`.
+///
+/// # Errors
+///
+/// When the kernel cannot be fetched or booted, or the benchmark wrote no
+/// result.
+pub fn run_benchmark(executable: &Path, result: &str, destination: &Path) -> anyhow::Result<()> {
+    let kernel = GuestKernel::fetch(KERNEL_PACKAGES[0])?;
+    eprintln!("== benchmark in the guest: Linux {}", kernel.release);
+    let directory = std::env::temp_dir().join(format!(
+        "palisade-bench-{}-{}",
+        kernel.release,
+        std::process::id()
+    ));
+    let _ = std::fs::remove_dir_all(&directory);
+    let share = directory.join("share");
+    std::fs::create_dir_all(&share)?;
+    let initramfs = kernel.initramfs(&directory, INIT)?;
+    let script = format!(
+        "export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/root \
+         PALISADE_BENCH_RESULTS=/tmp/guest PALISADE_E2E_KERNEL_WIREGUARD=1\n\
+         cd {dir}; {exe}\n",
+        dir = shell_quote(&workspace()),
+        exe = shell_quote(executable),
+    );
+    std::fs::write(share.join("run.sh"), script)?;
+    kernel.boot(
+        &initramfs,
+        &[],
+        &[("hostroot", Path::new("/"), true), ("guest", &share, false)],
+        false,
+    )?;
+    let written = share.join(result);
+    let copied = std::fs::copy(&written, destination)
+        .with_context(|| format!("the benchmark wrote no {result} in the guest"));
+    let _ = std::fs::remove_dir_all(&directory);
+    copied?;
+    eprintln!("wrote {}", destination.display());
     Ok(())
 }
 

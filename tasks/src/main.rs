@@ -55,8 +55,11 @@ enum Task {
     /// of a flow event; target/bench/flow_events.json), `policy` (reading
     /// and compiling 1k/10k/100k CIDR rules; target/bench/policy_compile.json)
     /// `wireguard` (iperf3 through palisade's tunnel and wireguard-go's;
-    /// target/bench/wireguard.json) and `apply` (palisadectl apply against
-    /// nft -f, one-rule changes and whole tables; target/bench/apply.json).
+    /// target/bench/wireguard.json), `encryption` (iperf3 in the clear,
+    /// through palisade's IPsec and its kernel WireGuard, in the kernel
+    /// matrix's guest; target/bench/encryption.json) and `apply`
+    /// (palisadectl apply against nft -f, one-rule changes and whole
+    /// tables; target/bench/apply.json).
     Bench {
         /// Which benchmark; all when left out.
         #[arg(value_enum)]
@@ -75,6 +78,9 @@ enum Benchmark {
     Policy,
     /// WireGuard throughput, palisade against wireguard-go.
     Wireguard,
+    /// IPsec against kernel WireGuard throughput, in the kernel matrix's
+    /// guest.
+    Encryption,
     /// How long an apply takes, palisade against nft -f.
     Apply,
 }
@@ -119,6 +125,9 @@ fn main() -> anyhow::Result<()> {
             if which.is_none_or(|w| w == Benchmark::Wireguard) {
                 cargo(&["bench", "-p", "palisade-daemon", "--bench", "wireguard"])?;
             }
+            if which.is_none_or(|w| w == Benchmark::Encryption) {
+                bench_encryption()?;
+            }
             if which.is_none_or(|w| w == Benchmark::Apply) {
                 // It runs the release palisaded and palisadectl beside it.
                 cargo(&["build", "--release", "--bins"])?;
@@ -127,6 +136,52 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// The encryption benchmark: built here, run in the kernel matrix's guest
+/// (this kernel has neither ESP nor WireGuard).
+fn bench_encryption() -> anyhow::Result<()> {
+    cargo(&["build", "--bins"])?;
+    let arguments = [
+        "bench",
+        "--no-run",
+        "--message-format=json",
+        "-p",
+        "palisade-daemon",
+        "--bench",
+        "encryption",
+    ];
+    let output = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .args(arguments)
+        .current_dir(workspace())
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .context("cargo bench --no-run")?;
+    anyhow::ensure!(
+        output.status.success(),
+        "cargo {} failed",
+        arguments.join(" ")
+    );
+    let executable = String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .filter(|message| message["reason"] == "compiler-artifact")
+        // The package's binaries are built for its benchmarks too.
+        .filter(|message| {
+            message["target"]["kind"]
+                .as_array()
+                .is_some_and(|kinds| kinds.iter().any(|kind| kind == "bench"))
+        })
+        .filter_map(|message| message["executable"].as_str().map(PathBuf::from))
+        .next_back()
+        .context("no benchmark executable from cargo bench --no-run")?;
+    let results = workspace().join("target/bench");
+    std::fs::create_dir_all(&results)?;
+    kernel_matrix::run_benchmark(
+        &executable,
+        "encryption.json",
+        &results.join("encryption.json"),
+    )
 }
 
 /// The workspace root.

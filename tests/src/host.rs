@@ -94,6 +94,11 @@ impl ChildGuard {
         self.child.stdout.take()
     }
 
+    /// Takes the process's stderr (when it was piped).
+    pub fn take_stderr(&mut self) -> Option<std::process::ChildStderr> {
+        self.child.stderr.take()
+    }
+
     /// Whether the process has exited.
     pub fn has_exited(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(Some(_)))

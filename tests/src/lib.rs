@@ -7,6 +7,7 @@
 mod daemon;
 pub mod frames;
 mod host;
+pub mod ipsec_mesh;
 pub mod mesh;
 mod netns;
 mod traffic;

@@ -53,13 +53,18 @@ pub fn median(mut samples: Vec<f64>) -> f64 {
     samples[samples.len() / 2]
 }
 
-/// Writes `json` to `target/bench/FILE` and says where.
+/// Writes `json` to `target/bench/FILE` (or `$PALISADE_BENCH_RESULTS/FILE`
+/// when set: a benchmark run in the kernel matrix's guest writes to its
+/// share) and says where.
 pub fn write_result(file: &str, json: &serde_json::Value) -> anyhow::Result<()> {
-    let path = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"))
-        .join("bench")
-        .join(file);
+    let directory = match std::env::var_os("PALISADE_BENCH_RESULTS") {
+        Some(directory) => PathBuf::from(directory),
+        None => std::env::var_os("CARGO_TARGET_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"))
+            .join("bench"),
+    };
+    let path = directory.join(file);
     if let Some(parent) = path.parent() {
         std::fs::create_dir_all(parent)?;
     }

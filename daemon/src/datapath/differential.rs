@@ -238,7 +238,8 @@ fn check_direction<J: FrameJudge>(
         protocol::UDP,
         protocol::SCTP,
         protocol::ICMP,
-        47, // GRE: a protocol without ports, judged by L3 rules only
+        47,            // GRE: a protocol without ports, judged by L3 rules only
+        protocol::ESP, // encrypted already: strict mode lets it pass
     ];
     let local_v4 = IpAddr::V4(Ipv4Addr::new(10, 255, 0, 1));
     let local_v6 = IpAddr::V6(Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 1));

@@ -62,8 +62,26 @@ impl Aead {
     }
 }
 
-/// One key of the file.
+/// Key bytes: shown by `Debug` as their length only, so no log, error or
+/// status line can carry them.
 #[derive(Clone, PartialEq, Eq)]
+pub struct SecretKey(Vec<u8>);
+
+impl SecretKey {
+    /// The bytes, for the kernel.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl fmt::Debug for SecretKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "<{} bytes, not shown>", self.0.len())
+    }
+}
+
+/// One key of the file.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IpsecKey {
     /// The SPI the key's security associations carry (1 to [`MAX_SPI`]).
     pub spi: u8,
@@ -73,23 +91,7 @@ pub struct IpsecKey {
     pub aead: Aead,
     /// Integrity check value length in bits.
     pub icv_bits: u16,
-    key: Vec<u8>,
-}
-
-/// Says everything but the key.
-impl fmt::Debug for IpsecKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("IpsecKey")
-            .field("spi", &self.spi)
-            .field("per_node_pair", &self.per_node_pair)
-            .field("aead", &self.aead)
-            .field("icv_bits", &self.icv_bits)
-            .field(
-                "key",
-                &format_args!("<{} bytes, not shown>", self.key.len()),
-            )
-            .finish()
-    }
+    key: SecretKey,
 }
 
 impl IpsecKey {
@@ -98,19 +100,20 @@ impl IpsecKey {
     /// of SHA-256 (SHA-512 for keys over 32 bytes) of the key, the source
     /// and the destination address, as Cilium derives them (without the
     /// boot ids, which palisade's node list does not carry); else the key.
-    pub fn key_for(&self, source: IpAddr, destination: IpAddr) -> Vec<u8> {
+    pub fn key_for(&self, source: IpAddr, destination: IpAddr) -> SecretKey {
         if !self.per_node_pair {
             return self.key.clone();
         }
-        let mut input = self.key.clone();
+        let key = self.key.as_bytes();
+        let mut input = key.to_vec();
         input.extend(address_bytes(source));
         input.extend(address_bytes(destination));
-        let hash: Vec<u8> = if self.key.len() <= 32 {
+        let hash: Vec<u8> = if key.len() <= 32 {
             Sha256::digest(&input).to_vec()
         } else {
             Sha512::digest(&input).to_vec()
         };
-        hash[..self.key.len()].to_vec()
+        SecretKey(hash[..key.len()].to_vec())
     }
 }
 
@@ -136,6 +139,19 @@ impl IpsecKeys {
         &self.keys
     }
 
+    /// These keys but those of `spis`; the newest always stays.
+    pub fn without(&self, spis: &std::collections::BTreeSet<u8>) -> Self {
+        let newest = self.newest().spi;
+        Self {
+            keys: self
+                .keys
+                .iter()
+                .filter(|key| key.spi == newest || !spis.contains(&key.spi))
+                .cloned()
+                .collect(),
+        }
+    }
+
     /// The key of the highest SPI: the one to encrypt with once every node
     /// has it.
     pub fn newest(&self) -> &IpsecKey {
@@ -144,9 +160,9 @@ impl IpsecKeys {
     }
 }
 
-/// Why a key file was refused, at its place (`file:line:column: message`).
+/// Why a key file was refused, at its place (`file:line:column: message`,
+/// or `file: message` for the file as a whole).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{file}:{line}:{column}: {message}")]
 pub struct KeyFileError {
     /// The file.
     pub file: String,
@@ -156,6 +172,20 @@ pub struct KeyFileError {
     pub column: usize,
     /// What is wrong, never with the key in it.
     pub message: String,
+}
+
+impl fmt::Display for KeyFileError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.line == 0 {
+            write!(f, "{}: {}", self.file, self.message)
+        } else {
+            write!(
+                f,
+                "{}:{}:{}: {}",
+                self.file, self.line, self.column, self.message
+            )
+        }
+    }
 }
 
 /// Reads the key file at `path`: at most 64 KiB, readable by its owner
@@ -296,7 +326,7 @@ pub fn parse_keys(file: &str, text: &str) -> Result<IpsecKeys, KeyFileError> {
             per_node_pair,
             aead,
             icv_bits,
-            key,
+            key: SecretKey(key),
         });
     }
     if keys.is_empty() {
@@ -402,7 +432,7 @@ mod tests {
         assert!(error("3 hmac(sha256) 0x01 cbc(aes) 0x02").contains("use an AEAD"));
         assert_eq!(
             error("# nothing\n"),
-            "keys:0:0: holds no key (`SPI[+] ALGORITHM KEY ICV_BITS`)"
+            "keys: holds no key (`SPI[+] ALGORITHM KEY ICV_BITS`)"
         );
         for text in [odd, format!("3 rfc4106(gcm(aes)) {GCM_KEY} 100")] {
             assert!(!error(&text).contains(&GCM_KEY[2..12]), "{text}");
@@ -430,16 +460,16 @@ mod tests {
             "10.0.0.3".parse().unwrap(),
         );
         let a_to_b = key.key_for(a, b);
-        assert_eq!(a_to_b.len(), 20);
+        assert_eq!(a_to_b.as_bytes().len(), 20);
         assert_ne!(a_to_b, key.key_for(b, a));
         assert_ne!(a_to_b, key.key_for(a, c));
         assert_eq!(a_to_b, key.key_for("::ffff:10.0.0.1".parse().unwrap(), b));
         let mut input = hex::decode(&GCM_KEY[2..]).unwrap();
         input.extend([10, 0, 0, 1, 10, 0, 0, 2]);
-        assert_eq!(a_to_b, Sha256::digest(&input)[..20].to_vec());
+        assert_eq!(a_to_b.as_bytes(), &Sha256::digest(&input)[..20]);
         let shared = parse_keys("keys", &format!("3 rfc4106(gcm(aes)) {GCM_KEY} 128")).unwrap();
         assert_eq!(
-            shared.newest().key_for(a, b),
+            shared.newest().key_for(a, b).as_bytes(),
             hex::decode(&GCM_KEY[2..]).unwrap()
         );
     }

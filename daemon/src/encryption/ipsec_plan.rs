@@ -21,7 +21,7 @@ use std::{collections::BTreeMap, fmt, net::IpAddr};
 
 use ipnet::IpNet;
 
-use super::ipsec_keys::{Aead, IpsecKeys};
+use super::ipsec_keys::{Aead, IpsecKeys, SecretKey};
 
 /// The request id of every state and policy template palisade installs.
 pub const REQID: u32 = 0x5041_4c00;
@@ -44,6 +44,10 @@ pub struct MeshNode {
     pub address: IpAddr,
     /// Its pods' prefixes (tunnel mode).
     pub pod_cidrs: Vec<IpNet>,
+    /// The newest key (SPI) it has installed, as it advertises it: traffic
+    /// to it is encrypted with the newest key of ours it has. `None`: it
+    /// has every key of ours.
+    pub newest_key: Option<u8>,
 }
 
 /// Which way a state or policy points.
@@ -77,12 +81,12 @@ pub struct SaSpec {
     /// Integrity check value length in bits.
     pub icv_bits: u16,
     /// The key (never shown).
-    pub key: Vec<u8>,
+    pub key: SecretKey,
     /// Tunnel or transport.
     pub mode: IpsecMode,
 }
 
-/// Says everything but the key.
+/// SPIs in hex, as `ip xfrm` shows them; the key redacted.
 impl fmt::Debug for SaSpec {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("SaSpec")
@@ -94,10 +98,7 @@ impl fmt::Debug for SaSpec {
             .field("key_spi", &self.key_spi)
             .field("aead", &self.aead)
             .field("icv_bits", &self.icv_bits)
-            .field(
-                "key",
-                &format_args!("<{} bytes, not shown>", self.key.len()),
-            )
+            .field("key", &self.key)
             .field("mode", &self.mode)
             .finish()
     }
@@ -150,9 +151,16 @@ pub enum PlanError {
         /// The shared bits.
         tag: u16,
     },
-    /// The outbound key is not in the file.
-    #[error("the outbound key SPI {0} is not in the key file")]
-    UnknownKey(u8),
+    /// A node has none of the keys of the file.
+    #[error(
+        "node {peer} has key {newest} at newest, and the key file has no key of that SPI or lower: it cannot be reached"
+    )]
+    NoSharedKey {
+        /// The node.
+        peer: String,
+        /// The newest key it has.
+        newest: u8,
+    },
     /// A peer of another address family than this node.
     #[error("node {peer}'s address {address} is not of the same family as this node's ({local})")]
     MixedFamilies {
@@ -170,6 +178,11 @@ pub fn wire_spi(key_spi: u8, source: IpAddr) -> u32 {
     (u32::from(key_spi) << 24) | u32::from(address_tag(source))
 }
 
+/// The key (its SPI in the key file) of an SPI on the wire.
+pub fn wire_key_spi(spi: u32) -> u8 {
+    u8::try_from(spi >> 24).unwrap_or(u8::MAX)
+}
+
 /// The last 16 bits of an address.
 fn address_tag(address: IpAddr) -> u16 {
     let bytes = match address {
@@ -184,23 +197,40 @@ fn host(address: IpAddr) -> IpNet {
     IpNet::from(address)
 }
 
-/// The plan for `local` meshed with `peers`, every key of `keys` installed
-/// and outbound traffic on key `outbound`.
+/// The key traffic to `peer` is encrypted with: the newest of `keys` it
+/// has.
 ///
 /// # Errors
 ///
-/// [`PlanError`] when two nodes would share SPIs, the outbound key is not
-/// in the file, or a peer is of the other address family.
+/// [`PlanError::NoSharedKey`] when it has none of them.
+pub fn outbound_key(peer: &MeshNode, keys: &IpsecKeys) -> Result<u8, PlanError> {
+    let Some(newest) = peer.newest_key else {
+        return Ok(keys.newest().spi);
+    };
+    keys.keys()
+        .iter()
+        .rev()
+        .map(|key| key.spi)
+        .find(|spi| *spi <= newest)
+        .ok_or_else(|| PlanError::NoSharedKey {
+            peer: peer.name.clone(),
+            newest,
+        })
+}
+
+/// The plan for `local` meshed with `peers`, every key of `keys` installed
+/// and traffic to each peer on its [`outbound_key`].
+///
+/// # Errors
+///
+/// [`PlanError`] when two nodes would share SPIs, a peer has none of the
+/// keys, or a peer is of the other address family.
 pub fn mesh_plan(
     local: &MeshNode,
     peers: &[MeshNode],
     keys: &IpsecKeys,
-    outbound: u8,
     mode: IpsecMode,
 ) -> Result<XfrmPlan, PlanError> {
-    if !keys.keys().iter().any(|key| key.spi == outbound) {
-        return Err(PlanError::UnknownKey(outbound));
-    }
     let mut tags: BTreeMap<u16, &str> =
         BTreeMap::from([(address_tag(local.address), local.name.as_str())]);
     for peer in peers {
@@ -222,6 +252,7 @@ pub fn mesh_plan(
     }
     let mut plan = XfrmPlan::default();
     for peer in peers {
+        let outbound = outbound_key(peer, keys)?;
         for key in keys.keys() {
             for (direction, source, destination) in [
                 (XfrmDirection::Out, local.address, peer.address),
@@ -293,6 +324,7 @@ mod tests {
             name: name.to_owned(),
             address: address.parse().unwrap(),
             pod_cidrs: vec![pods.parse().unwrap()],
+            newest_key: Some(3),
         }
     }
 
@@ -311,8 +343,8 @@ mod tests {
             node("a", "10.0.0.1", "10.1.0.0/24"),
             node("b", "10.0.0.2", "10.2.0.0/24"),
         );
-        let at_a = mesh_plan(&a, std::slice::from_ref(&b), &keys(), 3, IpsecMode::Tunnel).unwrap();
-        let at_b = mesh_plan(&b, std::slice::from_ref(&a), &keys(), 3, IpsecMode::Tunnel).unwrap();
+        let at_a = mesh_plan(&a, std::slice::from_ref(&b), &keys(), IpsecMode::Tunnel).unwrap();
+        let at_b = mesh_plan(&b, std::slice::from_ref(&a), &keys(), IpsecMode::Tunnel).unwrap();
         assert_eq!(at_a.states.len(), 4, "{at_a:?}");
         for out in at_a
             .states
@@ -343,7 +375,11 @@ mod tests {
             node("a", "10.0.0.1", "10.1.0.0/24"),
             node("b", "10.0.0.2", "10.2.0.0/24"),
         );
-        let plan = mesh_plan(&a, &[b], &keys(), 4, IpsecMode::Tunnel).unwrap();
+        let b = MeshNode {
+            newest_key: None,
+            ..b
+        };
+        let plan = mesh_plan(&a, &[b], &keys(), IpsecMode::Tunnel).unwrap();
         let directions: Vec<_> = plan
             .policies
             .iter()
@@ -366,12 +402,24 @@ mod tests {
     }
 
     #[test]
+    fn each_node_gets_the_newest_key_it_has() {
+        let keys = keys();
+        let node_with = |newest_key| MeshNode {
+            newest_key,
+            ..node("b", "10.0.0.2", "10.2.0.0/24")
+        };
+        assert_eq!(outbound_key(&node_with(None), &keys), Ok(4));
+        assert_eq!(outbound_key(&node_with(Some(3)), &keys), Ok(3));
+        assert_eq!(outbound_key(&node_with(Some(9)), &keys), Ok(4));
+    }
+
+    #[test]
     fn transport_mode_covers_the_node_addresses() {
         let (a, b) = (
             node("a", "10.0.0.1", "10.1.0.0/24"),
             node("b", "10.0.0.2", "10.2.0.0/24"),
         );
-        let plan = mesh_plan(&a, &[b], &keys(), 3, IpsecMode::Transport).unwrap();
+        let plan = mesh_plan(&a, &[b], &keys(), IpsecMode::Transport).unwrap();
         assert_eq!(plan.policies.len(), 2);
         assert_eq!(plan.policies[0].source.to_string(), "10.0.0.1/32");
         assert_eq!(plan.policies[0].destination.to_string(), "10.0.0.2/32");
@@ -384,20 +432,28 @@ mod tests {
             &a,
             &[node("b", "10.9.0.1", "10.2.0.0/24")],
             &keys(),
-            3,
             IpsecMode::Tunnel,
         );
         assert_eq!(
             clash.unwrap_err().to_string(),
             "nodes a and b have addresses ending in the same 16 bits (0x0001), which palisade's IPsec SPIs are made of; give one another address"
         );
-        let unknown = mesh_plan(&a, &[], &keys(), 9, IpsecMode::Tunnel);
-        assert_eq!(unknown.unwrap_err(), PlanError::UnknownKey(9));
+        let behind = MeshNode {
+            newest_key: Some(2),
+            ..node("b", "10.0.0.2", "10.2.0.0/24")
+        };
+        let unknown = mesh_plan(&a, &[behind], &keys(), IpsecMode::Tunnel);
+        assert_eq!(
+            unknown.unwrap_err(),
+            PlanError::NoSharedKey {
+                peer: "b".to_owned(),
+                newest: 2
+            }
+        );
         let mixed = mesh_plan(
             &a,
             &[node("b", "fd00::2", "fd01::/64")],
             &keys(),
-            3,
             IpsecMode::Tunnel,
         );
         assert!(matches!(mixed, Err(PlanError::MixedFamilies { .. })));
@@ -409,7 +465,7 @@ mod tests {
             node("a", "10.0.0.1", "10.1.0.0/24"),
             node("b", "10.0.0.2", "10.2.0.0/24"),
         );
-        let plan = mesh_plan(&a, &[b], &keys(), 3, IpsecMode::Tunnel).unwrap();
+        let plan = mesh_plan(&a, &[b], &keys(), IpsecMode::Tunnel).unwrap();
         let shown = format!("{plan:?}");
         assert!(
             shown.contains("<20 bytes, not shown>") && shown.contains("0x03000001"),

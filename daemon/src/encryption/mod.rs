@@ -1,11 +1,11 @@
 //! Encryption between nodes: one seam over the backends, chosen by
-//! `encryption.mode` — WireGuard today ([`wireguard`]), IPsec next: its
-//! pure core is here ([`ipsec_keys`]: the key file and per-node-pair keys;
-//! [`ipsec_plan`]: the XFRM states and policies of the mesh), the netlink
-//! shell and `encryption.mode = "ipsec"` are not yet. The rest of the
-//! daemon (control socket, reload, metrics, shutdown) sees only
-//! [`Encryption`].
+//! `encryption.mode` — WireGuard ([`wireguard`]) or IPsec ([`ipsec`]: the
+//! shell over its pure core, [`ipsec_keys`] (the key file and per-node-pair
+//! keys) and [`ipsec_plan`] (the XFRM states and policies of the mesh),
+//! written through [`xfrm`]). The rest of the daemon (control socket,
+//! reload, metrics, shutdown) sees only [`Encryption`].
 
+pub mod ipsec;
 pub mod ipsec_keys;
 pub mod ipsec_plan;
 pub mod wireguard;
@@ -23,6 +23,8 @@ use wireguard::Tunnel;
 pub enum Encryption {
     /// A WireGuard tunnel to each node.
     WireGuard(Arc<Tunnel>),
+    /// IPsec states and policies for each node.
+    Ipsec(Arc<ipsec::IpsecMesh>),
 }
 
 impl Encryption {
@@ -43,6 +45,25 @@ impl Encryption {
                 wireguard::spawn_promotions(&tunnel);
                 Ok(Some(Self::WireGuard(tunnel)))
             }
+            ConfiguredMode::Ipsec => {
+                let mesh =
+                    Arc::new(ipsec::IpsecMesh::start(config).context("setting up the IPsec mesh")?);
+                ipsec::spawn_retirement(&mesh);
+                Ok(Some(Self::Ipsec(mesh)))
+            }
+        }
+    }
+
+    /// Checks what the backend reads (the IPsec key file) before palisaded
+    /// loads anything.
+    ///
+    /// # Errors
+    ///
+    /// When it is refused, with its place.
+    pub fn preflight(config: &Config) -> anyhow::Result<()> {
+        match config.encryption.mode {
+            ConfiguredMode::Ipsec => ipsec::check(config),
+            ConfiguredMode::None | ConfiguredMode::Wireguard => Ok(()),
         }
     }
 
@@ -56,6 +77,12 @@ impl Encryption {
             Self::WireGuard(tunnel) => Ok(EncryptionStatus {
                 mode: EncryptionMode::Wireguard,
                 wireguard: Some(tunnel.status()?),
+                ipsec: None,
+            }),
+            Self::Ipsec(mesh) => Ok(EncryptionStatus {
+                mode: EncryptionMode::Ipsec,
+                wireguard: None,
+                ipsec: Some(mesh.status()?),
             }),
         }
     }
@@ -68,6 +95,7 @@ impl Encryption {
     pub fn reconcile(&self, config: &Config) -> anyhow::Result<()> {
         match self {
             Self::WireGuard(tunnel) => tunnel.reconcile(&wireguard_peers(config)?),
+            Self::Ipsec(mesh) => mesh.reconcile(config),
         }
     }
 
@@ -76,6 +104,7 @@ impl Encryption {
     pub fn wireguard(&self) -> Option<&Arc<Tunnel>> {
         match self {
             Self::WireGuard(tunnel) => Some(tunnel),
+            Self::Ipsec(_) => None,
         }
     }
 
@@ -84,6 +113,7 @@ impl Encryption {
     pub async fn stopped(&self) {
         match self {
             Self::WireGuard(tunnel) => tunnel.stopped().await,
+            Self::Ipsec(_) => std::future::pending().await,
         }
     }
 }
@@ -105,5 +135,6 @@ pub fn disabled() -> EncryptionStatus {
     EncryptionStatus {
         mode: EncryptionMode::Disabled,
         wireguard: None,
+        ipsec: None,
     }
 }

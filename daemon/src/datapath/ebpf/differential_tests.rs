@@ -140,8 +140,20 @@ impl FrameJudge for EbpfJudge {
     }
 
     fn filter(&mut self, direction: Direction, frame: &[u8]) -> Judgement {
+        self.filter_marked(direction, frame, 0)
+    }
+}
+
+impl EbpfJudge {
+    /// [`FrameJudge::filter`] with the packet carrying `mark` (`skb->mark`,
+    /// as an XFRM state's output mark sets it).
+    fn filter_marked(&mut self, direction: Direction, frame: &[u8], mark: u32) -> Judgement {
+        // `struct __sk_buff` up to `mark`: `len` and `pkt_type` must be zero.
+        let mut context = [0u8; 12];
+        context[8..].copy_from_slice(&mark.to_ne_bytes());
         let options = TestRunOptions {
             data_in: Some(frame),
+            ctx_in: Some(&context),
             ..TestRunOptions::default()
         };
         let tc = self.datapath.tc_program(direction).expect("TC program");
@@ -251,6 +263,45 @@ fn wireguard_strict_mode_matches_the_evaluator() {
         ..NodeContext::default()
     };
     check_on_node::<EbpfJudge>("strict", &[LAYERED], &node);
+}
+
+/// In IPsec tunnel mode the kernel hands a decrypted packet back through
+/// the interface: with the mark palisade's inbound states set it passes
+/// strict mode; the same packet unmarked (or with another value in the
+/// mark's bits) is dropped as unencrypted.
+#[test]
+#[ignore = "privileged: needs root (namespaces, BPF); `cargo xtask test` runs it"]
+fn a_packet_ipsec_decrypted_passes_strict_mode_and_one_in_the_clear_does_not() {
+    require_root();
+    let node = NodeContext {
+        strict_prefixes: vec!["10.1.0.0/16".parse().expect("a prefix")],
+        ..NodeContext::default()
+    };
+    let (previous, table) = compiled_after_previous(&[], &node).expect("compiles");
+    let mut judge = EbpfJudge::with_table("decrypted", &previous, &table, 7);
+    let echo = frame(
+        &Connection {
+            protocol: protocol::ICMP,
+            source: "10.1.0.5".parse().expect("an address"),
+            destination: "10.255.0.1".parse().expect("an address"),
+            destination_port: 8,
+        },
+        7,
+    );
+    let clear = judge.filter(Direction::Ingress, &echo);
+    assert!(!clear.passed, "{:?}", clear.reports);
+    assert_eq!(
+        clear.reports[0].drop_reason,
+        drop_reason::UNENCRYPTED_TRAFFIC
+    );
+    let other = judge.filter_marked(Direction::Ingress, &echo, 0x0e00);
+    assert!(!other.passed, "another mark is no proof of decryption");
+    let decrypted = judge.filter_marked(
+        Direction::Ingress,
+        &echo,
+        palisade_common::IPSEC_DECRYPTED_MARK | 0x1_0000,
+    );
+    assert!(decrypted.passed, "{:?}", decrypted.reports);
 }
 
 #[test]
