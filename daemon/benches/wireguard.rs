@@ -6,58 +6,23 @@
 //!
 //! Writes `target/bench/wireguard.json`.
 
-use std::{process::Stdio, thread, time::Duration};
-
 mod support;
 
 use anyhow::{Context as _, bail};
 use palisade_e2e::{
-    ChildGuard, TempDir,
+    TempDir,
     mesh::{Node, PalisadePair, WireGuardGo, interface, key_pair, nodes},
-    on_path, run,
+    on_path,
 };
 
 /// Runs per tunnel; the median is reported.
 const ROUNDS: usize = 3;
 /// Seconds per iperf3 run.
-const SECONDS: &str = "5";
+const SECONDS: u32 = 5;
 
-/// Mbit/s from `from`'s pods to `to`'s, by one iperf3 run.
-fn iperf(from: &Node, to: &Node) -> anyhow::Result<f64> {
-    let server = to
-        .netns
-        .command("iperf3")
-        .args(["-s", "-1", "-B", to.pod_address])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .context("starting the iperf3 server")?;
-    let _server = ChildGuard::new(server);
-    thread::sleep(Duration::from_millis(300));
-    let report = run(from.netns.command("iperf3").args([
-        "-c",
-        to.pod_address,
-        "-B",
-        from.pod_address,
-        "-t",
-        SECONDS,
-        "-J",
-    ]))?;
-    let report: serde_json::Value = serde_json::from_str(&report)?;
-    let bits = report["end"]["sum_received"]["bits_per_second"]
-        .as_f64()
-        .context("no throughput in iperf3's report")?;
-    Ok(bits / 1e6)
-}
-
-/// The median throughput of `ROUNDS` runs.
+/// The median throughput of `ROUNDS` runs of `SECONDS`.
 fn throughput(from: &Node, to: &Node) -> anyhow::Result<f64> {
-    from.wait_for_ping(to)?;
-    let mut samples = Vec::new();
-    for _ in 0..ROUNDS {
-        samples.push(iperf(from, to)?);
-    }
-    Ok(support::median(samples))
+    support::throughput(from, to, ROUNDS, SECONDS)
 }
 
 fn palisade() -> anyhow::Result<f64> {

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context as _;
 
 use crate::{
-    Daemon,
+    Daemon, Netns,
     mesh::{METRICS, Node, nodes},
 };
 
@@ -17,6 +17,53 @@ pub const KEY_3: &str = "3+ rfc4106(gcm(aes)) 0x0102030405060708090a0b0c0d0e0f10
 
 /// Key 4, per node pair, ChaCha20-Poly1305.
 pub const KEY_4: &str = "4+ rfc7539esp(chacha20,poly1305) 0x2122232425262728292a2b2c2d2e2f303132333435363738393a3b3c3d3e3f4041424344 128\n";
+
+/// The SPI of [`add_foreign_ike_objects`]' state, as `ip xfrm state` shows it.
+pub const FOREIGN_SPI: &str = "spi 0x00000999";
+
+/// Adds what another IKE daemon would own in `netns`, which palisade must
+/// leave alone: an ESP state from `peer` to `local` (request id 7, SPI
+/// 0x999) and the inbound policy for `peer_pods` → `local_pods` using it.
+///
+/// # Errors
+///
+/// When `ip xfrm` refuses either (a kernel without ESP).
+pub fn add_foreign_ike_objects(
+    netns: &Netns,
+    (peer, local): (&str, &str),
+    (peer_pods, local_pods): (&str, &str),
+) -> anyhow::Result<()> {
+    netns
+        .ip(&[
+            "xfrm",
+            "state",
+            "add",
+            "src",
+            peer,
+            "dst",
+            local,
+            "proto",
+            "esp",
+            "spi",
+            "0x999",
+            "reqid",
+            "7",
+            "mode",
+            "tunnel",
+            "aead",
+            "rfc4106(gcm(aes))",
+            "0x2122232425262728292a2b2c2d2e2f3031323334",
+            "128",
+        ])
+        .context("a foreign state")?;
+    netns
+        .ip(&[
+            "xfrm", "policy", "add", "src", peer_pods, "dst", local_pods, "dir", "in", "tmpl",
+            "src", peer, "dst", local, "proto", "esp", "reqid", "7", "mode", "tunnel",
+        ])
+        .context("a foreign policy")?;
+    Ok(())
+}
 
 /// Writes `text` as a key file of mode 0600.
 ///

@@ -14,7 +14,10 @@ use std::{
 
 use palisade_e2e::{
     ChildGuard, Daemon, TempDir, address,
-    ipsec_mesh::{IpsecPair, KEY_3, KEY_4, routed_nodes, start_ipsec, write_keys},
+    ipsec_mesh::{
+        FOREIGN_SPI, IpsecPair, KEY_3, KEY_4, add_foreign_ike_objects, routed_nodes, start_ipsec,
+        write_keys,
+    },
     mesh::{METRICS, Node},
     require_root, require_tools,
 };
@@ -290,55 +293,12 @@ fn kill_9_keeps_the_states_a_restart_adopts_them_and_cleanup_spares_others_in_a_
     let work = TempDir::new("ipseckill").expect("workdir");
     let mut pair = IpsecPair::start(work.path(), "tunnel", false).expect("two palisaded nodes");
     // Someone else's state and policy on A.
-    pair.a
-        .netns
-        .ip(&[
-            "xfrm",
-            "state",
-            "add",
-            "src",
-            "198.51.100.9",
-            "dst",
-            "198.51.100.1",
-            "proto",
-            "esp",
-            "spi",
-            "0x999",
-            "reqid",
-            "7",
-            "mode",
-            "tunnel",
-            "aead",
-            "rfc4106(gcm(aes))",
-            "0x2122232425262728292a2b2c2d2e2f3031323334",
-            "128",
-        ])
-        .expect("a foreign state");
-    pair.a
-        .netns
-        .ip(&[
-            "xfrm",
-            "policy",
-            "add",
-            "src",
-            "10.77.0.0/24",
-            "dst",
-            "10.78.0.0/24",
-            "dir",
-            "out",
-            "tmpl",
-            "src",
-            "198.51.100.1",
-            "dst",
-            "198.51.100.9",
-            "proto",
-            "esp",
-            "reqid",
-            "7",
-            "mode",
-            "tunnel",
-        ])
-        .expect("a foreign policy");
+    add_foreign_ike_objects(
+        &pair.a.netns,
+        ("198.51.100.9", "198.51.100.1"),
+        ("10.77.0.0/24", "10.78.0.0/24"),
+    )
+    .expect("another IKE daemon's state and policy");
     wait_for_ping(&pair, "tunnel");
     let before = palisade_spis(&pair.a);
     assert_eq!(before.len(), 2, "{before:?}");
@@ -389,7 +349,7 @@ fn kill_9_keeps_the_states_a_restart_adopts_them_and_cleanup_spares_others_in_a_
         .netns
         .ip(&["xfrm", "policy"])
         .expect("ip xfrm policy");
-    assert!(states.contains("spi 0x00000999"), "{states}");
+    assert!(states.contains(FOREIGN_SPI), "{states}");
     assert!(
         policies.contains("10.77.0.0/24") && !policies.contains(pair.b.pod_prefix),
         "{policies}"

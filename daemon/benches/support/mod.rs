@@ -1,12 +1,13 @@
 //! What the benchmarks share: root check, a datapath config of their own,
-//! the median, and writing the JSON result under `target/bench/`. Each
-//! benchmark uses a part of it.
+//! the median, iperf3 between two nodes' pods, and writing the JSON result
+//! under `target/bench/`. Each benchmark uses a part of it.
 #![allow(dead_code)]
 
-use std::path::PathBuf;
+use std::{path::PathBuf, process::Stdio, thread, time::Duration};
 
-use anyhow::bail;
+use anyhow::{Context as _, bail};
 use palisade_daemon::config::Config;
+use palisade_e2e::{ChildGuard, mesh::Node, run};
 
 /// Fails unless running as root (the benchmarks load BPF programs).
 pub fn require_root(benchmark: &str) -> anyhow::Result<()> {
@@ -71,4 +72,43 @@ pub fn write_result(file: &str, json: &serde_json::Value) -> anyhow::Result<()> 
     std::fs::write(&path, serde_json::to_string_pretty(json)?)?;
     println!("wrote {}", path.display());
     Ok(())
+}
+
+/// Mbit/s from `from`'s pods to `to`'s, by one iperf3 TCP run of `seconds`.
+fn iperf(from: &Node, to: &Node, seconds: u32) -> anyhow::Result<f64> {
+    let server = to
+        .netns
+        .command("iperf3")
+        .args(["-s", "-1", "-B", to.pod_address])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("starting the iperf3 server")?;
+    let _server = ChildGuard::new(server);
+    thread::sleep(Duration::from_millis(500));
+    let report = run(from.netns.command("iperf3").args([
+        "-c",
+        to.pod_address,
+        "-B",
+        from.pod_address,
+        "-t",
+        &seconds.to_string(),
+        "-J",
+    ]))?;
+    let report: serde_json::Value = serde_json::from_str(&report)?;
+    let bits = report["end"]["sum_received"]["bits_per_second"]
+        .as_f64()
+        .context("no throughput in iperf3's report")?;
+    Ok(bits / 1e6)
+}
+
+/// The median Mbit/s of `rounds` iperf3 runs of `seconds` from `from`'s
+/// pods to `to`'s, once they reach each other.
+pub fn throughput(from: &Node, to: &Node, rounds: usize, seconds: u32) -> anyhow::Result<f64> {
+    from.wait_for_ping(to)?;
+    let mut samples = Vec::new();
+    for _ in 0..rounds {
+        samples.push(iperf(from, to, seconds)?);
+    }
+    Ok(median(samples))
 }

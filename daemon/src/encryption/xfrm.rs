@@ -328,7 +328,11 @@ fn request(message: XfrmMessage, flags: u16) -> io::Result<Vec<XfrmMessage>> {
 /// their name's ending.
 #[cfg(test)]
 mod tests {
-    use palisade_e2e::{Netns, require_root};
+    use palisade_e2e::{
+        Netns,
+        ipsec_mesh::{FOREIGN_SPI, add_foreign_ike_objects},
+        require_root,
+    };
 
     use super::*;
     use crate::encryption::{
@@ -389,53 +393,12 @@ mod tests {
     fn palisade_s_states_and_policies_are_installed_found_and_removed_alone_in_a_kernel_with_esp() {
         require_root();
         let netns = Netns::new("xfrm").expect("namespace");
-        netns
-            .ip(&[
-                "xfrm",
-                "state",
-                "add",
-                "src",
-                "10.0.0.9",
-                "dst",
-                "10.0.0.1",
-                "proto",
-                "esp",
-                "spi",
-                "0x999",
-                "reqid",
-                "7",
-                "mode",
-                "tunnel",
-                "aead",
-                "rfc4106(gcm(aes))",
-                "0x2122232425262728292a2b2c2d2e2f3031323334",
-                "128",
-            ])
-            .expect("a foreign state");
-        netns
-            .ip(&[
-                "xfrm",
-                "policy",
-                "add",
-                "src",
-                "10.9.0.0/24",
-                "dst",
-                "10.1.0.0/24",
-                "dir",
-                "in",
-                "tmpl",
-                "src",
-                "10.0.0.9",
-                "dst",
-                "10.0.0.1",
-                "proto",
-                "esp",
-                "reqid",
-                "7",
-                "mode",
-                "tunnel",
-            ])
-            .expect("a foreign policy");
+        add_foreign_ike_objects(
+            &netns,
+            ("10.0.0.9", "10.0.0.1"),
+            ("10.9.0.0/24", "10.1.0.0/24"),
+        )
+        .expect("another IKE daemon's state and policy");
         let (a, b) = (
             node("a", "10.0.0.1", "10.1.0.0/24"),
             node("b", "10.0.0.2", "10.2.0.0/24"),
@@ -466,7 +429,7 @@ mod tests {
         );
         let states = netns.ip(&["xfrm", "state"]).expect("ip xfrm state");
         let policies = netns.ip(&["xfrm", "policy"]).expect("ip xfrm policy");
-        assert!(states.contains("spi 0x00000999"), "{states}");
+        assert!(states.contains(FOREIGN_SPI), "{states}");
         assert!(policies.contains("10.9.0.0/24"), "{policies}");
     }
 }
