@@ -12,7 +12,8 @@ use tokio::net::UnixStream;
 
 use crate::{
     ApplyRequest, ApplyResponse, ConfirmResponse, ConntrackFlush, ConntrackList, Counters,
-    DiffResponse, EncryptionStatus, ErrorBody, Flow, FlowQuery, PolicyDocument, PolicyList,
+    DiffResponse, EncryptionStatus, Endpoint, EndpointGc, EndpointKey, EndpointList,
+    EndpointRegistration, EndpointsRemoved, ErrorBody, Flow, FlowQuery, PolicyDocument, PolicyList,
     RotateKeyRequest, RotatedKey, Status, WireGuardStatus, paths,
 };
 
@@ -238,6 +239,58 @@ impl Client {
                 }
             }
         }))
+    }
+
+    /// The registered pod endpoints.
+    ///
+    /// # Errors
+    ///
+    /// See [`ClientError`].
+    pub async fn endpoints(&self) -> Result<EndpointList, ClientError> {
+        self.call(Method::GET, paths::ENDPOINTS, None::<&()>).await
+    }
+
+    /// Registers an endpoint (replacing one with the same key).
+    ///
+    /// # Errors
+    ///
+    /// [`ClientError::Refused`] (400) when the registration is invalid.
+    pub async fn register_endpoint(
+        &self,
+        registration: &EndpointRegistration,
+    ) -> Result<Endpoint, ClientError> {
+        self.call(Method::POST, paths::ENDPOINTS, Some(registration))
+            .await
+    }
+
+    /// Forgets an endpoint; none of that key is no error.
+    ///
+    /// # Errors
+    ///
+    /// See [`ClientError`].
+    pub async fn remove_endpoint(
+        &self,
+        key: &EndpointKey,
+    ) -> Result<EndpointsRemoved, ClientError> {
+        let path = format!(
+            "{}{}/{}",
+            paths::ENDPOINT,
+            encode_segment(&key.container_id),
+            encode_segment(&key.interface)
+        );
+        self.call(Method::DELETE, &path, None::<&()>).await
+    }
+
+    /// Forgets the endpoints of a network that the runtime no longer has.
+    ///
+    /// # Errors
+    ///
+    /// See [`ClientError`].
+    pub async fn collect_endpoints(
+        &self,
+        gc: &EndpointGc,
+    ) -> Result<EndpointsRemoved, ClientError> {
+        self.call(Method::POST, paths::ENDPOINTS_GC, Some(gc)).await
     }
 
     async fn call<T: Serialize, R: DeserializeOwned>(

@@ -4,6 +4,7 @@
 
 mod client;
 mod conntrack;
+mod endpoints;
 mod filter;
 mod flow;
 mod policies;
@@ -12,6 +13,10 @@ pub use client::{Client, ClientError};
 pub use conntrack::{
     CONNTRACK_DEFAULT_LIMIT, CONNTRACK_MAX_LIMIT, ConnectionState, ConntrackEntry, ConntrackFlush,
     ConntrackList,
+};
+pub use endpoints::{
+    Endpoint, EndpointGc, EndpointKey, EndpointList, EndpointRegistration, EndpointsRemoved,
+    MAX_CONTAINER_ID_LEN, MAX_ENDPOINT_ADDRESSES, MAX_ENDPOINT_METADATA,
 };
 pub use filter::{EventType, FilterError, FlowFilter, FlowQuery, ProtocolFilter};
 pub use flow::{
@@ -59,6 +64,14 @@ pub mod paths {
     /// `POST` ([`super::RotateKeyRequest`]): a new WireGuard key pair,
     /// switched to or staged ([`super::RotatedKey`]).
     pub const WIREGUARD_ROTATE_KEY: &str = "/v1/wireguard/rotate-key";
+    /// `GET`: [`super::EndpointList`]; `POST` an [`super::EndpointRegistration`]:
+    /// the [`super::Endpoint`] registered.
+    pub const ENDPOINTS: &str = "/v1/endpoints";
+    /// `DELETE` with `CONTAINER_ID/INTERFACE` appended: [`super::EndpointsRemoved`]
+    /// (empty when there was no such endpoint).
+    pub const ENDPOINT: &str = "/v1/endpoints/";
+    /// `POST` an [`super::EndpointGc`]: [`super::EndpointsRemoved`].
+    pub const ENDPOINTS_GC: &str = "/v1/endpoints-gc";
 }
 
 /// The body of `POST /v1/wireguard/rotate-key` (optional: no body switches).

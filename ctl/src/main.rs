@@ -3,6 +3,7 @@
 mod conntrack;
 mod docs;
 mod encryption;
+mod endpoints;
 mod explain;
 mod files;
 mod observe;
@@ -77,6 +78,9 @@ enum Command {
     /// Show or flush the connection-tracking table.
     #[command(subcommand, name = "ct")]
     Conntrack(ConntrackCommand),
+    /// List the pod endpoints palisade-cni registered.
+    #[command(subcommand)]
+    Endpoint(endpoints::EndpointCommand),
     /// Show how traffic to the other nodes is encrypted.
     #[command(subcommand)]
     Encryption(encryption::EncryptionCommand),
@@ -172,6 +176,7 @@ async fn run(client: &palisade_api::Client, command: Command) -> anyhow::Result<
         Command::Policy(command) => policies::run(client, command).await,
         Command::Observe(args) => observe::run(client, &args).await,
         Command::Conntrack(command) => conntrack::run(client, command).await,
+        Command::Endpoint(command) => endpoints::run(client, command).await,
         Command::Encryption(command) => encryption::run(client, command).await,
         Command::Wireguard(command) => wireguard::run(client, command).await,
         Command::Completion(args) => docs::completion(&args),

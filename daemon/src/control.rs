@@ -20,8 +20,9 @@ use axum::{
 use futures_util::{StreamExt as _, stream};
 use palisade_api::{
     ApplyRequest, ApplyResponse, CONNTRACK_DEFAULT_LIMIT, CONNTRACK_MAX_LIMIT, ConfirmResponse,
-    ConnectionState, ConntrackEntry, ConntrackFlush, ConntrackList, ErrorBody, FlowQuery,
-    RotateKeyRequest, RotatedKey, TrafficDirection, paths,
+    ConnectionState, ConntrackEntry, ConntrackFlush, ConntrackList, EndpointGc, EndpointKey,
+    EndpointRegistration, ErrorBody, FlowQuery, RotateKeyRequest, RotatedKey, TrafficDirection,
+    paths,
 };
 use palisade_common::protocol;
 use palisade_policy::{Direction, PolicyName, describe::protocol_name};
@@ -37,6 +38,7 @@ use crate::{
     config::ConfigError,
     datapath::{ConnectionState as TrackedState, ConnectionTables, TrackedConnection},
     encryption::{self, Encryption},
+    endpoints::{EndpointRegistry, RegistryError},
     engine::{ApplyError, Engine, ParsedFiles, on_blocking_thread, parse_request},
     flows::FlowHub,
     metrics::Metrics,
@@ -80,6 +82,8 @@ pub struct ControlState {
     pub reloader: Arc<std::sync::Mutex<Reloader>>,
     /// The connection tables, read without the engine (one listing at a time).
     pub connections: Arc<std::sync::Mutex<Box<dyn ConnectionTables>>>,
+    /// The pod endpoints palisade-cni registered.
+    pub endpoints: Arc<std::sync::Mutex<EndpointRegistry>>,
 }
 
 /// Binds the control socket, replacing a stale one: mode 0660, group `group`
@@ -143,6 +147,15 @@ pub fn router(state: ControlState) -> Router {
         .route(paths::ENCRYPTION, get(encryption_status))
         .route(paths::WIREGUARD, get(wireguard))
         .route(paths::WIREGUARD_ROTATE_KEY, post(rotate_wireguard_key))
+        .route(
+            paths::ENDPOINTS,
+            get(list_endpoints).post(register_endpoint),
+        )
+        .route(
+            &format!("{}{{container_id}}/{{interface}}", paths::ENDPOINT),
+            axum::routing::delete(remove_endpoint),
+        )
+        .route(paths::ENDPOINTS_GC, post(collect_endpoints))
         .layer(middleware::from_fn_with_state(state.clone(), authorize))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_REQUEST_BYTES))
         .with_state(state)
@@ -435,6 +448,93 @@ async fn rotate_wireguard_key(
         })
     })
     .await
+}
+
+async fn list_endpoints(State(state): State<ControlState>) -> Response {
+    let registry = state.endpoints.lock().unwrap_or_else(|p| p.into_inner());
+    Json(registry.list()).into_response()
+}
+
+async fn register_endpoint(
+    State(state): State<ControlState>,
+    Json(registration): Json<EndpointRegistration>,
+) -> Response {
+    // An interface that is not there (or is another one by now) would be
+    // an endpoint nothing enforces on.
+    let index = nix::net::if_::if_nametoindex(registration.host_interface.as_str()).ok();
+    if index != Some(registration.host_ifindex) {
+        return message(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "host interface {} with index {} does not exist on this node",
+                registration.host_interface, registration.host_ifindex
+            ),
+        );
+    }
+    on_the_registry(state, move |registry| {
+        registry
+            .register(registration)
+            .map(|endpoint| Json(endpoint).into_response())
+    })
+    .await
+}
+
+async fn remove_endpoint(
+    State(state): State<ControlState>,
+    UrlPath((container_id, interface)): UrlPath<(String, String)>,
+) -> Response {
+    let key = EndpointKey {
+        container_id,
+        interface,
+    };
+    on_the_registry(state, move |registry| {
+        registry
+            .remove(&key)
+            .map(|removed| Json(removed).into_response())
+    })
+    .await
+}
+
+async fn collect_endpoints(
+    State(state): State<ControlState>,
+    Json(gc): Json<EndpointGc>,
+) -> Response {
+    on_the_registry(state, move |registry| {
+        registry
+            .collect(&gc)
+            .map(|removed| Json(removed).into_response())
+    })
+    .await
+}
+
+/// Runs a change of the endpoint registry (which saves it: a blocking
+/// write) off the async threads.
+async fn on_the_registry(
+    state: ControlState,
+    work: impl FnOnce(&mut EndpointRegistry) -> Result<Response, RegistryError> + Send + 'static,
+) -> Response {
+    let joined = tokio::task::spawn_blocking(move || {
+        let mut registry = state.endpoints.lock().unwrap_or_else(|p| p.into_inner());
+        work(&mut registry)
+    })
+    .await;
+    match joined {
+        Ok(Ok(response)) => response,
+        Ok(Err(error @ RegistryError::Invalid(_))) => {
+            message(StatusCode::BAD_REQUEST, error.to_string())
+        }
+        Ok(Err(error @ RegistryError::Full)) => {
+            message(StatusCode::INSUFFICIENT_STORAGE, error.to_string())
+        }
+        Ok(Err(error @ RegistryError::Save(_))) => {
+            error!("{error}");
+            message(StatusCode::INTERNAL_SERVER_ERROR, error.to_string())
+        }
+        Err(join) => message(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("the endpoint registry's worker failed: {join}"),
+        ),
+    }
 }
 
 /// Reports a change to systemd, arms the rollback of an apply on probation,

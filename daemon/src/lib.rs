@@ -11,6 +11,7 @@ pub mod conntrack_watch;
 pub mod control;
 pub mod datapath;
 pub mod encryption;
+pub mod endpoints;
 pub mod engine;
 pub mod flows;
 pub mod guard;

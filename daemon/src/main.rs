@@ -12,6 +12,7 @@ use palisade_daemon::{
     control::{self, ControlState},
     datapath::{self, DatapathKind},
     encryption::Encryption,
+    endpoints::EndpointRegistry,
     engine::{Engine, EngineSettings},
     flows::FlowHub,
     guard, logging,
@@ -202,6 +203,23 @@ async fn run(args: Args) -> anyhow::Result<()> {
         )
         .await?;
     }
+    let (endpoints, gone) = EndpointRegistry::load(&config.policy.state_directory)
+        .context("loading the endpoint registry")?;
+    for endpoint in &gone {
+        info!(
+            container_id = endpoint.registration.key.container_id,
+            interface = endpoint.registration.key.interface,
+            host_interface = endpoint.registration.host_interface,
+            "forgetting an endpoint whose host interface is gone"
+        );
+    }
+    if !gone.is_empty() {
+        endpoints.save().context("saving the endpoint registry")?;
+    }
+    info!(
+        endpoints = endpoints.list().endpoints.len(),
+        "endpoints re-adopted"
+    );
     let socket = config.control.socket.clone();
     let reloader = Arc::new(std::sync::Mutex::new(Reloader::new(
         config_file,
@@ -222,6 +240,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 .connection_tables()
                 .context("opening the connection tables")?,
         )),
+        endpoints: Arc::new(std::sync::Mutex::new(endpoints)),
     };
     systemd::spawn_watchdog(Arc::clone(&engine));
     guard::spawn(Arc::clone(&engine)).context("starting the enforcement guard")?;

@@ -47,7 +47,7 @@ pub fn run() -> anyhow::Result<Vec<PathBuf>> {
     // cargo deb strips what it packs; the rpm takes these stripped copies.
     let bin = staging.join("bin");
     std::fs::create_dir_all(&bin)?;
-    for name in ["palisaded", "palisadectl"] {
+    for name in ["palisaded", "palisadectl", "palisade-cni"] {
         check(
             Command::new("strip")
                 .arg("--strip-unneeded")

@@ -6,7 +6,8 @@
 //!   linted for its BPF target);
 //! - bpf-linker built against that nightly's own LLVM (plain
 //!   `cargo install bpf-linker` needs a system LLVM 22 these machines lack);
-//! - cargo-fuzz, for the fuzz targets under fuzz/.
+//! - cargo-fuzz, for the fuzz targets under fuzz/;
+//! - cnitool, built with Go, for the CNI tests.
 //!
 //! Each step checks first and does nothing when its part is already there.
 
@@ -26,7 +27,8 @@ const LLVM_PREFIX: &str = "/opt/rustllvm";
 /// lintian, rpmlint, rpm, debootstrap and systemd-container for the package
 /// tests (lint, and a booted Debian root); wg, wireguard-go, tcpdump and ping for the
 /// WireGuard tests, iperf3 for the WireGuard benchmark; qemu, busybox-static,
-/// kmod (depmod) and cpio for the kernel matrix.
+/// kmod (depmod) and cpio for the kernel matrix; containernetworking-plugins
+/// (host-local, ptp) for the CNI tests.
 const APT_PACKAGES: &[&str] = &[
     "iproute2",
     "nftables",
@@ -46,7 +48,12 @@ const APT_PACKAGES: &[&str] = &[
     "busybox-static",
     "kmod",
     "cpio",
+    "containernetworking-plugins",
 ];
+
+/// cnitool, built from its Go module into [`palisade_e2e::cni::CNITOOL`]'s
+/// directory: libcni 1.3 is the first to send STATUS and GC.
+const CNITOOL_MODULE: &str = "github.com/containernetworking/cni/cnitool@v1.3.0";
 
 /// cargo-fuzz, which `cargo xtask test` runs the fuzz targets with.
 const CARGO_FUZZ_VERSION: &str = "0.13.2";
@@ -56,7 +63,23 @@ pub fn run() -> anyhow::Result<()> {
     apt_packages()?;
     ebpf_toolchain()?;
     bpf_linker()?;
-    cargo_fuzz()
+    cargo_fuzz()?;
+    cnitool()
+}
+
+fn cnitool() -> anyhow::Result<()> {
+    let tool = Path::new(palisade_e2e::cni::CNITOOL);
+    if tool.is_file() {
+        return Ok(());
+    }
+    let directory = tool.parent().context("cnitool's path has no directory")?;
+    check(
+        Command::new("go")
+            .args(["install", CNITOOL_MODULE])
+            .env("GOBIN", directory)
+            .env("GOFLAGS", "-mod=mod"),
+    )
+    .context("building cnitool (Go 1.26 and the Go module proxy are needed)")
 }
 
 fn cargo_fuzz() -> anyhow::Result<()> {

@@ -4,6 +4,7 @@
 //! when dropped, also when a test panics: nothing touches the machine's own
 //! interfaces, and traffic only flows between namespaces we made.
 
+pub mod cni;
 mod daemon;
 pub mod frames;
 mod host;

@@ -73,6 +73,8 @@ fn the_rpm_has_its_files_scriptlets_and_noreplace_conffiles() {
         "/usr/share/fish/vendor_completions.d/palisadectl.fish",
         "/usr/share/licenses/palisade/LICENSE",
         "/usr/share/doc/palisade/examples/host-ssh-from-bastion.toml",
+        "/usr/share/doc/palisade/examples/10-palisade.conflist",
+        "/opt/cni/bin/palisade-cni",
     ] {
         assert!(
             files.lines().any(|line| line == expected),
@@ -435,6 +437,15 @@ fn the_deb_installs_runs_upgrades_and_purges_in_a_booted_debian() {
         .args(["net", "show", "dev", "eth1"]))
     .expect("bpftool net");
     assert!(links.contains("xdp") && links.contains("eth1"), "{links}");
+
+    // The CNI plugin is where runtimes look for it, and answers; STATUS
+    // finds the packaged service at the default socket.
+    let version = container.ok("CNI_COMMAND=VERSION /opt/cni/bin/palisade-cni </dev/null");
+    assert!(version.contains("\"supportedVersions\""), "{version}");
+    container.ok(
+        "printf '{\"cniVersion\":\"1.1.0\",\"name\":\"palisade\",\"type\":\"palisade-cni\"}' \
+         | CNI_COMMAND=STATUS CNI_PATH=/opt/cni/bin /opt/cni/bin/palisade-cni",
+    );
 
     // The sandboxed service runs the userspace WireGuard (this kernel has
     // no module): TUN device, UAPI socket in /run/wireguard, key file.

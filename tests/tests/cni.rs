@@ -1,0 +1,632 @@
+//! palisade-cni's conformance, in the style of containernetworking/plugins'
+//! own tests: each command for each spec version in fresh namespaces, exact
+//! result JSON, idempotent DEL, CHECK finding a removed address or route,
+//! STATUS and GC through libcni (cnitool 1.3), chaining after the stock ptp
+//! plugin, and palisaded's endpoint registry across restarts.
+
+use std::path::{Path, PathBuf};
+
+use palisade_api::EndpointList;
+use palisade_cni::commands::host_interface_name;
+use palisade_e2e::{
+    Daemon, Netns, TempDir, Topology,
+    cni::{PluginRun, cnitool, invoke, netns_path},
+    repo, require_root,
+};
+use serde_json::{Value, json};
+
+const SUBNET: &str = "10.77.0.0/24";
+const GATEWAY: &str = "10.77.0.1";
+
+/// A node namespace running palisaded, and a work directory.
+struct Node {
+    topology: Topology,
+    daemon: Daemon,
+    workdir: TempDir,
+}
+
+impl Node {
+    fn start(name: &str) -> Self {
+        require_root();
+        let workdir = TempDir::new(name).expect("workdir");
+        let policies = workdir.path().join("policies.d");
+        std::fs::create_dir(&policies).expect("policy dir");
+        let topology = Topology::new().expect("namespaces");
+        let daemon = Daemon::start(
+            &topology.node,
+            &repo().join("etc/palisade.toml"),
+            &policies,
+            workdir.path(),
+        )
+        .expect("palisaded starts");
+        Self {
+            topology,
+            daemon,
+            workdir,
+        }
+    }
+
+    fn host(&self) -> &Netns {
+        &self.topology.node
+    }
+
+    fn ipam_dir(&self) -> PathBuf {
+        self.workdir.path().join("ipam")
+    }
+
+    /// palisade-cni as the main plugin, with host-local addressing.
+    fn main_config(&self, version: &str) -> Value {
+        json!({
+            "cniVersion": version,
+            "name": "pods",
+            "type": "palisade-cni",
+            "socket": self.daemon.socket(),
+            "ipam": {
+                "type": "host-local",
+                "ranges": [[{"subnet": SUBNET}]],
+                "routes": [{"dst": "0.0.0.0/0"}],
+                "dataDir": self.ipam_dir(),
+            }
+        })
+    }
+
+    fn endpoints(&self) -> EndpointList {
+        let output = self
+            .daemon
+            .ctl(&["endpoint", "list", "-o", "json"])
+            .expect("palisadectl");
+        assert!(
+            output.status.success(),
+            "endpoint list: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        serde_json::from_slice(&output.stdout).expect("endpoint list JSON")
+    }
+
+    /// Whether host-local holds a lease for `address`.
+    fn leased(&self, address: &str) -> bool {
+        self.ipam_dir().join("pods").join(address).exists()
+    }
+}
+
+fn env<'a>(command: &'a str, container: &'a str, netns: &'a str) -> Vec<(&'a str, &'a str)> {
+    vec![
+        ("CNI_COMMAND", command),
+        ("CNI_CONTAINERID", container),
+        ("CNI_NETNS", netns),
+        ("CNI_IFNAME", "eth0"),
+        (
+            "CNI_ARGS",
+            "IgnoreUnknown=1;K8S_POD_NAMESPACE=shop;K8S_POD_NAME=web-0",
+        ),
+    ]
+}
+
+fn succeeded(run: &PluginRun, what: &str) {
+    assert!(run.success, "{what} failed: {} {}", run.stdout, run.stderr);
+}
+
+/// The MAC address of `interface` in `netns`.
+fn mac(netns: &Netns, interface: &str) -> String {
+    let text = netns
+        .ip(&["-j", "link", "show", "dev", interface])
+        .expect("ip link");
+    let links: Value = serde_json::from_str(&text).expect("ip -j");
+    links[0]["address"].as_str().expect("address").to_owned()
+}
+
+fn link_exists(netns: &Netns, interface: &str) -> bool {
+    netns.ip(&["link", "show", "dev", interface]).is_ok()
+}
+
+/// The ADD result palisade-cni gives for `version`: the current layout
+/// from 1.0.0 on, the legacy one (with `version` and an empty `dns`) before.
+fn expected_add(
+    version: &str,
+    address: &str,
+    host_name: &str,
+    host_mac: &str,
+    pod_mac: &str,
+    netns: &str,
+) -> Value {
+    let legacy = version.starts_with("0.");
+    let mut ip = json!({"interface": 1, "address": format!("{address}/32"), "gateway": GATEWAY});
+    if legacy {
+        ip["version"] = json!("4");
+    }
+    let mut result = json!({
+        "cniVersion": version,
+        "interfaces": [
+            {"name": host_name, "mac": host_mac},
+            {"name": "eth0", "mac": pod_mac, "sandbox": netns},
+        ],
+        "ips": [ip],
+        "routes": [{"dst": "0.0.0.0/0", "gw": GATEWAY}],
+    });
+    if legacy {
+        result["dns"] = json!({});
+    }
+    result
+}
+
+#[test]
+#[ignore = "privileged: needs root (namespaces, BPF); `cargo xtask test` runs it"]
+fn each_spec_version_adds_checks_and_deletes_with_exact_results() {
+    let node = Node::start("cni-versions");
+    for (index, version) in ["0.3.1", "0.4.0", "1.0.0", "1.1.0"].into_iter().enumerate() {
+        let pod = Netns::new("pod").expect("pod namespace");
+        let netns = netns_path(&pod).display().to_string();
+        let container = format!("versions{index}");
+        let host_name = host_interface_name(&container, "eth0");
+        let config = node.main_config(version);
+
+        let add = invoke(
+            node.host(),
+            "palisade-cni",
+            &env("ADD", &container, &netns),
+            &config,
+        )
+        .expect("ADD");
+        succeeded(&add, &format!("ADD {version}"));
+        // host-local hands out addresses round-robin.
+        let address = format!("10.77.0.{}", 2 + index);
+        let expected = expected_add(
+            version,
+            &address,
+            &host_name,
+            &mac(node.host(), &host_name),
+            &mac(&pod, "eth0"),
+            &netns,
+        );
+        assert_eq!(add.output, expected, "ADD {version}");
+
+        // The pod reaches its gateway (the node) through the pair.
+        pod.ip(&["route", "get", "10.200.0.1"])
+            .expect("default route");
+        let ping = pod
+            .command("ping")
+            .args(["-c", "1", "-W", "2", GATEWAY])
+            .output()
+            .expect("ping");
+        assert!(
+            ping.status.success(),
+            "pod {version} cannot reach its gateway"
+        );
+        assert!(node.leased(&address), "host-local holds the lease");
+        let endpoints = node.endpoints();
+        assert_eq!(endpoints.endpoints.len(), 1, "{endpoints:?}");
+        let registration = &endpoints.endpoints[0].registration;
+        assert_eq!(registration.key.container_id, container);
+        assert_eq!(registration.host_interface, host_name);
+        assert_eq!(registration.namespace.as_deref(), Some("shop"));
+        assert_eq!(registration.pod_name.as_deref(), Some("web-0"));
+        assert_eq!(
+            registration.addresses,
+            [address.parse::<std::net::IpAddr>().expect("ip")]
+        );
+
+        let mut with_previous = config.clone();
+        with_previous["prevResult"] = add.output.clone();
+        if version != "0.3.1" {
+            let check = invoke(
+                node.host(),
+                "palisade-cni",
+                &env("CHECK", &container, &netns),
+                &with_previous,
+            )
+            .expect("CHECK");
+            succeeded(&check, &format!("CHECK {version}"));
+            assert_eq!(check.stdout, "");
+        }
+
+        let del = invoke(
+            node.host(),
+            "palisade-cni",
+            &env("DEL", &container, &netns),
+            &with_previous,
+        )
+        .expect("DEL");
+        succeeded(&del, &format!("DEL {version}"));
+        assert_eq!(del.stdout, "");
+        assert!(
+            !link_exists(node.host(), &host_name),
+            "the host side is gone"
+        );
+        assert!(!link_exists(&pod, "eth0"), "the pod side is gone");
+        assert!(!node.leased(&address), "the lease is released");
+        assert!(
+            node.endpoints().endpoints.is_empty(),
+            "the endpoint is gone"
+        );
+
+        // containerd's second DEL: no netns, no prevResult.
+        let again = invoke(
+            node.host(),
+            "palisade-cni",
+            &env("DEL", &container, ""),
+            &config,
+        )
+        .expect("DEL again");
+        succeeded(&again, &format!("second DEL {version}"));
+        assert_eq!(again.stdout, "");
+    }
+}
+
+#[test]
+#[ignore = "privileged: needs root (namespaces, BPF); `cargo xtask test` runs it"]
+fn check_finds_a_removed_address_or_route() {
+    let node = Node::start("cni-check");
+    let pod = Netns::new("pod").expect("pod namespace");
+    let netns = netns_path(&pod).display().to_string();
+    let config = node.main_config("1.0.0");
+    let add = invoke(
+        node.host(),
+        "palisade-cni",
+        &env("ADD", "checked", &netns),
+        &config,
+    )
+    .expect("ADD");
+    succeeded(&add, "ADD");
+    let host_name = host_interface_name("checked", "eth0");
+    let mut with_previous = config.clone();
+    with_previous["prevResult"] = add.output.clone();
+    let check = || {
+        invoke(
+            node.host(),
+            "palisade-cni",
+            &env("CHECK", "checked", &netns),
+            &with_previous,
+        )
+        .expect("CHECK")
+    };
+    succeeded(&check(), "CHECK");
+
+    pod.ip(&["addr", "del", "10.77.0.2/32", "dev", "eth0"])
+        .expect("remove address");
+    let failed = check();
+    assert!(!failed.success);
+    assert_eq!(failed.code(), Some(104), "{}", failed.stdout);
+    assert!(
+        failed.details().contains("lacks address 10.77.0.2/32"),
+        "{}",
+        failed.details()
+    );
+    pod.ip(&["addr", "add", "10.77.0.2/32", "dev", "eth0"])
+        .expect("address back");
+    pod.ip(&[
+        "route",
+        "add",
+        &format!("{GATEWAY}/32"),
+        "dev",
+        "eth0",
+        "scope",
+        "link",
+    ])
+    .expect("gateway route back");
+    pod.ip(&["route", "add", "default", "via", GATEWAY, "dev", "eth0"])
+        .expect("default back");
+    succeeded(&check(), "CHECK after repair");
+
+    node.host()
+        .ip(&["route", "del", "10.77.0.2/32", "dev", &host_name])
+        .expect("remove host route");
+    let failed = check();
+    assert_eq!(failed.code(), Some(104), "{}", failed.stdout);
+    assert!(
+        failed
+            .details()
+            .contains("the host lacks the route to 10.77.0.2/32"),
+        "{}",
+        failed.details()
+    );
+    node.host()
+        .ip(&[
+            "route",
+            "add",
+            "10.77.0.2/32",
+            "dev",
+            &host_name,
+            "scope",
+            "link",
+        ])
+        .expect("host route back");
+
+    pod.ip(&["route", "del", "default"])
+        .expect("remove default");
+    let failed = check();
+    assert_eq!(failed.code(), Some(104), "{}", failed.stdout);
+    assert!(
+        failed.details().contains("lacks its route to 0.0.0.0/0"),
+        "{}",
+        failed.details()
+    );
+
+    let del = invoke(
+        node.host(),
+        "palisade-cni",
+        &env("DEL", "checked", &netns),
+        &with_previous,
+    )
+    .expect("DEL");
+    succeeded(&del, "DEL");
+}
+
+#[test]
+#[ignore = "privileged: needs root (namespaces, BPF); `cargo xtask test` runs it"]
+fn add_with_palisaded_down_fails_saying_so_and_leaves_nothing_while_del_succeeds() {
+    let mut node = Node::start("cni-down");
+    node.daemon.stop();
+    let pod = Netns::new("pod").expect("pod namespace");
+    let netns = netns_path(&pod).display().to_string();
+    let config = node.main_config("1.0.0");
+    let add = invoke(
+        node.host(),
+        "palisade-cni",
+        &env("ADD", "downed", &netns),
+        &config,
+    )
+    .expect("ADD");
+    assert!(
+        !add.success,
+        "ADD without palisaded succeeded: {}",
+        add.stdout
+    );
+    assert_eq!(add.code(), Some(11), "{}", add.stdout);
+    assert_eq!(add.output["cniVersion"], "1.0.0");
+    assert!(
+        add.details().contains("palisaded is not running"),
+        "{}",
+        add.details()
+    );
+    assert!(!link_exists(
+        node.host(),
+        &host_interface_name("downed", "eth0")
+    ));
+    assert!(!link_exists(&pod, "eth0"));
+    assert!(!node.leased("10.77.0.2"));
+    for netns in [netns.as_str(), ""] {
+        let del = invoke(
+            node.host(),
+            "palisade-cni",
+            &env("DEL", "downed", netns),
+            &config,
+        )
+        .expect("DEL");
+        succeeded(&del, "DEL with palisaded down");
+    }
+}
+
+#[test]
+#[ignore = "privileged: needs root (namespaces, BPF); `cargo xtask test` runs it"]
+fn versions_are_negotiated_as_the_spec_says() {
+    let node = Node::start("cni-negotiate");
+    let version = invoke(
+        node.host(),
+        "palisade-cni",
+        &[("CNI_COMMAND", "VERSION")],
+        &json!({"cniVersion": "1.0.0"}),
+    )
+    .expect("VERSION");
+    succeeded(&version, "VERSION");
+    assert_eq!(
+        version.output,
+        json!({"cniVersion": "1.1.0", "supportedVersions": ["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"]})
+    );
+    let pod = Netns::new("pod").expect("pod namespace");
+    let netns = netns_path(&pod).display().to_string();
+    for (command, version, code, details) in [
+        ("ADD", "0.2.0", 1, "plugin supports"),
+        ("CHECK", "0.3.1", 1, "config version does not allow CHECK"),
+        ("STATUS", "1.0.0", 1, "config version does not allow STATUS"),
+        ("GC", "1.0.0", 1, "config version does not allow GC"),
+    ] {
+        let run = invoke(
+            node.host(),
+            "palisade-cni",
+            &env(command, "negotiated", &netns),
+            &node.main_config(version),
+        )
+        .expect("run");
+        assert!(!run.success);
+        assert_eq!(
+            run.code(),
+            Some(code),
+            "{command} {version}: {}",
+            run.stdout
+        );
+        assert!(
+            run.details().contains(details),
+            "{command} {version}: {}",
+            run.details()
+        );
+    }
+    let missing = invoke(
+        node.host(),
+        "palisade-cni",
+        &[("CNI_COMMAND", "ADD")],
+        &node.main_config("1.0.0"),
+    )
+    .expect("run");
+    assert_eq!(missing.code(), Some(4), "{}", missing.stdout);
+    assert_eq!(missing.output["cniVersion"], "1.0.0");
+    assert!(!link_exists(&pod, "eth0"));
+}
+
+/// Writes `conflist` as the only network configuration in a fresh directory.
+fn conf_dir(node: &Node, name: &str, conflist: &Value) -> PathBuf {
+    let directory = node.workdir.path().join(format!("net.d-{name}"));
+    std::fs::create_dir_all(&directory).expect("conf dir");
+    std::fs::write(
+        directory.join(format!("10-{name}.conflist")),
+        serde_json::to_vec_pretty(conflist).expect("conflist"),
+    )
+    .expect("conflist");
+    directory
+}
+
+#[test]
+#[ignore = "privileged: needs root (namespaces, BPF); `cargo xtask test` runs it"]
+fn libcni_drives_add_check_status_gc_and_del() {
+    let mut node = Node::start("cni-libcni");
+    let mut plugin = node.main_config("1.1.0");
+    plugin.as_object_mut().expect("object").remove("cniVersion");
+    plugin.as_object_mut().expect("object").remove("name");
+    let conflist = json!({"cniVersion": "1.1.0", "name": "pods", "plugins": [plugin]});
+    let directory = conf_dir(&node, "pods", &conflist);
+    let pod = Netns::new("pod").expect("pod namespace");
+    let netns = netns_path(&pod);
+    let tool = |node: &Node, command: &str| {
+        cnitool(node.host(), &directory, command, "pods", &netns, &[]).expect("cnitool")
+    };
+
+    let add = tool(&node, "add");
+    succeeded(&add, "cnitool add");
+    assert_eq!(add.output["cniVersion"], "1.1.0");
+    assert_eq!(add.output["ips"][0]["address"], "10.77.0.2/32");
+    succeeded(&tool(&node, "check"), "cnitool check");
+    succeeded(&tool(&node, "status"), "cnitool status");
+    assert_eq!(node.endpoints().endpoints.len(), 1);
+
+    node.daemon.stop();
+    let status = tool(&node, "status");
+    assert!(!status.success, "STATUS with palisaded down succeeded");
+    assert!(
+        status.stderr.contains("Plugin not available"),
+        "{}",
+        status.stderr
+    );
+    node.daemon.restart().expect("palisaded restarts");
+    assert_eq!(
+        node.endpoints().endpoints.len(),
+        1,
+        "the endpoint is re-adopted"
+    );
+
+    // cnitool's GC names no valid attachment: everything of the network goes.
+    succeeded(&tool(&node, "gc"), "cnitool gc");
+    assert!(
+        node.endpoints().endpoints.is_empty(),
+        "GC forgot the endpoint"
+    );
+    let container_id = node_container_id(&netns);
+    assert!(
+        !link_exists(node.host(), &host_interface_name(&container_id, "eth0")),
+        "GC removed the pair"
+    );
+    succeeded(&tool(&node, "del"), "cnitool del");
+    assert!(!node.leased("10.77.0.2"));
+}
+
+/// cnitool's container id for `netns`: `cnitool-` and 10 bytes of its SHA-512.
+fn node_container_id(netns: &Path) -> String {
+    let output = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!("printf %s '{}' | sha512sum", netns.display()))
+        .output()
+        .expect("sha512sum");
+    let digest = String::from_utf8_lossy(&output.stdout);
+    format!("cnitool-{}", &digest[..20])
+}
+
+#[test]
+#[ignore = "privileged: needs root (namespaces, BPF); `cargo xtask test` runs it"]
+fn chained_after_ptp_it_registers_the_ptp_interface_and_passes_the_result_through() {
+    let node = Node::start("cni-chained");
+    let conflist = json!({
+        "cniVersion": "1.0.0",
+        "name": "chained",
+        "plugins": [
+            {
+                "type": "ptp",
+                "ipam": {
+                    "type": "host-local",
+                    "ranges": [[{"subnet": "10.78.0.0/24"}]],
+                    "dataDir": node.ipam_dir(),
+                }
+            },
+            {"type": "palisade-cni", "socket": node.daemon.socket()}
+        ]
+    });
+    let directory = conf_dir(&node, "chained", &conflist);
+    let pod = Netns::new("pod").expect("pod namespace");
+    let netns = netns_path(&pod);
+    let add = cnitool(node.host(), &directory, "add", "chained", &netns, &[]).expect("cnitool");
+    succeeded(&add, "cnitool add (ptp, palisade-cni)");
+    let host_side = add.output["interfaces"]
+        .as_array()
+        .expect("interfaces")
+        .iter()
+        .find(|interface| interface.get("sandbox").is_none())
+        .and_then(|interface| interface["name"].as_str())
+        .expect("ptp's host interface")
+        .to_owned();
+    let endpoints = node.endpoints();
+    assert_eq!(endpoints.endpoints.len(), 1);
+    let registration = &endpoints.endpoints[0].registration;
+    assert_eq!(registration.host_interface, host_side);
+    assert_eq!(registration.network, "chained");
+    assert_eq!(
+        registration.addresses,
+        ["10.78.0.2".parse::<std::net::IpAddr>().expect("ip")]
+    );
+    succeeded(
+        &cnitool(node.host(), &directory, "check", "chained", &netns, &[]).expect("cnitool"),
+        "cnitool check",
+    );
+    succeeded(
+        &cnitool(node.host(), &directory, "del", "chained", &netns, &[]).expect("cnitool"),
+        "cnitool del",
+    );
+    assert!(node.endpoints().endpoints.is_empty());
+    assert!(!link_exists(node.host(), &host_side));
+}
+
+#[test]
+#[ignore = "privileged: needs root (namespaces, BPF); `cargo xtask test` runs it"]
+fn a_restart_after_kill_re_adopts_live_endpoints_and_forgets_dead_ones() {
+    let mut node = Node::start("cni-restart");
+    let config = node.main_config("1.0.0");
+    let pods: Vec<Netns> = (0..2).map(|_| Netns::new("pod").expect("pod")).collect();
+    for (index, pod) in pods.iter().enumerate() {
+        let netns = netns_path(pod).display().to_string();
+        let add = invoke(
+            node.host(),
+            "palisade-cni",
+            &env("ADD", &format!("kept{index}"), &netns),
+            &config,
+        )
+        .expect("ADD");
+        succeeded(&add, "ADD");
+    }
+    node.daemon.kill();
+    // A pod whose pair went while palisaded was away.
+    node.host()
+        .ip(&["link", "del", &host_interface_name("kept1", "eth0")])
+        .expect("remove a pair");
+    node.daemon.restart().expect("palisaded restarts");
+    let kept: Vec<String> = node
+        .endpoints()
+        .endpoints
+        .into_iter()
+        .map(|endpoint| endpoint.registration.key.container_id)
+        .collect();
+    assert_eq!(kept, ["kept0"]);
+    assert!(
+        node.daemon
+            .log()
+            .contains("forgetting an endpoint whose host interface is gone"),
+        "{}",
+        node.daemon.log()
+    );
+    for (index, pod) in pods.iter().enumerate() {
+        let netns = netns_path(pod).display().to_string();
+        let del = invoke(
+            node.host(),
+            "palisade-cni",
+            &env("DEL", &format!("kept{index}"), &netns),
+            &config,
+        )
+        .expect("DEL");
+        succeeded(&del, "DEL");
+    }
+}
