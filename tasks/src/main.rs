@@ -83,6 +83,8 @@ enum Benchmark {
     Encryption,
     /// How long an apply takes, palisade against nft -f.
     Apply,
+    /// A pod's ADD and DEL, palisade-cni against the stock ptp plugin.
+    Cni,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -127,6 +129,11 @@ fn main() -> anyhow::Result<()> {
             }
             if which.is_none_or(|w| w == Benchmark::Encryption) {
                 bench_encryption()?;
+            }
+            if which.is_none_or(|w| w == Benchmark::Cni) {
+                // It runs the release palisade-cni and palisaded.
+                cargo(&["build", "--release", "--bins"])?;
+                cargo(&["bench", "-p", "palisade-daemon", "--bench", "cni"])?;
             }
             if which.is_none_or(|w| w == Benchmark::Apply) {
                 // It runs the release palisaded and palisadectl beside it.

@@ -7,7 +7,7 @@
 //! - bpf-linker built against that nightly's own LLVM (plain
 //!   `cargo install bpf-linker` needs a system LLVM 22 these machines lack);
 //! - cargo-fuzz, for the fuzz targets under fuzz/;
-//! - cnitool, built with Go, for the CNI tests.
+//! - cnitool and crictl, built with Go, for the CNI tests.
 //!
 //! Each step checks first and does nothing when its part is already there.
 
@@ -28,7 +28,8 @@ const LLVM_PREFIX: &str = "/opt/rustllvm";
 /// tests (lint, and a booted Debian root); wg, wireguard-go, tcpdump and ping for the
 /// WireGuard tests, iperf3 for the WireGuard benchmark; qemu, busybox-static,
 /// kmod (depmod) and cpio for the kernel matrix; containernetworking-plugins
-/// (host-local, ptp) for the CNI tests.
+/// (host-local, ptp), podman, containerd, runc, gcc and libc6-dev (a static
+/// `pause` image) for the CNI tests.
 const APT_PACKAGES: &[&str] = &[
     "iproute2",
     "nftables",
@@ -49,11 +50,26 @@ const APT_PACKAGES: &[&str] = &[
     "kmod",
     "cpio",
     "containernetworking-plugins",
+    "podman",
+    "containerd",
+    "runc",
+    "gcc",
+    "libc6-dev",
 ];
 
-/// cnitool, built from its Go module into [`palisade_e2e::cni::CNITOOL`]'s
-/// directory: libcni 1.3 is the first to send STATUS and GC.
-const CNITOOL_MODULE: &str = "github.com/containernetworking/cni/cnitool@v1.3.0";
+/// The Go-built test tools, each from its module into the directory of the
+/// path the tests run it from: cnitool (libcni 1.3 is the first to send
+/// STATUS and GC) and crictl (a CRI client, as a kubelet).
+const GO_TOOLS: &[(&str, &str)] = &[
+    (
+        palisade_e2e::cni::CNITOOL,
+        "github.com/containernetworking/cni/cnitool@v1.3.0",
+    ),
+    (
+        palisade_e2e::runtimes::CRICTL,
+        "sigs.k8s.io/cri-tools/cmd/crictl@v1.37.0",
+    ),
+];
 
 /// cargo-fuzz, which `cargo xtask test` runs the fuzz targets with.
 const CARGO_FUZZ_VERSION: &str = "0.13.2";
@@ -64,22 +80,27 @@ pub fn run() -> anyhow::Result<()> {
     ebpf_toolchain()?;
     bpf_linker()?;
     cargo_fuzz()?;
-    cnitool()
+    go_tools()
 }
 
-fn cnitool() -> anyhow::Result<()> {
-    let tool = Path::new(palisade_e2e::cni::CNITOOL);
-    if tool.is_file() {
-        return Ok(());
+fn go_tools() -> anyhow::Result<()> {
+    for (path, module) in GO_TOOLS {
+        let tool = Path::new(path);
+        if tool.is_file() {
+            continue;
+        }
+        let directory = tool.parent().context("a Go tool's path has no directory")?;
+        check(
+            Command::new("go")
+                .args(["install", module])
+                .env("GOBIN", directory)
+                .env("GOFLAGS", "-mod=mod"),
+        )
+        .with_context(|| {
+            format!("building {module} (Go 1.26 and the Go module proxy are needed)")
+        })?;
     }
-    let directory = tool.parent().context("cnitool's path has no directory")?;
-    check(
-        Command::new("go")
-            .args(["install", CNITOOL_MODULE])
-            .env("GOBIN", directory)
-            .env("GOFLAGS", "-mod=mod"),
-    )
-    .context("building cnitool (Go 1.26 and the Go module proxy are needed)")
+    Ok(())
 }
 
 fn cargo_fuzz() -> anyhow::Result<()> {

@@ -9,8 +9,151 @@ use std::{
 };
 
 use anyhow::Context as _;
+use palisade_api::EndpointList;
+use serde_json::{Value, json};
 
-use crate::{Netns, binary};
+use crate::{Daemon, Netns, TempDir, Topology, binary, repo, require_root};
+
+/// The pod subnet of [`CniNode::main_config`].
+pub const POD_SUBNET: &str = "10.77.0.0/24";
+/// Its gateway: the host side of every pod's pair.
+pub const POD_GATEWAY: &str = "10.77.0.1";
+
+/// A node namespace running palisaded (no policy), and a work directory
+/// for the CNI networks, IPAM leases and runtimes of a test.
+#[derive(Debug)]
+pub struct CniNode {
+    /// The node and a client namespace joined to it.
+    pub topology: Topology,
+    /// palisaded in the node.
+    pub daemon: Daemon,
+    workdir: TempDir,
+}
+
+impl CniNode {
+    /// Starts palisaded in a fresh node namespace.
+    ///
+    /// # Panics
+    ///
+    /// When not root, or palisaded does not come up.
+    pub fn start(name: &str) -> Self {
+        require_root();
+        let workdir = TempDir::new(name).expect("workdir");
+        let policies = workdir.path().join("policies.d");
+        std::fs::create_dir(&policies).expect("policy dir");
+        let topology = Topology::new().expect("namespaces");
+        let daemon = Daemon::start(
+            &topology.node,
+            &repo().join("etc/palisade.toml"),
+            &policies,
+            workdir.path(),
+        )
+        .expect("palisaded starts");
+        Self {
+            topology,
+            daemon,
+            workdir,
+        }
+    }
+
+    /// The node's namespace.
+    pub fn host(&self) -> &Netns {
+        &self.topology.node
+    }
+
+    /// The test's work directory.
+    pub fn workdir(&self) -> &Path {
+        self.workdir.path()
+    }
+
+    /// host-local's data directory.
+    pub fn ipam_dir(&self) -> PathBuf {
+        self.workdir.path().join("ipam")
+    }
+
+    /// palisade-cni as the main plugin of network `pods`, host-local
+    /// addressing from [`POD_SUBNET`].
+    pub fn main_config(&self, version: &str) -> Value {
+        json!({
+            "cniVersion": version,
+            "name": "pods",
+            "type": "palisade-cni",
+            "socket": self.daemon.socket(),
+            "ipam": {
+                "type": "host-local",
+                "ranges": [[{"subnet": POD_SUBNET}]],
+                "routes": [{"dst": "0.0.0.0/0"}],
+                "dataDir": self.ipam_dir(),
+            }
+        })
+    }
+
+    /// [`CniNode::main_config`] as a conflist, for runtimes (the
+    /// annotations capability on, as containerd needs it to pass them).
+    pub fn main_conflist(&self) -> Value {
+        let mut plugin = self.main_config("1.0.0");
+        if let Some(object) = plugin.as_object_mut() {
+            object.remove("cniVersion");
+            object.remove("name");
+            object.insert(
+                "capabilities".to_owned(),
+                json!({"io.kubernetes.cri.pod-annotations": true}),
+            );
+        }
+        json!({"cniVersion": "1.0.0", "name": "pods", "plugins": [plugin]})
+    }
+
+    /// The endpoints palisaded lists (`palisadectl endpoint list -o json`).
+    ///
+    /// # Panics
+    ///
+    /// When palisadectl fails.
+    pub fn endpoints(&self) -> EndpointList {
+        let output = self
+            .daemon
+            .ctl(&["endpoint", "list", "-o", "json"])
+            .expect("palisadectl");
+        assert!(
+            output.status.success(),
+            "endpoint list: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        serde_json::from_slice(&output.stdout).expect("endpoint list JSON")
+    }
+
+    /// The addresses host-local has leased in network `pods`.
+    pub fn leases(&self) -> Vec<String> {
+        let mut leases: Vec<String> = std::fs::read_dir(self.ipam_dir().join("pods"))
+            .map(|entries| {
+                entries
+                    .filter_map(|entry| entry.ok()?.file_name().into_string().ok())
+                    .filter(|name| name.parse::<std::net::IpAddr>().is_ok())
+                    .collect()
+            })
+            .unwrap_or_default();
+        leases.sort();
+        leases
+    }
+
+    /// Whether host-local holds a lease for `address`.
+    pub fn leased(&self, address: &str) -> bool {
+        self.leases().iter().any(|lease| lease == address)
+    }
+
+    /// The host sides of pod pairs (`pal...`) in the node.
+    pub fn pod_interfaces(&self) -> Vec<String> {
+        let text = self.host().ip(&["-j", "link", "show"]).unwrap_or_default();
+        let links: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+        links
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|link| link["ifname"].as_str())
+            .filter(|name| name.starts_with("pal"))
+            .map(str::to_owned)
+            .collect()
+    }
+}
 
 /// Where `cargo xtask setup` installs cnitool (libcni 1.3: the first that
 /// sends STATUS and GC).

@@ -11,6 +11,7 @@ mod host;
 pub mod ipsec_mesh;
 pub mod mesh;
 mod netns;
+pub mod runtimes;
 mod traffic;
 
 pub use daemon::*;

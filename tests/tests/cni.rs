@@ -6,88 +6,12 @@
 
 use std::path::{Path, PathBuf};
 
-use palisade_api::EndpointList;
 use palisade_cni::commands::host_interface_name;
 use palisade_e2e::{
-    Daemon, Netns, TempDir, Topology,
-    cni::{PluginRun, cnitool, invoke, netns_path},
-    repo, require_root,
+    Netns,
+    cni::{CniNode as Node, POD_GATEWAY as GATEWAY, PluginRun, cnitool, invoke, netns_path},
 };
 use serde_json::{Value, json};
-
-const SUBNET: &str = "10.77.0.0/24";
-const GATEWAY: &str = "10.77.0.1";
-
-/// A node namespace running palisaded, and a work directory.
-struct Node {
-    topology: Topology,
-    daemon: Daemon,
-    workdir: TempDir,
-}
-
-impl Node {
-    fn start(name: &str) -> Self {
-        require_root();
-        let workdir = TempDir::new(name).expect("workdir");
-        let policies = workdir.path().join("policies.d");
-        std::fs::create_dir(&policies).expect("policy dir");
-        let topology = Topology::new().expect("namespaces");
-        let daemon = Daemon::start(
-            &topology.node,
-            &repo().join("etc/palisade.toml"),
-            &policies,
-            workdir.path(),
-        )
-        .expect("palisaded starts");
-        Self {
-            topology,
-            daemon,
-            workdir,
-        }
-    }
-
-    fn host(&self) -> &Netns {
-        &self.topology.node
-    }
-
-    fn ipam_dir(&self) -> PathBuf {
-        self.workdir.path().join("ipam")
-    }
-
-    /// palisade-cni as the main plugin, with host-local addressing.
-    fn main_config(&self, version: &str) -> Value {
-        json!({
-            "cniVersion": version,
-            "name": "pods",
-            "type": "palisade-cni",
-            "socket": self.daemon.socket(),
-            "ipam": {
-                "type": "host-local",
-                "ranges": [[{"subnet": SUBNET}]],
-                "routes": [{"dst": "0.0.0.0/0"}],
-                "dataDir": self.ipam_dir(),
-            }
-        })
-    }
-
-    fn endpoints(&self) -> EndpointList {
-        let output = self
-            .daemon
-            .ctl(&["endpoint", "list", "-o", "json"])
-            .expect("palisadectl");
-        assert!(
-            output.status.success(),
-            "endpoint list: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        serde_json::from_slice(&output.stdout).expect("endpoint list JSON")
-    }
-
-    /// Whether host-local holds a lease for `address`.
-    fn leased(&self, address: &str) -> bool {
-        self.ipam_dir().join("pods").join(address).exists()
-    }
-}
 
 fn env<'a>(command: &'a str, container: &'a str, netns: &'a str) -> Vec<(&'a str, &'a str)> {
     vec![
@@ -454,7 +378,7 @@ fn versions_are_negotiated_as_the_spec_says() {
 
 /// Writes `conflist` as the only network configuration in a fresh directory.
 fn conf_dir(node: &Node, name: &str, conflist: &Value) -> PathBuf {
-    let directory = node.workdir.path().join(format!("net.d-{name}"));
+    let directory = node.workdir().join(format!("net.d-{name}"));
     std::fs::create_dir_all(&directory).expect("conf dir");
     std::fs::write(
         directory.join(format!("10-{name}.conflist")),
