@@ -2,7 +2,8 @@
 //! own tests: each command for each spec version in fresh namespaces, exact
 //! result JSON, idempotent DEL, CHECK finding a removed address or route,
 //! STATUS and GC through libcni (cnitool 1.3), chaining after the stock ptp
-//! plugin, and palisaded's endpoint registry across restarts.
+//! plugin, palisaded's endpoint registry across restarts, and pods of two
+//! nodes through their WireGuard mesh.
 
 use std::path::{Path, PathBuf};
 
@@ -549,6 +550,124 @@ fn a_restart_after_kill_re_adopts_live_endpoints_and_forgets_dead_ones() {
             "palisade-cni",
             &env("DEL", &format!("kept{index}"), &netns),
             &config,
+        )
+        .expect("DEL");
+        succeeded(&del, "DEL");
+    }
+}
+
+/// palisade-cni as the main plugin of `node`'s pod prefix, its addresses
+/// from .10 on (the node keeps .1, its pods' gateway, on loopback).
+fn mesh_pod_config(node: &palisade_e2e::mesh::Node, socket: &Path, ipam_dir: &Path) -> Value {
+    json!({
+        "cniVersion": "1.0.0",
+        "name": "pods",
+        "type": "palisade-cni",
+        "socket": socket,
+        "ipam": {
+            "type": "host-local",
+            "ranges": [[{"subnet": node.pod_prefix, "rangeStart": node.pod_prefix.replace(".0/24", ".10"), "gateway": node.pod_address}]],
+            "routes": [{"dst": "0.0.0.0/0"}],
+            "dataDir": ipam_dir,
+        }
+    })
+}
+
+/// The packets `interface` in `netns` has received and sent.
+fn packets(netns: &Netns, interface: &str) -> (u64, u64) {
+    let text = netns
+        .ip(&["-j", "-s", "link", "show", "dev", interface])
+        .expect("ip -s link");
+    let links: Value = serde_json::from_str(&text).expect("ip -j");
+    let stats = &links[0]["stats64"];
+    (
+        stats["rx"]["packets"].as_u64().unwrap_or_default(),
+        stats["tx"]["packets"].as_u64().unwrap_or_default(),
+    )
+}
+
+#[test]
+#[ignore = "privileged: needs root (namespaces, BPF, WireGuard); `cargo xtask test` runs it"]
+fn pods_on_two_nodes_reach_each_other_through_the_wireguard_mesh() {
+    palisade_e2e::require_root();
+    palisade_e2e::require_tools(&["wg", "ping"]);
+    let work = palisade_e2e::TempDir::new("cni-mesh").expect("workdir");
+    let pair = palisade_e2e::mesh::PalisadePair::start(work.path(), false).expect("two nodes");
+    let mut pods = Vec::new();
+    for (node, daemon, name) in [
+        (&pair.a, &pair.a_daemon, "a"),
+        (&pair.b, &pair.b_daemon, "b"),
+    ] {
+        let pod = Netns::new("meshpod").expect("pod namespace");
+        let netns = netns_path(&pod).display().to_string();
+        let config = mesh_pod_config(
+            node,
+            daemon.socket(),
+            &work.path().join(format!("ipam-{name}")),
+        );
+        let add = invoke(
+            &node.netns,
+            "palisade-cni",
+            &env("ADD", &format!("mesh{name}"), &netns),
+            &config,
+        )
+        .expect("ADD");
+        succeeded(&add, "ADD");
+        let address = add.output["ips"][0]["address"]
+            .as_str()
+            .expect("address")
+            .trim_end_matches("/32")
+            .to_owned();
+        pods.push((pod, address, netns, config));
+    }
+    let before = (
+        packets(&pair.a.netns, &pair.a_interface),
+        packets(&pair.b.netns, &pair.b_interface),
+    );
+    let (pod_a, _, _, _) = &pods[0];
+    let address_b = &pods[1].1;
+    let mut reached = false;
+    for _ in 0..30 {
+        let ping = pod_a
+            .command("ping")
+            .args(["-c", "1", "-W", "1", address_b])
+            .output()
+            .expect("ping");
+        if ping.status.success() {
+            reached = true;
+            break;
+        }
+    }
+    assert!(
+        reached,
+        "pod a never reached pod b ({address_b}):\n{}",
+        pair.logs()
+    );
+    let after = (
+        packets(&pair.a.netns, &pair.a_interface),
+        packets(&pair.b.netns, &pair.b_interface),
+    );
+    // The echo went out of A's tunnel and came in to B's, and back.
+    assert!(
+        after.0.1 > before.0.1 && after.0.0 > before.0.0,
+        "A's tunnel: {before:?} -> {after:?}"
+    );
+    assert!(
+        after.1.0 > before.1.0 && after.1.1 > before.1.1,
+        "B's tunnel: {before:?} -> {after:?}"
+    );
+    for ((node, _, name), (_, _, netns, config)) in [
+        (&pair.a, &pair.a_daemon, "a"),
+        (&pair.b, &pair.b_daemon, "b"),
+    ]
+    .into_iter()
+    .zip(&pods)
+    {
+        let del = invoke(
+            &node.netns,
+            "palisade-cni",
+            &env("DEL", &format!("mesh{name}"), netns),
+            config,
         )
         .expect("DEL");
         succeeded(&del, "DEL");
