@@ -7,7 +7,7 @@
 use std::{
     collections::{BTreeMap, BTreeSet},
     net::IpAddr,
-    sync::{Arc, Mutex, PoisonError},
+    sync::{Mutex, PoisonError},
     time::{Duration, Instant},
 };
 
@@ -24,9 +24,6 @@ use crate::config::{Config, IpsecMode as ConfiguredMode};
 
 /// Where the kernel counts XFRM errors (per network namespace).
 const XFRM_STAT: &str = "/proc/net/xfrm_stat";
-
-/// How often older keys are checked for removal.
-const RETIREMENT_TICK: Duration = Duration::from_secs(1);
 
 /// palisade's IPsec states and policies, as the configuration asks.
 pub struct IpsecMesh {
@@ -404,30 +401,6 @@ pub fn remove_all() -> anyhow::Result<usize> {
         xfrm::delete_state(state).context("removing an IPsec state")?;
     }
     Ok(policies.len() + states.len())
-}
-
-/// Checks every second for older keys to remove, while the mesh lives.
-pub fn spawn_retirement(mesh: &Arc<IpsecMesh>) {
-    let mesh = Arc::downgrade(mesh);
-    std::thread::spawn(move || {
-        let mut last_error = String::new();
-        loop {
-            std::thread::sleep(RETIREMENT_TICK);
-            let Some(mesh) = mesh.upgrade() else {
-                return;
-            };
-            match mesh.retire_old_keys() {
-                Ok(()) => last_error.clear(),
-                Err(error) => {
-                    let error = format!("{error:#}");
-                    if error != last_error {
-                        warn!(%error, "checking the IPsec keys for removal");
-                        last_error = error;
-                    }
-                }
-            }
-        }
-    });
 }
 
 /// The SPIs of `keys`, comma-separated.

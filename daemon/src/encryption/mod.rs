@@ -11,10 +11,14 @@ pub mod ipsec_plan;
 pub mod wireguard;
 pub mod xfrm;
 
-use std::sync::Arc;
+use std::{
+    sync::{Arc, Weak},
+    time::Duration,
+};
 
 use anyhow::Context as _;
 use palisade_api::{EncryptionMode, EncryptionStatus};
+use tracing::warn;
 
 use crate::config::{Config, EncryptionMode as ConfiguredMode, WireGuardPeer};
 use wireguard::Tunnel;
@@ -42,13 +46,25 @@ impl Encryption {
                     Tunnel::start(&config.wireguard, &wireguard_peers(config)?)
                         .context("setting up the WireGuard tunnel")?,
                 );
-                wireguard::spawn_promotions(&tunnel);
+                // Nodes switching to their next key, four times a second.
+                spawn_upkeep(
+                    Arc::downgrade(&tunnel),
+                    Duration::from_millis(250),
+                    "checking the nodes' next keys",
+                    Tunnel::promote_rotated_nodes,
+                );
                 Ok(Some(Self::WireGuard(tunnel)))
             }
             ConfiguredMode::Ipsec => {
                 let mesh =
                     Arc::new(ipsec::IpsecMesh::start(config).context("setting up the IPsec mesh")?);
-                ipsec::spawn_retirement(&mesh);
+                // Older keys to remove, every second.
+                spawn_upkeep(
+                    Arc::downgrade(&mesh),
+                    Duration::from_secs(1),
+                    "checking the IPsec keys for removal",
+                    ipsec::IpsecMesh::retire_old_keys,
+                );
                 Ok(Some(Self::Ipsec(mesh)))
             }
         }
@@ -137,4 +153,35 @@ pub fn disabled() -> EncryptionStatus {
         wireguard: None,
         ipsec: None,
     }
+}
+
+/// Runs `upkeep` on the backend every `period`, on a thread of its own,
+/// for as long as the backend lives: it holds the backend only while
+/// running, so a shutdown still drops it (and with it what it set up). A
+/// failure is logged as `what` once, until it changes or clears.
+fn spawn_upkeep<T: Send + Sync + 'static>(
+    backend: Weak<T>,
+    period: Duration,
+    what: &'static str,
+    upkeep: impl Fn(&T) -> anyhow::Result<()> + Send + 'static,
+) {
+    std::thread::spawn(move || {
+        let mut last_error = String::new();
+        loop {
+            std::thread::sleep(period);
+            let Some(backend) = backend.upgrade() else {
+                return;
+            };
+            match upkeep(&backend) {
+                Ok(()) => last_error.clear(),
+                Err(error) => {
+                    let error = format!("{error:#}");
+                    if error != last_error {
+                        warn!(%error, "{what}");
+                        last_error = error;
+                    }
+                }
+            }
+        }
+    });
 }

@@ -20,7 +20,7 @@ use std::{
     io::Write as _,
     os::unix::fs::PermissionsExt as _,
     path::{Path, PathBuf},
-    sync::{Arc, Mutex},
+    sync::Mutex,
     time::SystemTime,
 };
 
@@ -437,33 +437,6 @@ impl Tunnel {
             peers,
         })
     }
-}
-
-/// Checks four times a second for nodes switching to their next key
-/// ([`Tunnel::promote_rotated_nodes`]). Holds the tunnel only while checking,
-/// so a shutdown still drops it (and with it the interface).
-pub fn spawn_promotions(tunnel: &Arc<Tunnel>) {
-    let tunnel = Arc::downgrade(tunnel);
-    tokio::spawn(async move {
-        let mut ticks = tokio::time::interval(std::time::Duration::from_millis(250));
-        let mut last_error = String::new();
-        loop {
-            ticks.tick().await;
-            let Some(tunnel) = tunnel.upgrade() else {
-                return;
-            };
-            match tunnel.promote_rotated_nodes() {
-                Ok(()) => last_error.clear(),
-                Err(error) => {
-                    let error = format!("{error:#}");
-                    if error != last_error {
-                        warn!(%error, "checking the nodes' next keys");
-                        last_error = error;
-                    }
-                }
-            }
-        }
-    });
 }
 
 impl Drop for Tunnel {
