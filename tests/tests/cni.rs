@@ -673,3 +673,79 @@ fn pods_on_two_nodes_reach_each_other_through_the_wireguard_mesh() {
         succeeded(&del, "DEL");
     }
 }
+
+#[test]
+#[ignore = "privileged: needs root (namespaces, BPF); `cargo xtask test` runs it"]
+fn a_dual_stack_pod_gets_both_families_and_the_configured_mtu() {
+    let node = Node::start("cni-dual");
+    let pod = Netns::new("pod").expect("pod namespace");
+    let netns = netns_path(&pod).display().to_string();
+    let mut config = node.main_config("1.0.0");
+    config["mtu"] = json!(1400);
+    config["ipam"]["ranges"] = json!([[{"subnet": "10.77.0.0/24"}], [{"subnet": "fd77::/64"}]]);
+    config["ipam"]["routes"] = json!([{"dst": "0.0.0.0/0"}, {"dst": "::/0"}]);
+    let add = invoke(
+        node.host(),
+        "palisade-cni",
+        &env("ADD", "dual", &netns),
+        &config,
+    )
+    .expect("ADD");
+    succeeded(&add, "ADD");
+    assert_eq!(
+        add.output["ips"],
+        json!([
+            {"interface": 1, "address": "10.77.0.2/32", "gateway": "10.77.0.1"},
+            {"interface": 1, "address": "fd77::2/128", "gateway": "fd77::1"},
+        ])
+    );
+    assert_eq!(
+        add.output["routes"],
+        json!([{"dst": "0.0.0.0/0", "gw": "10.77.0.1"}, {"dst": "::/0", "gw": "fd77::1"}])
+    );
+    let host_name = host_interface_name("dual", "eth0");
+    for (netns, interface) in [(node.host(), host_name.as_str()), (&pod, "eth0")] {
+        let text = netns
+            .ip(&["-j", "link", "show", "dev", interface])
+            .expect("ip link");
+        let links: Value = serde_json::from_str(&text).expect("ip -j");
+        assert_eq!(links[0]["mtu"], 1400, "{interface}");
+    }
+    // Both families reach the node through the pair, IPv6 without waiting
+    // for duplicate address detection.
+    for gateway in ["10.77.0.1", "fd77::1"] {
+        let ping = pod
+            .command("ping")
+            .args(["-c", "1", "-W", "2", gateway])
+            .output()
+            .expect("ping");
+        assert!(
+            ping.status.success(),
+            "pod cannot reach {gateway}: {}",
+            String::from_utf8_lossy(&ping.stdout)
+        );
+    }
+    let mut with_previous = config.clone();
+    with_previous["prevResult"] = add.output.clone();
+    succeeded(
+        &invoke(
+            node.host(),
+            "palisade-cni",
+            &env("CHECK", "dual", &netns),
+            &with_previous,
+        )
+        .expect("CHECK"),
+        "CHECK",
+    );
+    succeeded(
+        &invoke(
+            node.host(),
+            "palisade-cni",
+            &env("DEL", "dual", &netns),
+            &with_previous,
+        )
+        .expect("DEL"),
+        "DEL",
+    );
+    assert!(node.leases().is_empty(), "{:?}", node.leases());
+}
