@@ -9,7 +9,7 @@ use std::{net::IpAddr, str::FromStr, time::SystemTime};
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
-use crate::{Flow, Layer4, Verdict};
+use crate::{Flow, FlowEndpoint, Layer4, Verdict};
 
 /// The query of the flows endpoint: which flows, how many, and whether to follow.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -50,6 +50,22 @@ pub struct FlowQuery {
     /// Names of the policy whose rule decided.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub policy: Option<String>,
+    /// Pods at either end, `[NAMESPACE/]NAME-PREFIX` (namespace `default`
+    /// when not given), as `hubble observe --pod`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod: Option<String>,
+    /// Source pods, likewise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from_pod: Option<String>,
+    /// Destination pods, likewise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to_pod: Option<String>,
+    /// Namespaces of a pod at either end.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    /// Labels (`KEY=VALUE` or `KEY`) of a pod at either end.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub label: Option<String>,
     /// Only flows at or after this time (RFC 3339).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub since: Option<String>,
@@ -121,6 +137,16 @@ pub struct FlowFilter {
     pub types: Vec<EventType>,
     /// Policy names.
     pub policies: Vec<String>,
+    /// Pods at either end.
+    pub pods: Vec<PodFilter>,
+    /// Source pods.
+    pub from_pods: Vec<PodFilter>,
+    /// Destination pods.
+    pub to_pods: Vec<PodFilter>,
+    /// Namespaces of a pod at either end.
+    pub namespaces: Vec<String>,
+    /// Labels of a pod at either end: key, and value when given.
+    pub labels: Vec<(String, Option<String>)>,
     /// Earliest time.
     pub since: Option<SystemTime>,
     /// Latest time.
@@ -148,6 +174,45 @@ fn parse_each<T>(
             })
         })
         .collect()
+}
+
+/// A pod filter: a namespace and a prefix of pod names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodFilter {
+    /// The namespace (`default` when the filter named none).
+    pub namespace: String,
+    /// A prefix of the pod's name (empty: every pod of the namespace).
+    pub name_prefix: String,
+}
+
+impl PodFilter {
+    fn matches(&self, endpoint: Option<&FlowEndpoint>) -> bool {
+        endpoint.is_some_and(|endpoint| {
+            endpoint.namespace == self.namespace && endpoint.pod_name.starts_with(&self.name_prefix)
+        })
+    }
+}
+
+fn pod(value: &str) -> Result<PodFilter, String> {
+    let (namespace, name_prefix) = value.split_once('/').unwrap_or(("default", value));
+    if namespace.is_empty() || name_prefix.contains('/') {
+        return Err("expected [NAMESPACE/]POD-NAME-PREFIX".to_owned());
+    }
+    Ok(PodFilter {
+        namespace: namespace.to_owned(),
+        name_prefix: name_prefix.to_owned(),
+    })
+}
+
+fn label(value: &str) -> Result<(String, Option<String>), String> {
+    let (key, value) = match value.split_once('=') {
+        Some((key, value)) => (key, Some(value.to_owned())),
+        None => (value, None),
+    };
+    if key.is_empty() {
+        return Err("expected KEY=VALUE or KEY".to_owned());
+    }
+    Ok((key.to_owned(), value))
 }
 
 fn prefix(value: &str) -> Result<IpNet, String> {
@@ -209,6 +274,11 @@ impl FlowQuery {
                 }
             })?,
             policies: values(self.policy.as_ref()).map(str::to_owned).collect(),
+            pods: parse_each("pod", self.pod.as_ref(), pod)?,
+            from_pods: parse_each("from_pod", self.from_pod.as_ref(), pod)?,
+            to_pods: parse_each("to_pod", self.to_pod.as_ref(), pod)?,
+            namespaces: values(self.namespace.as_ref()).map(str::to_owned).collect(),
+            labels: parse_each("label", self.label.as_ref(), label)?,
             since: time("since", self.since.as_ref())?,
             until: time("until", self.until.as_ref())?,
         })
@@ -253,6 +323,18 @@ impl FlowFilter {
             })
             && any_or_empty(&self.policies, |name| {
                 flow.decided_by().any(|policy| policy.policy() == *name)
+            })
+            && any_or_empty(&self.pods, |pod| {
+                pod.matches(flow.source.as_ref()) || pod.matches(flow.destination.as_ref())
+            })
+            && any_or_empty(&self.from_pods, |pod| pod.matches(flow.source.as_ref()))
+            && any_or_empty(&self.to_pods, |pod| pod.matches(flow.destination.as_ref()))
+            && any_or_empty(&self.namespaces, |namespace| {
+                flow.pods().any(|endpoint| endpoint.namespace == *namespace)
+            })
+            && any_or_empty(&self.labels, |(key, value)| {
+                flow.pods()
+                    .any(|endpoint| endpoint.has_label(key, value.as_deref()))
             })
             && self
                 .since
@@ -307,6 +389,8 @@ mod tests {
             ingress_denied_by: Vec::new(),
             egress_allowed_by: Vec::new(),
             egress_denied_by: Vec::new(),
+            source: None,
+            destination: None,
             node_name: "n".into(),
             policy_generation: 1,
             packet_length: 60,
@@ -388,5 +472,74 @@ mod tests {
             message.contains("expected FORWARDED, DROPPED or AUDIT"),
             "{message}"
         );
+    }
+
+    #[test]
+    fn pod_namespace_and_label_filters_match_either_end_as_hubble_does() {
+        let mut flow = flow("10.77.0.2", "10.200.0.10", "DROPPED", None);
+        flow.source = Some(FlowEndpoint {
+            namespace: "shop".into(),
+            pod_name: "web-0".into(),
+            labels: vec![
+                "k8s:app=web".into(),
+                "k8s:io.kubernetes.pod.namespace=shop".into(),
+            ],
+        });
+        let passes = |query: FlowQuery| query.filter().expect("filter").matches(&flow);
+        for query in [
+            FlowQuery {
+                pod: Some("shop/web".into()),
+                ..FlowQuery::default()
+            },
+            FlowQuery {
+                from_pod: Some("shop/web-0".into()),
+                ..FlowQuery::default()
+            },
+            FlowQuery {
+                namespace: Some("other,shop".into()),
+                ..FlowQuery::default()
+            },
+            FlowQuery {
+                label: Some("app=web".into()),
+                ..FlowQuery::default()
+            },
+            FlowQuery {
+                label: Some("k8s:app".into()),
+                ..FlowQuery::default()
+            },
+        ] {
+            assert!(passes(query.clone()), "{query:?}");
+        }
+        for query in [
+            FlowQuery {
+                pod: Some("web-0".into()),
+                ..FlowQuery::default()
+            },
+            FlowQuery {
+                to_pod: Some("shop/web-0".into()),
+                ..FlowQuery::default()
+            },
+            FlowQuery {
+                pod: Some("shop/db".into()),
+                ..FlowQuery::default()
+            },
+            FlowQuery {
+                namespace: Some("default".into()),
+                ..FlowQuery::default()
+            },
+            FlowQuery {
+                label: Some("app=db".into()),
+                ..FlowQuery::default()
+            },
+        ] {
+            assert!(!passes(query.clone()), "{query:?}");
+        }
+        let error = FlowQuery {
+            pod: Some("a/b/c".into()),
+            ..FlowQuery::default()
+        }
+        .filter()
+        .expect_err("bad pod");
+        assert_eq!(error.filter, "pod");
     }
 }

@@ -119,6 +119,14 @@ pub struct Flow {
     /// The egress policy rule that denied it, if a rule did.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub egress_denied_by: Vec<FlowPolicy>,
+    /// The pod that sent it, when the source address is a pod's endpoint
+    /// on this node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<FlowEndpoint>,
+    /// The pod it was for, when the destination address is a pod's
+    /// endpoint on this node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub destination: Option<FlowEndpoint>,
     /// The node that saw it.
     pub node_name: String,
     /// Generation of the rule table that decided.
@@ -249,6 +257,32 @@ impl fmt::Display for TcpFlags {
     }
 }
 
+/// A pod at one end of a flow (Hubble's `Endpoint`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FlowEndpoint {
+    /// The pod's namespace.
+    pub namespace: String,
+    /// The pod's name.
+    pub pod_name: String,
+    /// Its labels as Hubble writes them (`k8s:KEY=VALUE`), the namespace
+    /// label `k8s:io.kubernetes.pod.namespace` included.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub labels: Vec<String>,
+}
+
+impl FlowEndpoint {
+    /// Whether the pod carries label `key` (with `value`, when given),
+    /// with or without its `k8s:` source.
+    pub fn has_label(&self, key: &str, value: Option<&str>) -> bool {
+        let key = key.strip_prefix("k8s:").unwrap_or(key);
+        self.labels.iter().any(|label| {
+            let label = label.strip_prefix("k8s:").unwrap_or(label);
+            let (label_key, label_value) = label.split_once('=').unwrap_or((label, ""));
+            label_key == key && value.is_none_or(|value| value == label_value)
+        })
+    }
+}
+
 /// An interface.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Interface {
@@ -283,6 +317,11 @@ impl FlowPolicy {
 }
 
 impl Flow {
+    /// The pods at either end that this node knows.
+    pub fn pods(&self) -> impl Iterator<Item = &FlowEndpoint> {
+        self.source.iter().chain(&self.destination)
+    }
+
     /// Every rule named as deciding this flow, either direction.
     pub fn decided_by(&self) -> impl Iterator<Item = &FlowPolicy> {
         self.ingress_allowed_by
@@ -293,15 +332,29 @@ impl Flow {
     }
 
     /// Source and destination as `address:port` (`[address]:port` for IPv6),
-    /// or bare addresses for protocols without ports.
+    /// or bare addresses for protocols without ports; a pod this node knows
+    /// is named `NAMESPACE/POD` instead of its address, as Hubble names it.
     pub fn endpoints(&self) -> (String, String) {
-        match self.l4.as_ref().and_then(Layer4::ports) {
-            Some(ports) => (
-                join_port(self.ip.source, ports.source_port),
-                join_port(self.ip.destination, ports.destination_port),
+        let name =
+            |address: IpAddr, pod: Option<&FlowEndpoint>, port: Option<u16>| match (pod, port) {
+                (Some(pod), Some(port)) => format!("{}/{}:{port}", pod.namespace, pod.pod_name),
+                (Some(pod), None) => format!("{}/{}", pod.namespace, pod.pod_name),
+                (None, Some(port)) => join_port(address, port),
+                (None, None) => address.to_string(),
+            };
+        let ports = self.l4.as_ref().and_then(Layer4::ports);
+        (
+            name(
+                self.ip.source,
+                self.source.as_ref(),
+                ports.map(|ports| ports.source_port),
             ),
-            None => (self.ip.source.to_string(), self.ip.destination.to_string()),
-        }
+            name(
+                self.ip.destination,
+                self.destination.as_ref(),
+                ports.map(|ports| ports.destination_port),
+            ),
+        )
     }
 
     /// The `hubble observe` compact line for this flow.

@@ -20,7 +20,7 @@ pub use endpoints::{
 };
 pub use filter::{EventType, FilterError, FlowFilter, FlowQuery, ProtocolFilter};
 pub use flow::{
-    Flow, FlowIp, FlowPolicy, Icmp, Interface, IpVersion, Layer4, PortPair, TcpFlags,
+    Flow, FlowEndpoint, FlowIp, FlowPolicy, Icmp, Interface, IpVersion, Layer4, PortPair, TcpFlags,
     TrafficDirection, Verdict,
 };
 pub use palisade_policy::Diagnostic;

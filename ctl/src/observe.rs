@@ -48,6 +48,22 @@ pub struct ObserveArgs {
     /// Name of the policy that decided (repeatable).
     #[arg(long)]
     policy: Vec<String>,
+    /// A pod at either end, `[NAMESPACE/]POD-NAME-PREFIX` (namespace
+    /// `default` when not given) (repeatable).
+    #[arg(long)]
+    pod: Vec<String>,
+    /// The source pod, likewise (repeatable).
+    #[arg(long)]
+    from_pod: Vec<String>,
+    /// The destination pod, likewise (repeatable).
+    #[arg(long)]
+    to_pod: Vec<String>,
+    /// The namespace of a pod at either end (repeatable).
+    #[arg(short = 'n', long)]
+    namespace: Vec<String>,
+    /// A label of a pod at either end, `KEY=VALUE` or `KEY` (repeatable).
+    #[arg(short = 'l', long)]
+    label: Vec<String>,
     /// Only flows since this time: RFC 3339, or a duration ago such as 5m, 1h30m.
     #[arg(long)]
     since: Option<String>,
@@ -114,6 +130,11 @@ impl ObserveArgs {
             protocol: joined(&self.protocol),
             event_type: joined(&self.event_type),
             policy: joined(&self.policy),
+            pod: joined(&self.pod),
+            from_pod: joined(&self.from_pod),
+            to_pod: joined(&self.to_pod),
+            namespace: joined(&self.namespace),
+            label: joined(&self.label),
             since: self.since.as_deref().map(absolute_time),
             until: self.until.as_deref().map(absolute_time),
         }

@@ -106,6 +106,8 @@ mod tests {
             ingress_denied_by: Vec::new(),
             egress_allowed_by: Vec::new(),
             egress_denied_by: Vec::new(),
+            source: None,
+            destination: None,
             node_name: String::new(),
             policy_generation: 1,
             packet_length: 0,

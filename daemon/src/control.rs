@@ -515,7 +515,11 @@ async fn on_the_registry(
 ) -> Response {
     let joined = tokio::task::spawn_blocking(move || {
         let mut registry = state.endpoints.lock().unwrap_or_else(|p| p.into_inner());
-        work(&mut registry)
+        let outcome = work(&mut registry);
+        if outcome.is_ok() {
+            state.hub.set_pods(registry.flow_pods());
+        }
+        outcome
     })
     .await;
     match joined {

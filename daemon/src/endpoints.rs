@@ -4,7 +4,8 @@
 //! at start of endpoints whose host interface is gone.
 
 use std::{
-    collections::{BTreeMap, BTreeSet},
+    collections::{BTreeMap, BTreeSet, HashMap},
+    net::IpAddr,
     path::{Path, PathBuf},
     time::SystemTime,
 };
@@ -12,7 +13,9 @@ use std::{
 use anyhow::Context as _;
 use palisade_api::{
     Endpoint, EndpointGc, EndpointKey, EndpointList, EndpointRegistration, EndpointsRemoved,
+    FlowEndpoint,
 };
+use palisade_policy::select::POD_NAMESPACE_LABEL;
 use serde::{Deserialize, Serialize};
 
 /// Most endpoints one node registers (a kubelet's default is 110 pods;
@@ -89,6 +92,39 @@ impl EndpointRegistry {
         EndpointList {
             endpoints: self.endpoints.values().cloned().collect(),
         }
+    }
+
+    /// The pods of the endpoints, by address, as flows name them: those
+    /// with a pod name (in namespace `default` when the runtime gave none),
+    /// labelled as Hubble labels them.
+    pub fn flow_pods(&self) -> HashMap<IpAddr, FlowEndpoint> {
+        let mut pods = HashMap::new();
+        for endpoint in self.endpoints.values() {
+            let registration = &endpoint.registration;
+            let Some(pod_name) = &registration.pod_name else {
+                continue;
+            };
+            let namespace = registration
+                .namespace
+                .clone()
+                .unwrap_or_else(|| "default".to_owned());
+            let mut labels: Vec<String> = registration
+                .labels
+                .iter()
+                .map(|(key, value)| format!("k8s:{key}={value}"))
+                .collect();
+            labels.push(format!("{POD_NAMESPACE_LABEL}={namespace}"));
+            labels.sort();
+            let pod = FlowEndpoint {
+                namespace,
+                pod_name: pod_name.clone(),
+                labels,
+            };
+            for address in &registration.addresses {
+                pods.insert(*address, pod.clone());
+            }
+        }
+        pods
     }
 
     /// The endpoint of `key`, if registered.

@@ -2,15 +2,15 @@
 //! buffer of recent flows and fanned out to `observe --follow` streams.
 
 use std::{
-    collections::{BTreeMap, VecDeque},
+    collections::{BTreeMap, HashMap, VecDeque},
     net::{IpAddr, Ipv6Addr},
-    sync::{Arc, Mutex, MutexGuard},
+    sync::{Arc, Mutex, MutexGuard, RwLock},
     time::{Duration, SystemTime},
 };
 
 use palisade_api::{
-    Flow, FlowFilter, FlowIp, FlowPolicy, Icmp, Interface, IpVersion, Layer4, PortPair, TcpFlags,
-    TrafficDirection, Verdict,
+    Flow, FlowEndpoint, FlowFilter, FlowIp, FlowPolicy, Icmp, Interface, IpVersion, Layer4,
+    PortPair, TcpFlags, TrafficDirection, Verdict,
 };
 use palisade_common::{
     FAILSAFE_RULE, FlowEvent, NO_RULE, direction, drop_reason, protocol, verdict,
@@ -34,6 +34,8 @@ pub struct FlowHub {
     /// Wall-clock time of monotonic time zero, to date kernel timestamps.
     boot_time: SystemTime,
     state: Mutex<HubState>,
+    /// This node's pods by address, to name them in flows.
+    pods: RwLock<HashMap<IpAddr, FlowEndpoint>>,
 }
 
 struct HubState {
@@ -58,7 +60,24 @@ impl FlowHub {
                 followers,
                 origins: BTreeMap::new(),
             }),
+            pods: RwLock::new(HashMap::new()),
         }
+    }
+
+    /// Names this node's pods by address in the flows from now on.
+    pub fn set_pods(&self, pods: HashMap<IpAddr, FlowEndpoint>) {
+        *self
+            .pods
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = pods;
+    }
+
+    fn pod(&self, address: IpAddr) -> Option<FlowEndpoint> {
+        self.pods
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .get(&address)
+            .cloned()
     }
 
     fn state(&self) -> MutexGuard<'_, HubState> {
@@ -225,6 +244,8 @@ impl FlowHub {
             ingress_denied_by,
             egress_allowed_by,
             egress_denied_by,
+            source: self.pod(source),
+            destination: self.pod(destination),
             node_name: self.node_name.clone(),
             policy_generation: event.generation,
             packet_length: event.packet_len,

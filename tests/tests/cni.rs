@@ -749,3 +749,94 @@ fn a_dual_stack_pod_gets_both_families_and_the_configured_mtu() {
     );
     assert!(node.leases().is_empty(), "{:?}", node.leases());
 }
+
+#[test]
+#[ignore = "privileged: needs root (namespaces, BPF); `cargo xtask test` runs it"]
+fn flows_name_the_pods_palisaded_knows_and_observe_filters_by_pod() {
+    let node = Node::start("cni-flows");
+    let pod = Netns::new("pod").expect("pod namespace");
+    let netns = netns_path(&pod).display().to_string();
+    let add = invoke(
+        node.host(),
+        "palisade-cni",
+        &env("ADD", "flows", &netns),
+        &node.main_config("1.0.0"),
+    )
+    .expect("ADD");
+    succeeded(&add, "ADD");
+    // The node may send only TCP 80 to the client: the pod's ping, routed
+    // out of the node's enforced eth0, is dropped there.
+    let policy = node.workdir().join("egress.toml");
+    std::fs::write(
+        &policy,
+        "kind = \"CiliumClusterwideNetworkPolicy\"\nmetadata = { name = \"egress-web-only\" }\n\
+         [spec]\nnodeSelector = {}\n[[spec.egress]]\ntoCIDR = [\"10.200.0.100/32\"]\n\
+         toPorts = [{ ports = [{ port = \"80\", protocol = \"TCP\" }] }]\n",
+    )
+    .expect("policy");
+    let applied = node
+        .daemon
+        .ctl(&["apply", "-f", &policy.display().to_string()])
+        .expect("palisadectl apply");
+    assert!(applied.status.success(), "{applied:?}");
+    let ping = pod
+        .command("ping")
+        .args(["-c", "1", "-W", "1", palisade_e2e::Topology::BASTION])
+        .output()
+        .expect("ping");
+    assert!(
+        !ping.status.success(),
+        "the node's egress policy let the ping out"
+    );
+
+    let named = |filters: &[&str]| {
+        let mut filters = filters.to_vec();
+        filters.extend(["--verdict", "DROPPED"]);
+        node.daemon.flows(&filters).expect("observe")
+    };
+    let flows = named(&["--from-pod", "shop/web-0"]);
+    assert_eq!(flows.len(), 1, "{flows:?}");
+    let source = flows[0].source.as_ref().expect("the source pod");
+    assert_eq!(
+        (source.namespace.as_str(), source.pod_name.as_str()),
+        ("shop", "web-0")
+    );
+    assert_eq!(source.labels, ["k8s:io.kubernetes.pod.namespace=shop"]);
+    assert!(flows[0].destination.is_none());
+    assert_eq!(named(&["--pod", "shop/web"]).len(), 1);
+    assert_eq!(named(&["--namespace", "shop"]).len(), 1);
+    assert_eq!(
+        named(&["--label", "io.kubernetes.pod.namespace=shop"]).len(),
+        1
+    );
+    assert!(named(&["--to-pod", "shop/web-0"]).is_empty());
+    assert!(
+        named(&["--pod", "web-0"]).is_empty(),
+        "--pod without a namespace means default"
+    );
+    let compact = node
+        .daemon
+        .ctl(&["observe", "--from-pod", "shop/web-0"])
+        .expect("observe");
+    let compact = String::from_utf8_lossy(&compact.stdout);
+    assert!(
+        compact.contains(&format!(
+            "shop/web-0 -> {} DROPPED",
+            palisade_e2e::Topology::BASTION
+        )),
+        "{compact}"
+    );
+
+    let mut with_previous = node.main_config("1.0.0");
+    with_previous["prevResult"] = add.output.clone();
+    succeeded(
+        &invoke(
+            node.host(),
+            "palisade-cni",
+            &env("DEL", "flows", &netns),
+            &with_previous,
+        )
+        .expect("DEL"),
+        "DEL",
+    );
+}
