@@ -259,6 +259,12 @@ fn docs(binaries: &Path, out: &Path) -> anyhow::Result<()> {
         man8.join("palisaded.8"),
         run_binary(binaries, "palisaded", &["--man-page"])?,
     )?;
+    // palisade-cni takes no arguments (a runtime runs it): its page is written by hand.
+    std::fs::copy(
+        workspace().join("packaging/palisade-cni.8"),
+        man8.join("palisade-cni.8"),
+    )
+    .context("copying packaging/palisade-cni.8")?;
     for (shell, file) in [
         ("bash", "palisadectl.bash"),
         ("zsh", "_palisadectl"),

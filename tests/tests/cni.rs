@@ -337,6 +337,17 @@ fn versions_are_negotiated_as_the_spec_says() {
         version.output,
         json!({"cniVersion": "1.1.0", "supportedVersions": ["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"]})
     );
+    // Run by hand, without CNI_COMMAND: what it is, on stderr, and success.
+    let by_hand = invoke(node.host(), "palisade-cni", &[], &json!({})).expect("by hand");
+    succeeded(&by_hand, "palisade-cni without CNI_COMMAND");
+    assert_eq!(by_hand.stdout, "");
+    assert!(
+        by_hand
+            .stderr
+            .contains("CNI protocol versions supported: 0.3.0, 0.3.1, 0.4.0, 1.0.0, 1.1.0"),
+        "{}",
+        by_hand.stderr
+    );
     let pod = Netns::new("pod").expect("pod namespace");
     let netns = netns_path(&pod).display().to_string();
     for (command, version, code, details) in [

@@ -66,6 +66,7 @@ fn the_rpm_has_its_files_scriptlets_and_noreplace_conffiles() {
         "/etc/palisade/palisade.toml",
         "/etc/palisade/policies.d/README",
         "/usr/share/man/man8/palisaded.8.gz",
+        "/usr/share/man/man8/palisade-cni.8.gz",
         "/usr/share/man/man1/palisadectl.1.gz",
         "/usr/share/man/man1/palisadectl-policy-explain.1.gz",
         "/usr/share/bash-completion/completions/palisadectl",
