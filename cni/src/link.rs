@@ -103,18 +103,11 @@ fn from_message(message: &LinkMessage) -> Link {
 ///
 /// When netlink fails otherwise.
 pub async fn by_name(handle: &Handle, name: &str) -> Result<Option<Link>, Error> {
-    match handle
-        .link()
-        .get()
-        .match_name(name.to_owned())
-        .execute()
-        .try_next()
-        .await
-    {
-        Ok(message) => Ok(message.as_ref().map(from_message)),
-        Err(error) if errno(&error) == Some(libc_enodev()) => Ok(None),
-        Err(error) => Err(failed(format_args!("looking up link {name}"), &error)),
-    }
+    found(
+        handle.link().get().match_name(name.to_owned()),
+        format_args!("looking up link {name}"),
+    )
+    .await
 }
 
 /// The link of index `index`, if there is one.
@@ -123,17 +116,22 @@ pub async fn by_name(handle: &Handle, name: &str) -> Result<Option<Link>, Error>
 ///
 /// When netlink fails otherwise.
 pub async fn by_index(handle: &Handle, index: u32) -> Result<Option<Link>, Error> {
-    match handle
-        .link()
-        .get()
-        .match_index(index)
-        .execute()
-        .try_next()
-        .await
-    {
+    found(
+        handle.link().get().match_index(index),
+        format_args!("looking up link {index}"),
+    )
+    .await
+}
+
+/// The one link `request` asks for; none (ENODEV) is no error.
+async fn found(
+    request: rtnetlink::LinkGetRequest,
+    what: std::fmt::Arguments<'_>,
+) -> Result<Option<Link>, Error> {
+    match request.execute().try_next().await {
         Ok(message) => Ok(message.as_ref().map(from_message)),
         Err(error) if errno(&error) == Some(libc_enodev()) => Ok(None),
-        Err(error) => Err(failed(format_args!("looking up link {index}"), &error)),
+        Err(error) => Err(failed(what, &error)),
     }
 }
 

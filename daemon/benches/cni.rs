@@ -17,7 +17,10 @@ use std::{
 mod support;
 
 use anyhow::{Context as _, bail};
-use palisade_e2e::{Daemon, Netns, TempDir, Topology, cni::cni_path, cni::netns_path};
+use palisade_e2e::{
+    Daemon, Netns, TempDir, Topology,
+    cni::{find_plugin, netns_path},
+};
 use serde_json::json;
 
 /// Pods per plugin.
@@ -49,11 +52,7 @@ fn time_plugin(
     netns: &str,
     config: &serde_json::Value,
 ) -> anyhow::Result<Duration> {
-    let path = cni_path()?;
-    let program = std::env::split_paths(&path)
-        .map(|directory| directory.join(plugin))
-        .find(|candidate| candidate.is_file())
-        .with_context(|| format!("no {plugin} in {path}"))?;
+    let (program, path) = find_plugin(plugin)?;
     let config = serde_json::to_vec(config)?;
     let (command, container, netns) = (command.to_owned(), container.to_owned(), netns.to_owned());
     node.spawn(move || -> anyhow::Result<Duration> {

@@ -260,6 +260,16 @@ mod tests {
         }
     }
 
+    /// The container ids of `endpoints`, sorted.
+    fn container_ids(endpoints: Vec<Endpoint>) -> Vec<String> {
+        let mut ids: Vec<String> = endpoints
+            .into_iter()
+            .map(|endpoint| endpoint.registration.key.container_id)
+            .collect();
+        ids.sort();
+        ids
+    }
+
     #[test]
     fn a_restart_keeps_endpoints_whose_interface_lives_and_drops_the_others() {
         let directory = palisade_e2e::TempDir::new("endpoints").expect("tempdir");
@@ -277,18 +287,9 @@ mod tests {
             .expect("register");
 
         let (registry, gone) = EndpointRegistry::load(directory.path()).expect("reload");
-        let kept: Vec<_> = registry
-            .list()
-            .endpoints
-            .into_iter()
-            .map(|endpoint| endpoint.registration.key.container_id)
-            .collect();
+        let kept = container_ids(registry.list().endpoints);
         assert_eq!(kept, ["alive"]);
-        let mut gone: Vec<_> = gone
-            .into_iter()
-            .map(|endpoint| endpoint.registration.key.container_id)
-            .collect();
-        gone.sort();
+        let gone = container_ids(gone);
         assert_eq!(gone, ["dead", "reused"]);
     }
 
@@ -350,12 +351,7 @@ mod tests {
             registry.remove(&registration("a", "lo", 1).key),
             Err(RegistryError::Save(_))
         ));
-        let kept: Vec<_> = registry
-            .list()
-            .endpoints
-            .into_iter()
-            .map(|endpoint| endpoint.registration.key.container_id)
-            .collect();
+        let kept = container_ids(registry.list().endpoints);
         assert_eq!(kept, ["a"]);
     }
 }

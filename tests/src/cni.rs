@@ -201,6 +201,20 @@ pub fn cni_path() -> anyhow::Result<String> {
     Ok(format!("{}:{REFERENCE_PLUGINS}", directory.display()))
 }
 
+/// The plugin `plugin` (a file name) in [`cni_path`], and that path.
+///
+/// # Errors
+///
+/// When palisade-cni is not built or no directory has the plugin.
+pub fn find_plugin(plugin: &str) -> anyhow::Result<(PathBuf, String)> {
+    let path = cni_path()?;
+    let program = std::env::split_paths(&path)
+        .map(|directory| directory.join(plugin))
+        .find(|candidate| candidate.is_file())
+        .with_context(|| format!("no {plugin} in {path}"))?;
+    Ok((program, path))
+}
+
 /// Runs `plugin` (a file name in [`cni_path`]) in `host` with the given
 /// environment and `config` on stdin.
 ///
@@ -213,11 +227,7 @@ pub fn invoke(
     env: &[(&str, &str)],
     config: &serde_json::Value,
 ) -> anyhow::Result<PluginRun> {
-    let path = cni_path()?;
-    let program = std::env::split_paths(&path)
-        .map(|directory| directory.join(plugin))
-        .find(|candidate| candidate.is_file())
-        .with_context(|| format!("no {plugin} in {path}"))?;
+    let (program, path) = find_plugin(plugin)?;
     let mut command = host.command(&program);
     command
         .env_clear()

@@ -27,6 +27,32 @@ fn env<'a>(command: &'a str, container: &'a str, netns: &'a str) -> Vec<(&'a str
     ]
 }
 
+/// Runs palisade-cni's `command` for `container` in `host`, as a runtime
+/// would (the pod `shop/web-0`).
+fn run_plugin(
+    host: &Netns,
+    command: &str,
+    container: &str,
+    netns: &str,
+    config: &Value,
+) -> PluginRun {
+    invoke(
+        host,
+        "palisade-cni",
+        &env(command, container, netns),
+        config,
+    )
+    .unwrap_or_else(|error| panic!("running palisade-cni {command}: {error:#}"))
+}
+
+/// `config` with `add`'s result as its `prevResult`, as runtimes send
+/// CHECK and DEL.
+fn with_previous(config: &Value, add: &PluginRun) -> Value {
+    let mut config = config.clone();
+    config["prevResult"] = add.output.clone();
+    config
+}
+
 fn succeeded(run: &PluginRun, what: &str) {
     assert!(run.success, "{what} failed: {} {}", run.stdout, run.stderr);
 }
@@ -85,13 +111,7 @@ fn each_spec_version_adds_checks_and_deletes_with_exact_results() {
         let host_name = host_interface_name(&container, "eth0");
         let config = node.main_config(version);
 
-        let add = invoke(
-            node.host(),
-            "palisade-cni",
-            &env("ADD", &container, &netns),
-            &config,
-        )
-        .expect("ADD");
+        let add = run_plugin(node.host(), "ADD", &container, &netns, &config);
         succeeded(&add, &format!("ADD {version}"));
         // host-local hands out addresses round-robin.
         let address = format!("10.77.0.{}", 2 + index);
@@ -130,27 +150,14 @@ fn each_spec_version_adds_checks_and_deletes_with_exact_results() {
             [address.parse::<std::net::IpAddr>().expect("ip")]
         );
 
-        let mut with_previous = config.clone();
-        with_previous["prevResult"] = add.output.clone();
+        let previous = with_previous(&config, &add);
         if version != "0.3.1" {
-            let check = invoke(
-                node.host(),
-                "palisade-cni",
-                &env("CHECK", &container, &netns),
-                &with_previous,
-            )
-            .expect("CHECK");
+            let check = run_plugin(node.host(), "CHECK", &container, &netns, &previous);
             succeeded(&check, &format!("CHECK {version}"));
             assert_eq!(check.stdout, "");
         }
 
-        let del = invoke(
-            node.host(),
-            "palisade-cni",
-            &env("DEL", &container, &netns),
-            &with_previous,
-        )
-        .expect("DEL");
+        let del = run_plugin(node.host(), "DEL", &container, &netns, &previous);
         succeeded(&del, &format!("DEL {version}"));
         assert_eq!(del.stdout, "");
         assert!(
@@ -165,13 +172,7 @@ fn each_spec_version_adds_checks_and_deletes_with_exact_results() {
         );
 
         // containerd's second DEL: no netns, no prevResult.
-        let again = invoke(
-            node.host(),
-            "palisade-cni",
-            &env("DEL", &container, ""),
-            &config,
-        )
-        .expect("DEL again");
+        let again = run_plugin(node.host(), "DEL", &container, "", &config);
         succeeded(&again, &format!("second DEL {version}"));
         assert_eq!(again.stdout, "");
     }
@@ -184,26 +185,11 @@ fn check_finds_a_removed_address_or_route() {
     let pod = Netns::new("pod").expect("pod namespace");
     let netns = netns_path(&pod).display().to_string();
     let config = node.main_config("1.0.0");
-    let add = invoke(
-        node.host(),
-        "palisade-cni",
-        &env("ADD", "checked", &netns),
-        &config,
-    )
-    .expect("ADD");
+    let add = run_plugin(node.host(), "ADD", "checked", &netns, &config);
     succeeded(&add, "ADD");
     let host_name = host_interface_name("checked", "eth0");
-    let mut with_previous = config.clone();
-    with_previous["prevResult"] = add.output.clone();
-    let check = || {
-        invoke(
-            node.host(),
-            "palisade-cni",
-            &env("CHECK", "checked", &netns),
-            &with_previous,
-        )
-        .expect("CHECK")
-    };
+    let previous = with_previous(&config, &add);
+    let check = || run_plugin(node.host(), "CHECK", "checked", &netns, &previous);
     succeeded(&check(), "CHECK");
 
     pod.ip(&["addr", "del", "10.77.0.2/32", "dev", "eth0"])
@@ -266,13 +252,7 @@ fn check_finds_a_removed_address_or_route() {
         failed.details()
     );
 
-    let del = invoke(
-        node.host(),
-        "palisade-cni",
-        &env("DEL", "checked", &netns),
-        &with_previous,
-    )
-    .expect("DEL");
+    let del = run_plugin(node.host(), "DEL", "checked", &netns, &previous);
     succeeded(&del, "DEL");
 }
 
@@ -284,13 +264,7 @@ fn add_with_palisaded_down_fails_saying_so_and_leaves_nothing_while_del_succeeds
     let pod = Netns::new("pod").expect("pod namespace");
     let netns = netns_path(&pod).display().to_string();
     let config = node.main_config("1.0.0");
-    let add = invoke(
-        node.host(),
-        "palisade-cni",
-        &env("ADD", "downed", &netns),
-        &config,
-    )
-    .expect("ADD");
+    let add = run_plugin(node.host(), "ADD", "downed", &netns, &config);
     assert!(
         !add.success,
         "ADD without palisaded succeeded: {}",
@@ -310,13 +284,7 @@ fn add_with_palisaded_down_fails_saying_so_and_leaves_nothing_while_del_succeeds
     assert!(!link_exists(&pod, "eth0"));
     assert!(!node.leased("10.77.0.2"));
     for netns in [netns.as_str(), ""] {
-        let del = invoke(
-            node.host(),
-            "palisade-cni",
-            &env("DEL", "downed", netns),
-            &config,
-        )
-        .expect("DEL");
+        let del = run_plugin(node.host(), "DEL", "downed", netns, &config);
         succeeded(&del, "DEL with palisaded down");
     }
 }
@@ -356,13 +324,13 @@ fn versions_are_negotiated_as_the_spec_says() {
         ("STATUS", "1.0.0", 1, "config version does not allow STATUS"),
         ("GC", "1.0.0", 1, "config version does not allow GC"),
     ] {
-        let run = invoke(
+        let run = run_plugin(
             node.host(),
-            "palisade-cni",
-            &env(command, "negotiated", &netns),
+            command,
+            "negotiated",
+            &netns,
             &node.main_config(version),
-        )
-        .expect("run");
+        );
         assert!(!run.success);
         assert_eq!(
             run.code(),
@@ -525,13 +493,7 @@ fn a_restart_after_kill_re_adopts_live_endpoints_and_forgets_dead_ones() {
     let pods: Vec<Netns> = (0..2).map(|_| Netns::new("pod").expect("pod")).collect();
     for (index, pod) in pods.iter().enumerate() {
         let netns = netns_path(pod).display().to_string();
-        let add = invoke(
-            node.host(),
-            "palisade-cni",
-            &env("ADD", &format!("kept{index}"), &netns),
-            &config,
-        )
-        .expect("ADD");
+        let add = run_plugin(node.host(), "ADD", &format!("kept{index}"), &netns, &config);
         succeeded(&add, "ADD");
     }
     node.daemon.kill();
@@ -556,13 +518,7 @@ fn a_restart_after_kill_re_adopts_live_endpoints_and_forgets_dead_ones() {
     );
     for (index, pod) in pods.iter().enumerate() {
         let netns = netns_path(pod).display().to_string();
-        let del = invoke(
-            node.host(),
-            "palisade-cni",
-            &env("DEL", &format!("kept{index}"), &netns),
-            &config,
-        )
-        .expect("DEL");
+        let del = run_plugin(node.host(), "DEL", &format!("kept{index}"), &netns, &config);
         succeeded(&del, "DEL");
     }
 }
@@ -616,13 +572,7 @@ fn pods_on_two_nodes_reach_each_other_through_the_wireguard_mesh() {
             daemon.socket(),
             &work.path().join(format!("ipam-{name}")),
         );
-        let add = invoke(
-            &node.netns,
-            "palisade-cni",
-            &env("ADD", &format!("mesh{name}"), &netns),
-            &config,
-        )
-        .expect("ADD");
+        let add = run_plugin(&node.netns, "ADD", &format!("mesh{name}"), &netns, &config);
         succeeded(&add, "ADD");
         let address = add.output["ips"][0]["address"]
             .as_str()
@@ -674,13 +624,7 @@ fn pods_on_two_nodes_reach_each_other_through_the_wireguard_mesh() {
     .into_iter()
     .zip(&pods)
     {
-        let del = invoke(
-            &node.netns,
-            "palisade-cni",
-            &env("DEL", &format!("mesh{name}"), netns),
-            config,
-        )
-        .expect("DEL");
+        let del = run_plugin(&node.netns, "DEL", &format!("mesh{name}"), netns, config);
         succeeded(&del, "DEL");
     }
 }
@@ -695,13 +639,7 @@ fn a_dual_stack_pod_gets_both_families_and_the_configured_mtu() {
     config["mtu"] = json!(1400);
     config["ipam"]["ranges"] = json!([[{"subnet": "10.77.0.0/24"}], [{"subnet": "fd77::/64"}]]);
     config["ipam"]["routes"] = json!([{"dst": "0.0.0.0/0"}, {"dst": "::/0"}]);
-    let add = invoke(
-        node.host(),
-        "palisade-cni",
-        &env("ADD", "dual", &netns),
-        &config,
-    )
-    .expect("ADD");
+    let add = run_plugin(node.host(), "ADD", "dual", &netns, &config);
     succeeded(&add, "ADD");
     assert_eq!(
         add.output["ips"],
@@ -736,26 +674,13 @@ fn a_dual_stack_pod_gets_both_families_and_the_configured_mtu() {
             String::from_utf8_lossy(&ping.stdout)
         );
     }
-    let mut with_previous = config.clone();
-    with_previous["prevResult"] = add.output.clone();
+    let previous = with_previous(&config, &add);
     succeeded(
-        &invoke(
-            node.host(),
-            "palisade-cni",
-            &env("CHECK", "dual", &netns),
-            &with_previous,
-        )
-        .expect("CHECK"),
+        &run_plugin(node.host(), "CHECK", "dual", &netns, &previous),
         "CHECK",
     );
     succeeded(
-        &invoke(
-            node.host(),
-            "palisade-cni",
-            &env("DEL", "dual", &netns),
-            &with_previous,
-        )
-        .expect("DEL"),
+        &run_plugin(node.host(), "DEL", "dual", &netns, &previous),
         "DEL",
     );
     assert!(node.leases().is_empty(), "{:?}", node.leases());
@@ -767,13 +692,13 @@ fn flows_name_the_pods_palisaded_knows_and_observe_filters_by_pod() {
     let node = Node::start("cni-flows");
     let pod = Netns::new("pod").expect("pod namespace");
     let netns = netns_path(&pod).display().to_string();
-    let add = invoke(
+    let add = run_plugin(
         node.host(),
-        "palisade-cni",
-        &env("ADD", "flows", &netns),
+        "ADD",
+        "flows",
+        &netns,
         &node.main_config("1.0.0"),
-    )
-    .expect("ADD");
+    );
     succeeded(&add, "ADD");
     // The node may send only TCP 80 to the client: the pod's ping, routed
     // out of the node's enforced eth0, is dropped there.
@@ -838,16 +763,9 @@ fn flows_name_the_pods_palisaded_knows_and_observe_filters_by_pod() {
         "{compact}"
     );
 
-    let mut with_previous = node.main_config("1.0.0");
-    with_previous["prevResult"] = add.output.clone();
+    let previous = with_previous(&node.main_config("1.0.0"), &add);
     succeeded(
-        &invoke(
-            node.host(),
-            "palisade-cni",
-            &env("DEL", "flows", &netns),
-            &with_previous,
-        )
-        .expect("DEL"),
+        &run_plugin(node.host(), "DEL", "flows", &netns, &previous),
         "DEL",
     );
 }
