@@ -97,6 +97,10 @@ pub struct Endpoint {
     /// What the plugin registered.
     #[serde(flatten)]
     pub registration: EndpointRegistration,
+    /// Its security identity: one number per set of security labels (the
+    /// pod's labels and namespace), shared by the pods with that set.
+    #[serde(default)]
+    pub identity: u32,
     /// When it was registered (RFC 3339).
     pub registered: String,
 }

@@ -480,6 +480,7 @@ mod tests {
         flow.source = Some(FlowEndpoint {
             namespace: "shop".into(),
             pod_name: "web-0".into(),
+            identity: 256,
             labels: vec![
                 "k8s:app=web".into(),
                 "k8s:io.kubernetes.pod.namespace=shop".into(),

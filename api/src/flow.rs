@@ -264,6 +264,8 @@ pub struct FlowEndpoint {
     pub namespace: String,
     /// The pod's name.
     pub pod_name: String,
+    /// Its security identity (palisadectl endpoint list).
+    pub identity: u32,
     /// Its labels as Hubble writes them (`k8s:KEY=VALUE`), the namespace
     /// label `k8s:io.kubernetes.pod.namespace` included.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

@@ -57,6 +57,7 @@ fn table(list: &EndpointList) -> String {
             .collect();
         rows.push(vec![
             pod,
+            endpoint.identity.to_string(),
             registration.key.container_id.chars().take(12).collect(),
             registration.key.interface.clone(),
             registration.host_interface.clone(),

@@ -527,7 +527,7 @@ async fn on_the_registry(
         Ok(Err(error @ RegistryError::Invalid(_))) => {
             message(StatusCode::BAD_REQUEST, error.to_string())
         }
-        Ok(Err(error @ RegistryError::Full)) => {
+        Ok(Err(error @ (RegistryError::Full | RegistryError::Identities(_)))) => {
             message(StatusCode::INSUFFICIENT_STORAGE, error.to_string())
         }
         Ok(Err(error @ RegistryError::Save(_))) => {

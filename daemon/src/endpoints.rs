@@ -15,8 +15,9 @@ use palisade_api::{
     Endpoint, EndpointGc, EndpointKey, EndpointList, EndpointRegistration, EndpointsRemoved,
     FlowEndpoint,
 };
-use palisade_policy::select::POD_NAMESPACE_LABEL;
 use serde::{Deserialize, Serialize};
+
+use crate::identities::{Identities, IdentitiesExhausted, security_labels};
 
 /// Most endpoints one node registers (a kubelet's default is 110 pods;
 /// this leaves room for several interfaces each and for churn).
@@ -33,6 +34,9 @@ pub enum RegistryError {
     /// The node has as many endpoints as it takes.
     #[error("palisaded already holds {MAX_ENDPOINTS} endpoints")]
     Full,
+    /// No security identity is left for a new label set.
+    #[error(transparent)]
+    Identities(#[from] IdentitiesExhausted),
     /// The registry could not be saved; nothing changed.
     #[error("saving the endpoint registry: {0:#}")]
     Save(anyhow::Error),
@@ -49,6 +53,7 @@ struct Saved {
 pub struct EndpointRegistry {
     file: PathBuf,
     endpoints: BTreeMap<EndpointKey, Endpoint>,
+    identities: Identities,
 }
 
 impl EndpointRegistry {
@@ -80,11 +85,26 @@ impl EndpointRegistry {
             .endpoints
             .into_iter()
             .partition(|endpoint| host_interface_exists(&endpoint.registration));
-        let endpoints = live
-            .into_iter()
-            .map(|endpoint| (endpoint.registration.key.clone(), endpoint))
-            .collect();
-        Ok((Self { file, endpoints }, gone))
+        let mut identities = Identities::default();
+        let mut endpoints = BTreeMap::new();
+        for mut endpoint in live {
+            // Each keeps its saved identity, unless another set holds it.
+            endpoint.identity = identities
+                .acquire(
+                    &security_labels(&endpoint.registration),
+                    Some(endpoint.identity),
+                )
+                .with_context(|| format!("re-adopting the endpoints of {}", file.display()))?;
+            endpoints.insert(endpoint.registration.key.clone(), endpoint);
+        }
+        Ok((
+            Self {
+                file,
+                endpoints,
+                identities,
+            },
+            gone,
+        ))
     }
 
     /// Every endpoint, in key order.
@@ -96,7 +116,7 @@ impl EndpointRegistry {
 
     /// The pods of the endpoints, by address, as flows name them: those
     /// with a pod name (in namespace `default` when the runtime gave none),
-    /// labelled as Hubble labels them.
+    /// with their identity and security labels as Hubble writes them.
     pub fn flow_pods(&self) -> HashMap<IpAddr, FlowEndpoint> {
         let mut pods = HashMap::new();
         for endpoint in self.endpoints.values() {
@@ -104,21 +124,17 @@ impl EndpointRegistry {
             let Some(pod_name) = &registration.pod_name else {
                 continue;
             };
-            let namespace = registration
-                .namespace
-                .clone()
-                .unwrap_or_else(|| "default".to_owned());
-            let mut labels: Vec<String> = registration
-                .labels
-                .iter()
-                .map(|(key, value)| format!("k8s:{key}={value}"))
-                .collect();
-            labels.push(format!("{POD_NAMESPACE_LABEL}={namespace}"));
-            labels.sort();
             let pod = FlowEndpoint {
-                namespace,
+                namespace: registration
+                    .namespace
+                    .clone()
+                    .unwrap_or_else(|| "default".to_owned()),
                 pod_name: pod_name.clone(),
-                labels,
+                identity: endpoint.identity,
+                labels: security_labels(registration)
+                    .into_iter()
+                    .map(|(key, value)| format!("{key}={value}"))
+                    .collect(),
             };
             for address in &registration.addresses {
                 pods.insert(*address, pod.clone());
@@ -146,8 +162,11 @@ impl EndpointRegistry {
         if !self.endpoints.contains_key(&key) && self.endpoints.len() >= MAX_ENDPOINTS {
             return Err(RegistryError::Full);
         }
+        let labels = security_labels(&registration);
+        let identity = self.identities.acquire(&labels, None)?;
         let endpoint = Endpoint {
             registration,
+            identity,
             registered: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
         };
         let previous = self.endpoints.insert(key.clone(), endpoint.clone());
@@ -156,7 +175,12 @@ impl EndpointRegistry {
                 Some(previous) => self.endpoints.insert(key, previous),
                 None => self.endpoints.remove(&key),
             };
+            self.identities.release(&labels);
             return Err(RegistryError::Save(error));
+        }
+        if let Some(previous) = previous {
+            self.identities
+                .release(&security_labels(&previous.registration));
         }
         Ok(endpoint)
     }
@@ -206,6 +230,10 @@ impl EndpointRegistry {
                     .insert(endpoint.registration.key.clone(), endpoint);
             }
             return Err(RegistryError::Save(error));
+        }
+        for endpoint in &taken {
+            self.identities
+                .release(&security_labels(&endpoint.registration));
         }
         Ok(EndpointsRemoved { removed })
     }
@@ -353,5 +381,47 @@ mod tests {
         ));
         let kept = container_ids(registry.list().endpoints);
         assert_eq!(kept, ["a"]);
+    }
+
+    #[test]
+    fn pods_with_one_label_set_share_an_identity_that_a_restart_keeps() {
+        let directory = palisade_e2e::TempDir::new("endpoints").expect("tempdir");
+        let (mut registry, _) = EndpointRegistry::load(directory.path()).expect("load");
+        let mut other_namespace = registration("c", "lo", 1);
+        other_namespace.namespace = Some("other".to_owned());
+        let mut labelled = registration("d", "lo", 1);
+        labelled.labels.insert("app".to_owned(), "web".to_owned());
+        let identities: Vec<u32> = [
+            registration("a", "lo", 1),
+            registration("b", "lo", 1),
+            other_namespace,
+            labelled,
+        ]
+        .into_iter()
+        .map(|registration| registry.register(registration).expect("register").identity)
+        .collect();
+        assert_eq!(identities, [256, 256, 257, 258]);
+        // The first holder of 256 going leaves it to the other.
+        registry
+            .remove(&registration("a", "lo", 1).key)
+            .expect("remove");
+        let mut moved = registration("e", "lo", 1);
+        moved.namespace = Some("moved".to_owned());
+        assert_eq!(registry.register(moved).expect("register").identity, 259);
+        // Saved with the endpoints: the same numbers after a restart, also
+        // when one below them has been freed.
+        registry
+            .remove(&registration("c", "lo", 1).key)
+            .expect("remove");
+        let (registry, _) = EndpointRegistry::load(directory.path()).expect("reload");
+        let kept: Vec<(String, u32)> = registry
+            .list()
+            .endpoints
+            .into_iter()
+            .map(|endpoint| (endpoint.registration.key.container_id, endpoint.identity))
+            .collect();
+        let expected = [("b", 256), ("d", 258), ("e", 259)]
+            .map(|(container, identity)| (container.to_owned(), identity));
+        assert_eq!(kept, expected);
     }
 }

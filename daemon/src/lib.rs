@@ -15,6 +15,7 @@ pub mod endpoints;
 pub mod engine;
 pub mod flows;
 pub mod guard;
+pub mod identities;
 pub mod impact;
 pub mod link;
 pub mod logging;

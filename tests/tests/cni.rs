@@ -738,6 +738,8 @@ fn flows_name_the_pods_palisaded_knows_and_observe_filters_by_pod() {
         ("shop", "web-0")
     );
     assert_eq!(source.labels, ["k8s:io.kubernetes.pod.namespace=shop"]);
+    assert_eq!(source.identity, node.endpoints().endpoints[0].identity);
+    assert!(source.identity >= 256, "{source:?}");
     assert!(flows[0].destination.is_none());
     assert_eq!(named(&["--pod", "shop/web"]).len(), 1);
     assert_eq!(named(&["--namespace", "shop"]).len(), 1);

@@ -172,6 +172,12 @@ fn cri_pods_register_by_name_reach_each_other_survive_a_palisaded_kill_and_leave
             ("shop".to_owned(), "web-0".to_owned())
         ]
     );
+    // Neither runtime passes pod labels to CNI: both pods hold the label
+    // set of their namespace alone, so one identity.
+    assert_eq!(
+        endpoints.endpoints[0].identity,
+        endpoints.endpoints[1].identity
+    );
     let web_endpoint = endpoints
         .endpoints
         .iter()
