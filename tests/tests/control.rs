@@ -521,7 +521,7 @@ fn conntrack_lists_and_flushes_connections() {
 /// One random request: garbage, or HTTP with a random method, path and body.
 fn random_request(random: &mut fastrand::Rng, policy: &str) -> Vec<u8> {
     const METHODS: [&str; 6] = ["GET", "POST", "DELETE", "PUT", "PATCH", "BREW"];
-    const PATHS: [&str; 12] = [
+    const PATHS: [&str; 16] = [
         "/v1/status",
         "/v1/counters",
         "/v1/policies",
@@ -532,6 +532,10 @@ fn random_request(random: &mut fastrand::Rng, policy: &str) -> Vec<u8> {
         "/v1/conntrack",
         "/v1/flows?last=3",
         "/v1/flows?verdict=%ff&ip=nope",
+        "/v1/endpoints",
+        "/v1/endpoints/%2e%2e/eth0",
+        "/v1/endpoints/abc/eth0/extra",
+        "/v1/endpoints-gc",
         "/v2/status",
         "/",
     ];
@@ -541,8 +545,22 @@ fn random_request(random: &mut fastrand::Rng, policy: &str) -> Vec<u8> {
     }
     let method = METHODS[random.usize(..METHODS.len())];
     let path = PATHS[random.usize(..PATHS.len())];
-    let body: Vec<u8> = match random.usize(..5) {
+    let body: Vec<u8> = match random.usize(..6) {
         0 => Vec::new(),
+        5 => {
+            let host_interface = ["lo", "eth0", "no/such", ""][random.usize(..4)];
+            serde_json::to_vec(&serde_json::json!({
+            "container_id": "x".repeat(random.usize(..300)),
+            "interface": "eth0",
+            "network": "pods",
+            "netns": "/proc/1/ns/net",
+            "host_interface": host_interface,
+            "host_ifindex": random.u32(..4),
+            "addresses": ["10.0.0.1"],
+            "valid": [],
+            }))
+            .unwrap_or_default()
+        }
         1 => {
             let n = random.usize(..200);
             std::iter::repeat_with(|| random.u8(..)).take(n).collect()
@@ -606,6 +624,22 @@ fn the_daemon_stays_up_and_correct_under_ten_thousand_random_requests() {
     let status = daemon.status().expect("status");
     assert_eq!(status.generation, 1);
     assert_eq!(status.policies, ["host-ssh-from-bastion"]);
+    // The endpoint registry holds only registrations that were valid (root
+    // may register its own loopback), each on an interface that exists.
+    let endpoints: palisade_api::EndpointList = serde_json::from_str(&ok(daemon
+        .ctl(&["endpoint", "list", "-o", "json"])
+        .expect("ctl")))
+    .expect("endpoint list");
+    for endpoint in &endpoints.endpoints {
+        assert_eq!(
+            (
+                endpoint.registration.host_interface.as_str(),
+                endpoint.registration.host_ifindex
+            ),
+            ("lo", 1),
+            "{endpoint:?}"
+        );
+    }
     let _ssh = Listener::start(&topology.node, Topology::node_port(SSH)).expect("listener");
     assert_eq!(topology.ssh_from(Topology::BASTION), Connect::Established);
     assert_eq!(topology.ssh_from(Topology::OUTSIDER), Connect::TimedOut);
