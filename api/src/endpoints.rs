@@ -12,6 +12,11 @@ pub const MAX_CONTAINER_ID_LEN: usize = 256;
 pub const MAX_ENDPOINT_ADDRESSES: usize = 16;
 /// Most labels or annotations one endpoint may carry.
 pub const MAX_ENDPOINT_METADATA: usize = 256;
+/// Most bytes of label and annotation keys and values together (what
+/// Kubernetes allows a pod's annotations).
+pub const MAX_ENDPOINT_METADATA_BYTES: usize = 256 * 1024;
+/// Longest network name or netns path taken.
+const MAX_NAME_LEN: usize = 4096;
 
 /// An endpoint's key: the container and its interface inside the container,
 /// as the CNI spec identifies an attachment.
@@ -80,6 +85,23 @@ impl EndpointRegistration {
                 "an endpoint holds at most {MAX_ENDPOINT_ADDRESSES} addresses"
             ));
         }
+        if self.network.is_empty() || self.network.len() > MAX_NAME_LEN {
+            return Err(format!("network must hold 1 to {MAX_NAME_LEN} characters"));
+        }
+        if self.netns.len() > MAX_NAME_LEN {
+            return Err(format!("netns is longer than {MAX_NAME_LEN} characters"));
+        }
+        let metadata_bytes: usize = self
+            .labels
+            .iter()
+            .chain(&self.annotations)
+            .map(|(key, value)| key.len() + value.len())
+            .sum();
+        if metadata_bytes > MAX_ENDPOINT_METADATA_BYTES {
+            return Err(format!(
+                "labels and annotations take more than {MAX_ENDPOINT_METADATA_BYTES} bytes"
+            ));
+        }
         if self.labels.len() > MAX_ENDPOINT_METADATA
             || self.annotations.len() > MAX_ENDPOINT_METADATA
         {
@@ -127,4 +149,50 @@ pub struct EndpointGc {
 pub struct EndpointsRemoved {
     /// The endpoints no longer registered (empty: there were none).
     pub removed: Vec<EndpointKey>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn registration() -> EndpointRegistration {
+        EndpointRegistration {
+            key: EndpointKey {
+                container_id: "abc".to_owned(),
+                interface: "eth0".to_owned(),
+            },
+            network: "pods".to_owned(),
+            netns: "/run/netns/x".to_owned(),
+            host_interface: "pal0123456789a".to_owned(),
+            host_ifindex: 7,
+            addresses: Vec::new(),
+            namespace: None,
+            pod_name: None,
+            labels: BTreeMap::new(),
+            annotations: BTreeMap::new(),
+        }
+    }
+
+    #[test]
+    fn every_field_a_caller_controls_is_bounded() {
+        assert_eq!(registration().validate(), Ok(()));
+        let refused: [fn(&mut EndpointRegistration); 8] = [
+            |r| r.key.container_id.clear(),
+            |r| r.key.container_id = "x".repeat(MAX_CONTAINER_ID_LEN + 1),
+            |r| r.key.interface = "a/b".to_owned(),
+            |r| r.host_interface = "x".repeat(16),
+            |r| r.network = "x".repeat(MAX_NAME_LEN + 1),
+            |r| r.netns = "x".repeat(MAX_NAME_LEN + 1),
+            |r| r.addresses = vec!["10.0.0.1".parse().expect("ip"); MAX_ENDPOINT_ADDRESSES + 1],
+            |r| {
+                r.annotations
+                    .insert("a".to_owned(), "x".repeat(MAX_ENDPOINT_METADATA_BYTES));
+            },
+        ];
+        for (index, change) in refused.iter().enumerate() {
+            let mut bad = registration();
+            change(&mut bad);
+            assert!(bad.validate().is_err(), "case {index} was accepted");
+        }
+    }
 }

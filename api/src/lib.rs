@@ -17,6 +17,7 @@ pub use conntrack::{
 pub use endpoints::{
     Endpoint, EndpointGc, EndpointKey, EndpointList, EndpointRegistration, EndpointsRemoved,
     MAX_CONTAINER_ID_LEN, MAX_ENDPOINT_ADDRESSES, MAX_ENDPOINT_METADATA,
+    MAX_ENDPOINT_METADATA_BYTES,
 };
 pub use filter::{EventType, FilterError, FlowFilter, FlowQuery, ProtocolFilter};
 pub use flow::{
