@@ -1,6 +1,6 @@
 //! Registering endpoints with palisaded over its control socket.
 
-use palisade_api::{Client, ClientError, EndpointGc, EndpointKey, EndpointRegistration};
+use palisade_api::{Client, ClientError, EndpointKey, EndpointRegistration};
 use rscni_types::error::Error;
 
 /// Registers `registration`.
@@ -24,19 +24,6 @@ pub async fn register(client: &Client, registration: &EndpointRegistration) -> R
 /// As [`register`].
 pub async fn remove(client: &Client, key: &EndpointKey) -> Result<(), Error> {
     client.remove_endpoint(key).await.map(drop).map_err(refused)
-}
-
-/// Forgets the endpoints the runtime no longer has.
-///
-/// # Errors
-///
-/// As [`register`].
-pub async fn collect(client: &Client, gc: &EndpointGc) -> Result<(), Error> {
-    client
-        .collect_endpoints(gc)
-        .await
-        .map(drop)
-        .map_err(refused)
 }
 
 /// Whether palisaded answers.

@@ -143,11 +143,6 @@ impl EndpointRegistry {
         pods
     }
 
-    /// The endpoint of `key`, if registered.
-    pub fn get(&self, key: &EndpointKey) -> Option<&Endpoint> {
-        self.endpoints.get(key)
-    }
-
     /// Registers (or replaces) an endpoint and saves the registry.
     ///
     /// # Errors

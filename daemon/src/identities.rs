@@ -91,11 +91,6 @@ impl Identities {
         }
     }
 
-    /// The label set of identity `number`, while it is in use.
-    pub fn labels(&self, number: u32) -> Option<&LabelSet> {
-        self.by_number.get(&number)
-    }
-
     fn lowest_free(&self) -> Option<u32> {
         let mut candidate = FIRST_IDENTITY;
         for used in self.by_number.keys().copied() {
@@ -135,12 +130,12 @@ mod tests {
         assert_eq!(other, FIRST_IDENTITY + 2);
         identities.release(&set("shop", "web"));
         assert_eq!(
-            identities.labels(web),
+            identities.by_number.get(&web),
             Some(&set("shop", "web")),
             "one holder left"
         );
         identities.release(&set("shop", "web"));
-        assert_eq!(identities.labels(web), None);
+        assert_eq!(identities.by_number.get(&web), None);
         // The lowest free number goes to the next new set.
         assert_eq!(identities.acquire(&set("shop", "cache"), None), Ok(web));
     }
